@@ -1,0 +1,35 @@
+"""Domain errors, free of HTTP: the API maps each class to a status code in one table."""
+
+from __future__ import annotations
+
+
+class GridmapError(Exception):
+    """Base of every error gridmap raises on purpose; ``str(exc)`` is safe to show a user."""
+
+
+class UnknownLayerError(GridmapError, LookupError):
+    """No layer (collection) with that id."""
+
+
+class FeatureNotFoundError(GridmapError, LookupError):
+    """No feature with that id in the layer, or not in the caller's scope."""
+
+
+class InvalidFeatureError(GridmapError, ValueError):
+    """A feature's geometry or properties fail validation; nothing was written."""
+
+
+class InvalidGeometryError(InvalidFeatureError):
+    """A geometry is malformed, invalid, of the wrong type or outside the service area."""
+
+
+class VersionConflictError(GridmapError):
+    """The feature changed since the version the caller based its edit on."""
+
+
+class IntegrityError(GridmapError):
+    """Data breaks a structural rule (grids inside communities, no overlaps, …)."""
+
+
+class StoreError(GridmapError):
+    """The store cannot be opened or is not a gridmap store."""

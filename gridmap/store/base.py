@@ -1,0 +1,172 @@
+"""The Store interface every backend implements, the Scope every query takes, and result types."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+from shapely.geometry.base import BaseGeometry
+
+from gridmap.layers import Layer
+
+BBox = tuple[float, float, float, float]
+"""(min lon, min lat, max lon, max lat) in WGS84."""
+
+Predicate = Literal["intersects", "within", "contains"]
+Progress = Callable[[int], None]
+"""Called with the number of features written so far."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a caller may see: which layers, and which grids' features.
+
+    ``layers=None`` means every layer; ``grid_ids=None`` means every grid. A grid
+    restriction applies to the ``grids`` layer (by feature id) and to every layer with a
+    ``grid_id`` property (households, buildings); area layers without grid membership
+    (zones, communities, facilities …) are governed by ``layers`` alone.
+    """
+
+    layers: frozenset[str] | None = None
+    grid_ids: frozenset[int] | None = None
+
+    ALL: ClassVar[Scope]
+
+    def allows_layer(self, layer_id: str) -> bool:
+        """True if the layer is visible at all."""
+        return self.layers is None or layer_id in self.layers
+
+    def allows_grid(self, grid_id: int | None) -> bool:
+        """True if a feature of grid ``grid_id`` is visible (None: belongs to no grid)."""
+        return self.grid_ids is None or (grid_id is not None and grid_id in self.grid_ids)
+
+
+Scope.ALL = Scope()
+
+
+@dataclass
+class Feature:
+    """One stored feature: id, WGS84 geometry, properties and edit version."""
+
+    id: int
+    geometry: BaseGeometry
+    properties: dict[str, Any]
+    version: int
+
+
+@dataclass
+class FeatureSet:
+    """A page of features as parallel columns (cheap to serialise in bulk)."""
+
+    layer: Layer
+    ids: npt.NDArray[np.int64]
+    geometries: npt.NDArray[np.object_]
+    properties: list[dict[str, Any]]
+    versions: npt.NDArray[np.int64]
+    number_matched: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for i in range(len(self.ids)):
+            yield Feature(
+                int(self.ids[i]), self.geometries[i], self.properties[i], int(self.versions[i])
+            )
+
+    def to_geodataframe(self):  # type: ignore[no-untyped-def]
+        """The features as a GeoDataFrame indexed by feature id (CRS EPSG:4326)."""
+        import geopandas as gpd
+        import pandas as pd
+
+        df = pd.DataFrame(self.properties, columns=list(self.layer.names))
+        df.index = pd.Index(self.ids, name="fid")
+        return gpd.GeoDataFrame(df, geometry=list(self.geometries), crs="EPSG:4326")
+
+
+@dataclass(frozen=True)
+class Query:
+    """What to select from one layer; every field optional.
+
+    ``equals`` holds property=value filters (names checked against the layer);
+    ``geometry``/``predicate`` an exact spatial filter; ``order_by`` property names with
+    an optional leading ``-`` for descending.
+    """
+
+    bbox: BBox | None = None
+    equals: Mapping[str, Any] = field(default_factory=dict)
+    geometry: BaseGeometry | None = None
+    predicate: Predicate = "intersects"
+    ids: Sequence[int] | None = None
+    order_by: Sequence[str] = ()
+    limit: int | None = None
+    offset: int = 0
+
+
+class Store(Protocol):
+    """Storage of every layer, with scope applied below every caller."""
+
+    def layers(self) -> list[Layer]:
+        """The layers this store holds."""
+        ...
+
+    def query(self, layer_id: str, query: Query = ..., *, scope: Scope = ...) -> FeatureSet:
+        """Features matching ``query`` within ``scope``; ``number_matched`` is set."""
+        ...
+
+    def count(self, layer_id: str, query: Query = ..., *, scope: Scope = ...) -> int:
+        """Number of features matching ``query`` within ``scope``."""
+        ...
+
+    def get(self, layer_id: str, fid: int, *, scope: Scope = ...) -> Feature:
+        """One feature, or FeatureNotFoundError (also when outside ``scope``)."""
+        ...
+
+    def insert(
+        self,
+        layer_id: str,
+        geometries: Sequence[BaseGeometry] | npt.NDArray[np.object_],
+        properties: Sequence[Mapping[str, Any]],
+        *,
+        scope: Scope = ...,
+        progress: Progress | None = None,
+        trusted: bool = False,
+    ) -> list[int]:
+        """Insert features in one transaction (all or nothing); return their ids."""
+        ...
+
+    def update(
+        self,
+        layer_id: str,
+        fid: int,
+        *,
+        geometry: BaseGeometry | None = None,
+        properties: Mapping[str, Any] | None = None,
+        replace: bool = False,
+        expected_version: int | None = None,
+        scope: Scope = ...,
+    ) -> Feature:
+        """Update (merge, or replace with ``replace=True``) one feature; bump its version."""
+        ...
+
+    def delete(
+        self, layer_id: str, fid: int, *, expected_version: int | None = None, scope: Scope = ...
+    ) -> None:
+        """Delete one feature."""
+        ...
+
+    def extent(self, layer_id: str) -> BBox | None:
+        """Bounding box of a layer (None when empty)."""
+        ...
+
+    @property
+    def service_area(self) -> BaseGeometry | None:
+        """Where features may lie (WGS84), if set."""
+        ...
+
+    def close(self) -> None:
+        """Release connections."""
+        ...

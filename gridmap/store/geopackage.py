@@ -1,0 +1,769 @@
+"""The embedded backend: every layer in one GeoPackage file (SQLite, R-tree index, WAL)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from gridmap import geometry as geo
+from gridmap.assign import PolygonIndex
+from gridmap.errors import (
+    FeatureNotFoundError,
+    InvalidFeatureError,
+    InvalidGeometryError,
+    StoreError,
+    UnknownLayerError,
+    VersionConflictError,
+)
+from gridmap.layers import LAYERS, Layer, Prop, get_layer
+from gridmap.store.base import BBox, Feature, FeatureSet, Progress, Query, Scope
+
+APPLICATION_ID = 0x47504B47  # "GPKG"
+USER_VERSION = 10300  # GeoPackage 1.3
+GEOM = "geom"
+CHUNK = 2_000
+
+_WGS84_WKT = (
+    'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,'
+    'AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,'
+    'AUTHORITY["EPSG","8901"]],UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],'
+    'AXIS["Latitude",NORTH],AXIS["Longitude",EAST],AUTHORITY["EPSG","4326"]]'
+)
+
+_CORE_SQL = """
+CREATE TABLE IF NOT EXISTS gpkg_spatial_ref_sys (
+  srs_name TEXT NOT NULL, srs_id INTEGER NOT NULL PRIMARY KEY, organization TEXT NOT NULL,
+  organization_coordsys_id INTEGER NOT NULL, definition TEXT NOT NULL, description TEXT);
+CREATE TABLE IF NOT EXISTS gpkg_contents (
+  table_name TEXT NOT NULL PRIMARY KEY, data_type TEXT NOT NULL, identifier TEXT UNIQUE,
+  description TEXT DEFAULT '',
+  last_change DATETIME NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
+  min_x DOUBLE, min_y DOUBLE, max_x DOUBLE, max_y DOUBLE, srs_id INTEGER,
+  CONSTRAINT fk_gc_r_srs_id FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys(srs_id));
+CREATE TABLE IF NOT EXISTS gpkg_geometry_columns (
+  table_name TEXT NOT NULL, column_name TEXT NOT NULL, geometry_type_name TEXT NOT NULL,
+  srs_id INTEGER NOT NULL, z TINYINT NOT NULL, m TINYINT NOT NULL,
+  CONSTRAINT pk_geom_cols PRIMARY KEY (table_name, column_name),
+  CONSTRAINT uk_gc_table_name UNIQUE (table_name),
+  CONSTRAINT fk_gc_tn FOREIGN KEY (table_name) REFERENCES gpkg_contents(table_name),
+  CONSTRAINT fk_gc_srs FOREIGN KEY (srs_id) REFERENCES gpkg_spatial_ref_sys (srs_id));
+CREATE TABLE IF NOT EXISTS gpkg_extensions (
+  table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL, definition TEXT NOT NULL,
+  scope TEXT NOT NULL, CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name));
+CREATE TABLE IF NOT EXISTS gridmap_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+# GeoPackage 1.3 R-tree triggers (spec Annex F.3), so edits by GDAL/QGIS keep the index right.
+_RTREE_TRIGGERS = """
+CREATE TRIGGER "rtree_{t}_geom_insert" AFTER INSERT ON "{t}"
+WHEN (new.geom NOT NULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES
+ (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom), ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER "rtree_{t}_geom_update1" AFTER UPDATE OF geom ON "{t}"
+WHEN OLD.fid = NEW.fid AND (NEW.geom NOTNULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES
+ (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom), ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER "rtree_{t}_geom_update2" AFTER UPDATE OF geom ON "{t}"
+WHEN OLD.fid = NEW.fid AND (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; END;
+CREATE TRIGGER "rtree_{t}_geom_update3" AFTER UPDATE ON "{t}"
+WHEN OLD.fid != NEW.fid AND (NEW.geom NOTNULL AND NOT ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid;
+ INSERT OR REPLACE INTO "rtree_{t}_geom" VALUES
+ (NEW.fid, ST_MinX(NEW.geom), ST_MaxX(NEW.geom), ST_MinY(NEW.geom), ST_MaxY(NEW.geom)); END;
+CREATE TRIGGER "rtree_{t}_geom_update4" AFTER UPDATE ON "{t}"
+WHEN OLD.fid != NEW.fid AND (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id IN (OLD.fid, NEW.fid); END;
+CREATE TRIGGER "rtree_{t}_geom_delete" AFTER DELETE ON "{t}" WHEN old.geom NOT NULL
+BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; END;
+CREATE TRIGGER "gridmap_{t}_version" AFTER UPDATE ON "{t}" WHEN NEW.version = OLD.version
+BEGIN UPDATE "{t}" SET version = OLD.version + 1 WHERE fid = NEW.fid; END;
+"""
+
+
+def _q(name: str) -> str:
+    """Quote an identifier (all come from the layer registry, never from requests)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _st_minx(b: bytes | None) -> float | None:
+    e = geo.blob_envelope(b)
+    return None if e is None else e[0]
+
+
+def _st_maxx(b: bytes | None) -> float | None:
+    e = geo.blob_envelope(b)
+    return None if e is None else e[1]
+
+
+def _st_miny(b: bytes | None) -> float | None:
+    e = geo.blob_envelope(b)
+    return None if e is None else e[2]
+
+
+def _st_maxy(b: bytes | None) -> float | None:
+    e = geo.blob_envelope(b)
+    return None if e is None else e[3]
+
+
+def _to_sql(p: Prop, v: Any) -> Any:
+    if v is None:
+        return None
+    if p.type == "list":
+        return json.dumps(v, ensure_ascii=False)
+    if p.type == "bool":
+        return 1 if v else 0
+    return v
+
+
+def _from_sql(p: Prop, v: Any) -> Any:
+    if v is None:
+        return None
+    if p.type == "list":
+        return json.loads(v) if isinstance(v, str) else v
+    if p.type == "bool":
+        return bool(v)
+    if p.type == "float":
+        return float(v)
+    return v
+
+
+class GeoPackageStore:
+    """A Store over one GeoPackage file that GDAL and QGIS open as is.
+
+    One table per layer (``fid`` integer key, ``geom`` GeoPackage geometry, typed property
+    columns, ``version``), the GeoPackage R-tree spatial index with its standard triggers,
+    WAL journaling and a busy timeout. Connections are per thread.
+
+    Use :meth:`create` for a new file and :meth:`open` for an existing one.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, _create: bool = False) -> None:
+        self.path = Path(path)
+        if not _create and not self.path.exists():
+            msg = f"no database at {self.path}; build the sample with `gridmap demo`"
+            raise StoreError(msg)
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        self._service_area: BaseGeometry | None = None
+        self._grid_index: tuple[int, PolygonIndex, npt.NDArray[np.int64]] | None = None
+        if _create:
+            self._init_schema()
+        else:
+            self._check_schema()
+        self._load_meta()
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def create(
+        cls, path: str | os.PathLike[str], *, service_area: BaseGeometry | None = None
+    ) -> GeoPackageStore:
+        """Create a new GeoPackage with every registered layer (owner-only permissions)."""
+        p = Path(path)
+        if p.exists():
+            msg = f"{p} already exists; remove it first or open it instead"
+            raise StoreError(msg)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(p, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+        store = cls(p, _create=True)
+        if service_area is not None:
+            store.set_service_area(service_area)
+        return store
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> GeoPackageStore:
+        """Open an existing gridmap GeoPackage."""
+        return cls(path)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty, deterministic=True)
+        conn.create_function("ST_MinX", 1, _st_minx, deterministic=True)
+        conn.create_function("ST_MaxX", 1, _st_maxx, deterministic=True)
+        conn.create_function("ST_MinY", 1, _st_miny, deterministic=True)
+        conn.create_function("ST_MaxY", 1, _st_maxy, deterministic=True)
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def close(self) -> None:
+        """Close every connection this store opened."""
+        with self._lock:
+            for c in self._conns:
+                c.close()
+            self._conns.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> GeoPackageStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # ---------------------------------------------------------------- schema
+
+    def _init_schema(self) -> None:
+        conn = self._connect()
+        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        conn.execute(f"PRAGMA user_version = {USER_VERSION}")
+        with self._write() as c:
+            for stmt in _CORE_SQL.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
+            srs = [
+                ("Undefined cartesian SRS", -1, "NONE", -1, "undefined", "undefined cartesian"),
+                ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic"),
+                ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT, "longitude/latitude WGS84"),
+            ]
+            c.executemany(
+                "INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES (?,?,?,?,?,?)", srs
+            )
+            for layer in LAYERS:
+                self._create_layer_table(c, layer)
+            c.execute(
+                "INSERT OR REPLACE INTO gridmap_meta VALUES ('schema_version', '1')"
+            )
+            c.execute(
+                "INSERT INTO gpkg_contents (table_name, data_type, identifier, description)"
+                " VALUES ('gridmap_meta', 'attributes', 'gridmap_meta', 'gridmap settings')"
+            )
+
+    def _create_layer_table(self, c: sqlite3.Connection, layer: Layer) -> None:
+        t = layer.id
+        cols = ", ".join(f"{_q(p.name)} {p.sql_type}" for p in layer.properties)
+        c.execute(
+            f"CREATE TABLE {_q(t)} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
+            f"geom {layer.geometry_type.upper()}, {cols}, "
+            "version INTEGER NOT NULL DEFAULT 1)"
+        )
+        c.execute(
+            "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id)"
+            " VALUES (?, 'features', ?, ?, 4326)",
+            (t, t, f"{layer.zh} {layer.en}"),
+        )
+        c.execute(
+            "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, 4326, 0, 0)",
+            (t, layer.geometry_type.upper()),
+        )
+        c.execute(
+            f"CREATE VIRTUAL TABLE {_q('rtree_' + t + '_geom')} "
+            "USING rtree(id, minx, maxx, miny, maxy)"
+        )
+        c.execute(
+            "INSERT INTO gpkg_extensions VALUES (?, 'geom', 'gpkg_rtree_index', "
+            "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
+            (t,),
+        )
+        for stmt in _RTREE_TRIGGERS.format(t=t).split("END;"):
+            if stmt.strip():
+                c.execute(stmt + "END;")
+        for p in layer.properties:
+            if p.name in ("grid_id", "building_id", "community_id", "zone_id"):
+                c.execute(
+                    f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})"
+                )
+
+    def _check_schema(self) -> None:
+        conn = self._connect()
+        try:
+            app = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT table_name FROM gpkg_contents WHERE data_type = 'features'"
+                )
+            }
+        except sqlite3.DatabaseError as exc:
+            msg = f"{self.path} is not a GeoPackage ({exc}); point GRIDMAP_DATABASE at one"
+            raise StoreError(msg) from None
+        if app != APPLICATION_ID:
+            msg = f"{self.path} is not a GeoPackage (application_id {app:#x})"
+            raise StoreError(msg)
+        missing = [layer.id for layer in LAYERS if layer.id not in tables]
+        if missing:
+            msg = f"{self.path} lacks gridmap layers {missing}; rebuild it with `gridmap demo`"
+            raise StoreError(msg)
+
+    def _load_meta(self) -> None:
+        row = self._connect().execute(
+            "SELECT value FROM gridmap_meta WHERE key = 'service_area'"
+        ).fetchone()
+        self._service_area = shapely.from_wkt(row[0]) if row else None
+        if self._service_area is not None:
+            shapely.prepare(self._service_area)
+
+    def set_service_area(self, area: BaseGeometry) -> None:
+        """Set the area every feature must lie inside (WGS84 polygon)."""
+        geo.check_geometries([area], accepted_types=frozenset({"Polygon", "MultiPolygon"}))
+        with self._write() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO gridmap_meta VALUES ('service_area', ?)",
+                (shapely.to_wkt(area, rounding_precision=-1),),
+            )
+        self._load_meta()
+
+    @property
+    def service_area(self) -> BaseGeometry | None:
+        """Where features may lie (WGS84), if set."""
+        return self._service_area
+
+    def meta(self, key: str) -> str | None:
+        """A value from the gridmap_meta table."""
+        row = self._connect().execute(
+            "SELECT value FROM gridmap_meta WHERE key = ?", (key,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a value in the gridmap_meta table."""
+        with self._write() as c:
+            c.execute("INSERT OR REPLACE INTO gridmap_meta VALUES (?, ?)", (key, value))
+
+    def layers(self) -> list[Layer]:
+        """The layers this store holds (all registered layers)."""
+        return list(LAYERS)
+
+    # ---------------------------------------------------------------- reading
+
+    def _layer(self, layer_id: str, scope: Scope) -> Layer:
+        layer = get_layer(layer_id)
+        if not scope.allows_layer(layer_id):
+            msg = f"no collection {layer_id!r}"
+            raise UnknownLayerError(msg)
+        return layer
+
+    def _where(
+        self, layer: Layer, query: Query, scope: Scope
+    ) -> tuple[str, list[Any], bool]:
+        """SQL WHERE clause (with bound parameters) and whether the R-tree join is needed."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if scope.grid_ids is not None:
+            col = "fid" if layer.id == "grids" else ("grid_id" if "grid_id" in layer.by_name else None)
+            if col is not None:
+                clauses.append(f"t.{_q(col)} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(sorted(scope.grid_ids)))
+        for name, value in query.equals.items():
+            prop = layer.by_name.get(name)
+            if prop is None:
+                msg = f"unknown property {name[:40]!r} for layer {layer.id}; known: {', '.join(layer.names)}"
+                raise InvalidFeatureError(msg)
+            if value is None:
+                clauses.append(f"t.{_q(name)} IS NULL")
+            elif prop.type == "list":
+                clauses.append(f"EXISTS (SELECT 1 FROM json_each(t.{_q(name)}) WHERE value = ?)")
+                params.append(value)
+            else:
+                clauses.append(f"t.{_q(name)} = ?")
+                params.append(_to_sql(prop, value))
+        if query.ids is not None:
+            clauses.append("t.fid IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps([int(i) for i in query.ids]))
+        box = query.bbox
+        if query.geometry is not None:
+            gb = shapely.bounds(query.geometry)
+            box = (
+                (float(gb[0]), float(gb[1]), float(gb[2]), float(gb[3]))
+                if box is None
+                else (max(box[0], gb[0]), max(box[1], gb[1]), min(box[2], gb[2]), min(box[3], gb[3]))
+            )
+        use_rtree = box is not None
+        if box is not None:
+            clauses.append("r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ?")
+            params.extend([box[2], box[0], box[3], box[1]])
+        sql = " WHERE " + " AND ".join(clauses) if clauses else ""
+        return sql, params, use_rtree
+
+    def _from(self, layer: Layer, use_rtree: bool) -> str:
+        t = _q(layer.id)
+        if use_rtree:
+            return f" FROM {t} AS t JOIN {_q('rtree_' + layer.id + '_geom')} AS r ON r.id = t.fid"
+        return f" FROM {t} AS t"
+
+    def _order(self, layer: Layer, order_by: Sequence[str]) -> str:
+        parts = []
+        for key in order_by:
+            desc = key.startswith("-")
+            name = key.lstrip("+-")
+            if name not in layer.by_name and name != "id":
+                msg = f"cannot sort by {name[:40]!r}; sortable: id, {', '.join(layer.names)}"
+                raise InvalidFeatureError(msg)
+            col = "fid" if name == "id" else name
+            parts.append(f"t.{_q(col)} {'DESC' if desc else 'ASC'}")
+        parts.append("t.fid ASC")
+        return " ORDER BY " + ", ".join(parts)
+
+    def query(
+        self, layer_id: str, query: Query = Query(), *, scope: Scope = Scope.ALL  # noqa: B008
+    ) -> FeatureSet:
+        """Features matching ``query`` within ``scope``, with ``number_matched`` set.
+
+        Property filters, bbox (through the R-tree) and paging run in SQL; an exact
+        spatial predicate (``query.geometry``) filters the R-tree candidates with shapely.
+        """
+        layer = self._layer(layer_id, scope)
+        where, params, use_rtree = self._where(layer, query, scope)
+        cols = ", ".join(["t.fid", "t.geom", *(f"t.{_q(n)}" for n in layer.names), "t.version"])
+        base = self._from(layer, use_rtree) + where
+        conn = self._connect()
+        if query.geometry is None:
+            matched = conn.execute("SELECT count(*)" + base, params).fetchone()[0]
+            sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"  # noqa: S608
+            page_params = list(params)
+            if query.limit is not None:
+                sql += " LIMIT ? OFFSET ?"
+                page_params += [int(query.limit), int(query.offset)]
+            elif query.offset:
+                sql += " LIMIT -1 OFFSET ?"
+                page_params.append(int(query.offset))
+            rows = conn.execute(sql, page_params).fetchall()
+            return self._rows_to_set(layer, rows, matched)
+        sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"  # noqa: S608
+        rows = conn.execute(sql, params).fetchall()
+        fs = self._rows_to_set(layer, rows, None)
+        keep = _predicate(query.predicate, fs.geometries, query.geometry)
+        idx = np.flatnonzero(keep)
+        matched = int(idx.size)
+        stop = None if query.limit is None else query.offset + query.limit
+        idx = idx[query.offset : stop]
+        return FeatureSet(
+            layer,
+            fs.ids[idx],
+            fs.geometries[idx],
+            [fs.properties[i] for i in idx],
+            fs.versions[idx],
+            matched,
+        )
+
+    def count(
+        self, layer_id: str, query: Query = Query(), *, scope: Scope = Scope.ALL  # noqa: B008
+    ) -> int:
+        """Number of features matching ``query`` within ``scope``."""
+        if query.geometry is not None:
+            return int(self.query(layer_id, query, scope=scope).number_matched or 0)
+        layer = self._layer(layer_id, scope)
+        where, params, use_rtree = self._where(layer, query, scope)
+        sql = "SELECT count(*)" + self._from(layer, use_rtree) + where
+        return int(self._connect().execute(sql, params).fetchone()[0])
+
+    def _rows_to_set(
+        self, layer: Layer, rows: list[tuple[Any, ...]], matched: int | None
+    ) -> FeatureSet:
+        n = len(rows)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if n else np.empty(0, dtype=object)
+        versions = np.fromiter((r[-1] for r in rows), dtype=np.int64, count=n)
+        props_def = layer.properties
+        simple = all(p.type not in ("list", "bool", "float") for p in props_def)
+        names = layer.names
+        if simple:
+            props = [dict(zip(names, r[2:-1], strict=True)) for r in rows]
+        else:
+            props = [
+                {p.name: _from_sql(p, v) for p, v in zip(props_def, r[2:-1], strict=True)}
+                for r in rows
+            ]
+        return FeatureSet(layer, ids, geoms, props, versions, matched)
+
+    def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
+        """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""
+        fs = self.query(layer_id, Query(ids=[int(fid)]), scope=scope)
+        if len(fs) == 0:
+            msg = f"no feature {fid} in collection {layer_id}"
+            raise FeatureNotFoundError(msg)
+        return next(iter(fs))
+
+    def extent(self, layer_id: str) -> BBox | None:
+        """Bounding box of a layer from its R-tree (None when empty)."""
+        layer = get_layer(layer_id)
+        row = self._connect().execute(
+            f"SELECT min(minx), min(miny), max(maxx), max(maxy) FROM {_q('rtree_' + layer.id + '_geom')}"  # noqa: S608
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
+
+    # ---------------------------------------------------------------- writing
+
+    def _grid_lookup(self) -> tuple[PolygonIndex, npt.NDArray[np.int64]] | None:
+        """Polygon index over the current grids (cached until the grids layer changes)."""
+        conn = self._connect()
+        stamp = conn.execute(
+            "SELECT coalesce(max(version), 0) + count(*) * 1000003 + coalesce(sum(fid), 0) "
+            'FROM "grids"'
+        ).fetchone()[0]
+        cached = self._grid_index
+        if cached is not None and cached[0] == stamp:
+            return cached[1], cached[2]
+        rows = conn.execute('SELECT fid, geom FROM "grids" ORDER BY fid').fetchall()
+        if not rows:
+            self._grid_index = None
+            return None
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        polys = geo.from_gpkg_blobs([r[1] for r in rows])
+        index = PolygonIndex(polys, cells=16_384)
+        self._grid_index = (stamp, index, ids)
+        return index, ids
+
+    def derive_grid_ids(self, geoms: npt.ArrayLike) -> npt.NDArray[np.int64] | None:
+        """Grid id of each geometry's location (-1 where in no grid); None if no grids exist."""
+        lookup = self._grid_lookup()
+        if lookup is None:
+            return None
+        index, ids = lookup
+        pos = index.lookup_geometries(geoms)
+        return np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+
+    def _prepare(
+        self,
+        layer: Layer,
+        geoms: npt.NDArray[np.object_],
+        props: Sequence[Mapping[str, Any]],
+        scope: Scope,
+        *,
+        trusted: bool,
+    ) -> tuple[list[bytes], list[dict[str, Any]]]:
+        """Validate geometries and properties and derive grid ids; raise before any write."""
+        if len(geoms) != len(props):
+            msg = f"{len(geoms)} geometries but {len(props)} property sets"
+            raise InvalidFeatureError(msg)
+        geo.check_geometries(
+            geoms,
+            accepted_types=frozenset(
+                t for t in ("Point", "LineString", "Polygon", "MultiPolygon")
+                if layer.accepts_geometry(t)
+            ),
+            service_area=self._service_area,
+            layer_id=layer.id,
+        )
+        geoms = geo.promote(geoms, layer.geometry_type)
+        clean: list[dict[str, Any]] = []
+        for i, p in enumerate(props):
+            try:
+                clean.append(layer.validate_properties(p, allow_derived=trusted))
+            except InvalidFeatureError as exc:
+                msg = f"feature {i}: {exc}"
+                raise InvalidFeatureError(msg) from None
+        if "grid_id" in layer.by_name and layer.by_name["grid_id"].derived:
+            derived = self.derive_grid_ids(geoms)
+            if derived is not None:
+                outside = np.flatnonzero(derived < 0)
+                if outside.size:
+                    i = int(outside[0])
+                    x, y = shapely.get_coordinates(geoms[i])[0]
+                    msg = (
+                        f"feature {i}: location ({x:.6f}, {y:.6f}) lies in no grid; "
+                        "every feature of this layer must lie inside one grid"
+                    )
+                    raise InvalidGeometryError(msg)
+                for d, gid in zip(clean, derived.tolist(), strict=True):
+                    d["grid_id"] = gid
+        if scope.grid_ids is not None:
+            for i, d in enumerate(clean):
+                gid = d.get("grid_id") if layer.id != "grids" else None
+                if "grid_id" in layer.by_name and not scope.allows_grid(gid):
+                    msg = f"feature {i}: outside the grids you may edit"
+                    raise FeatureNotFoundError(msg)
+        return geo.to_gpkg_blobs(geoms), clean
+
+    def insert(
+        self,
+        layer_id: str,
+        geometries: Sequence[BaseGeometry] | npt.NDArray[np.object_],
+        properties: Sequence[Mapping[str, Any]],
+        *,
+        scope: Scope = Scope.ALL,
+        progress: Progress | None = None,
+        trusted: bool = False,
+    ) -> list[int]:
+        """Insert features in one transaction: all are written or none.
+
+        Everything is validated before the first row is written. ``trusted=True`` lets a
+        bulk loader set derived properties itself (they are still validated). ``progress``
+        is called with the running count after each chunk of rows.
+        """
+        layer = self._layer(layer_id, scope)
+        geoms = np.asarray(list(geometries) if not isinstance(geometries, np.ndarray) else geometries,
+                           dtype=object)
+        blobs, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
+        names = layer.names
+        cols = ", ".join(["geom", *(_q(n) for n in names)])
+        marks = ", ".join(["?"] * (len(names) + 1))
+        sql = f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks})"  # noqa: S608
+        props_def = layer.properties
+        ids: list[int] = []
+        with self._write() as c:
+            start = c.execute(
+                "SELECT coalesce(max(fid), 0) FROM " + _q(layer.id)  # noqa: S608
+            ).fetchone()[0]
+            for lo in range(0, len(blobs), CHUNK):
+                rows = [
+                    (blobs[i], *(_to_sql(p, clean[i][p.name]) for p in props_def))
+                    for i in range(lo, min(lo + CHUNK, len(blobs)))
+                ]
+                c.executemany(sql, rows)
+                if progress is not None:
+                    progress(lo + len(rows))
+            ids = [
+                r[0]
+                for r in c.execute(
+                    f"SELECT fid FROM {_q(layer.id)} WHERE fid > ? ORDER BY fid",  # noqa: S608
+                    (start,),
+                )
+            ]
+            self._touch(c, layer)
+        return ids
+
+    def _touch(self, c: sqlite3.Connection, layer: Layer) -> None:
+        """Refresh gpkg_contents' extent and last_change for a layer."""
+        t = _q("rtree_" + layer.id + "_geom")
+        c.execute(
+            "UPDATE gpkg_contents SET last_change = ?, "
+            f"min_x = (SELECT min(minx) FROM {t}), min_y = (SELECT min(miny) FROM {t}), "  # noqa: S608
+            f"max_x = (SELECT max(maxx) FROM {t}), max_y = (SELECT max(maxy) FROM {t}) "
+            "WHERE table_name = ?",
+            (dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z", layer.id),
+        )
+
+    def update(
+        self,
+        layer_id: str,
+        fid: int,
+        *,
+        geometry: BaseGeometry | None = None,
+        properties: Mapping[str, Any] | None = None,
+        replace: bool = False,
+        expected_version: int | None = None,
+        scope: Scope = Scope.ALL,
+    ) -> Feature:
+        """Update one feature and bump its version; nothing changes if any check fails.
+
+        ``replace=True`` replaces every property (absent ones become null) and requires a
+        geometry; otherwise ``properties`` are merged (a None value clears one).
+        ``expected_version`` guards against lost updates (VersionConflictError).
+        """
+        layer = self._layer(layer_id, scope)
+        with self._write() as c:
+            current = self._get_in(c, layer, fid, scope)
+            if expected_version is not None and current.version != expected_version:
+                msg = (
+                    f"feature {fid} of {layer_id} is at version {current.version}, "
+                    f"not {expected_version}; fetch it again and reapply your change"
+                )
+                raise VersionConflictError(msg)
+            if replace and geometry is None:
+                msg = "a replacement needs a geometry"
+                raise InvalidFeatureError(msg)
+            derived = {p.name for p in layer.properties if p.derived}
+            if replace:
+                merged = dict(properties or {})
+            else:
+                merged = {k: v for k, v in current.properties.items() if k not in derived}
+                merged.update(properties or {})
+            geom = geometry if geometry is not None else current.geometry
+            blobs, clean = self._prepare(
+                layer, np.asarray([geom], dtype=object), [merged], scope, trusted=False
+            )
+            if layer.id != "grids" and "grid_id" in layer.by_name and not scope.allows_grid(
+                clean[0].get("grid_id")
+            ):
+                msg = f"no feature {fid} in collection {layer_id}"
+                raise FeatureNotFoundError(msg)
+            sets = ", ".join(["geom = ?", *(f"{_q(n)} = ?" for n in layer.names)])
+            values = [blobs[0], *(_to_sql(p, clean[0][p.name]) for p in layer.properties)]
+            c.execute(
+                f"UPDATE {_q(layer.id)} SET {sets}, version = version + 1 WHERE fid = ?",  # noqa: S608
+                [*values, int(fid)],
+            )
+            if layer.id == "grids" and geometry is not None:
+                self._grid_index = None
+            self._touch(c, layer)
+            return self._get_in(c, layer, fid, Scope.ALL)
+
+    def _get_in(self, c: sqlite3.Connection, layer: Layer, fid: int, scope: Scope) -> Feature:
+        where, params, use_rtree = self._where(layer, Query(ids=[int(fid)]), scope)
+        cols = ", ".join(["t.fid", "t.geom", *(f"t.{_q(n)}" for n in layer.names), "t.version"])
+        rows = c.execute(f"SELECT {cols}{self._from(layer, use_rtree)}{where}", params).fetchall()  # noqa: S608
+        if not rows:
+            msg = f"no feature {fid} in collection {layer.id}"
+            raise FeatureNotFoundError(msg)
+        return next(iter(self._rows_to_set(layer, rows, 1)))
+
+    def delete(
+        self,
+        layer_id: str,
+        fid: int,
+        *,
+        expected_version: int | None = None,
+        scope: Scope = Scope.ALL,
+    ) -> None:
+        """Delete one feature (FeatureNotFoundError / VersionConflictError as for update)."""
+        layer = self._layer(layer_id, scope)
+        with self._write() as c:
+            current = self._get_in(c, layer, fid, scope)
+            if expected_version is not None and current.version != expected_version:
+                msg = f"feature {fid} of {layer_id} is at version {current.version}, not {expected_version}"
+                raise VersionConflictError(msg)
+            c.execute(f"DELETE FROM {_q(layer.id)} WHERE fid = ?", (int(fid),))  # noqa: S608
+            if layer.id == "grids":
+                self._grid_index = None
+            self._touch(c, layer)
+
+
+def _predicate(
+    name: str, geoms: npt.NDArray[np.object_], other: BaseGeometry
+) -> npt.NDArray[np.bool_]:
+    shapely.prepare(other)
+    if name == "intersects":
+        return shapely.intersects(other, geoms)
+    if name == "within":
+        return shapely.within(geoms, other)
+    if name == "contains":
+        return shapely.contains(geoms, other)
+    msg = f"unknown spatial predicate {name!r}; use intersects, within or contains"
+    raise InvalidFeatureError(msg)
+
+
+def open_store(url: str | os.PathLike[str]) -> GeoPackageStore:
+    """Open the store named by a setting such as ``data/zhongxinlu.gpkg``."""
+    text = str(url)
+    if text.startswith(("postgresql://", "postgres://")):
+        msg = "the PostGIS backend is not available yet; use a GeoPackage path"
+        raise StoreError(msg)
+    return GeoPackageStore.open(text)

@@ -1,0 +1,1 @@
+"""The FastAPI application: thin routers that parse, call gridmap and serialise."""

@@ -1,0 +1,91 @@
+"""Domain errors → RFC 9457 problem+json responses, installed once on the app."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from gridmap.errors import (
+    FeatureNotFoundError,
+    GridmapError,
+    IntegrityError,
+    InvalidFeatureError,
+    StoreError,
+    UnknownLayerError,
+    VersionConflictError,
+)
+
+log = logging.getLogger("gridmap.api")
+
+STATUS: dict[type[GridmapError], int] = {
+    UnknownLayerError: 404,
+    FeatureNotFoundError: 404,
+    InvalidFeatureError: 422,
+    VersionConflictError: 412,
+    IntegrityError: 409,
+    StoreError: 503,
+}
+_TITLES = {
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    412: "Precondition Failed",
+    422: "Unprocessable Content",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class BadRequestError(GridmapError, ValueError):
+    """A query parameter is malformed (→ 400)."""
+
+
+STATUS[BadRequestError] = 400
+
+
+def problem(status: int, detail: str, *, instance: str | None = None) -> Response:
+    """An application/problem+json response."""
+    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status,
+            "detail": detail}
+    if instance:
+        body["instance"] = instance
+    return Response(orjson.dumps(body), status_code=status, media_type="application/problem+json")
+
+
+def _status_for(exc: GridmapError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 400
+
+
+def install(app: FastAPI) -> None:
+    """Install the exception handlers on ``app``."""
+
+    @app.exception_handler(GridmapError)
+    async def _domain(request: Request, exc: GridmapError) -> Response:
+        return problem(_status_for(exc), str(exc), instance=request.url.path)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> Response:
+        parts = []
+        for e in exc.errors()[:5]:
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "path", "body"))
+            parts.append(f"{loc}: {e.get('msg')}")
+        return problem(400, "invalid request: " + "; ".join(parts), instance=request.url.path)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        detail = exc.detail if isinstance(exc.detail, str) else _TITLES.get(exc.status_code, "")
+        return problem(exc.status_code, detail, instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return problem(500, "internal error; the event was logged", instance=request.url.path)

@@ -1,0 +1,165 @@
+"""The ``gridmap`` command: serve, demo, info, check."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gridmap.errors import GridmapError
+from gridmap.layers import LAYERS
+from gridmap.settings import DEFAULT_DATABASE
+
+app = typer.Typer(
+    help="gridmap — grid management (网格化管理) for a subdistrict: data, API and maps.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+err = Console(stderr=True)
+
+DbOption = Annotated[
+    Path,
+    typer.Option(
+        "--database",
+        "-d",
+        envvar="GRIDMAP_DATABASE",
+        help="GeoPackage file (env GRIDMAP_DATABASE).",
+    ),
+]
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=1)
+
+
+@app.command()
+def demo(
+    database: DbOption = Path(DEFAULT_DATABASE),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
+    if_missing: Annotated[
+        bool, typer.Option("--if-missing", help="Do nothing if the file already exists.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Random seed of the invented layout.")] = 20261124,
+    today: Annotated[
+        str | None, typer.Option(help="Reference date for visits (YYYY-MM-DD; default today).")
+    ] = None,
+) -> None:
+    """Build the sample subdistrict 中心路街道 (synthetic households) into a GeoPackage."""
+    from gridmap.sample import build_demo
+
+    if database.exists():
+        if if_missing:
+            console.print(f"{database} exists; keeping it (use --force to rebuild)")
+            return
+        if not force:
+            _fail(GridmapError(f"{database} exists; pass --force to rebuild it"))
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(database) + suffix).unlink(missing_ok=True)
+    ref = None
+    if today:
+        try:
+            ref = dt.date.fromisoformat(today)
+        except ValueError:
+            _fail(GridmapError(f"--today must be YYYY-MM-DD, got {today!r}"))
+    with Progress(
+        TextColumn("{task.description:<20}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def step(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=max(total, 1))
+            bar.update(tasks[stage], completed=done, total=max(total, 1))
+
+        try:
+            store = build_demo(database, seed=seed, today=ref, step=step)
+        except GridmapError as exc:
+            _fail(exc)
+    counts = {layer.id: store.count(layer.id) for layer in LAYERS}
+    store.close()
+    console.print(
+        f"[green]built[/] {database}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    console.print(
+        "All names, phone numbers and ID numbers are synthetic (phones start 100, "
+        "ID check digits are wrong)."
+    )
+
+
+@app.command()
+def info(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+    """List the layers with their feature counts, geometry types and extent."""
+    from gridmap.store import open_store
+
+    try:
+        store = open_store(database)
+    except GridmapError as exc:
+        _fail(exc)
+    table = Table(title=f"{database}")
+    for col in ("collection", "图层", "geometry", "features", "extent (WGS84)"):
+        table.add_column(col)
+    for layer in LAYERS:
+        ext = store.extent(layer.id)
+        table.add_row(
+            layer.id,
+            layer.zh,
+            layer.geometry_type,
+            str(store.count(layer.id)),
+            "" if ext is None else ", ".join(f"{v:.5f}" for v in ext),
+        )
+    console.print(table)
+    store.close()
+
+
+@app.command()
+def check(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+    """Check integrity: grids in communities, no overlaps, households in exactly one grid."""
+    from gridmap.integrity import check_store
+    from gridmap.store import open_store
+
+    try:
+        store = open_store(database)
+    except GridmapError as exc:
+        _fail(exc)
+    problems = check_store(store)
+    store.close()
+    if problems:
+        for p in problems:
+            err.print(f"[red]✗[/] {p}")
+        err.print(f"{len(problems)} problem(s)")
+        raise typer.Exit(code=1)
+    console.print("[green]✓[/] integrity checks passed")
+
+
+@app.command()
+def serve(
+    database: DbOption = Path(DEFAULT_DATABASE),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Serve the OGC API and the maps (http://127.0.0.1:8000 by default)."""
+    import uvicorn
+
+    if not database.exists():
+        _fail(GridmapError(f"no database at {database}; build the sample with `gridmap demo`"))
+    os.environ["GRIDMAP_DATABASE"] = str(database)
+    console.print(f"serving {database} on http://{host}:{port}/  (map: http://{host}:{port}/map)")
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,31 @@
+"""Service settings (env prefix ``GRIDMAP_``), created in one place and passed down."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE = "data/zhongxinlu.gpkg"
+
+
+class Settings(BaseSettings):
+    """Settings of a gridmap service; every field can be set as ``GRIDMAP_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="GRIDMAP_", extra="ignore")
+
+    database: str = Field(
+        DEFAULT_DATABASE,
+        description="GeoPackage path (embedded default) or, later, a postgresql:// URL.",
+    )
+    default_limit: int = Field(100, ge=1, description="Items per page when none is asked.")
+    max_limit: int = Field(1000, ge=1, description="Largest page; larger requests are clamped.")
+    title: str = Field("中心路街道网格化管理", description="Service title on the landing page.")
+    docs: bool = Field(True, description="Serve /docs (turn off in production if wished).")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings read from the environment, once."""
+    return Settings()

@@ -69,7 +69,9 @@ def parse_bbox(
     if v[0] > v[2] or v[1] > v[3]:
         msg = "bbox minimums must not exceed maximums (minLon,minLat,maxLon,maxLat)"
         raise BadRequestError(msg)
-    if not (-180 <= v[0] <= 180 and -180 <= v[2] <= 180 and -90 <= v[1] <= 90 and -90 <= v[3] <= 90):
+    if not (
+        -180 <= v[0] <= 180 and -180 <= v[2] <= 180 and -90 <= v[1] <= 90 and -90 <= v[3] <= 90
+    ):
         msg = "bbox is outside longitude -180..180 / latitude -90..90; is it lon,lat order?"
         raise BadRequestError(msg)
     return (v[0], v[1], v[2], v[3])

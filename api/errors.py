@@ -51,8 +51,12 @@ STATUS[BadRequestError] = 400
 
 def problem(status: int, detail: str, *, instance: str | None = None) -> Response:
     """An application/problem+json response."""
-    body = {"type": "about:blank", "title": _TITLES.get(status, "Error"), "status": status,
-            "detail": detail}
+    body = {
+        "type": "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
     if instance:
         body["instance"] = instance
     return Response(orjson.dumps(body), status_code=status, media_type="application/problem+json")

@@ -61,11 +61,14 @@ class PolygonIndex:
 
     def lookup(self, x: npt.ArrayLike, y: npt.ArrayLike) -> IntArray:
         """Index of the polygon containing each point, or -1. Vectorised over arrays."""
-        xa = np.asarray(x, dtype=np.float64)
-        ya = np.asarray(y, dtype=np.float64)
+        xa = np.atleast_1d(np.asarray(x, dtype=np.float64))
+        ya = np.atleast_1d(np.asarray(y, dtype=np.float64))
         ny, nx = self._labels.shape
         cx = np.floor((xa - self._origin[0]) / self._size[0])
         cy = np.floor((ya - self._origin[1]) / self._size[1])
+        # points on the far edge of the extent belong to the last cell
+        cx[(cx == nx) & (xa <= self._origin[0] + nx * self._size[0])] = nx - 1
+        cy[(cy == ny) & (ya <= self._origin[1] + ny * self._size[1])] = ny - 1
         ok = (cx >= 0) & (cx < nx) & (cy >= 0) & (cy < ny)
         out = np.full(xa.shape, _OUTSIDE, dtype=np.int64)
         out[ok] = self._labels[cy[ok].astype(np.int64), cx[ok].astype(np.int64)]

@@ -90,8 +90,7 @@ def demo(
     counts = {layer.id: store.count(layer.id) for layer in LAYERS}
     store.close()
     console.print(
-        f"[green]built[/] {database}: "
-        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        f"[green]built[/] {database}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
     console.print(
         "All names, phone numbers and ID numbers are synthetic (phones start 100, "

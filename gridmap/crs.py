@@ -163,7 +163,7 @@ def _invert(
 
 
 def gcj02_to_wgs84(lon: ArrayLike, lat: ArrayLike) -> tuple[FloatArray, FloatArray]:
-    """Convert GCJ-02 lon/lat to WGS84 by iterating the forward formula (error < 1e-9°, about 0.1 mm).
+    """Convert GCJ-02 lon/lat to WGS84 by iterating the forward formula (error < 1e-9°).
 
     Vectorised. A point outside China is unchanged.
     """

@@ -18,7 +18,9 @@ def geometry_fragments(geoms: Any) -> list[orjson.Fragment]:
     return [orjson.Fragment(g) for g in shapely.to_geojson(geoms).tolist()]
 
 
-def feature_dicts(fs: FeatureSet, *, properties: Sequence[str] | None = None) -> list[dict[str, Any]]:
+def feature_dicts(
+    fs: FeatureSet, *, properties: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """GeoJSON Feature objects (geometry pre-encoded) for every feature of ``fs``."""
     geoms = geometry_fragments(fs.geometries)
     props = fs.properties

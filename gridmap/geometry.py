@@ -17,6 +17,18 @@ from gridmap.errors import InvalidGeometryError
 MAX_VERTICES = 100_000
 """Most vertices one geometry may have."""
 
+_TYPE_NAMES = np.array(
+    [
+        "Point",
+        "LineString",
+        "LinearRing",
+        "Polygon",
+        "MultiPoint",
+        "MultiLineString",
+        "MultiPolygon",
+        "GeometryCollection",
+    ]
+)
 _GEOJSON_TYPES = {
     "Point",
     "MultiPoint",
@@ -161,10 +173,7 @@ def check_geometries(
         msg = f"feature {i}: geometry is missing{label}"
         raise InvalidGeometryError(msg)
     types = shapely.get_type_id(arr)
-    names = np.array(
-        ["Point", "LineString", "LinearRing", "Polygon", "MultiPoint", "MultiLineString"]
-        + ["MultiPolygon", "GeometryCollection"]
-    )[types]
+    names = _TYPE_NAMES[types]
     bad_type = ~np.isin(names, sorted(accepted_types))
     if bad_type.any():
         i = int(np.flatnonzero(bad_type)[0])

@@ -320,8 +320,17 @@ LAYERS: tuple[Layer, ...] = (
             _p("floors", "int", "层数", "Floors", minimum=1, maximum=100),
             _p("units", "int", "单元数", "Units", minimum=1, maximum=50),
             _p("built_year", "int", "建成年份", "Built", minimum=1900, maximum=2100),
-            _p("entrance_lon", "float", "入口经度", "Entrance lon (WGS84)", minimum=-180, maximum=180),
-            _p("entrance_lat", "float", "入口纬度", "Entrance lat (WGS84)", minimum=-90, maximum=90),
+            _p(
+                "entrance_lon",
+                "float",
+                "入口经度",
+                "Entrance lon (WGS84)",
+                minimum=-180,
+                maximum=180,
+            ),
+            _p(
+                "entrance_lat", "float", "入口纬度", "Entrance lat (WGS84)", minimum=-90, maximum=90
+            ),
         ),
         label="address",
     ),

@@ -74,8 +74,9 @@ def base_map(
     *, location: tuple[float, float] | None = None, zoom: int = 15, prefix: str = ASSET_PREFIX
 ) -> folium.Map:
     """A folium map with no tiles whose Leaflet comes from ``prefix`` (no CDN)."""
-    m = folium.Map(location=location, zoom_start=zoom, tiles=None, control_scale=True,
-                   prefer_canvas=True)
+    m = folium.Map(
+        location=location, zoom_start=zoom, tiles=None, control_scale=True, prefer_canvas=True
+    )
     m.default_js = _local_js(prefix)
     m.default_css = _local_css(prefix)
     return m
@@ -106,8 +107,9 @@ def add_layer(
     else:
         style = _STYLE.get(layer.id, {})
 
-        def style_fn(feature: Mapping[str, Any], _s: dict[str, Any] = style,
-                     _id: str = layer.id) -> dict[str, Any]:
+        def style_fn(
+            feature: Mapping[str, Any], _s: dict[str, Any] = style, _id: str = layer.id
+        ) -> dict[str, Any]:
             out = dict(_s)
             props = feature["properties"]
             if _id == "old_neighbourhoods":
@@ -140,9 +142,7 @@ def add_households(
 
     pts = [[round(y, 6), round(x, 6)] for x, y in shapely.get_coordinates(fs.geometries).tolist()]
     cluster = FastMarkerCluster(pts, name=_title(fs.layer, lang))
-    cluster.default_js = [
-        ("markerclusterjs", f"{prefix}/markercluster/leaflet.markercluster.js")
-    ]
+    cluster.default_js = [("markerclusterjs", f"{prefix}/markercluster/leaflet.markercluster.js")]
     cluster.default_css = [
         ("markerclustercss", f"{prefix}/markercluster/MarkerCluster.css"),
         ("markerclusterdefaultcss", f"{prefix}/markercluster/MarkerCluster.Default.css"),
@@ -170,7 +170,9 @@ def overview_map(
     """Every layer the scope allows on one page, with a layer control (Chinese by default)."""
     extent = store.extent("grids") or store.extent("zones")
     centre = (
-        ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else (34.8096, 113.2919)
+        ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2)
+        if extent
+        else (34.8096, 113.2919)
     )
     m = base_map(location=centre, zoom=15, prefix=prefix)
     for layer_id, show in _OVERVIEW_ORDER:

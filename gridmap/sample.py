@@ -148,8 +148,10 @@ class Frame:
 
 def district_boundary_wgs84() -> BaseGeometry:
     """The real boundary of 上街区 (adcode 410106), converted from GCJ-02 to WGS84."""
-    text = resources.files("gridmap.data").joinpath("shangjie_district_gcj02.geojson").read_text(
-        encoding="utf-8"
+    text = (
+        resources.files("gridmap.data")
+        .joinpath("shangjie_district_gcj02.geojson")
+        .read_text(encoding="utf-8")
     )
     feature = json.loads(text)["features"][0]
     g = shapely.geometry.shape(feature["geometry"])
@@ -207,9 +209,7 @@ class Sample:
 
     frame: Frame
     boundary: BaseGeometry
-    layers: dict[str, tuple[list[BaseGeometry], list[dict[str, Any]]]] = field(
-        default_factory=dict
-    )
+    layers: dict[str, tuple[list[BaseGeometry], list[dict[str, Any]]]] = field(default_factory=dict)
 
     def add(self, layer: str, geom: BaseGeometry, props: dict[str, Any]) -> int:
         """Append a feature; return its 1-based id (the fid it will get in a new store)."""
@@ -230,9 +230,7 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
     u_lo, u_hi = -1700.0, 1650.0
     ns = [_ns_line(u0, k, v_lo, v_hi) for _, u0, k in _NS_ROADS]
     ew = [_ew_line(v0, k, u_lo, u_hi) for _, v0, k in _EW_ROADS]
-    blocks = {
-        (c, r): _quad(ns[c], ns[c + 1], ew[r], ew[r + 1]) for c in range(4) for r in range(4)
-    }
+    blocks = {(c, r): _quad(ns[c], ns[c + 1], ew[r], ew[r + 1]) for c in range(4) for r in range(4)}
     boundary = shapely.union_all(list(blocks.values()))
     s.boundary = boundary
 
@@ -324,12 +322,19 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
 
     # ---- old neighbourhoods: southern part of eight grids outside the village
     old_grids = [
-        gi for gi in rng.permutation(len(grid_rows)).tolist()
-        if grid_rows[gi][0] not in _VILLAGE
+        gi for gi in rng.permutation(len(grid_rows)).tolist() if grid_rows[gi][0] not in _VILLAGE
     ][: len(_OLD_NEIGHBOURHOODS)]
     old_of_grid: dict[int, tuple[int, BaseGeometry]] = {}
-    statuses = ["planned", "planned", "approved", "approved", "in_progress", "in_progress",
-                "accepted", "planned"]
+    statuses = [
+        "planned",
+        "planned",
+        "approved",
+        "approved",
+        "in_progress",
+        "in_progress",
+        "accepted",
+        "planned",
+    ]
     for k, gi in enumerate(old_grids):
         poly = grid_rows[gi][2].buffer(-14.0)
         minx, miny, maxx, maxy = poly.bounds
@@ -350,8 +355,18 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
                 "budget_wan": float(round(rng.uniform(300, 2400), 1)),
                 "works": sorted(
                     rng.choice(
-                        ["roof", "pipes", "elevators", "facade", "heating", "gas", "drainage",
-                         "parking", "lighting", "greening"],
+                        [
+                            "roof",
+                            "pipes",
+                            "elevators",
+                            "facade",
+                            "heating",
+                            "gas",
+                            "drainage",
+                            "parking",
+                            "lighting",
+                            "greening",
+                        ],
                         size=int(rng.integers(3, 7)),
                         replace=False,
                     ).tolist()
@@ -388,22 +403,29 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
             gx0, _gy0, gx1, _gy1 = poly.bounds
             path = shapely.LineString([(gx0 - 10, y - 4.0), (gx1 + 10, y - 4.0)]).intersection(poly)
             if path.geom_type == "LineString" and path.length > 20:
-                s.add("roads", path, {**_road(f"{c}社区第{seq}网格{k + 1}号通道", "footpath",
-                                              "existing")})
+                s.add(
+                    "roads",
+                    path,
+                    {**_road(f"{c}社区第{seq}网格{k + 1}号通道", "footpath", "existing")},
+                )
         for bi, fp in enumerate(chosen):
             n_here = min(per_building, left)
             left -= n_here
             in_old = old is not None and old[1].contains(fp.centroid)
             built = (
-                int(rng.integers(1980, 1996)) if in_old
-                else int(rng.integers(1990, 2021)) if not village
+                int(rng.integers(1980, 1996))
+                if in_old
+                else int(rng.integers(1990, 2021))
+                if not village
                 else int(rng.integers(1985, 2012))
             )
             minx, miny, maxx, maxy = fp.bounds
             entrance = ((minx + maxx) / 2, miny + 0.5)
             street = _NS_ROADS[min(3, int((fp.centroid.x + 1500) // 725))][0]
             address = (
-                f"{c}村{seq}组{bi + 1}号" if village else f"{street}{seq * 10 + bi + 1}号院{bi + 1}号楼"
+                f"{c}村{seq}组{bi + 1}号"
+                if village
+                else f"{street}{seq * 10 + bi + 1}号院{bi + 1}号楼"
             )
             bid = s.add(
                 "buildings",
@@ -427,9 +449,7 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
                 door = h % per_floor + 1
                 x = minx + unit_w * (unit + 0.5) + (door - 1.5) * 3.0
                 y = miny + 1.5 + floor * ((maxy - miny - 3.0) / (floors + 1))
-                room = (
-                    f"{floor}0{door}室" if village else f"{unit + 1}单元{floor}0{door}室"
-                )
+                room = f"{floor}0{door}室" if village else f"{unit + 1}单元{floor}0{door}室"
                 birth = birth_base + dt.timedelta(days=int(rng.integers(0, 365 * 75)))
                 s.add(
                     "households",
@@ -543,22 +563,47 @@ def _place_facilities(  # type: ignore[no-untyped-def]
     """Toilets, cameras and service sites along the streets and in the communities."""
     boundary = s.boundary
     # Toilets: existing ones cluster along the older streets; three planned fill the gaps.
-    existing = [(-1100, -700), (-400, -1000), (300, -380), (1000, -700), (-1420, 300),
-                (-760, 350), (-60, 60), (600, 30), (-300, 640), (1000, 640), (-1100, 1000),
-                (1380, -200)]
+    existing = [
+        (-1100, -700),
+        (-400, -1000),
+        (300, -380),
+        (1000, -700),
+        (-1420, 300),
+        (-760, 350),
+        (-60, 60),
+        (600, 30),
+        (-300, 640),
+        (1000, 640),
+        (-1100, 1000),
+        (1380, -200),
+    ]
     for k, (u, v) in enumerate(existing):
         p = shapely.Point(u + 8, v + 8)
-        s.add("toilets", p, {
-            "name": f"第{k + 1}号公厕", "status": "existing",
-            "grade": ["I", "II", "II", "III"][k % 4],
-            "open_hours": "06:00-22:00" if k % 3 else "24小时",
-            "accessible": bool(k % 2 == 0), "units": int(rng.integers(6, 17)),
-        })
+        s.add(
+            "toilets",
+            p,
+            {
+                "name": f"第{k + 1}号公厕",
+                "status": "existing",
+                "grade": ["I", "II", "II", "III"][k % 4],
+                "open_hours": "06:00-22:00" if k % 3 else "24小时",
+                "accessible": bool(k % 2 == 0),
+                "units": int(rng.integers(6, 17)),
+            },
+        )
     for k, (u, v) in enumerate([(1000, 1000), (300, 1000), (-1100, -250)]):
-        s.add("toilets", shapely.Point(u, v), {
-            "name": f"规划公厕{k + 1}（厕所革命）", "status": "planned", "grade": "II",
-            "open_hours": "06:00-22:00", "accessible": True, "units": 10,
-        })
+        s.add(
+            "toilets",
+            shapely.Point(u, v),
+            {
+                "name": f"规划公厕{k + 1}（厕所革命）",
+                "status": "planned",
+                "grade": "II",
+                "open_hours": "06:00-22:00",
+                "accessible": True,
+                "units": 10,
+            },
+        )
     # Cameras: at road crossings (looking along each arm), along the streets, in compounds.
     cam = 0
     for a in ns:
@@ -568,7 +613,11 @@ def _place_facilities(  # type: ignore[no-untyped-def]
                 continue
             for direction in rng.choice([0, 90, 180, 270], size=3, replace=False):
                 cam += 1
-                s.add("cameras", shapely.Point(x.x + 6, x.y + 6), _camera(cam, rng, float(direction), "路口"))
+                s.add(
+                    "cameras",
+                    shapely.Point(x.x + 6, x.y + 6),
+                    _camera(cam, rng, float(direction), "路口"),
+                )
     for line in list(ns) + list(ew):
         part = line.intersection(boundary.buffer(1.0))
         if part.is_empty:
@@ -577,8 +626,11 @@ def _place_facilities(  # type: ignore[no-untyped-def]
             pt = shapely.line_interpolate_point(shapely.line_merge(part), t)
             cam += 1
             heading = _heading(line)
-            s.add("cameras", shapely.Point(pt.x + 5, pt.y + 5),
-                  _camera(cam, rng, float((heading + rng.choice([0, 180])) % 360), "沿街"))
+            s.add(
+                "cameras",
+                shapely.Point(pt.x + 5, pt.y + 5),
+                _camera(cam, rng, float((heading + rng.choice([0, 180])) % 360), "沿街"),
+            )
     while cam < 150:
         gi = int(rng.integers(len(grid_rows)))
         poly = grid_rows[gi][2].buffer(-12)
@@ -592,33 +644,71 @@ def _place_facilities(  # type: ignore[no-untyped-def]
     sites = [
         ("中心路街道矛盾纠纷调处化解中心", "mediation_room", "subdistrict", centre, None),
         ("中心路街道社会心理服务中心", "psych_service", "subdistrict", shapely.Point(60, 60), None),
-        ("中心路街道居家养老服务中心", "elderly_care", "subdistrict", shapely.Point(90, 100), 1200.0),
+        (
+            "中心路街道居家养老服务中心",
+            "elderly_care",
+            "subdistrict",
+            shapely.Point(90, 100),
+            1200.0,
+        ),
         ("中心路街道党群服务中心", "party_service", "subdistrict", shapely.Point(30, 100), None),
     ]
     for c in _COMMUNITIES:
         pt = comm_geoms[c].representative_point()
         sites += [
             (f"{c}社区矛盾纠纷调处化解工作室", "mediation_room", "community", pt, None),
-            (f"{c}社区社会心理服务工作室", "psych_service", "community",
-             shapely.Point(pt.x + 25, pt.y), None),
-            (f"{c}社区服务站", "community_office", "community", shapely.Point(pt.x, pt.y + 25), None),
+            (
+                f"{c}社区社会心理服务工作室",
+                "psych_service",
+                "community",
+                shapely.Point(pt.x + 25, pt.y),
+                None,
+            ),
+            (
+                f"{c}社区服务站",
+                "community_office",
+                "community",
+                shapely.Point(pt.x, pt.y + 25),
+                None,
+            ),
         ]
     extra = 15 - sum(1 for x in sites if x[1] == "mediation_room")
     for k in range(extra):
         gi = (k * 7 + 3) % len(grid_rows)
         pt = grid_rows[gi][2].representative_point()
-        sites.append((f"{grid_rows[gi][0]}社区第{grid_rows[gi][1]}网格调解室", "mediation_room",
-                      "community", shapely.Point(pt.x + 10, pt.y - 10), None))
+        sites.append(
+            (
+                f"{grid_rows[gi][0]}社区第{grid_rows[gi][1]}网格调解室",
+                "mediation_room",
+                "community",
+                shapely.Point(pt.x + 10, pt.y - 10),
+                None,
+            )
+        )
     for k, c in enumerate(["如意", "鸿园", "颐苑"]):
         pt = comm_geoms[c].representative_point()
-        sites.append((f"{c}社区卫生服务站", "health_station", "community",
-                      shapely.Point(pt.x - 25, pt.y + 5 * k), None))
+        sites.append(
+            (
+                f"{c}社区卫生服务站",
+                "health_station",
+                "community",
+                shapely.Point(pt.x - 25, pt.y + 5 * k),
+                None,
+            )
+        )
     for name, kind, level, pt, area in sites:
-        s.add("facilities", pt, {
-            "name": name, "kind": kind, "level": level,
-            "address": f"上街区{name[:2]}", "hours": "08:30-17:30",
-            "area_m2": area if area is not None else float(rng.integers(40, 300)),
-        })
+        s.add(
+            "facilities",
+            pt,
+            {
+                "name": name,
+                "kind": kind,
+                "level": level,
+                "address": f"上街区{name[:2]}",
+                "hours": "08:30-17:30",
+                "area_m2": area if area is not None else float(rng.integers(40, 300)),
+            },
+        )
 
 
 def _heading(line: BaseGeometry) -> float:
@@ -637,8 +727,9 @@ def _camera(k: int, rng: np.random.Generator, direction: float, where: str) -> d
         "fov_deg": fov,
         "range_m": rng_m,
         "status": "online" if rng.random() < 0.92 else "offline",
-        "installed_at": dt.date(2015 + int(rng.integers(0, 10)), int(rng.integers(1, 13)), 1)
-        .isoformat(),
+        "installed_at": dt.date(
+            2015 + int(rng.integers(0, 10)), int(rng.integers(1, 13)), 1
+        ).isoformat(),
     }
 
 
@@ -656,9 +747,7 @@ _ORDER = [
 ]
 
 
-def write_sample(
-    sample: Sample, path: str | Path, *, step: Step | None = None
-) -> GeoPackageStore:
+def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) -> GeoPackageStore:
     """Write a built sample to a new GeoPackage, then check its integrity (raises if broken)."""
     frame = sample.frame
     service_area = frame.to_wgs84([sample.boundary.buffer(30.0)])[0]
@@ -701,7 +790,10 @@ def write_sample(
 
 
 def build_demo(
-    path: str | Path, *, seed: int = 20261124, today: dt.date | None = None,
+    path: str | Path,
+    *,
+    seed: int = 20261124,
+    today: dt.date | None = None,
     step: Step | None = None,
 ) -> GeoPackageStore:
     """Build the sample subdistrict into a new GeoPackage at ``path`` and return the store."""
@@ -718,5 +810,11 @@ def build_demo(
     return write_sample(sample, path, step=step)
 
 
-__all__ = ["Frame", "Sample", "build_demo", "build_sample", "district_boundary_wgs84", "write_sample"]
-
+__all__ = [
+    "Frame",
+    "Sample",
+    "build_demo",
+    "build_sample",
+    "district_boundary_wgs84",
+    "write_sample",
+]

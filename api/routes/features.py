@@ -46,16 +46,31 @@ def landing(request: Request, settings: SettingsDep) -> Response:
             "description": "中心路街道网格化管理服务 — OGC API Features, maps and grid queries.",
             "links": [
                 {"href": f"{b}/", "rel": "self", "type": JSON, "title": "本页 This document"},
-                {"href": f"{b}/openapi.json", "rel": "service-desc",
-                 "type": "application/vnd.oai.openapi+json;version=3.0", "title": "API 定义"},
-                {"href": f"{b}/docs", "rel": "service-doc", "type": "text/html",
-                 "title": "API 文档"},
-                {"href": f"{b}/conformance", "rel": "conformance", "type": JSON,
-                 "title": "符合性 Conformance"},
-                {"href": f"{b}/collections", "rel": "data", "type": JSON,
-                 "title": "图层 Collections"},
-                {"href": f"{b}/map", "rel": "alternate", "type": "text/html",
-                 "title": "地图 Map"},
+                {
+                    "href": f"{b}/openapi.json",
+                    "rel": "service-desc",
+                    "type": "application/vnd.oai.openapi+json;version=3.0",
+                    "title": "API 定义",
+                },
+                {
+                    "href": f"{b}/docs",
+                    "rel": "service-doc",
+                    "type": "text/html",
+                    "title": "API 文档",
+                },
+                {
+                    "href": f"{b}/conformance",
+                    "rel": "conformance",
+                    "type": JSON,
+                    "title": "符合性 Conformance",
+                },
+                {
+                    "href": f"{b}/collections",
+                    "rel": "data",
+                    "type": JSON,
+                    "title": "图层 Collections",
+                },
+                {"href": f"{b}/map", "rel": "alternate", "type": "text/html", "title": "地图 Map"},
             ],
         }
     )
@@ -78,8 +93,12 @@ def _collection(layer: Layer, store: Any, base: str) -> dict[str, Any]:
         "storageCrs": CRS84,
         "links": [
             {"href": f"{base}/collections/{layer.id}", "rel": "self", "type": JSON},
-            {"href": f"{base}/collections/{layer.id}/items", "rel": "items", "type": GEOJSON,
-             "title": f"{layer.zh} features"},
+            {
+                "href": f"{base}/collections/{layer.id}/items",
+                "rel": "items",
+                "type": GEOJSON,
+                "title": f"{layer.zh} features",
+            },
         ],
     }
     if ext is not None:
@@ -144,8 +163,9 @@ def items(
     )
 
 
-@router.get("/collections/{collection_id}/items/{feature_id}", summary="One feature",
-            tags=["OGC API"])
+@router.get(
+    "/collections/{collection_id}/items/{feature_id}", summary="One feature", tags=["OGC API"]
+)
 def item(
     request: Request,
     layer: CollectionDep,

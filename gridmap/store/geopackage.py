@@ -93,6 +93,9 @@ BEGIN UPDATE "{t}" SET version = OLD.version + 1 WHERE fid = NEW.fid; END;
 """
 
 
+_ALL_ROWS = Query()
+
+
 def _q(name: str) -> str:
     """Quote an identifier (all come from the layer registry, never from requests)."""
     return '"' + name.replace('"', '""') + '"'
@@ -194,8 +197,9 @@ class GeoPackageStore:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None,
-                               check_same_thread=False)
+        conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
@@ -239,9 +243,13 @@ class GeoPackageStore:
     # ---------------------------------------------------------------- schema
 
     def _init_schema(self) -> None:
-        conn = self._connect()
-        conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-        conn.execute(f"PRAGMA user_version = {USER_VERSION}")
+        # The header fields go straight into the file (before WAL mode), because GDAL
+        # reads them from the file's first bytes, not through SQLite.
+        raw = sqlite3.connect(self.path, isolation_level=None)
+        raw.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+        raw.execute(f"PRAGMA user_version = {USER_VERSION}")
+        raw.execute("VACUUM")
+        raw.close()
         with self._write() as c:
             for stmt in _CORE_SQL.split(";"):
                 if stmt.strip():
@@ -251,14 +259,10 @@ class GeoPackageStore:
                 ("Undefined geographic SRS", 0, "NONE", 0, "undefined", "undefined geographic"),
                 ("WGS 84 geodetic", 4326, "EPSG", 4326, _WGS84_WKT, "longitude/latitude WGS84"),
             ]
-            c.executemany(
-                "INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES (?,?,?,?,?,?)", srs
-            )
+            c.executemany("INSERT OR IGNORE INTO gpkg_spatial_ref_sys VALUES (?,?,?,?,?,?)", srs)
             for layer in LAYERS:
                 self._create_layer_table(c, layer)
-            c.execute(
-                "INSERT OR REPLACE INTO gridmap_meta VALUES ('schema_version', '1')"
-            )
+            c.execute("INSERT OR REPLACE INTO gridmap_meta VALUES ('schema_version', '1')")
             c.execute(
                 "INSERT INTO gpkg_contents (table_name, data_type, identifier, description)"
                 " VALUES ('gridmap_meta', 'attributes', 'gridmap_meta', 'gridmap settings')"
@@ -295,13 +299,11 @@ class GeoPackageStore:
                 c.execute(stmt + "END;")
         for p in layer.properties:
             if p.name in ("grid_id", "building_id", "community_id", "zone_id"):
-                c.execute(
-                    f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})"
-                )
+                c.execute(f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})")
 
     def _check_schema(self) -> None:
-        conn = self._connect()
         try:
+            conn = self._connect()
             app = conn.execute("PRAGMA application_id").fetchone()[0]
             tables = {
                 r[0]
@@ -321,9 +323,11 @@ class GeoPackageStore:
             raise StoreError(msg)
 
     def _load_meta(self) -> None:
-        row = self._connect().execute(
-            "SELECT value FROM gridmap_meta WHERE key = 'service_area'"
-        ).fetchone()
+        row = (
+            self._connect()
+            .execute("SELECT value FROM gridmap_meta WHERE key = 'service_area'")
+            .fetchone()
+        )
         self._service_area = shapely.from_wkt(row[0]) if row else None
         if self._service_area is not None:
             shapely.prepare(self._service_area)
@@ -345,9 +349,11 @@ class GeoPackageStore:
 
     def meta(self, key: str) -> str | None:
         """A value from the gridmap_meta table."""
-        row = self._connect().execute(
-            "SELECT value FROM gridmap_meta WHERE key = ?", (key,)
-        ).fetchone()
+        row = (
+            self._connect()
+            .execute("SELECT value FROM gridmap_meta WHERE key = ?", (key,))
+            .fetchone()
+        )
         return None if row is None else str(row[0])
 
     def set_meta(self, key: str, value: str) -> None:
@@ -368,21 +374,24 @@ class GeoPackageStore:
             raise UnknownLayerError(msg)
         return layer
 
-    def _where(
-        self, layer: Layer, query: Query, scope: Scope
-    ) -> tuple[str, list[Any], bool]:
+    def _where(self, layer: Layer, query: Query, scope: Scope) -> tuple[str, list[Any], bool]:
         """SQL WHERE clause (with bound parameters) and whether the R-tree join is needed."""
         clauses: list[str] = []
         params: list[Any] = []
         if scope.grid_ids is not None:
-            col = "fid" if layer.id == "grids" else ("grid_id" if "grid_id" in layer.by_name else None)
+            col = (
+                "fid"
+                if layer.id == "grids"
+                else ("grid_id" if "grid_id" in layer.by_name else None)
+            )
             if col is not None:
                 clauses.append(f"t.{_q(col)} IN (SELECT value FROM json_each(?))")
                 params.append(json.dumps(sorted(scope.grid_ids)))
         for name, value in query.equals.items():
             prop = layer.by_name.get(name)
             if prop is None:
-                msg = f"unknown property {name[:40]!r} for layer {layer.id}; known: {', '.join(layer.names)}"
+                known = ", ".join(layer.names)
+                msg = f"unknown property {name[:40]!r} for layer {layer.id}; known: {known}"
                 raise InvalidFeatureError(msg)
             if value is None:
                 clauses.append(f"t.{_q(name)} IS NULL")
@@ -401,7 +410,12 @@ class GeoPackageStore:
             box = (
                 (float(gb[0]), float(gb[1]), float(gb[2]), float(gb[3]))
                 if box is None
-                else (max(box[0], gb[0]), max(box[1], gb[1]), min(box[2], gb[2]), min(box[3], gb[3]))
+                else (
+                    max(box[0], gb[0]),
+                    max(box[1], gb[1]),
+                    min(box[2], gb[2]),
+                    min(box[3], gb[3]),
+                )
             )
         use_rtree = box is not None
         if box is not None:
@@ -430,7 +444,11 @@ class GeoPackageStore:
         return " ORDER BY " + ", ".join(parts)
 
     def query(
-        self, layer_id: str, query: Query = Query(), *, scope: Scope = Scope.ALL  # noqa: B008
+        self,
+        layer_id: str,
+        query: Query = _ALL_ROWS,
+        *,
+        scope: Scope = Scope.ALL,
     ) -> FeatureSet:
         """Features matching ``query`` within ``scope``, with ``number_matched`` set.
 
@@ -444,7 +462,7 @@ class GeoPackageStore:
         conn = self._connect()
         if query.geometry is None:
             matched = conn.execute("SELECT count(*)" + base, params).fetchone()[0]
-            sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"  # noqa: S608
+            sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"
             page_params = list(params)
             if query.limit is not None:
                 sql += " LIMIT ? OFFSET ?"
@@ -454,7 +472,7 @@ class GeoPackageStore:
                 page_params.append(int(query.offset))
             rows = conn.execute(sql, page_params).fetchall()
             return self._rows_to_set(layer, rows, matched)
-        sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"  # noqa: S608
+        sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"
         rows = conn.execute(sql, params).fetchall()
         fs = self._rows_to_set(layer, rows, None)
         keep = _predicate(query.predicate, fs.geometries, query.geometry)
@@ -472,7 +490,11 @@ class GeoPackageStore:
         )
 
     def count(
-        self, layer_id: str, query: Query = Query(), *, scope: Scope = Scope.ALL  # noqa: B008
+        self,
+        layer_id: str,
+        query: Query = _ALL_ROWS,
+        *,
+        scope: Scope = Scope.ALL,
     ) -> int:
         """Number of features matching ``query`` within ``scope``."""
         if query.geometry is not None:
@@ -512,9 +534,14 @@ class GeoPackageStore:
     def extent(self, layer_id: str) -> BBox | None:
         """Bounding box of a layer from its R-tree (None when empty)."""
         layer = get_layer(layer_id)
-        row = self._connect().execute(
-            f"SELECT min(minx), min(miny), max(maxx), max(maxy) FROM {_q('rtree_' + layer.id + '_geom')}"  # noqa: S608
-        ).fetchone()
+        row = (
+            self._connect()
+            .execute(
+                "SELECT min(minx), min(miny), max(maxx), max(maxy) FROM "
+                + _q("rtree_" + layer.id + "_geom")
+            )
+            .fetchone()
+        )
         if row is None or row[0] is None:
             return None
         return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
@@ -566,7 +593,8 @@ class GeoPackageStore:
         geo.check_geometries(
             geoms,
             accepted_types=frozenset(
-                t for t in ("Point", "LineString", "Polygon", "MultiPolygon")
+                t
+                for t in ("Point", "LineString", "Polygon", "MultiPolygon")
                 if layer.accepts_geometry(t)
             ),
             service_area=self._service_area,
@@ -619,19 +647,18 @@ class GeoPackageStore:
         is called with the running count after each chunk of rows.
         """
         layer = self._layer(layer_id, scope)
-        geoms = np.asarray(list(geometries) if not isinstance(geometries, np.ndarray) else geometries,
-                           dtype=object)
+        geoms = np.asarray(
+            list(geometries) if not isinstance(geometries, np.ndarray) else geometries, dtype=object
+        )
         blobs, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
         names = layer.names
         cols = ", ".join(["geom", *(_q(n) for n in names)])
         marks = ", ".join(["?"] * (len(names) + 1))
-        sql = f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks})"  # noqa: S608
+        sql = f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks})"
         props_def = layer.properties
         ids: list[int] = []
         with self._write() as c:
-            start = c.execute(
-                "SELECT coalesce(max(fid), 0) FROM " + _q(layer.id)  # noqa: S608
-            ).fetchone()[0]
+            start = c.execute("SELECT coalesce(max(fid), 0) FROM " + _q(layer.id)).fetchone()[0]
             for lo in range(0, len(blobs), CHUNK):
                 rows = [
                     (blobs[i], *(_to_sql(p, clean[i][p.name]) for p in props_def))
@@ -643,7 +670,7 @@ class GeoPackageStore:
             ids = [
                 r[0]
                 for r in c.execute(
-                    f"SELECT fid FROM {_q(layer.id)} WHERE fid > ? ORDER BY fid",  # noqa: S608
+                    f"SELECT fid FROM {_q(layer.id)} WHERE fid > ? ORDER BY fid",
                     (start,),
                 )
             ]
@@ -655,7 +682,7 @@ class GeoPackageStore:
         t = _q("rtree_" + layer.id + "_geom")
         c.execute(
             "UPDATE gpkg_contents SET last_change = ?, "
-            f"min_x = (SELECT min(minx) FROM {t}), min_y = (SELECT min(miny) FROM {t}), "  # noqa: S608
+            f"min_x = (SELECT min(minx) FROM {t}), min_y = (SELECT min(miny) FROM {t}), "
             f"max_x = (SELECT max(maxx) FROM {t}), max_y = (SELECT max(maxy) FROM {t}) "
             "WHERE table_name = ?",
             (dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z", layer.id),
@@ -700,15 +727,17 @@ class GeoPackageStore:
             blobs, clean = self._prepare(
                 layer, np.asarray([geom], dtype=object), [merged], scope, trusted=False
             )
-            if layer.id != "grids" and "grid_id" in layer.by_name and not scope.allows_grid(
-                clean[0].get("grid_id")
+            if (
+                layer.id != "grids"
+                and "grid_id" in layer.by_name
+                and not scope.allows_grid(clean[0].get("grid_id"))
             ):
                 msg = f"no feature {fid} in collection {layer_id}"
                 raise FeatureNotFoundError(msg)
             sets = ", ".join(["geom = ?", *(f"{_q(n)} = ?" for n in layer.names)])
             values = [blobs[0], *(_to_sql(p, clean[0][p.name]) for p in layer.properties)]
             c.execute(
-                f"UPDATE {_q(layer.id)} SET {sets}, version = version + 1 WHERE fid = ?",  # noqa: S608
+                f"UPDATE {_q(layer.id)} SET {sets}, version = version + 1 WHERE fid = ?",
                 [*values, int(fid)],
             )
             if layer.id == "grids" and geometry is not None:
@@ -719,7 +748,7 @@ class GeoPackageStore:
     def _get_in(self, c: sqlite3.Connection, layer: Layer, fid: int, scope: Scope) -> Feature:
         where, params, use_rtree = self._where(layer, Query(ids=[int(fid)]), scope)
         cols = ", ".join(["t.fid", "t.geom", *(f"t.{_q(n)}" for n in layer.names), "t.version"])
-        rows = c.execute(f"SELECT {cols}{self._from(layer, use_rtree)}{where}", params).fetchall()  # noqa: S608
+        rows = c.execute(f"SELECT {cols}{self._from(layer, use_rtree)}{where}", params).fetchall()
         if not rows:
             msg = f"no feature {fid} in collection {layer.id}"
             raise FeatureNotFoundError(msg)
@@ -738,9 +767,12 @@ class GeoPackageStore:
         with self._write() as c:
             current = self._get_in(c, layer, fid, scope)
             if expected_version is not None and current.version != expected_version:
-                msg = f"feature {fid} of {layer_id} is at version {current.version}, not {expected_version}"
+                msg = (
+                    f"feature {fid} of {layer_id} is at version {current.version}, "
+                    f"not {expected_version}; fetch it again and reapply your change"
+                )
                 raise VersionConflictError(msg)
-            c.execute(f"DELETE FROM {_q(layer.id)} WHERE fid = ?", (int(fid),))  # noqa: S608
+            c.execute(f"DELETE FROM {_q(layer.id)} WHERE fid = ?", (int(fid),))
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)

@@ -184,7 +184,7 @@ def overview_map(
         m.fit_bounds([[extent[1], extent[0]], [extent[3], extent[2]]])
     folium.LayerControl(collapsed=False).add_to(m)
     title = "中心路街道网格化管理总览" if lang == "zh" else "Zhongxinlu subdistrict overview"
-    m.get_root().html.add_child(folium.Element(f"<title>{title}</title>"))
+    m.get_root().header.add_child(folium.Element(f"<title>{title}</title>"))
     return m
 
 

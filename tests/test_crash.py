@@ -64,8 +64,11 @@ def test_completed_bulk_insert_writes_everything(tmp_path: Path) -> None:
     path = tmp_path / "ok.gpkg"
     GeoPackageStore.create(path, service_area=shapely.box(113.2, 34.7, 113.4, 34.9)).close()
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(path), "5000"], capture_output=True, text=True,
-        check=True, timeout=120,
+        [sys.executable, "-c", CHILD, str(path), "5000"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     assert out.stdout.strip().endswith("committed")
     assert pyogrio.read_info(path, layer="cameras")["features"] == 5000

@@ -65,7 +65,9 @@ def test_round_trip_dense_grid_over_china() -> None:
 
 def test_shift_in_zhengzhou_is_hundreds_of_metres() -> None:
     gx, gy = crs.wgs84_to_gcj02([113.2919], [34.8096])
-    shift = np.hypot((gx - 113.2919) * M_PER_DEG * np.cos(np.radians(34.8)), (gy - 34.8096) * M_PER_DEG)
+    shift = np.hypot(
+        (gx - 113.2919) * M_PER_DEG * np.cos(np.radians(34.8)), (gy - 34.8096) * M_PER_DEG
+    )
     assert 300 < shift[0] < 800
 
 
@@ -73,8 +75,14 @@ def test_shift_in_zhengzhou_is_hundreds_of_metres() -> None:
     ("lon", "lat"), [(2.35, 48.85), (-74.0, 40.7), (139.7, 35.7), (151.2, -33.9), (60.0, 30.0)]
 )
 def test_outside_china_no_shift_either_way(lon: float, lat: float) -> None:
-    for fn in (crs.wgs84_to_gcj02, crs.gcj02_to_wgs84, crs.wgs84_to_bd09, crs.bd09_to_wgs84,
-               crs.gcj02_to_bd09, crs.bd09_to_gcj02):
+    for fn in (
+        crs.wgs84_to_gcj02,
+        crs.gcj02_to_wgs84,
+        crs.wgs84_to_bd09,
+        crs.bd09_to_wgs84,
+        crs.gcj02_to_bd09,
+        crs.bd09_to_gcj02,
+    ):
         x, y = fn([lon], [lat])
         assert (x[0], y[0]) == (lon, lat)
 
@@ -82,7 +90,7 @@ def test_outside_china_no_shift_either_way(lon: float, lat: float) -> None:
 def test_vectorised_shapes_and_nan_passthrough() -> None:
     x, y = crs.wgs84_to_gcj02(np.full((3, 4), 113.3), np.full((3, 4), 34.8))
     assert x.shape == (3, 4)
-    x, y = crs.gcj02_to_wgs84([np.nan, 113.3], [34.8, 34.8])
+    x, _y = crs.gcj02_to_wgs84([np.nan, 113.3], [34.8, 34.8])
     assert np.isnan(x[0]) and np.isfinite(x[1])
     with pytest.raises(ValueError, match="same shape"):
         crs.wgs84_to_gcj02([1.0, 2.0], [1.0])

@@ -40,8 +40,12 @@ def test_new_file_is_a_geopackage_with_every_layer(store: GeoPackageStore) -> No
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    ext = {r[0] for r in conn.execute("SELECT table_name FROM gpkg_extensions "
-                                       "WHERE extension_name = 'gpkg_rtree_index'")}
+    ext = {
+        r[0]
+        for r in conn.execute(
+            "SELECT table_name FROM gpkg_extensions WHERE extension_name = 'gpkg_rtree_index'"
+        )
+    }
     assert ext == {layer.id for layer in LAYERS}
     conn.close()
     layers = dict(pyogrio.list_layers(store.path).tolist())
@@ -52,8 +56,10 @@ def test_new_file_is_a_geopackage_with_every_layer(store: GeoPackageStore) -> No
 
 def test_insert_get_and_gdal_reads_the_same(store: GeoPackageStore) -> None:
     geoms = [P(113.28 + i * 0.001, 34.80 + i * 0.0005) for i in range(50)]
-    props = [{"name": f"厕{i}", "status": "existing", "units": i, "accessible": i % 2 == 0}
-             for i in range(50)]
+    props = [
+        {"name": f"厕{i}", "status": "existing", "units": i, "accessible": i % 2 == 0}
+        for i in range(50)
+    ]
     ids = store.insert("toilets", geoms, props)
     assert ids == list(range(1, 51))
     f = store.get("toilets", 7)
@@ -96,8 +102,11 @@ def test_bbox_query_uses_rtree_and_paging(store: GeoPackageStore) -> None:
 
 
 def test_exact_spatial_predicates(store: GeoPackageStore) -> None:
-    store.insert("toilets", [P(113.28, 34.80), P(113.2899, 34.8099), P(113.30, 34.82)],
-                 [{"name": "a"}, {"name": "b"}, {"name": "c"}])
+    store.insert(
+        "toilets",
+        [P(113.28, 34.80), P(113.2899, 34.8099), P(113.30, 34.82)],
+        [{"name": "a"}, {"name": "b"}, {"name": "c"}],
+    )
     tri = shapely.Polygon([(113.27, 34.79), (113.295, 34.79), (113.27, 34.815)])
     # b lies in tri's bounding box but outside the triangle
     fs = store.query("toilets", Query(geometry=tri, predicate="intersects"))
@@ -106,9 +115,15 @@ def test_exact_spatial_predicates(store: GeoPackageStore) -> None:
 
 
 def test_equality_filters_and_ordering(store: GeoPackageStore) -> None:
-    store.insert("toilets", [P(113.28, 34.80)] * 3,
-                 [{"name": "b", "status": "planned"}, {"name": "a", "status": "existing"},
-                  {"name": "c", "status": "planned"}])
+    store.insert(
+        "toilets",
+        [P(113.28, 34.80)] * 3,
+        [
+            {"name": "b", "status": "planned"},
+            {"name": "a", "status": "existing"},
+            {"name": "c", "status": "planned"},
+        ],
+    )
     fs = store.query("toilets", Query(equals={"status": "planned"}, order_by=["-name"]))
     assert [p["name"] for p in fs.properties] == ["c", "b"]
     with pytest.raises(InvalidFeatureError, match="unknown property"):
@@ -124,11 +139,14 @@ def test_update_bumps_version_and_checks_expected(store: GeoPackageStore) -> Non
     with pytest.raises(VersionConflictError, match="version 2"):
         store.update("toilets", 1, properties={"units": 9}, expected_version=1)
     assert store.get("toilets", 1).properties["units"] == 4
-    f = store.update("toilets", 1, geometry=P(113.29, 34.81), properties={"name": "z"},
-                     replace=True)
+    f = store.update(
+        "toilets", 1, geometry=P(113.29, 34.81), properties={"name": "z"}, replace=True
+    )
     assert f.properties["units"] is None and f.properties["name"] == "z" and f.version == 3
     # the R-tree followed the move
-    assert store.query("toilets", Query(bbox=(113.289, 34.809, 113.291, 34.811))).ids.tolist() == [1]
+    assert store.query("toilets", Query(bbox=(113.289, 34.809, 113.291, 34.811))).ids.tolist() == [
+        1
+    ]
     assert len(store.query("toilets", Query(bbox=(113.279, 34.799, 113.281, 34.801)))) == 0
 
 
@@ -146,8 +164,9 @@ def test_delete(store: GeoPackageStore) -> None:
 
 def test_household_grid_id_is_derived_from_location(store: GeoPackageStore) -> None:
     g1, g2 = _grid(store)
-    ids = store.insert("households", [P(113.27, 34.80), P(113.29, 34.80)],
-                       [{"room": "1"}, {"room": "2"}])
+    ids = store.insert(
+        "households", [P(113.27, 34.80), P(113.29, 34.80)], [{"room": "1"}, {"room": "2"}]
+    )
     assert [store.get("households", i).properties["grid_id"] for i in ids] == [g1, g2]
     f = store.update("households", ids[0], geometry=P(113.295, 34.805))
     assert f.properties["grid_id"] == g2
@@ -159,7 +178,7 @@ def test_household_grid_id_is_derived_from_location(store: GeoPackageStore) -> N
 
 
 def test_scope_limits_reads_and_writes(store: GeoPackageStore) -> None:
-    g1, g2 = _grid(store)
+    g1, _g2 = _grid(store)
     store.insert("households", [P(113.27, 34.80), P(113.29, 34.80)], [{"room": "1"}, {"room": "2"}])
     mine = Scope(grid_ids=frozenset({g1}))
     assert store.query("households", scope=mine).ids.tolist() == [1]
@@ -181,8 +200,12 @@ def test_scope_limits_reads_and_writes(store: GeoPackageStore) -> None:
 
 
 BAD_GEOMETRIES = [
-    ("bowtie polygon", "zones", shapely.Polygon([(113.27, 34.79), (113.29, 34.81), (113.29, 34.79),
-                                                 (113.27, 34.81)]), "Self-intersection"),
+    (
+        "bowtie polygon",
+        "zones",
+        shapely.Polygon([(113.27, 34.79), (113.29, 34.81), (113.29, 34.79), (113.27, 34.81)]),
+        "Self-intersection",
+    ),
     ("wrong type", "toilets", shapely.box(113.27, 34.79, 113.28, 34.80), "not accepted"),
     ("NaN coordinates", "toilets", P(float("nan"), 34.8), "finite"),
     ("infinite coordinates", "toilets", P(113.28, float("inf")), "finite"),
@@ -193,10 +216,12 @@ BAD_GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "layer", "geom", "message"), BAD_GEOMETRIES,
-                         ids=[b[0] for b in BAD_GEOMETRIES])
-def test_bad_geometry_raises_and_writes_nothing(store: GeoPackageStore, case: str, layer: str,
-                                                 geom: object, message: str) -> None:
+@pytest.mark.parametrize(
+    ("case", "layer", "geom", "message"), BAD_GEOMETRIES, ids=[b[0] for b in BAD_GEOMETRIES]
+)
+def test_bad_geometry_raises_and_writes_nothing(
+    store: GeoPackageStore, case: str, layer: str, geom: object, message: str
+) -> None:
     good = P(113.28, 34.80) if layer == "toilets" else shapely.box(113.27, 34.79, 113.28, 34.80)
     with pytest.raises(InvalidGeometryError, match=message):
         store.insert(layer, [good, geom], [{"name": "ok"}, {"name": "bad"}])
@@ -215,8 +240,9 @@ def test_bad_geometry_raises_and_writes_nothing(store: GeoPackageStore, case: st
         ({"name": "a", "accessible": "yes"}, "valid boolean"),
     ],
 )
-def test_bad_properties_raise_and_write_nothing(store: GeoPackageStore, props: dict,
-                                                message: str) -> None:
+def test_bad_properties_raise_and_write_nothing(
+    store: GeoPackageStore, props: dict, message: str
+) -> None:
     with pytest.raises(InvalidFeatureError, match=message):
         store.insert("toilets", [P(113.28, 34.80), P(113.28, 34.80)], [{"name": "ok"}, props])
     assert store.count("toilets") == 0
@@ -225,8 +251,7 @@ def test_bad_properties_raise_and_write_nothing(store: GeoPackageStore, props: d
 def test_feature_appended_by_gdal_is_indexed(store: GeoPackageStore) -> None:
     store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
     store.close()
-    new = gpd.GeoDataFrame({"name": ["gdal"], "units": [3]}, geometry=[P(113.30, 34.82)],
-                           crs=4326)
+    new = gpd.GeoDataFrame({"name": ["gdal"], "units": [3]}, geometry=[P(113.30, 34.82)], crs=4326)
     pyogrio.write_dataframe(new, store.path, layer="toilets", append=True)
     reopened = GeoPackageStore.open(store.path)
     hit = reopened.query("toilets", Query(bbox=(113.299, 34.819, 113.301, 34.821)))
@@ -241,11 +266,13 @@ def test_external_update_keeps_index_and_bumps_version(store: GeoPackageStore) -
 
     store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
     conn = sqlite3.connect(store.path)
-    for name, fn in [("ST_IsEmpty", geo.blob_is_empty),
-                     ("ST_MinX", lambda b: geo.blob_envelope(b)[0]),
-                     ("ST_MaxX", lambda b: geo.blob_envelope(b)[1]),
-                     ("ST_MinY", lambda b: geo.blob_envelope(b)[2]),
-                     ("ST_MaxY", lambda b: geo.blob_envelope(b)[3])]:
+    for name, fn in [
+        ("ST_IsEmpty", geo.blob_is_empty),
+        ("ST_MinX", lambda b: geo.blob_envelope(b)[0]),
+        ("ST_MaxX", lambda b: geo.blob_envelope(b)[1]),
+        ("ST_MinY", lambda b: geo.blob_envelope(b)[2]),
+        ("ST_MaxY", lambda b: geo.blob_envelope(b)[3]),
+    ]:
         conn.create_function(name, 1, fn)
     blob = geo.to_gpkg_blobs([P(113.31, 34.83)])[0]
     conn.execute("UPDATE toilets SET geom = ?, name = 'moved' WHERE fid = 1", (blob,))
@@ -253,7 +280,9 @@ def test_external_update_keeps_index_and_bumps_version(store: GeoPackageStore) -
     conn.close()
     f = store.get("toilets", 1)
     assert f.properties["name"] == "moved" and f.version == 2
-    assert store.query("toilets", Query(bbox=(113.309, 34.829, 113.311, 34.831))).ids.tolist() == [1]
+    assert store.query("toilets", Query(bbox=(113.309, 34.829, 113.311, 34.831))).ids.tolist() == [
+        1
+    ]
     assert len(store.query("toilets", Query(bbox=(113.279, 34.799, 113.281, 34.801)))) == 0
 
 

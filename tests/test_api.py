@@ -1,0 +1,116 @@
+"""The first API: landing, collections, items with bbox and paging, single items, errors."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gridmap.layers import LAYERS
+from gridmap.store import GeoPackageStore, Query
+from tests.test_maps import layer_control_names
+
+
+def _problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["detail"]
+    return body
+
+
+def test_landing_links(client: TestClient) -> None:
+    body = client.get("/").json()
+    rels = {link["rel"] for link in body["links"]}
+    assert {"self", "service-desc", "conformance", "data"} <= rels
+    assert client.get("/openapi.json").status_code == 200
+    conf = client.get("/conformance").json()["conformsTo"]
+    assert "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core" in conf
+
+
+def test_collections_list_every_layer(client: TestClient, sample_store: GeoPackageStore) -> None:
+    cols = client.get("/collections").json()["collections"]
+    assert [c["id"] for c in cols] == [layer.id for layer in LAYERS]
+    grids = client.get("/collections/grids").json()
+    assert grids["title"] == "网格"
+    bbox = grids["extent"]["spatial"]["bbox"][0]
+    assert bbox == pytest.approx(list(sample_store.extent("grids")))
+
+
+def test_paging_through_a_collection_returns_every_feature(
+    client: TestClient, sample_store: GeoPackageStore
+) -> None:
+    seen: list[int] = []
+    url: str | None = "/collections/buildings/items?limit=250"
+    while url:
+        r = client.get(url)
+        assert r.status_code == 200
+        assert r.headers["content-type"] == "application/geo+json"
+        body = r.json()
+        assert body["numberMatched"] == sample_store.count("buildings")
+        assert body["numberReturned"] == len(body["features"]) <= 250
+        seen += [f["id"] for f in body["features"]]
+        nxt = [link["href"] for link in body["links"] if link["rel"] == "next"]
+        url = nxt[0].replace("http://testserver", "") if nxt else None
+    assert seen == sorted(sample_store.query("buildings").ids.tolist())
+
+
+def test_bbox_filter_matches_store(client: TestClient, sample_store: GeoPackageStore) -> None:
+    bbox = (113.285, 34.80, 113.295, 34.81)
+    r = client.get("/collections/toilets/items", params={"bbox": ",".join(map(str, bbox))})
+    ids = sorted(f["id"] for f in r.json()["features"])
+    assert ids == sorted(sample_store.query("toilets", Query(bbox=bbox)).ids.tolist())
+    assert r.headers["content-crs"] == "<http://www.opengis.net/def/crs/OGC/1.3/CRS84>"
+
+
+def test_limit_is_clamped_not_refused(client: TestClient) -> None:
+    body = client.get("/collections/households/items?limit=50000").json()
+    assert body["numberReturned"] == 1000
+
+
+def test_single_item_with_etag(client: TestClient, sample_store: GeoPackageStore) -> None:
+    r = client.get("/collections/grids/items/3")
+    assert r.status_code == 200
+    f = r.json()
+    assert f["id"] == 3 and f["geometry"]["type"] == "Polygon"
+    assert f["properties"] == sample_store.get("grids", 3).properties
+    assert r.headers["etag"] == '"grids-3-v1"'
+
+
+@pytest.mark.parametrize(
+    ("url", "status"),
+    [
+        ("/collections/nope", 404),
+        ("/collections/nope/items", 404),
+        ("/collections/grids/items/999999", 404),
+        ("/collections/grids/items/abc", 404),
+        ("/collections/grids/items/1;DROP TABLE grids", 404),
+        ("/collections/grids/items?bbox=1,2,3", 400),
+        ("/collections/grids/items?bbox=a,b,c,d", 400),
+        ("/collections/grids/items?bbox=113.3,34.8,113.2,34.9", 400),
+        ("/collections/grids/items?bbox=nan,34.8,113.3,34.9", 400),
+        ("/collections/grids/items?bbox=34.8,113.2,34.9,113.3", 400),
+        ("/collections/grids/items?bbox=inf,34.8,113.3,34.9", 400),
+        ("/collections/grids/items?limit=0", 400),
+        ("/collections/grids/items?limit=abc", 400),
+        ("/collections/grids/items?offset=-1", 400),
+        ("/collections/grids/items?limit=1e999", 400),
+    ],
+)
+def test_bad_requests_get_problem_json(client: TestClient, url: str, status: int) -> None:
+    body = _problem(client.get(url), status)
+    assert "Traceback" not in body["detail"] and "SELECT" not in body["detail"]
+
+
+def test_map_page_is_offline(client: TestClient) -> None:
+    r = client.get("/map")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    html = r.text
+    assert "http://" not in html.replace("http://www.w3.org", "")
+    assert "https://" not in html
+    assert "/static/leaflet/leaflet.js" in html
+    assert client.get("/static/leaflet/leaflet.js").status_code == 200
+    assert client.get("/static/markercluster/leaflet.markercluster.js").status_code == 200
+    assert layer_control_names(html) >= {"网格", "公厕", "住户"}
+    en = client.get("/map?lang=en").text
+    assert layer_control_names(en) >= {"Grid cells", "Public toilets", "Households"}
+    _problem(client.get("/map?lang=fr"), 400)

@@ -88,7 +88,7 @@ def test_outside_china_no_shift_either_way(lon: float, lat: float) -> None:
 
 
 def test_vectorised_shapes_and_nan_passthrough() -> None:
-    x, y = crs.wgs84_to_gcj02(np.full((3, 4), 113.3), np.full((3, 4), 34.8))
+    x, _y = crs.wgs84_to_gcj02(np.full((3, 4), 113.3), np.full((3, 4), 34.8))
     assert x.shape == (3, 4)
     x, _y = crs.gcj02_to_wgs84([np.nan, 113.3], [34.8, 34.8])
     assert np.isnan(x[0]) and np.isfinite(x[1])

@@ -7,19 +7,15 @@ naive shapely loop (timed on a subsample and scaled, since it would take minutes
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
-from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
 import shapely
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of  # noqa: E402
-
-from gridmap.assign import assign_points  # noqa: E402
-from gridmap.sample import build_sample  # noqa: E402
+from benchmarks._common import best_of
+from gridmap.assign import assign_points
+from gridmap.sample import build_sample
 
 N = 1_000_000
 NAIVE_N = 20_000
@@ -66,9 +62,13 @@ def main() -> None:
 
     print(f"gridmap PolygonIndex (x, y arrays)      {ours:8.3f} s")
     print(f"geopandas.sjoin incl. building points   {sj_xy:8.3f} s   ratio {sj_xy / ours:6.1f}x")
-    print(f"geopandas.sjoin, points prebuilt        {sj_geom:8.3f} s   ratio {sj_geom / ours:6.1f}x")
-    print(f"naive shapely loop (scaled from {NAIVE_N:,}) {naive_t:8.1f} s   "
-          f"ratio {naive_t / ours:6.0f}x")
+    print(
+        f"geopandas.sjoin, points prebuilt        {sj_geom:8.3f} s   ratio {sj_geom / ours:6.1f}x"
+    )
+    print(
+        f"naive shapely loop (scaled from {NAIVE_N:,}) {naive_t:8.1f} s   "
+        f"ratio {naive_t / ours:6.0f}x"
+    )
     print(f"agreement with sjoin: {agree:.6f}")
 
 

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 from pyproj import Transformer
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import best_of  # noqa: E402
-
-from gridmap import crs  # noqa: E402
+from benchmarks._common import best_of
+from gridmap import crs
 
 N = 1_000_000
 
@@ -32,8 +27,10 @@ def main() -> None:
         ("BD-09 → WGS84 (iterative)", crs.bd09_to_wgs84, bx, by),
     ]:
         t = best_of(lambda fn=fn, a=a, b=b: fn(a, b))
-        print(f"{name:<28} {t:7.3f} s   {N / t / 1e6:5.2f} M points/s   "
-              f"{t / anchor:5.2f}x the pyproj anchor")
+        print(
+            f"{name:<28} {t:7.3f} s   {N / t / 1e6:5.2f} M points/s   "
+            f"{t / anchor:5.2f}x the pyproj anchor"
+        )
     wx, wy = crs.gcj02_to_wgs84(gx, gy)
     err = np.hypot(wx - x, wy - y).max() * 111_320
     print(f"max GCJ-02 round-trip error: {err * 1000:.4f} mm")

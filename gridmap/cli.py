@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -15,6 +15,9 @@ from rich.table import Table
 from gridmap.errors import GridmapError
 from gridmap.layers import LAYERS
 from gridmap.settings import DEFAULT_DATABASE
+
+if TYPE_CHECKING:
+    from gridmap.store import GeoPackageStore
 
 app = typer.Typer(
     help="gridmap — grid management (网格化管理) for a subdistrict: data, API and maps.",
@@ -35,9 +38,18 @@ DbOption = Annotated[
 ]
 
 
-def _fail(exc: Exception) -> None:
+def _fail(exc: Exception) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=1)
+
+
+def _open(database: Path) -> GeoPackageStore:
+    from gridmap.store import open_store
+
+    try:
+        return open_store(database)
+    except GridmapError as exc:
+        _fail(exc)
 
 
 @app.command()
@@ -101,12 +113,7 @@ def demo(
 @app.command()
 def info(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
     """List the layers with their feature counts, geometry types and extent."""
-    from gridmap.store import open_store
-
-    try:
-        store = open_store(database)
-    except GridmapError as exc:
-        _fail(exc)
+    store = _open(database)
     table = Table(title=f"{database}")
     for col in ("collection", "图层", "geometry", "features", "extent (WGS84)"):
         table.add_column(col)
@@ -127,12 +134,8 @@ def info(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
 def check(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
     """Check integrity: grids in communities, no overlaps, households in exactly one grid."""
     from gridmap.integrity import check_store
-    from gridmap.store import open_store
 
-    try:
-        store = open_store(database)
-    except GridmapError as exc:
-        _fail(exc)
+    store = _open(database)
     problems = check_store(store)
     store.close()
     if problems:

@@ -26,6 +26,7 @@ from shapely.geometry.base import BaseGeometry
 from gridmap import crs
 from gridmap.errors import IntegrityError
 from gridmap.integrity import check_store
+from gridmap.layers import RENOVATION_WORKS
 from gridmap.store import GeoPackageStore
 
 SEAT_WGS84 = (113.2919, 34.8096)
@@ -355,18 +356,7 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
                 "budget_wan": float(round(rng.uniform(300, 2400), 1)),
                 "works": sorted(
                     rng.choice(
-                        [
-                            "roof",
-                            "pipes",
-                            "elevators",
-                            "facade",
-                            "heating",
-                            "gas",
-                            "drainage",
-                            "parking",
-                            "lighting",
-                            "greening",
-                        ],
+                        list(RENOVATION_WORKS),
                         size=int(rng.integers(3, 7)),
                         replace=False,
                     ).tolist()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections import Counter
 from pathlib import Path
@@ -169,3 +170,15 @@ def test_visit_dates_are_recent(sample_store: GeoPackageStore) -> None:
     assert (parsed <= REFERENCE_DATE).all()
     assert (parsed >= REFERENCE_DATE - dt.timedelta(days=60)).all()
     assert 0.6 < len(dates) / sample_store.count("households") < 0.85
+
+
+def test_gdal_reads_the_same_households_the_store_wrote(
+    sample_path: Path, sample_store: GeoPackageStore
+) -> None:
+    gdf = pyogrio.read_dataframe(sample_path, layer="households", fid_as_index=True)
+    fs = sample_store.query("households")
+    assert gdf.index.tolist() == fs.ids.tolist()
+    assert shapely.equals_exact(gdf.geometry.values, fs.geometries, tolerance=0).all()
+    assert gdf["id_number"].tolist() == [p["id_number"] for p in fs.properties]
+    assert gdf["grid_id"].tolist() == [p["grid_id"] for p in fs.properties]
+    assert [json.loads(t) for t in gdf["tags"]] == [p["tags"] for p in fs.properties]

@@ -141,7 +141,7 @@ def add_households(
     import shapely
 
     pts = [[round(y, 6), round(x, 6)] for x, y in shapely.get_coordinates(fs.geometries).tolist()]
-    cluster = FastMarkerCluster(pts, name=_title(fs.layer, lang))
+    cluster = FastMarkerCluster(pts, name=_title(fs.layer, lang), callback=_HOUSEHOLD_MARKER)
     cluster.default_js = [("markerclusterjs", f"{prefix}/markercluster/leaflet.markercluster.js")]
     cluster.default_css = [
         ("markerclustercss", f"{prefix}/markercluster/MarkerCluster.css"),
@@ -150,6 +150,15 @@ def add_households(
     cluster.add_to(m)
     return cluster
 
+
+# A dot drawn with CSS: no icon images, no plugin beyond markercluster.
+_HOUSEHOLD_MARKER = """function (row) {
+    return L.marker(new L.LatLng(row[0], row[1]),
+                    {icon: L.divIcon({className: "gm-household", iconSize: [8, 8]})});
+}"""
+_PAGE_CSS = """<style>
+.gm-household { background: #4575b4; border: 1px solid #fff; border-radius: 50%; }
+</style>"""
 
 _OVERVIEW_ORDER = [
     ("roads", True),
@@ -184,7 +193,7 @@ def overview_map(
         m.fit_bounds([[extent[1], extent[0]], [extent[3], extent[2]]])
     folium.LayerControl(collapsed=False).add_to(m)
     title = "中心路街道网格化管理总览" if lang == "zh" else "Zhongxinlu subdistrict overview"
-    m.get_root().header.add_child(folium.Element(f"<title>{title}</title>"))
+    m.get_root().header.add_child(folium.Element(f"<title>{title}</title>{_PAGE_CSS}"))
     return m
 
 

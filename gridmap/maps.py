@@ -77,6 +77,9 @@ def base_map(
     m = folium.Map(
         location=location, zoom_start=zoom, tiles=None, control_scale=True, prefer_canvas=True
     )
+    # With no tile layer Leaflet has no zoom range; clustering needs one.
+    m.options["max_zoom"] = 20
+    m.options["min_zoom"] = 10
     m.default_js = _local_js(prefix)
     m.default_css = _local_css(prefix)
     return m

@@ -1,0 +1,196 @@
+"""The map pages in real headless Chromium (Debian's), with every non-loopback request blocked."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+
+if CHROMIUM is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must have Debian's chromium installed (.ci/run installs it)")
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(sample_path: Path) -> Iterator[str]:
+    """A real uvicorn server over the sample, on a free loopback port."""
+    port = _free_port()
+    env = {**os.environ, "GRIDMAP_DATABASE": str(sample_path)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("the API server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        yield b
+        b.close()
+
+
+def _open(browser, url: str):  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors: list[str] = []
+    blocked: list[str] = []
+    failed: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("requestfailed", lambda r: failed.append(r.url))
+
+    def guard(route) -> None:  # type: ignore[no-untyped-def]
+        host = urlparse(route.request.url).hostname or ""
+        if host in ("127.0.0.1", "localhost", "::1") or route.request.url.startswith("data:"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", guard)
+    page.goto(url, wait_until="load")
+    page.wait_for_function("document.querySelectorAll('.leaflet-control-layers label').length > 0")
+    return page, errors, blocked, failed
+
+
+@pytest.mark.parametrize(
+    ("lang", "names"),
+    [
+        (
+            "zh",
+            {
+                "联合片区",
+                "社区",
+                "网格",
+                "楼栋",
+                "住户",
+                "老旧小区",
+                "公厕",
+                "监控点位",
+                "服务阵地",
+                "道路",
+            },
+        ),
+        (
+            "en",
+            {
+                "Joint district zones",
+                "Communities",
+                "Grid cells",
+                "Buildings",
+                "Households",
+                "Old neighbourhoods",
+                "Public toilets",
+                "Cameras",
+                "Service facilities",
+                "Roads",
+            },
+        ),
+    ],
+)
+def test_overview_renders_offline(browser, server: str, lang: str, names: set[str]) -> None:  # type: ignore[no-untyped-def]
+    page, errors, blocked, failed = _open(browser, f"{server}/map?lang={lang}")
+    labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
+    assert labels == names
+    assert errors == [] and blocked == [] and failed == []
+    # 40 grid polygons drawn, household clusters shown
+    assert page.locator(".marker-cluster").count() > 10
+    page.locator(".marker-cluster").first.wait_for()
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"overview-{lang}.png"))
+    page.close()
+
+
+def test_popup_opens_on_click(browser, server: str) -> None:  # type: ignore[no-untyped-def]
+    page, errors, _, _ = _open(browser, f"{server}/map")
+    # find a planned toilet and click its marker with the mouse, where it is drawn
+    point = page.evaluate(
+        """() => {
+            let map = null;
+            for (const k in window) { if (window[k] instanceof L.Map) { map = window[k]; } }
+            for (const k in window) {
+                const v = window[k];
+                if (v && v instanceof L.GeoJSON) {
+                    for (const layer of v.getLayers()) {
+                        const f = layer.feature;
+                        if (f && f.geometry.type === 'Point' && f.properties.status === 'planned') {
+                            map.setView(layer.getLatLng(), 18, {animate: false});
+                            const p = map.latLngToContainerPoint(layer.getLatLng());
+                            const r = map.getContainer().getBoundingClientRect();
+                            return [r.left + p.x, r.top + p.y];
+                        }
+                    }
+                }
+            }
+            return null;
+        }"""
+    )
+    assert point is not None
+    page.mouse.click(point[0], point[1])
+    popup = page.locator(".leaflet-popup-content")
+    popup.wait_for()
+    assert "规划公厕" in popup.inner_text()
+    assert errors == []
+    page.close()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
-from fastapi import Depends, Path, Query, Request
+from fastapi import Depends, Path, Request
 
 from api.errors import BadRequestError
+from gridmap.crs import CRS84, SUPPORTED_CRS, UnsupportedCRSError, normalize_crs
 from gridmap.errors import UnknownLayerError
 from gridmap.layers import Layer, get_layer
 from gridmap.settings import Settings
@@ -41,20 +42,22 @@ def get_collection(
     return layer
 
 
-def parse_bbox(
-    bbox: Annotated[
-        str | None,
-        Query(
-            description="minLon,minLat,maxLon,maxLat in WGS84 (CRS84).",
-            examples=["113.28,34.80,113.30,34.82"],
-            max_length=200,
-        ),
-    ] = None,
-) -> BBox | None:
-    """Validate a ``bbox`` parameter: four finite numbers, min ≤ max, within lon/lat ranges."""
-    if bbox is None:
-        return None
+def crs_param(value: str | None, name: str) -> str:
+    """A CRS parameter as its canonical URI (CRS84 when absent); 400 when unsupported."""
+    if value is None or value == "":
+        return CRS84
+    try:
+        return normalize_crs(value.strip("<>"))
+    except UnsupportedCRSError as exc:
+        raise BadRequestError(f"{name}: {exc}") from None
+
+
+def parse_bbox_values(bbox: str) -> BBox:
+    """Four finite comma-separated numbers with min ≤ max (axis order of the bbox CRS)."""
     parts = bbox.split(",")
+    if len(parts) == 6:
+        msg = "bbox with heights (6 numbers) is not supported; give minX,minY,maxX,maxY"
+        raise BadRequestError(msg)
     if len(parts) != 4:
         msg = "bbox must be 4 comma-separated numbers: minLon,minLat,maxLon,maxLat"
         raise BadRequestError(msg)
@@ -67,18 +70,22 @@ def parse_bbox(
         msg = "bbox values must be finite numbers"
         raise BadRequestError(msg)
     if v[0] > v[2] or v[1] > v[3]:
-        msg = "bbox minimums must not exceed maximums (minLon,minLat,maxLon,maxLat)"
+        msg = "bbox minimums must not exceed maximums (minX,minY,maxX,maxY)"
         raise BadRequestError(msg)
+    return (v[0], v[1], v[2], v[3])
+
+
+def check_lon_lat_bbox(v: BBox) -> None:
+    """Reject a lon/lat bbox outside the valid ranges (often swapped axes)."""
     if not (
         -180 <= v[0] <= 180 and -180 <= v[2] <= 180 and -90 <= v[1] <= 90 and -90 <= v[3] <= 90
     ):
         msg = "bbox is outside longitude -180..180 / latitude -90..90; is it lon,lat order?"
         raise BadRequestError(msg)
-    return (v[0], v[1], v[2], v[3])
 
 
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ScopeDep = Annotated[Scope, Depends(get_scope)]
 CollectionDep = Annotated[Layer, Depends(get_collection)]
-BBoxDep = Annotated[BBox | None, Depends(parse_bbox)]
+CRS_LIST = list(SUPPORTED_CRS)

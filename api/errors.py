@@ -36,6 +36,9 @@ _TITLES = {
     405: "Method Not Allowed",
     409: "Conflict",
     412: "Precondition Failed",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    428: "Precondition Required",
     422: "Unprocessable Content",
     500: "Internal Server Error",
     503: "Service Unavailable",
@@ -47,6 +50,13 @@ class BadRequestError(GridmapError, ValueError):
 
 
 STATUS[BadRequestError] = 400
+
+
+class PreconditionRequiredError(GridmapError):
+    """An edit came without If-Match (→ 428)."""
+
+
+STATUS[PreconditionRequiredError] = 428
 
 
 def problem(status: int, detail: str, *, instance: str | None = None) -> Response:
@@ -67,6 +77,16 @@ def _status_for(exc: GridmapError) -> int:
         if cls in STATUS:
             return STATUS[cls]  # type: ignore[index]
     return 400
+
+
+def _register_body_errors() -> None:
+    from api.body import MalformedBodyError, PayloadTooLargeError
+
+    STATUS[PayloadTooLargeError] = 413
+    STATUS[MalformedBodyError] = 400
+
+
+_register_body_errors()
 
 
 def install(app: FastAPI) -> None:

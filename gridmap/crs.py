@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 import shapely
 from pyproj import CRS, Transformer
+from shapely.geometry.base import BaseGeometry
 
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
@@ -321,6 +322,44 @@ def transform_geometries(geoms: npt.ArrayLike, *, src: str, dst: str) -> npt.NDA
         return from_wgs84_xy(wx, wy, d)
 
     return shapely.transform(arr, fn, interleaved=False)
+
+
+def to_output(geoms: npt.ArrayLike, crs: str) -> npt.NDArray[np.object_]:
+    """WGS84 geometries as written in ``crs``: transformed, and lat-first where EPSG says so."""
+    uri = normalize_crs(crs)
+    out = transform_geometries(geoms, src=CRS84, dst=uri)
+    if is_lat_lon_order(uri):
+        out = shapely.transform(out, lambda c: c[:, ::-1])
+    return out
+
+
+def from_input(geoms: npt.ArrayLike, crs: str) -> npt.NDArray[np.object_]:
+    """Geometries written in ``crs`` (lat-first where EPSG says so) as WGS84 lon/lat."""
+    uri = normalize_crs(crs)
+    arr = np.asarray(geoms, dtype=object)
+    if is_lat_lon_order(uri):
+        arr = shapely.transform(arr, lambda c: c[:, ::-1])
+    return transform_geometries(arr, src=uri, dst=CRS84)
+
+
+def bbox_to_wgs84(
+    bbox: tuple[float, float, float, float], crs: str
+) -> tuple[tuple[float, float, float, float], BaseGeometry | None]:
+    """A bbox given in ``crs`` (its axis order) → (WGS84 envelope, exact WGS84 polygon or None).
+
+    For CRS84 the box is exact and no polygon is returned. Otherwise the box is densified
+    in its own CRS and transformed, so that the polygon is the exact area asked for.
+    """
+    uri = normalize_crs(crs)
+    a, b, c, d = bbox
+    if is_lat_lon_order(uri):
+        a, b, c, d = b, a, d, c
+    if uri == CRS84 or is_lat_lon_order(uri):
+        return (a, b, c, d), None
+    box = shapely.segmentize(shapely.box(a, b, c, d), max((c - a), (d - b)) / 64 or 1.0)
+    poly = transform_geometries([box], src=uri, dst=CRS84)[0]
+    minx, miny, maxx, maxy = poly.bounds
+    return (minx, miny, maxx, maxy), poly
 
 
 def to_metric(geoms: npt.ArrayLike) -> npt.NDArray[np.object_]:

@@ -1,4 +1,4 @@
-"""OGC API – Features: landing page, conformance, collections and items."""
+"""OGC API – Features Parts 1–3: landing page, conformance, collections, queryables and items."""
 
 from __future__ import annotations
 
@@ -9,23 +9,75 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
-from api.deps import BBoxDep, CollectionDep, ScopeDep, SettingsDep, StoreDep
+from api.deps import (
+    CRS_LIST,
+    CollectionDep,
+    ScopeDep,
+    SettingsDep,
+    StoreDep,
+    check_lon_lat_bbox,
+    crs_param,
+    parse_bbox_values,
+)
+from api.errors import BadRequestError
+from api.html import render, wants_html
 from gridmap import geojson
-from gridmap.crs import CRS84
+from gridmap.cql import CompiledFilter, FilterError, compile_filter, datetime_filter
+from gridmap.crs import CRS84, bbox_to_wgs84
 from gridmap.errors import FeatureNotFoundError
-from gridmap.layers import LAYERS, Layer
+from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store import Query as StoreQuery
+from gridmap.store import Store
 
 router = APIRouter()
 
 GEOJSON = "application/geo+json"
 JSON = "application/json"
+HTML = "text/html"
+SCHEMA = "application/schema+json"
 
+_SPEC = "http://www.opengis.net/spec"
 CONFORMANCE = [
-    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core",
-    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/geojson",
-    "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/oas30",
+    f"{_SPEC}/ogcapi-features-1/1.0/conf/core",
+    f"{_SPEC}/ogcapi-features-1/1.0/conf/geojson",
+    f"{_SPEC}/ogcapi-features-1/1.0/conf/html",
+    f"{_SPEC}/ogcapi-features-1/1.0/conf/oas30",
+    f"{_SPEC}/ogcapi-features-2/1.0/conf/crs",
+    f"{_SPEC}/ogcapi-features-3/1.0/conf/queryables",
+    f"{_SPEC}/ogcapi-features-3/1.0/conf/queryables-query-parameters",
+    f"{_SPEC}/ogcapi-features-3/1.0/conf/filter",
+    f"{_SPEC}/ogcapi-features-3/1.0/conf/features-filter",
+    f"{_SPEC}/cql2/1.0/conf/cql2-text",
+    f"{_SPEC}/cql2/1.0/conf/cql2-json",
+    f"{_SPEC}/cql2/1.0/conf/basic-cql2",
+    f"{_SPEC}/cql2/1.0/conf/advanced-comparison-operators",
+    f"{_SPEC}/cql2/1.0/conf/case-insensitive-comparison",
+    f"{_SPEC}/cql2/1.0/conf/basic-spatial-functions",
+    f"{_SPEC}/cql2/1.0/conf/basic-spatial-functions-plus",
+    f"{_SPEC}/cql2/1.0/conf/spatial-functions",
+    f"{_SPEC}/cql2/1.0/conf/temporal-functions",
+    f"{_SPEC}/cql2/1.0/conf/array-functions",
+    f"{_SPEC}/cql2/1.0/conf/property-property",
+    f"{_SPEC}/cql2/1.0/conf/arithmetic",
+    f"{_SPEC}/ogcapi-features-4/1.0/conf/create-replace-delete",
+    f"{_SPEC}/ogcapi-features-4/1.0/conf/update",
+    f"{_SPEC}/ogcapi-features-4/1.0/conf/features",
 ]
+
+ITEM_PARAMS = {
+    "bbox",
+    "bbox-crs",
+    "crs",
+    "limit",
+    "offset",
+    "datetime",
+    "properties",
+    "sortby",
+    "filter",
+    "filter-lang",
+    "filter-crs",
+    "f",
+}
 
 
 def _json(body: Any, media_type: str = JSON, status: int = 200) -> Response:
@@ -40,40 +92,32 @@ def _base(request: Request) -> str:
 def landing(request: Request, settings: SettingsDep) -> Response:
     """Landing page with links to the API description, conformance, collections and map."""
     b = _base(request)
-    return _json(
-        {
-            "title": settings.title,
-            "description": "中心路街道网格化管理服务 — OGC API Features, maps and grid queries.",
-            "links": [
-                {"href": f"{b}/", "rel": "self", "type": JSON, "title": "本页 This document"},
-                {
-                    "href": f"{b}/openapi.json",
-                    "rel": "service-desc",
-                    "type": "application/vnd.oai.openapi+json;version=3.0",
-                    "title": "API 定义",
-                },
-                {
-                    "href": f"{b}/docs",
-                    "rel": "service-doc",
-                    "type": "text/html",
-                    "title": "API 文档",
-                },
-                {
-                    "href": f"{b}/conformance",
-                    "rel": "conformance",
-                    "type": JSON,
-                    "title": "符合性 Conformance",
-                },
-                {
-                    "href": f"{b}/collections",
-                    "rel": "data",
-                    "type": JSON,
-                    "title": "图层 Collections",
-                },
-                {"href": f"{b}/map", "rel": "alternate", "type": "text/html", "title": "地图 Map"},
-            ],
-        }
-    )
+    body = {
+        "title": settings.title,
+        "description": "中心路街道网格化管理服务 — OGC API Features, maps and grid queries.",
+        "links": [
+            {"href": f"{b}/", "rel": "self", "type": JSON, "title": "本页 This document"},
+            {"href": f"{b}/?f=html", "rel": "alternate", "type": HTML, "title": "网页 HTML"},
+            {
+                "href": f"{b}/openapi.json",
+                "rel": "service-desc",
+                "type": "application/vnd.oai.openapi+json;version=3.0",
+                "title": "API 定义 OpenAPI",
+            },
+            {"href": f"{b}/docs", "rel": "service-doc", "type": HTML, "title": "API 文档"},
+            {
+                "href": f"{b}/conformance",
+                "rel": "conformance",
+                "type": JSON,
+                "title": "符合性 Conformance",
+            },
+            {"href": f"{b}/collections", "rel": "data", "type": JSON, "title": "图层 Collections"},
+            {"href": f"{b}/map", "rel": "alternate", "type": HTML, "title": "地图 Map"},
+        ],
+    }
+    if wants_html(request):
+        return render("landing.html", **body)
+    return _json(body)
 
 
 @router.get("/conformance", summary="Conformance classes", tags=["OGC API"])
@@ -82,27 +126,42 @@ def conformance() -> Response:
     return _json({"conformsTo": CONFORMANCE})
 
 
-def _collection(layer: Layer, store: Any, base: str) -> dict[str, Any]:
+def _collection(layer: Layer, store: Store, base: str) -> dict[str, Any]:
     ext = store.extent(layer.id)
     out: dict[str, Any] = {
         "id": layer.id,
         "title": layer.zh,
         "description": f"{layer.zh} {layer.en}",
         "itemType": "feature",
-        "crs": [CRS84],
+        "crs": CRS_LIST,
         "storageCrs": CRS84,
         "links": [
             {"href": f"{base}/collections/{layer.id}", "rel": "self", "type": JSON},
+            {"href": f"{base}/collections/{layer.id}?f=html", "rel": "alternate", "type": HTML},
             {
                 "href": f"{base}/collections/{layer.id}/items",
                 "rel": "items",
                 "type": GEOJSON,
                 "title": f"{layer.zh} features",
             },
+            {
+                "href": f"{base}/collections/{layer.id}/queryables",
+                "rel": "http://www.opengis.net/def/rel/ogc/1.0/queryables",
+                "type": SCHEMA,
+            },
         ],
     }
+    extent: dict[str, Any] = {}
     if ext is not None:
-        out["extent"] = {"spatial": {"bbox": [list(ext)], "crs": CRS84}}
+        extent["spatial"] = {"bbox": [list(ext)], "crs": CRS84}
+    times = store.time_extent(layer.id)
+    if times is not None:
+        extent["temporal"] = {
+            "interval": [list(times)],
+            "trs": "http://www.opengis.net/def/uom/ISO-8601/0/Gregorian",
+        }
+    if extent:
+        out["extent"] = extent
     return out
 
 
@@ -110,10 +169,25 @@ def _collection(layer: Layer, store: Any, base: str) -> dict[str, Any]:
 def collections(request: Request, store: StoreDep, scope: ScopeDep) -> Response:
     """Every layer the caller may see."""
     b = _base(request)
-    cols = [_collection(layer, store, b) for layer in LAYERS if scope.allows_layer(layer.id)]
+    visible = [layer for layer in LAYERS if scope.allows_layer(layer.id)]
+    cols = [_collection(layer, store, b) for layer in visible]
+    if wants_html(request):
+        rows = [
+            {
+                "id": c["id"],
+                "title": c["title"],
+                "count": store.count(c["id"], scope=scope),
+                "extent": ", ".join(f"{v:.5f}" for v in c["extent"]["spatial"]["bbox"][0])
+                if "extent" in c and "spatial" in c["extent"]
+                else "",
+            }
+            for c in cols
+        ]
+        return render("collections.html", title="图层 Collections", collections=rows)
     return _json(
         {
             "collections": cols,
+            "crs": CRS_LIST,
             "links": [{"href": f"{b}/collections", "rel": "self", "type": JSON}],
         }
     )
@@ -122,7 +196,113 @@ def collections(request: Request, store: StoreDep, scope: ScopeDep) -> Response:
 @router.get("/collections/{collection_id}", summary="One collection", tags=["OGC API"])
 def collection(request: Request, layer: CollectionDep, store: StoreDep) -> Response:
     """A layer's description: extent, item type, CRS and links."""
-    return _json(_collection(layer, store, _base(request)))
+    c = _collection(layer, store, _base(request))
+    if wants_html(request):
+        return render("collection.html", title=layer.zh, c=c, props=layer.properties)
+    return _json(c)
+
+
+_JSON_TYPES = {
+    "str": {"type": "string"},
+    "enum": {"type": "string"},
+    "int": {"type": "integer"},
+    "float": {"type": "number"},
+    "bool": {"type": "boolean"},
+    "date": {"type": "string", "format": "date"},
+    "datetime": {"type": "string", "format": "date-time"},
+    "list": {"type": "array", "items": {"type": "string"}},
+}
+_GEOM_FORMAT = {
+    "Point": "geometry-point",
+    "LineString": "geometry-linestring",
+    "Polygon": "geometry-polygon",
+    "MultiPolygon": "geometry-multipolygon",
+}
+
+
+def property_schema(p: Prop) -> dict[str, Any]:
+    """JSON Schema of one property."""
+    s: dict[str, Any] = {"title": p.zh, "description": p.en, **_JSON_TYPES[p.type]}
+    if p.choices and p.type == "enum":
+        s["enum"] = list(p.choices)
+    if p.choices and p.type == "list":
+        s["items"] = {"type": "string", "enum": list(p.choices)}
+    if p.minimum is not None:
+        s["minimum"] = p.minimum
+    if p.maximum is not None:
+        s["maximum"] = p.maximum
+    if p.derived:
+        s["readOnly"] = True
+    return s
+
+
+@router.get(
+    "/collections/{collection_id}/queryables", summary="Queryable properties", tags=["OGC API"]
+)
+def queryables(request: Request, layer: CollectionDep) -> Response:
+    """The properties a filter may use, as JSON Schema."""
+    b = _base(request)
+    props: dict[str, Any] = {
+        "geom": {"title": "几何", "format": _GEOM_FORMAT[layer.geometry_type]},
+        "id": {"title": "编号", "type": "integer"},
+    }
+    props.update({p.name: property_schema(p) for p in layer.properties})
+    return _json(
+        {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"{b}/collections/{layer.id}/queryables",
+            "type": "object",
+            "title": layer.zh,
+            "properties": props,
+            "additionalProperties": False,
+        },
+        media_type=SCHEMA,
+    )
+
+
+def _value_for(prop: Prop, raw: str) -> Any:
+    try:
+        if prop.type == "int":
+            return int(raw)
+        if prop.type == "float":
+            v = float(raw)
+            if v != v or v in (float("inf"), float("-inf")):
+                raise ValueError
+            return v
+        if prop.type == "bool":
+            if raw.lower() not in ("true", "false"):
+                raise ValueError
+            return raw.lower() == "true"
+    except ValueError:
+        msg = f"{prop.name} takes a {prop.type} value, got {raw[:30]!r}"
+        raise BadRequestError(msg) from None
+    return raw
+
+
+def _select(layer: Layer, properties: str | None) -> list[str] | None:
+    if properties is None:
+        return None
+    names = [n.strip() for n in properties.split(",") if n.strip()]
+    unknown = [n for n in names if n not in layer.by_name]
+    if unknown:
+        bad = ", ".join(u[:40] for u in unknown[:5])
+        msg = f"properties: unknown {bad}; known: {', '.join(layer.names)}"
+        raise BadRequestError(msg)
+    return names
+
+
+def _sortby(layer: Layer, sortby: str | None) -> list[str]:
+    if not sortby:
+        return []
+    keys = []
+    for part in sortby.split(","):
+        key = part.strip()
+        name = key.lstrip("+-")
+        if name != "id" and name not in layer.by_name:
+            msg = f"sortby: unknown property {name[:40]!r}; sortable: id, {', '.join(layer.names)}"
+            raise BadRequestError(msg)
+        keys.append(("-" if key.startswith("-") else "") + name)
+    return keys
 
 
 @router.get("/collections/{collection_id}/items", summary="Features", tags=["OGC API"])
@@ -132,34 +312,189 @@ def items(
     store: StoreDep,
     scope: ScopeDep,
     settings: SettingsDep,
-    bbox: BBoxDep,
+    bbox: Annotated[
+        str | None,
+        Query(
+            description="minX,minY,maxX,maxY in bbox-crs (CRS84 lon/lat by default).",
+            max_length=300,
+        ),
+    ] = None,
+    bbox_crs: Annotated[
+        str | None,
+        Query(
+            alias="bbox-crs", description="CRS of bbox (URI, EPSG:n, gcj02, bd09).", max_length=200
+        ),
+    ] = None,
+    crs: Annotated[
+        str | None,
+        Query(description="CRS of the returned geometries (default CRS84).", max_length=200),
+    ] = None,
     limit: Annotated[
         int | None,
         Query(ge=1, description="Features per page (default 100; larger values are clamped)."),
     ] = None,
-    offset: Annotated[int, Query(ge=0, le=10_000_000, description="Features to skip.")] = 0,
+    offset: Annotated[int, Query(ge=0, le=100_000_000, description="Features to skip.")] = 0,
+    datetime: Annotated[
+        str | None,
+        Query(
+            description="Instant or interval (start/end, '..' open) on the layer's time.",
+            max_length=100,
+        ),
+    ] = None,
+    properties: Annotated[
+        str | None, Query(description="Comma-separated properties to return.", max_length=2000)
+    ] = None,
+    sortby: Annotated[
+        str | None,
+        Query(description="Comma-separated properties, '-' for descending.", max_length=500),
+    ] = None,
+    filter: Annotated[
+        str | None,
+        Query(description="CQL2 filter (text or JSON, see filter-lang).", max_length=20_000),
+    ] = None,
+    filter_lang: Annotated[
+        str | None,
+        Query(alias="filter-lang", description="cql2-text (default) or cql2-json.", max_length=20),
+    ] = None,
+    filter_crs: Annotated[
+        str | None,
+        Query(alias="filter-crs", description="CRS of geometries in the filter.", max_length=200),
+    ] = None,
+    f: Annotated[str | None, Query(description="json (default) or html.", max_length=10)] = None,
 ) -> Response:
-    """Features of a layer as GeoJSON, filtered by bbox and paged with next/prev links."""
+    """Features of a layer as GeoJSON: bbox, datetime, property filters, CQL2, paging, CRS."""
+    out_crs = crs_param(crs, "crs")
+    in_crs = crs_param(bbox_crs, "bbox-crs")
+    fcrs = crs_param(filter_crs, "filter-crs")
     n = min(limit or settings.default_limit, settings.max_limit)
-    fs = store.query(layer.id, StoreQuery(bbox=bbox, limit=n, offset=offset), scope=scope)
+    if f is not None and f.lower() not in ("json", "geojson", "html"):
+        raise BadRequestError("f must be json or html")
+
+    equals: dict[str, Any] = {}
+    for key, raw in request.query_params.multi_items():
+        if key in ITEM_PARAMS:
+            continue
+        prop = layer.by_name.get(key)
+        if prop is None:
+            accepted = ", ".join(sorted(ITEM_PARAMS))
+            msg = (
+                f"unknown parameter {key[:40]!r}; use one of {accepted} "
+                f"or a property of {layer.id}: {', '.join(layer.names)}"
+            )
+            raise BadRequestError(msg)
+        equals[key] = _value_for(prop, raw)
+
+    filters: list[CompiledFilter] = []
+    try:
+        if filter is not None:
+            filters.append(
+                compile_filter(filter, layer, lang=filter_lang or "cql2-text", filter_crs=fcrs)
+            )
+        elif filter_lang is not None:
+            raise BadRequestError("filter-lang given without a filter")
+        if datetime is not None:
+            filters.append(datetime_filter(datetime, layer))
+    except FilterError as exc:
+        raise BadRequestError(str(exc)) from None
+
+    box = None
+    geometry = None
+    if bbox is not None:
+        values = parse_bbox_values(bbox)
+        box, geometry = bbox_to_wgs84(values, in_crs)
+        check_lon_lat_bbox(box)
+
+    q = StoreQuery(
+        bbox=box,
+        geometry=geometry,
+        equals=equals,
+        filters=filters,
+        order_by=_sortby(layer, sortby),
+        limit=n,
+        offset=offset,
+    )
+    fs = store.query(layer.id, q, scope=scope)
+    selected = _select(layer, properties)
     b = _base(request)
     url = f"{b}/collections/{layer.id}/items"
-    params = {k: v for k, v in request.query_params.items() if k not in ("offset", "limit")}
+    params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "limit")]
 
-    def link(rel: str, off: int) -> dict[str, Any]:
-        q = urlencode({**params, "limit": n, "offset": off})
-        return {"href": f"{url}?{q}", "rel": rel, "type": GEOJSON}
+    def link(rel: str, off: int, media: str = GEOJSON, fmt: str | None = None) -> dict[str, Any]:
+        extra = [("f", fmt)] if fmt else []
+        q = urlencode([*(p for p in params if p[0] != "f"), *extra, ("limit", n), ("offset", off)])
+        return {"href": f"{url}?{q}", "rel": rel, "type": media}
 
-    links = [link("self", offset)]
-    if fs.number_matched is not None and offset + len(fs) < fs.number_matched:
+    links = [link("self", offset), link("alternate", offset, HTML, "html")]
+    has_next = fs.number_matched is not None and offset + len(fs) < fs.number_matched
+    if has_next:
         links.append(link("next", offset + n))
     if offset > 0:
         links.append(link("prev", max(0, offset - n)))
     links.append({"href": f"{b}/collections/{layer.id}", "rel": "collection", "type": JSON})
+
+    if wants_html(request):
+        shown = [p for p in layer.properties if selected is None or p.name in selected]
+        return render(
+            "items.html",
+            title=f"{layer.zh} · 要素",
+            layer_id=layer.id,
+            props=shown,
+            features=list(fs),
+            matched=fs.number_matched,
+            returned=len(fs),
+            next=link("next", offset + n, HTML, "html")["href"] if has_next else None,
+            prev=link("prev", max(0, offset - n), HTML, "html")["href"] if offset > 0 else None,
+        )
     return Response(
-        geojson.feature_collection(fs, links=links),
+        geojson.feature_collection(fs, links=links, properties=selected, crs=out_crs),
         media_type=GEOJSON,
-        headers={"Content-Crs": f"<{CRS84}>"},
+        headers={"Content-Crs": f"<{out_crs}>"},
+    )
+
+
+def etag(layer_id: str, fid: int, version: int) -> str:
+    """Strong ETag of a feature version (independent of the body and of masking)."""
+    return f'"{layer_id}-{fid}-v{version}"'
+
+
+def parse_fid(layer: Layer, feature_id: str) -> int:
+    """A path feature id as an integer; FeatureNotFoundError when it cannot be one."""
+    if not feature_id.isdigit() or not 0 < int(feature_id) < 2**62:
+        msg = f"no feature {feature_id[:40]!r} in collection {layer.id}"
+        raise FeatureNotFoundError(msg)
+    return int(feature_id)
+
+
+def feature_response(
+    request: Request,
+    layer: Layer,
+    f: Any,
+    *,
+    crs: str = CRS84,
+    properties: list[str] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    """A single feature as GeoJSON with ETag and Content-Crs headers."""
+    b = _base(request)
+    links = [
+        {"href": f"{b}/collections/{layer.id}/items/{f.id}", "rel": "self", "type": GEOJSON},
+        {
+            "href": f"{b}/collections/{layer.id}/items/{f.id}?f=html",
+            "rel": "alternate",
+            "type": HTML,
+        },
+        {"href": f"{b}/collections/{layer.id}", "rel": "collection", "type": JSON},
+    ]
+    return Response(
+        geojson.feature(f, links=links, properties=properties, crs=crs),
+        status_code=status,
+        media_type=GEOJSON,
+        headers={
+            "ETag": etag(layer.id, f.id, f.version),
+            "Content-Crs": f"<{crs}>",
+            **(headers or {}),
+        },
     )
 
 
@@ -172,19 +507,24 @@ def item(
     store: StoreDep,
     scope: ScopeDep,
     feature_id: Annotated[str, Path(max_length=40, description="Feature id (an integer).")],
+    crs: Annotated[str | None, Query(description="CRS of the geometry.", max_length=200)] = None,
+    properties: Annotated[
+        str | None, Query(description="Comma-separated properties to return.", max_length=2000)
+    ] = None,
+    f: Annotated[str | None, Query(description="json (default) or html.", max_length=10)] = None,
 ) -> Response:
     """One feature as GeoJSON, with a strong ETag derived from its id and version."""
-    if not feature_id.isdigit() or not 0 < int(feature_id) < 2**62:
-        msg = f"no feature {feature_id[:40]!r} in collection {layer.id}"
-        raise FeatureNotFoundError(msg)
-    f = store.get(layer.id, int(feature_id), scope=scope)
-    b = _base(request)
-    links = [
-        {"href": f"{b}/collections/{layer.id}/items/{f.id}", "rel": "self", "type": GEOJSON},
-        {"href": f"{b}/collections/{layer.id}", "rel": "collection", "type": JSON},
-    ]
-    return Response(
-        geojson.feature(f, links=links),
-        media_type=GEOJSON,
-        headers={"ETag": f'"{layer.id}-{f.id}-v{f.version}"', "Content-Crs": f"<{CRS84}>"},
+    out_crs = crs_param(crs, "crs")
+    feat = store.get(layer.id, parse_fid(layer, feature_id), scope=scope)
+    if wants_html(request):
+        return render(
+            "item.html",
+            title=f"{layer.zh} {feat.id}",
+            layer_id=layer.id,
+            f=feat,
+            props=layer.properties,
+            geom_type=feat.geometry.geom_type,
+        )
+    return feature_response(
+        request, layer, feat, crs=out_crs, properties=_select(layer, properties)
     )

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from shapely.geometry.base import BaseGeometry
 
+from gridmap.cql import CompiledFilter
 from gridmap.layers import Layer
 
 BBox = tuple[float, float, float, float]
@@ -92,6 +93,7 @@ class Query:
     """What to select from one layer; every field optional.
 
     ``equals`` holds property=value filters (names checked against the layer);
+    ``filters`` compiled CQL2 / datetime conditions (see :mod:`gridmap.cql`);
     ``geometry``/``predicate`` an exact spatial filter; ``order_by`` property names with
     an optional leading ``-`` for descending.
     """
@@ -101,6 +103,7 @@ class Query:
     geometry: BaseGeometry | None = None
     predicate: Predicate = "intersects"
     ids: Sequence[int] | None = None
+    filters: Sequence[CompiledFilter] = ()
     order_by: Sequence[str] = ()
     limit: int | None = None
     offset: int = 0
@@ -160,6 +163,10 @@ class Store(Protocol):
 
     def extent(self, layer_id: str) -> BBox | None:
         """Bounding box of a layer (None when empty)."""
+        ...
+
+    def time_extent(self, layer_id: str) -> tuple[str, str] | None:
+        """(earliest, latest) value of the layer's temporal property, if any."""
         ...
 
     @property

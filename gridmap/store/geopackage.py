@@ -9,6 +9,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,7 @@ class GeoPackageStore:
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty, deterministic=True)
+        conn.create_function("gm_spatial", 3, _gm_spatial, deterministic=True)
         conn.create_function("ST_MinX", 1, _st_minx, deterministic=True)
         conn.create_function("ST_MaxX", 1, _st_maxx, deterministic=True)
         conn.create_function("ST_MinY", 1, _st_miny, deterministic=True)
@@ -378,6 +380,7 @@ class GeoPackageStore:
         """SQL WHERE clause (with bound parameters) and whether the R-tree join is needed."""
         clauses: list[str] = []
         params: list[Any] = []
+        box = query.bbox
         if scope.grid_ids is not None:
             col = (
                 "fid"
@@ -401,10 +404,14 @@ class GeoPackageStore:
             else:
                 clauses.append(f"t.{_q(name)} = ?")
                 params.append(_to_sql(prop, value))
+        for f in query.filters:
+            clauses.append(f.sql)
+            params.extend(f.params)
+            if f.bbox is not None:
+                box = f.bbox if box is None else _intersect_box(box, f.bbox)
         if query.ids is not None:
             clauses.append("t.fid IN (SELECT value FROM json_each(?))")
             params.append(json.dumps([int(i) for i in query.ids]))
-        box = query.bbox
         if query.geometry is not None:
             gb = shapely.bounds(query.geometry)
             box = (
@@ -545,6 +552,19 @@ class GeoPackageStore:
         if row is None or row[0] is None:
             return None
         return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
+
+    def time_extent(self, layer_id: str) -> tuple[str, str] | None:
+        """(earliest, latest) of the layer's temporal property, if it has one and values."""
+        layer = get_layer(layer_id)
+        if layer.temporal is None:
+            return None
+        col = _q(layer.temporal)
+        row = (
+            self._connect().execute(f"SELECT min({col}), max({col}) FROM {_q(layer.id)}").fetchone()
+        )
+        if row is None or row[0] is None:
+            return None
+        return str(row[0]), str(row[1])
 
     # ---------------------------------------------------------------- writing
 
@@ -776,6 +796,39 @@ class GeoPackageStore:
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)
+
+
+def _intersect_box(a: BBox, b: BBox) -> BBox:
+    return (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+
+
+@lru_cache(maxsize=64)
+def _literal(wkb: bytes) -> BaseGeometry:
+    g = shapely.from_wkb(wkb)
+    shapely.prepare(g)
+    return g
+
+
+def _gm_spatial(kind: str, blob: bytes | None, wkb: bytes) -> int:
+    """SQLite function: does the feature geometry stand in relation ``kind`` to the literal?"""
+    if blob is None:
+        return 0
+    g = geo.from_gpkg_blobs([blob])[0]
+    lit = _literal(wkb)
+    fn = _SPATIAL_FN[kind]
+    return 1 if fn(g, lit) else 0
+
+
+_SPATIAL_FN = {
+    "intersects": lambda g, lit: shapely.intersects(lit, g),
+    "within": lambda g, lit: shapely.contains(lit, g),
+    "contains": lambda g, lit: shapely.within(lit, g),
+    "disjoint": lambda g, lit: shapely.disjoint(lit, g),
+    "equals": lambda g, lit: shapely.equals(g, lit),
+    "touches": lambda g, lit: shapely.touches(lit, g),
+    "crosses": lambda g, lit: shapely.crosses(lit, g),
+    "overlaps": lambda g, lit: shapely.overlaps(lit, g),
+}
 
 
 def _predicate(

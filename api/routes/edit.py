@@ -1,0 +1,175 @@
+"""OGC API – Features Part 4: create, replace, update (merge patch) and delete features."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from shapely.geometry.base import BaseGeometry
+from starlette.responses import Response
+
+from api.body import read_json
+from api.deps import CollectionDep, ScopeDep, SettingsDep, StoreDep, crs_param
+from api.errors import PreconditionRequiredError
+from api.routes.features import etag, feature_response, parse_fid
+from gridmap.crs import from_input
+from gridmap.errors import InvalidFeatureError, VersionConflictError
+from gridmap.geometry import from_geojson
+from gridmap.layers import Layer
+
+router = APIRouter(tags=["OGC API – editing"])
+
+FeatureId = Annotated[str, Path(max_length=40, description="Feature id (an integer).")]
+IfMatch = Annotated[
+    str | None, Header(alias="If-Match", description="The ETag the edit is based on (required).")
+]
+ContentCrs = Annotated[
+    str | None,
+    Header(alias="Content-Crs", description="CRS of the geometry in the body (default CRS84)."),
+]
+
+_FEATURE_MEMBERS = {"type", "id", "geometry", "properties", "bbox", "links"}
+
+
+def _geometry(obj: Any, crs: str) -> BaseGeometry:
+    g = from_geojson(obj)
+    return from_input([g], crs)[0] if crs else g
+
+
+def _parse_feature(body: Any, crs: str) -> tuple[BaseGeometry, dict[str, Any]]:
+    if not isinstance(body, dict) or body.get("type") != "Feature":
+        raise InvalidFeatureError('the body must be a GeoJSON Feature ({"type": "Feature", …})')
+    extra = sorted(set(body) - _FEATURE_MEMBERS)
+    if extra:
+        raise InvalidFeatureError(f"unexpected members in the Feature: {', '.join(extra[:5])}")
+    if body.get("geometry") is None:
+        raise InvalidFeatureError("the Feature needs a geometry")
+    props = body.get("properties") or {}
+    if not isinstance(props, dict):
+        raise InvalidFeatureError("properties must be a JSON object")
+    return _geometry(body["geometry"], crs), props
+
+
+def _expected_version(layer: Layer, fid: int, if_match: str | None) -> int:
+    """The version named by If-Match; 428 when missing, 412 when it names another feature."""
+    if if_match is None or not if_match.strip():
+        msg = "this edit needs an If-Match header with the feature's current ETag (GET it first)"
+        raise PreconditionRequiredError(msg)
+    tags = [t.strip() for t in if_match.split(",")]
+    prefix = f'"{layer.id}-{fid}-v'
+    for t in tags:
+        if t.startswith(prefix) and t.endswith('"') and t[len(prefix) : -1].isdigit():
+            return int(t[len(prefix) : -1])
+    msg = f"If-Match {if_match[:80]!r} does not match feature {fid}; GET it again for its ETag"
+    raise VersionConflictError(msg)
+
+
+@router.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature")
+async def create(
+    request: Request,
+    layer: CollectionDep,
+    store: StoreDep,
+    scope: ScopeDep,
+    settings: SettingsDep,
+    content_crs: ContentCrs = None,
+) -> Response:
+    """Add one feature (GeoJSON Feature body); 201 with its Location and ETag."""
+    crs = crs_param(content_crs, "Content-Crs")
+    body = await read_json(request, max_bytes=settings.max_body_bytes)
+    geom, props = _parse_feature(body, crs)
+    ids = await run_in_threadpool(store.insert, layer.id, [geom], [props], scope=scope)
+    feat = await run_in_threadpool(store.get, layer.id, ids[0], scope=scope)
+    location = f"{str(request.base_url).rstrip('/')}/collections/{layer.id}/items/{feat.id}"
+    return feature_response(request, layer, feat, status=201, headers={"Location": location})
+
+
+@router.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")
+async def replace(
+    request: Request,
+    layer: CollectionDep,
+    store: StoreDep,
+    scope: ScopeDep,
+    settings: SettingsDep,
+    feature_id: FeatureId,
+    if_match: IfMatch = None,
+    content_crs: ContentCrs = None,
+) -> Response:
+    """Replace a feature's geometry and every property; needs If-Match."""
+    fid = parse_fid(layer, feature_id)
+    await run_in_threadpool(store.get, layer.id, fid, scope=scope)  # 404 before 428
+    version = _expected_version(layer, fid, if_match)
+    crs = crs_param(content_crs, "Content-Crs")
+    body = await read_json(request, max_bytes=settings.max_body_bytes)
+    geom, props = _parse_feature(body, crs)
+    feat = await run_in_threadpool(
+        lambda: store.update(
+            layer.id,
+            fid,
+            geometry=geom,
+            properties=props,
+            replace=True,
+            expected_version=version,
+            scope=scope,
+        )
+    )
+    return feature_response(request, layer, feat)
+
+
+@router.patch("/collections/{collection_id}/items/{feature_id}", summary="Update a feature")
+async def update(
+    request: Request,
+    layer: CollectionDep,
+    store: StoreDep,
+    scope: ScopeDep,
+    settings: SettingsDep,
+    feature_id: FeatureId,
+    if_match: IfMatch = None,
+    content_crs: ContentCrs = None,
+) -> Response:
+    """JSON merge patch (RFC 7396) of properties and/or geometry; needs If-Match."""
+    fid = parse_fid(layer, feature_id)
+    await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+    version = _expected_version(layer, fid, if_match)
+    crs = crs_param(content_crs, "Content-Crs")
+    body = await read_json(request, max_bytes=settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise InvalidFeatureError("a merge patch must be a JSON object")
+    extra = sorted(set(body) - _FEATURE_MEMBERS)
+    if extra:
+        raise InvalidFeatureError(f"unexpected members in the patch: {', '.join(extra[:5])}")
+    if "geometry" in body and body["geometry"] is None:
+        raise InvalidFeatureError("a feature's geometry cannot be removed")
+    geom = _geometry(body["geometry"], crs) if "geometry" in body else None
+    props = body.get("properties") or {}
+    if not isinstance(props, dict):
+        raise InvalidFeatureError("properties must be a JSON object")
+    feat = await run_in_threadpool(
+        lambda: store.update(
+            layer.id, fid, geometry=geom, properties=props, expected_version=version, scope=scope
+        )
+    )
+    return feature_response(request, layer, feat)
+
+
+@router.delete(
+    "/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature"
+)
+async def delete(
+    layer: CollectionDep,
+    store: StoreDep,
+    scope: ScopeDep,
+    feature_id: FeatureId,
+    if_match: IfMatch = None,
+) -> Response:
+    """Delete a feature; needs If-Match."""
+    fid = parse_fid(layer, feature_id)
+    await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+    version = _expected_version(layer, fid, if_match)
+    await run_in_threadpool(
+        lambda: store.delete(layer.id, fid, expected_version=version, scope=scope)
+    )
+    return Response(status_code=204)
+
+
+__all__ = ["etag", "router"]

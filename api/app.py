@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from api import errors
-from api.routes import edit, features, maps
+from api.routes import domain, edit, features, maps
 from gridmap.maps import ASSET_PREFIX, asset_dirs
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
@@ -39,6 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     app.include_router(features.router)
     app.include_router(edit.router)
+    app.include_router(domain.router)
     app.include_router(maps.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 import shapely
 from fastapi.testclient import TestClient
@@ -45,7 +52,66 @@ def store(tmp_path: Path) -> Iterator[GeoPackageStore]:
 
 @pytest.fixture(scope="session")
 def client(sample_path: Path) -> Iterator[TestClient]:
-    """An API client over the sample."""
+    """An API client over the sample (read-only by convention)."""
     app = create_app(Settings(database=str(sample_path)))
     with TestClient(app) as c:
         yield c
+
+
+@pytest.fixture
+def edit_path(sample_path: Path, tmp_path: Path) -> Path:
+    """A private copy of the sample, for tests that write."""
+    path = tmp_path / "edit.gpkg"
+    shutil.copy(sample_path, path)
+    return path
+
+
+@pytest.fixture
+def edit_client(edit_path: Path) -> Iterator[TestClient]:
+    """An API client over a private copy of the sample."""
+    app = create_app(Settings(database=str(edit_path), max_body_bytes=200_000))
+    with TestClient(app) as c:
+        yield c
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(sample_path: Path) -> Iterator[str]:
+    """A real uvicorn server over the sample on a free loopback port (for real clients)."""
+    port = _free_port()
+    env = {**os.environ, "GRIDMAP_DATABASE": str(sample_path)}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError("the API server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)

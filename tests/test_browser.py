@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
-import httpx
 import pytest
 
 pytestmark = pytest.mark.browser
@@ -28,47 +23,9 @@ if CHROMIUM is None:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
-def server(sample_path: Path) -> Iterator[str]:
-    """A real uvicorn server over the sample, on a free loopback port."""
-    port = _free_port()
-    env = {**os.environ, "GRIDMAP_DATABASE": str(sample_path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("the API server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+def server(live_server: str) -> str:
+    return live_server
 
 
 @pytest.fixture(scope="module")

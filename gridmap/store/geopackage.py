@@ -207,6 +207,7 @@ class GeoPackageStore:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty, deterministic=True)
         conn.create_function("gm_spatial", 3, _gm_spatial, deterministic=True)
+        conn.create_function("gm_bbox", 5, _gm_bbox, deterministic=True)
         conn.create_function("ST_MinX", 1, _st_minx, deterministic=True)
         conn.create_function("ST_MaxX", 1, _st_maxx, deterministic=True)
         conn.create_function("ST_MinY", 1, _st_miny, deterministic=True)
@@ -426,8 +427,14 @@ class GeoPackageStore:
             )
         use_rtree = box is not None
         if box is not None:
+            # The R-tree keeps 32-bit floats rounded outwards: it finds candidates, and
+            # gm_bbox (exact envelope from the blob header, exact geometry test only
+            # when the envelope straddles the box) decides.
             clauses.append("r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ?")
             params.extend([box[2], box[0], box[3], box[1]])
+            if query.bbox is not None:
+                clauses.append("gm_bbox(t.geom, ?, ?, ?, ?) = 1")
+                params.extend(query.bbox)
         sql = " WHERE " + " AND ".join(clauses) if clauses else ""
         return sql, params, use_rtree
 
@@ -817,6 +824,20 @@ def _gm_spatial(kind: str, blob: bytes | None, wkb: bytes) -> int:
     lit = _literal(wkb)
     fn = _SPATIAL_FN[kind]
     return 1 if fn(g, lit) else 0
+
+
+def _gm_bbox(blob: bytes | None, minx: float, miny: float, maxx: float, maxy: float) -> int:
+    """SQLite function: does the feature geometry intersect the box (exactly)?"""
+    env = geo.blob_envelope(blob)
+    if env is None:
+        return 0
+    ex0, ex1, ey0, ey1 = env
+    if ex0 > maxx or ex1 < minx or ey0 > maxy or ey1 < miny:
+        return 0
+    if ex0 >= minx and ex1 <= maxx and ey0 >= miny and ey1 <= maxy:
+        return 1
+    g = geo.from_gpkg_blobs([blob])[0]
+    return 1 if shapely.intersects(g, shapely.box(minx, miny, maxx, maxy)) else 0
 
 
 _SPATIAL_FN = {

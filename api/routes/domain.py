@@ -1,0 +1,89 @@
+"""Domain queries: locate a point, nearest features, statistics per grid/community/zone."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Query
+from starlette.responses import Response
+
+from api.deps import ScopeDep, StoreDep, crs_param
+from api.errors import BadRequestError
+from gridmap import geojson, queries
+from gridmap.crs import CRS84, to_wgs84_xy
+from gridmap.errors import UnknownLayerError
+from gridmap.layers import get_layer
+
+router = APIRouter(tags=["Queries"])
+
+Lon = Annotated[float, Query(description="Longitude (or easting) in crs.", allow_inf_nan=False)]
+Lat = Annotated[float, Query(description="Latitude (or northing) in crs.", allow_inf_nan=False)]
+Crs = Annotated[
+    str | None, Query(description="CRS of lon/lat (default CRS84; gcj02, bd09 …).", max_length=200)
+]
+
+
+def _point(lon: float, lat: float, crs: str | None) -> tuple[float, float]:
+    uri = crs_param(crs, "crs")
+    if uri == CRS84:
+        return lon, lat
+    x, y = to_wgs84_xy([lon], [lat], uri)
+    return float(x[0]), float(y[0])
+
+
+@router.get("/locate", summary="Which zone, community, grid and old neighbourhood is a point in")
+def locate(store: StoreDep, scope: ScopeDep, lon: Lon, lat: Lat, crs: Crs = None) -> Response:
+    """The areas containing a point (null where none); the grid comes with its worker."""
+    x, y = _point(lon, lat, crs)
+    body = {"lon": x, "lat": y, **queries.locate(store, x, y, scope=scope)}
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+@router.get("/nearest", summary="The k nearest features of a collection")
+def nearest(
+    store: StoreDep,
+    scope: ScopeDep,
+    collection: Annotated[str, Query(description="Collection id, e.g. toilets.", max_length=60)],
+    lon: Lon,
+    lat: Lat,
+    k: Annotated[int, Query(ge=1, le=100, description="How many features.")] = 5,
+    crs: Crs = None,
+) -> Response:
+    """The k nearest features with their straight-line distance in metres (GeoJSON)."""
+    layer = get_layer(collection)
+    if not scope.allows_layer(layer.id):
+        raise UnknownLayerError(f"no collection {collection[:60]!r}")
+    out_crs = crs_param(crs, "crs")
+    x, y = _point(lon, lat, crs)
+    found = queries.nearest(store, layer.id, x, y, k=k, scope=scope)
+    geoms = geojson.geometry_fragments([n.feature.geometry for n in found], out_crs)
+    features: list[dict[str, Any]] = [
+        {
+            "type": "Feature",
+            "id": n.feature.id,
+            "geometry": g,
+            "properties": {**n.feature.properties, "distance_m": round(n.distance_m, 2)},
+        }
+        for n, g in zip(found, geoms, strict=True)
+    ]
+    body = {"type": "FeatureCollection", "features": features, "numberReturned": len(features)}
+    return Response(
+        orjson.dumps(body),
+        media_type="application/geo+json",
+        headers={"Content-Crs": f"<{out_crs}>"},
+    )
+
+
+@router.get("/stats/{level}", summary="Household statistics per grid, community or zone")
+def stats(
+    store: StoreDep,
+    scope: ScopeDep,
+    level: Literal["grids", "communities", "zones"],
+    days: Annotated[int, Query(ge=1, le=366, description="Window for recent visits.")] = 30,
+) -> Response:
+    """Households, population, tag counts and visits in the last `days` days, per area."""
+    if days < 1:
+        raise BadRequestError("days must be positive")
+    rows = queries.household_stats(store, level, scope=scope, days=days)
+    return Response(orjson.dumps({"level": level, "areas": rows}), media_type="application/json")

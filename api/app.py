@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api import errors
 from api.routes import domain, edit, features, maps
+from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
@@ -22,6 +23,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.store = open_store(settings.database)
+        app.state.features = FeatureCache()
         try:
             yield
         finally:

@@ -1,4 +1,8 @@
-"""Dependencies that turn path and query parameters into domain objects."""
+"""Dependencies that turn path and query parameters into domain objects.
+
+They are ``async def`` because they never block: FastAPI runs a plain ``def`` dependency
+in the thread pool, a hop that costs more than the dependency itself.
+"""
 
 from __future__ import annotations
 
@@ -15,22 +19,22 @@ from gridmap.settings import Settings
 from gridmap.store import BBox, Scope, Store
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     """The store opened in the app's lifespan."""
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     """The settings the app was created with."""
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_scope(request: Request) -> Scope:
+async def get_scope(request: Request) -> Scope:
     """What the caller may see (everything until authentication arrives)."""
     return Scope.ALL
 
 
-def get_collection(
+async def get_collection(
     collection_id: Annotated[str, Path(description="Collection (layer) id, e.g. `grids`.")],
     scope: Annotated[Scope, Depends(get_scope)],
 ) -> Layer:

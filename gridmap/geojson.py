@@ -10,7 +10,7 @@ import orjson
 import shapely
 
 from gridmap.crs import CRS84, to_output
-from gridmap.store.base import Feature, FeatureSet
+from gridmap.store.base import Feature, FeatureSet, Query, Scope, Store
 
 
 def geometry_fragments(geoms: Any, crs: str = CRS84) -> list[orjson.Fragment]:
@@ -77,3 +77,44 @@ def feature(
         "links": list(links),
     }
     return orjson.dumps(body)
+
+
+class FeatureCache:
+    """Encoded GeoJSON Features (CRS84, all properties) per layer, valid for one layer stamp.
+
+    A page of features is served by joining cached bytes; only features not yet cached are
+    read from the store and encoded. When the layer's stamp moves (any write by anyone),
+    that layer's entries are dropped. Entries hold nothing the caller's scope could not
+    see: ids come from a scoped query and uncached features are read with the same scope.
+    """
+
+    def __init__(self, max_features: int = 300_000) -> None:
+        self.max_features = max_features
+        self._layers: dict[str, tuple[int, dict[int, bytes]]] = {}
+
+    def page(self, store: Store, layer_id: str, ids: Sequence[int], *, scope: Scope) -> list[bytes]:
+        """Encoded features for ``ids`` (in that order)."""
+        stamp = store.stamp(layer_id)
+        entry = self._layers.get(layer_id)
+        if entry is None or entry[0] != stamp:
+            entry = (stamp, {})
+            self._layers[layer_id] = entry
+        items = entry[1]
+        missing = [i for i in ids if i not in items]
+        if missing:
+            fs = store.query(layer_id, Query(ids=missing), scope=scope)
+            if sum(len(v[1]) for v in self._layers.values()) + len(fs) > self.max_features:
+                items.clear()
+            for d in feature_dicts(fs):
+                items[d["id"]] = orjson.dumps(d)
+        return [items[i] for i in ids if i in items]
+
+
+def collection_bytes(
+    parts: Sequence[bytes], *, matched: int, links: Sequence[Mapping[str, Any]]
+) -> bytes:
+    """A FeatureCollection assembled from pre-encoded features."""
+    tail = orjson.dumps(
+        {"numberReturned": len(parts), "numberMatched": matched, "links": list(links)}
+    )
+    return b'{"type":"FeatureCollection","features":[' + b",".join(parts) + b"]," + tail[1:]

@@ -749,3 +749,32 @@ def test_stats(client: TestClient, sample_store: GeoPackageStore) -> None:
         assert sum(r["tags"]["heating_subsidy"] for r in rows) == 186
         assert len(rows) == sample_store.count(level)
     assert client.get("/stats/planets").status_code == 400
+
+
+def test_cached_pages_follow_every_write(edit_client: TestClient, edit_path: Path) -> None:
+    """Items pages come from an encoded cache; edits by the API or by others show at once."""
+    url = "/collections/toilets/items?bbox=113.2,34.7,113.4,34.9"
+
+    def names() -> dict[int, str]:
+        return {f["id"]: f["properties"]["name"] for f in edit_client.get(url).json()["features"]}
+
+    before = names()
+    fid = min(before)
+    tag = edit_client.get(f"/collections/toilets/items/{fid}").headers["etag"]
+    r = edit_client.patch(
+        f"/collections/toilets/items/{fid}",
+        json={"properties": {"name": "甲"}},
+        headers={"If-Match": tag},
+    )
+    assert r.status_code == 200
+    assert names()[fid] == "甲"
+    conn = sqlite3.connect(edit_path)  # another client, e.g. QGIS editing the file
+    conn.execute("UPDATE toilets SET name = '乙' WHERE fid = ?", (fid,))
+    conn.commit()
+    conn.close()
+    assert names()[fid] == "乙"
+    r = edit_client.delete(
+        f"/collections/toilets/items/{fid}", headers={"If-Match": f'"toilets-{fid}-v4"'}
+    )
+    assert r.status_code == 204
+    assert fid not in names() and len(names()) == len(before) - 1

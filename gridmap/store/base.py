@@ -120,6 +120,16 @@ class Store(Protocol):
         """Features matching ``query`` within ``scope``; ``number_matched`` is set."""
         ...
 
+    def query_ids(
+        self, layer_id: str, query: Query = ..., *, scope: Scope = ...
+    ) -> tuple[npt.NDArray[np.int64], int]:
+        """Ids of one page of ``query`` and the number matched, without reading rows."""
+        ...
+
+    def stamp(self, layer_id: str) -> int:
+        """A number that changes whenever the layer changes, by any client."""
+        ...
+
     def count(self, layer_id: str, query: Query = ..., *, scope: Scope = ...) -> int:
         """Number of features matching ``query`` within ``scope``."""
         ...

@@ -9,12 +9,14 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 import shapely
 from shapely.geometry.base import BaseGeometry
 
@@ -64,6 +66,18 @@ CREATE TABLE IF NOT EXISTS gpkg_extensions (
   table_name TEXT, column_name TEXT, extension_name TEXT NOT NULL, definition TEXT NOT NULL,
   scope TEXT NOT NULL, CONSTRAINT ge_tce UNIQUE (table_name, column_name, extension_name));
 CREATE TABLE IF NOT EXISTS gridmap_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gridmap_changes (layer TEXT PRIMARY KEY, stamp INTEGER NOT NULL);
+"""
+
+# Every change to a layer, by gridmap or by any other SQLite client (QGIS, GDAL), bumps the
+# layer's stamp, so in-process caches know when to rebuild.
+_STAMP_TRIGGERS = """
+CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_insert" AFTER INSERT ON "{t}"
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
+CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_update" AFTER UPDATE ON "{t}"
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
+CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_delete" AFTER DELETE ON "{t}"
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
 """
 
 # GeoPackage 1.3 R-tree triggers (spec Annex F.3), so edits by GDAL/QGIS keep the index right.
@@ -132,18 +146,6 @@ def _to_sql(p: Prop, v: Any) -> Any:
     return v
 
 
-def _from_sql(p: Prop, v: Any) -> Any:
-    if v is None:
-        return None
-    if p.type == "list":
-        return json.loads(v) if isinstance(v, str) else v
-    if p.type == "bool":
-        return bool(v)
-    if p.type == "float":
-        return float(v)
-    return v
-
-
 class GeoPackageStore:
     """A Store over one GeoPackage file that GDAL and QGIS open as is.
 
@@ -164,6 +166,7 @@ class GeoPackageStore:
         self._lock = threading.Lock()
         self._service_area: BaseGeometry | None = None
         self._grid_index: tuple[int, PolygonIndex, npt.NDArray[np.int64]] | None = None
+        self._spatial: dict[str, _LayerIndex] = {}
         if _create:
             self._init_schema()
         else:
@@ -300,9 +303,43 @@ class GeoPackageStore:
         for stmt in _RTREE_TRIGGERS.format(t=t).split("END;"):
             if stmt.strip():
                 c.execute(stmt + "END;")
+        self._create_stamps(c, layer)
         for p in layer.properties:
             if p.name in ("grid_id", "building_id", "community_id", "zone_id"):
                 c.execute(f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})")
+
+    def _create_stamps(self, c: sqlite3.Connection, layer: Layer) -> None:
+        c.execute("INSERT OR IGNORE INTO gridmap_changes VALUES (?, 0)", (layer.id,))
+        for stmt in _STAMP_TRIGGERS.format(t=layer.id).split("END;"):
+            if stmt.strip():
+                c.execute(stmt + "END;")
+
+    def _upgrade(self) -> None:
+        """Add what older gridmap files lack (the change stamps)."""
+        conn = self._connect()
+        has = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gridmap_changes'"
+        ).fetchone()
+        if has and conn.execute("SELECT count(*) FROM gridmap_changes").fetchone()[0] == len(
+            LAYERS
+        ):
+            return
+        with self._write() as c:
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS gridmap_changes "
+                "(layer TEXT PRIMARY KEY, stamp INTEGER NOT NULL)"
+            )
+            for layer in LAYERS:
+                self._create_stamps(c, layer)
+
+    def stamp(self, layer_id: str) -> int:
+        """A number that changes whenever the layer changes (by any client)."""
+        row = (
+            self._connect()
+            .execute("SELECT stamp FROM gridmap_changes WHERE layer = ?", (layer_id,))
+            .fetchone()
+        )
+        return int(row[0]) if row else -1
 
     def _check_schema(self) -> None:
         try:
@@ -324,6 +361,7 @@ class GeoPackageStore:
         if missing:
             msg = f"{self.path} lacks gridmap layers {missing}; rebuild it with `gridmap demo`"
             raise StoreError(msg)
+        self._upgrade()
 
     def _load_meta(self) -> None:
         row = (
@@ -427,14 +465,19 @@ class GeoPackageStore:
             )
         use_rtree = box is not None
         if box is not None:
-            # The R-tree keeps 32-bit floats rounded outwards: it finds candidates, and
-            # gm_bbox (exact envelope from the blob header, exact geometry test only
-            # when the envelope straddles the box) decides.
+            # The R-tree keeps 32-bit floats rounded outwards: it finds candidates. A
+            # candidate whose R-tree box lies inside the query box certainly intersects
+            # it; only the others go through gm_bbox (exact envelope from the blob
+            # header, exact geometry test when the envelope straddles the box).
             clauses.append("r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ?")
             params.extend([box[2], box[0], box[3], box[1]])
             if query.bbox is not None:
-                clauses.append("gm_bbox(t.geom, ?, ?, ?, ?) = 1")
-                params.extend(query.bbox)
+                b = query.bbox
+                clauses.append(
+                    "((r.minx >= ? AND r.maxx <= ? AND r.miny >= ? AND r.maxy <= ?)"
+                    " OR gm_bbox(t.geom, ?, ?, ?, ?) = 1)"
+                )
+                params.extend([b[0], b[2], b[1], b[3], *b])
         sql = " WHERE " + " AND ".join(clauses) if clauses else ""
         return sql, params, use_rtree
 
@@ -470,10 +513,20 @@ class GeoPackageStore:
         spatial predicate (``query.geometry``) filters the R-tree candidates with shapely.
         """
         layer = self._layer(layer_id, scope)
-        where, params, use_rtree = self._where(layer, query, scope)
         cols = ", ".join(["t.fid", "t.geom", *(f"t.{_q(n)}" for n in layer.names), "t.version"])
-        base = self._from(layer, use_rtree) + where
         conn = self._connect()
+        fast = self._indexed_ids(layer, query, scope)
+        if fast is not None:
+            stop = None if query.limit is None else query.offset + query.limit
+            page = fast[query.offset : stop]
+            rows = conn.execute(
+                f"SELECT {cols} FROM {_q(layer.id)} AS t "
+                "WHERE t.fid IN (SELECT value FROM json_each(?)) ORDER BY t.fid",
+                (json.dumps(page.tolist()),),
+            ).fetchall()
+            return self._rows_to_set(layer, rows, int(fast.size))
+        where, params, use_rtree = self._where(layer, query, scope)
+        base = self._from(layer, use_rtree) + where
         if query.geometry is None:
             matched = conn.execute("SELECT count(*)" + base, params).fetchone()[0]
             sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"
@@ -503,6 +556,31 @@ class GeoPackageStore:
             matched,
         )
 
+    def query_ids(
+        self,
+        layer_id: str,
+        query: Query = _ALL_ROWS,
+        *,
+        scope: Scope = Scope.ALL,
+    ) -> tuple[npt.NDArray[np.int64], int]:
+        """Ids of one page of ``query`` (in its order) and the number matched, no rows read."""
+        layer = self._layer(layer_id, scope)
+        stop = None if query.limit is None else query.offset + query.limit
+        fast = self._indexed_ids(layer, query, scope)
+        if fast is not None:
+            return fast[query.offset : stop], int(fast.size)
+        if query.geometry is not None:
+            fs = self.query(layer_id, query, scope=scope)
+            return fs.ids, int(fs.number_matched or 0)
+        where, params, use_rtree = self._where(layer, query, scope)
+        base = self._from(layer, use_rtree) + where
+        conn = self._connect()
+        matched = int(conn.execute("SELECT count(*)" + base, params).fetchone()[0])
+        sql = f"SELECT t.fid{base}{self._order(layer, query.order_by)} LIMIT ? OFFSET ?"
+        limit = -1 if query.limit is None else int(query.limit)
+        rows = conn.execute(sql, [*params, limit, int(query.offset)]).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64), matched
+
     def count(
         self,
         layer_id: str,
@@ -511,12 +589,64 @@ class GeoPackageStore:
         scope: Scope = Scope.ALL,
     ) -> int:
         """Number of features matching ``query`` within ``scope``."""
+        layer = self._layer(layer_id, scope)
+        fast = self._indexed_ids(layer, query, scope)
+        if fast is not None:
+            return int(fast.size)
         if query.geometry is not None:
             return int(self.query(layer_id, query, scope=scope).number_matched or 0)
-        layer = self._layer(layer_id, scope)
         where, params, use_rtree = self._where(layer, query, scope)
         sql = "SELECT count(*)" + self._from(layer, use_rtree) + where
         return int(self._connect().execute(sql, params).fetchone()[0])
+
+    def _indexed_ids(
+        self, layer: Layer, query: Query, scope: Scope
+    ) -> npt.NDArray[np.int64] | None:
+        """Sorted ids matching a purely spatial query, from the in-memory index; else None.
+
+        Serves bbox and geometry-intersects queries (with a grid scope) in default order,
+        the common case of map clients and QGIS; anything else goes to SQL.
+        """
+        spatial = query.bbox is not None or (
+            query.geometry is not None and query.predicate == "intersects"
+        )
+        if not spatial or query.equals or query.filters or query.ids is not None or query.order_by:
+            return None
+        idx = self._layer_index(layer)
+        area: BaseGeometry | None = None
+        if query.bbox is not None:
+            area = shapely.box(*query.bbox)
+        if query.geometry is not None:
+            area = query.geometry if area is None else shapely.intersection(area, query.geometry)
+        hits = np.sort(idx.tree.query(area, predicate="intersects"))
+        ids = idx.fids[hits]  # fids are in ascending order, so ids are too
+        if scope.grid_ids is not None:
+            allowed = list(scope.grid_ids)
+            if layer.id == "grids":
+                ids = ids[np.isin(ids, allowed)]
+            elif idx.grid_ids is not None:
+                ids = ids[np.isin(idx.grid_ids[hits], allowed)]
+        return ids
+
+    def _layer_index(self, layer: Layer) -> _LayerIndex:
+        """The layer's geometries in an STRtree, rebuilt when the layer's stamp moves."""
+        stamp = self.stamp(layer.id)
+        cached = self._spatial.get(layer.id)
+        if cached is not None and cached.stamp == stamp:
+            return cached
+        has_grid = "grid_id" in layer.by_name
+        sql = f"SELECT fid, geom{', grid_id' if has_grid else ''} FROM {_q(layer.id)} ORDER BY fid"
+        rows = self._connect().execute(sql).fetchall()
+        fids = np.array([r[0] for r in rows], dtype=np.int64)
+        geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if rows else np.empty(0, dtype=object)
+        grid_ids = (
+            np.array([-1 if r[2] is None else r[2] for r in rows], dtype=np.int64)
+            if has_grid
+            else None
+        )
+        built = _LayerIndex(stamp, fids, shapely.STRtree(geoms), grid_ids)
+        self._spatial[layer.id] = built
+        return built
 
     def _rows_to_set(
         self, layer: Layer, rows: list[tuple[Any, ...]], matched: int | None
@@ -525,25 +655,29 @@ class GeoPackageStore:
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if n else np.empty(0, dtype=object)
         versions = np.fromiter((r[-1] for r in rows), dtype=np.int64, count=n)
-        props_def = layer.properties
-        simple = all(p.type not in ("list", "bool", "float") for p in props_def)
         names = layer.names
-        if simple:
-            props = [dict(zip(names, r[2:-1], strict=True)) for r in rows]
-        else:
-            props = [
-                {p.name: _from_sql(p, v) for p, v in zip(props_def, r[2:-1], strict=True)}
-                for r in rows
-            ]
+        props = [dict(zip(names, r[2:-1], strict=True)) for r in rows]
+        # Only lists (JSON text) and booleans (0/1) need converting; REAL columns
+        # already come back as floats.
+        for p in layer.properties:
+            if p.type == "list":
+                key = p.name
+                for d in props:
+                    v = d[key]
+                    if v is not None:
+                        d[key] = orjson.loads(v)
+            elif p.type == "bool":
+                key = p.name
+                for d in props:
+                    v = d[key]
+                    if v is not None:
+                        d[key] = bool(v)
         return FeatureSet(layer, ids, geoms, props, versions, matched)
 
     def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
         """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""
-        fs = self.query(layer_id, Query(ids=[int(fid)]), scope=scope)
-        if len(fs) == 0:
-            msg = f"no feature {fid} in collection {layer_id}"
-            raise FeatureNotFoundError(msg)
-        return next(iter(fs))
+        layer = self._layer(layer_id, scope)
+        return self._get_in(self._connect(), layer, fid, scope)
 
     def extent(self, layer_id: str) -> BBox | None:
         """Bounding box of a layer from its R-tree (None when empty)."""
@@ -803,6 +937,16 @@ class GeoPackageStore:
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)
+
+
+@dataclass
+class _LayerIndex:
+    """In-memory spatial index of one layer at one change stamp (ids sorted)."""
+
+    stamp: int
+    fids: npt.NDArray[np.int64]
+    tree: shapely.STRtree
+    grid_ids: npt.NDArray[np.int64] | None
 
 
 def _intersect_box(a: BBox, b: BBox) -> BBox:

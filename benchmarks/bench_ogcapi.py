@@ -1,0 +1,291 @@
+"""Serve the sample households from gridmap and from pygeoapi (PostgreSQL provider) and compare.
+
+Everything the anchor needs is set up by this script, in a scratch folder:
+
+* a throw-away PostgreSQL + PostGIS cluster from Debian's packages (``apt-get install
+  postgresql postgis`` once; the script runs ``initdb`` as the ``postgres`` user on a free
+  port and removes the cluster at the end), loaded with the same 15,024 households;
+* pygeoapi in its own virtual environment (``pip install pygeoapi psycopg2-binary
+  sqlalchemy geoalchemy2 uvicorn starlette``), configured as a user would for this data: its
+  PostgreSQL provider over that table, served by uvicorn (Starlette app), one worker;
+* gridmap over the GeoPackage, served by uvicorn, one worker.
+
+Then the same requests go to both, sequentially over a keep-alive connection and with 4
+concurrent clients: ``items?bbox=…&limit=100`` and a single item. Printed: requests/s,
+p50 and p99 latency, and gridmap's throughput as a multiple of pygeoapi's.
+
+Run: ``.venv/bin/python -m benchmarks.bench_ogcapi [--requests 300]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import csv
+import datetime as dt
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import shapely
+
+from gridmap.sample import build_demo
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+BBOX = "113.285,34.805,113.295,34.815"
+HOUSEHOLD = 1234
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    return run(cmd, **kw)
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:  # type: ignore[type-arg]
+    if not (PG_BIN / "initdb").exists():
+        sys.exit("PostgreSQL 15 is not installed: apt-get install postgresql postgis")
+    data = work / "pgdata"
+    sock = work / "pgsock"
+    data.mkdir()
+    sock.mkdir()
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres")
+        shutil.chown(data, "postgres")
+        shutil.chown(sock, "postgres")
+    as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+                stdout=subprocess.DEVNULL)
+    port = free_port()
+    cmd = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
+           "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+    if os.geteuid() == 0:
+        cmd = ["runuser", "-u", "postgres", "--", *cmd]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        if subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
+                           "select 1"], capture_output=True).returncode == 0:
+            break
+        time.sleep(0.2)
+    psql = ["psql", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-v",
+            "ON_ERROR_STOP=1"]
+    run([*psql, "-c", "CREATE DATABASE bench"])
+    psql = [*psql, "-d", "bench"]
+    run([*psql, "-c", "CREATE EXTENSION postgis"])
+    run([*psql, "-c", textwrap.dedent("""
+        CREATE TABLE households (
+          fid integer PRIMARY KEY, building_id integer, grid_id integer, room text,
+          head_name text, phone text, id_number text, members integer, tags text,
+          last_visit_at timestamp, last_visit_status text, geom geometry(Point, 4326));
+    """)])
+    # export from the GeoPackage with gridmap itself, load with COPY
+    from gridmap.store import GeoPackageStore
+
+    store = GeoPackageStore.open(gpkg)
+    fs = store.query("households")
+    store.close()
+    rows = work / "households.csv"
+    with rows.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        for fid, p, g in zip(fs.ids.tolist(), fs.properties, fs.geometries, strict=True):
+            w.writerow([fid, p["building_id"], p["grid_id"], p["room"], p["head_name"], p["phone"],
+                        p["id_number"], p["members"], ",".join(p["tags"]),
+                        p["last_visit_at"] or "", p["last_visit_status"] or "",
+                        "SRID=4326;" + shapely.to_wkt(g, rounding_precision=-1)])
+    run([*psql, "-c", f"\\copy households FROM '{rows}' WITH (FORMAT csv, NULL '')"])
+    run([*psql, "-c", "CREATE INDEX ON households USING gist (geom); ANALYZE households"])
+    return proc, port, sock
+
+
+def start_pygeoapi(work: Path, pg_port: int) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
+    venv = work / "pygeoapi-venv"
+    run([sys.executable, "-m", "venv", str(venv)])
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+           "--disable-pip-version-check"]
+    run([*pip, "pygeoapi", "psycopg2-binary", "sqlalchemy", "geoalchemy2", "uvicorn", "starlette"],
+        stdout=subprocess.DEVNULL)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    config = work / "pygeoapi.yml"
+    config.write_text(textwrap.dedent(f"""
+        server:
+          bind: {{host: 127.0.0.1, port: {port}}}
+          url: {url}
+          mimetype: application/json; charset=UTF-8
+          encoding: utf-8
+          languages: [en-US]
+          cors: false
+          pretty_print: false
+          limits: {{default_items: 100, max_items: 1000}}
+          map:
+            url: https://tile.openstreetmap.org/{{z}}/{{x}}/{{y}}.png
+            attribution: OpenStreetMap
+        logging:
+          level: ERROR
+        metadata:
+          identification:
+            title: bench
+            description: bench
+            keywords: [bench]
+            keywords_type: theme
+            terms_of_service: https://creativecommons.org/licenses/by/4.0/
+            url: {url}
+          license: {{name: CC-BY 4.0, url: https://creativecommons.org/licenses/by/4.0/}}
+          provider: {{name: bench, url: {url}}}
+          contact: {{name: bench, position: bench, address: bench, city: bench,
+                     stateorprovince: bench, postalcode: '0', country: CN, phone: '0',
+                     fax: '0', email: a@b.c, url: {url}, hours: '0', instructions: '0',
+                     role: pointOfContact}}
+        resources:
+          households:
+            type: collection
+            title: households
+            description: households
+            keywords: [households]
+            extents:
+              spatial: {{bbox: [113.2, 34.7, 113.4, 34.9],
+                        crs: http://www.opengis.net/def/crs/OGC/1.3/CRS84}}
+            providers:
+              - type: feature
+                name: PostgreSQL
+                data: {{host: 127.0.0.1, port: {pg_port}, dbname: bench, user: postgres,
+                        password: postgres, search_path: [public]}}
+                id_field: fid
+                table: households
+                geom_field: geom
+    """))
+    openapi = work / "pygeoapi-openapi.yml"
+    env = {**os.environ, "PYGEOAPI_CONFIG": str(config), "PYGEOAPI_OPENAPI": str(openapi)}
+    run([str(venv / "bin" / "pygeoapi"), "openapi", "generate", str(config), "--output-file",
+         str(openapi)], env=env, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(venv / "bin" / "uvicorn"), "pygeoapi.starlette_app:APP", "--host", "127.0.0.1",
+         "--port", str(port), "--log-level", "warning"],
+        env=env,
+    )
+    wait_http(url + "/conformance")
+    return proc, url
+
+
+def start_gridmap(gpkg: Path) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
+    port = free_port()
+    env = {**os.environ, "GRIDMAP_DATABASE": str(gpkg)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host",
+         "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(url + "/conformance")
+    return proc, url
+
+
+def measure(url: str, n: int, clients: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, bytes of the last answer) for ``n`` GETs of ``url``."""
+
+    def worker(count: int) -> tuple[list[float], int]:
+        lat = []
+        size = 0
+        with httpx.Client(timeout=30) as c:
+            c.get(url)  # warm the connection
+            for _ in range(count):
+                t = time.perf_counter()
+                r = c.get(url)
+                lat.append(time.perf_counter() - t)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url}: {r.status_code} {r.text[:200]}")
+                size = len(r.content)
+        return lat, size
+
+    per = n // clients
+    start = time.perf_counter()
+    with cf.ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(worker, [per] * clients))
+    wall = time.perf_counter() - start
+    lat = np.concatenate([np.array(r[0]) for r in results]) * 1000
+    return per * clients / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), \
+        results[0][1]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--requests", type=int, default=300)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="gridmap-bench-"))
+    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    try:
+        gpkg = work / "zhongxinlu.gpkg"
+        build_demo(gpkg, today=dt.date(2026, 11, 24)).close()
+        if os.geteuid() == 0:
+            shutil.chown(gpkg, "postgres")
+        pg, pg_port, _ = start_postgis(work, gpkg)
+        procs.append(pg)
+        print("starting pygeoapi (installing it into a scratch venv) …", flush=True)
+        py, py_url = start_pygeoapi(work, pg_port)
+        procs.append(py)
+        gm, gm_url = start_gridmap(gpkg)
+        procs.append(gm)
+        cases = [
+            (f"items?bbox=…&limit=100", "/collections/households/items?bbox=" + BBOX + "&limit=100"),
+            ("single item", f"/collections/households/items/{HOUSEHOLD}"),
+        ]
+        # the same answer from both: the same features in the bbox, 100 on the page
+        a = httpx.get(gm_url + cases[0][1] + "&f=json").json()
+        b = httpx.get(py_url + cases[0][1] + "&f=json").json()
+        ids_a = sorted(f["id"] for f in a["features"])
+        ids_b = sorted(int(f["id"]) for f in b["features"])
+        print(f"bbox matched: gridmap {a['numberMatched']}, pygeoapi {b.get('numberMatched')}; "
+              f"page: {len(ids_a)} and {len(ids_b)} features, same ids: {ids_a == ids_b}")
+        if len(ids_a) != 100 or len(ids_b) != 100:
+            sys.exit("the two servers do not return the same page; fix the configuration")
+        print(f"{'request':<26}{'clients':>8}{'server':>10}{'req/s':>10}{'p50 ms':>9}"
+              f"{'p99 ms':>9}{'bytes':>9}{'ratio':>8}")
+        for label, path in cases:
+            for clients in (1, 4):
+                anchor = measure(py_url + path, args.requests, clients)
+                ours = measure(gm_url + path, args.requests, clients)
+                for name, m in (("pygeoapi", anchor), ("gridmap", ours)):
+                    ratio = f"{m[0] / anchor[0]:7.1f}x" if name == "gridmap" else ""
+                    print(f"{label:<26}{clients:>8}{name:>10}{m[0]:>10.1f}{m[1]:>9.1f}{m[2]:>9.1f}"
+                          f"{m[3]:>9}{ratio:>8}")
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -115,3 +116,14 @@ def live_server(sample_path: Path) -> Iterator[str]:
     yield url
     proc.terminate()
     proc.wait(timeout=10)
+
+
+def external_connection(path: Path) -> sqlite3.Connection:
+    """A plain SQLite connection with the ST_* functions GDAL and QGIS register."""
+    from gridmap import geometry as geo
+
+    conn = sqlite3.connect(path)
+    conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty)
+    for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        conn.create_function(name, 1, lambda b, i=i: geo.blob_envelope(b)[i])
+    return conn

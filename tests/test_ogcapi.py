@@ -18,6 +18,7 @@ from api.routes.features import CONFORMANCE
 from gridmap import crs as gcrs
 from gridmap.layers import LAYERS
 from gridmap.store import GeoPackageStore, Query
+from tests.conftest import external_connection
 
 M_PER_DEG = 111_320.0
 
@@ -768,7 +769,7 @@ def test_cached_pages_follow_every_write(edit_client: TestClient, edit_path: Pat
     )
     assert r.status_code == 200
     assert names()[fid] == "甲"
-    conn = sqlite3.connect(edit_path)  # another client, e.g. QGIS editing the file
+    conn = external_connection(edit_path)  # another client, e.g. QGIS editing the file
     conn.execute("UPDATE toilets SET name = '乙' WHERE fid = ?", (fid,))
     conn.commit()
     conn.close()

@@ -21,6 +21,7 @@ from gridmap.errors import (
 )
 from gridmap.layers import LAYERS
 from gridmap.store import GeoPackageStore, Query, Scope
+from tests.conftest import external_connection
 
 P = shapely.Point
 
@@ -265,15 +266,7 @@ def test_external_update_keeps_index_and_bumps_version(store: GeoPackageStore) -
     from gridmap import geometry as geo
 
     store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
-    conn = sqlite3.connect(store.path)
-    for name, fn in [
-        ("ST_IsEmpty", geo.blob_is_empty),
-        ("ST_MinX", lambda b: geo.blob_envelope(b)[0]),
-        ("ST_MaxX", lambda b: geo.blob_envelope(b)[1]),
-        ("ST_MinY", lambda b: geo.blob_envelope(b)[2]),
-        ("ST_MaxY", lambda b: geo.blob_envelope(b)[3]),
-    ]:
-        conn.create_function(name, 1, fn)
+    conn = external_connection(store.path)
     blob = geo.to_gpkg_blobs([P(113.31, 34.83)])[0]
     conn.execute("UPDATE toilets SET geom = ?, name = 'moved' WHERE fid = 1", (blob,))
     conn.commit()

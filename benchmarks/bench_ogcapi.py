@@ -11,7 +11,8 @@ Everything the anchor needs is set up by this script, in a scratch folder:
 * gridmap over the GeoPackage, served by uvicorn, one worker.
 
 Then the same requests go to both, sequentially over a keep-alive connection and with 4
-concurrent clients: ``items?bbox=…&limit=100`` and a single item. Printed: requests/s,
+concurrent clients: ``items?bbox=…&limit=100`` for one bbox and for a fixed list of
+varying bboxes, and a single item. Printed: requests/s,
 p50 and p99 latency, and gridmap's throughput as a multiple of pygeoapi's.
 
 Run: ``.venv/bin/python -m benchmarks.bench_ogcapi [--requests 300]``.
@@ -83,30 +84,64 @@ def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:
         shutil.chown(work, "postgres")
         shutil.chown(data, "postgres")
         shutil.chown(sock, "postgres")
-    as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-                stdout=subprocess.DEVNULL)
+    as_postgres(
+        [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+        stdout=subprocess.DEVNULL,
+    )
     port = free_port()
-    cmd = [str(PG_BIN / "postgres"), "-D", str(data), "-p", str(port), "-k", str(sock),
-           "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"]
+    cmd = [
+        str(PG_BIN / "postgres"),
+        "-D",
+        str(data),
+        "-p",
+        str(port),
+        "-k",
+        str(sock),
+        "-c",
+        "listen_addresses=127.0.0.1",
+        "-c",
+        "fsync=off",
+    ]
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
-        if subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c",
-                           "select 1"], capture_output=True).returncode == 0:
+        if (
+            subprocess.run(
+                ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "select 1"],
+                capture_output=True,
+            ).returncode
+            == 0
+        ):
             break
         time.sleep(0.2)
-    psql = ["psql", "-q", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-v",
-            "ON_ERROR_STOP=1"]
+    psql = [
+        "psql",
+        "-q",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-U",
+        "postgres",
+        "-v",
+        "ON_ERROR_STOP=1",
+    ]
     run([*psql, "-c", "CREATE DATABASE bench"])
     psql = [*psql, "-d", "bench"]
     run([*psql, "-c", "CREATE EXTENSION postgis"])
-    run([*psql, "-c", textwrap.dedent("""
+    run(
+        [
+            *psql,
+            "-c",
+            textwrap.dedent("""
         CREATE TABLE households (
           fid integer PRIMARY KEY, building_id integer, grid_id integer, room text,
           head_name text, phone text, id_number text, members integer, tags text,
           last_visit_at timestamp, last_visit_status text, geom geometry(Point, 4326));
-    """)])
+    """),
+        ]
+    )
     # export from the GeoPackage with gridmap itself, load with COPY
     from gridmap.store import GeoPackageStore
 
@@ -117,10 +152,22 @@ def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:
     with rows.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         for fid, p, g in zip(fs.ids.tolist(), fs.properties, fs.geometries, strict=True):
-            w.writerow([fid, p["building_id"], p["grid_id"], p["room"], p["head_name"], p["phone"],
-                        p["id_number"], p["members"], ",".join(p["tags"]),
-                        p["last_visit_at"] or "", p["last_visit_status"] or "",
-                        "SRID=4326;" + shapely.to_wkt(g, rounding_precision=-1)])
+            w.writerow(
+                [
+                    fid,
+                    p["building_id"],
+                    p["grid_id"],
+                    p["room"],
+                    p["head_name"],
+                    p["phone"],
+                    p["id_number"],
+                    p["members"],
+                    ",".join(p["tags"]),
+                    p["last_visit_at"] or "",
+                    p["last_visit_status"] or "",
+                    "SRID=4326;" + shapely.to_wkt(g, rounding_precision=-1),
+                ]
+            )
     run([*psql, "-c", f"\\copy households FROM '{rows}' WITH (FORMAT csv, NULL '')"])
     run([*psql, "-c", "CREATE INDEX ON households USING gist (geom); ANALYZE households"])
     return proc, port, sock
@@ -129,14 +176,23 @@ def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:
 def start_pygeoapi(work: Path, pg_port: int) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
     venv = work / "pygeoapi-venv"
     run([sys.executable, "-m", "venv", str(venv)])
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
-           "--disable-pip-version-check"]
-    run([*pip, "pygeoapi", "psycopg2-binary", "sqlalchemy", "geoalchemy2", "uvicorn", "starlette"],
-        stdout=subprocess.DEVNULL)
+    pip = [
+        str(venv / "bin" / "python"),
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--disable-pip-version-check",
+    ]
+    run(
+        [*pip, "pygeoapi", "psycopg2-binary", "sqlalchemy", "geoalchemy2", "uvicorn", "starlette"],
+        stdout=subprocess.DEVNULL,
+    )
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = work / "pygeoapi.yml"
-    config.write_text(textwrap.dedent(f"""
+    config.write_text(
+        textwrap.dedent(f"""
         server:
           bind: {{host: 127.0.0.1, port: {port}}}
           url: {url}
@@ -182,14 +238,33 @@ def start_pygeoapi(work: Path, pg_port: int) -> tuple[subprocess.Popen, str]:  #
                 id_field: fid
                 table: households
                 geom_field: geom
-    """))
+    """)
+    )
     openapi = work / "pygeoapi-openapi.yml"
     env = {**os.environ, "PYGEOAPI_CONFIG": str(config), "PYGEOAPI_OPENAPI": str(openapi)}
-    run([str(venv / "bin" / "pygeoapi"), "openapi", "generate", str(config), "--output-file",
-         str(openapi)], env=env, stdout=subprocess.DEVNULL)
+    run(
+        [
+            str(venv / "bin" / "pygeoapi"),
+            "openapi",
+            "generate",
+            str(config),
+            "--output-file",
+            str(openapi),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
     proc = subprocess.Popen(
-        [str(venv / "bin" / "uvicorn"), "pygeoapi.starlette_app:APP", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"],
+        [
+            str(venv / "bin" / "uvicorn"),
+            "pygeoapi.starlette_app:APP",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     wait_http(url + "/conformance")
@@ -200,8 +275,19 @@ def start_gridmap(gpkg: Path) -> tuple[subprocess.Popen, str]:  # type: ignore[t
     port = free_port()
     env = {**os.environ, "GRIDMAP_DATABASE": str(gpkg)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory", "--host",
-         "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:create_app",
+            "--factory",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         env=env,
     )
     url = f"http://127.0.0.1:{port}"
@@ -209,15 +295,30 @@ def start_gridmap(gpkg: Path) -> tuple[subprocess.Popen, str]:  # type: ignore[t
     return proc, url
 
 
-def measure(url: str, n: int, clients: int) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, bytes of the last answer) for ``n`` GETs of ``url``."""
+def varying_bboxes(n: int, seed: int = 7) -> list[str]:
+    """``n`` bbox paths of 300–1,000 m boxes spread over the subdistrict (fixed seed)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        w = rng.uniform(0.003, 0.011)
+        x = rng.uniform(113.275, 113.31 - w)
+        y = rng.uniform(34.795, 34.825 - w)
+        out.append(
+            f"/collections/households/items?bbox={x:.5f},{y:.5f},{x + w:.5f},{y + w:.5f}&limit=100"
+        )
+    return out
+
+
+def measure(base: str, paths: list[str], n: int, clients: int) -> tuple[float, float, float, int]:
+    """(requests/s, p50 ms, p99 ms, bytes of the last answer) for ``n`` GETs cycling ``paths``."""
 
     def worker(count: int) -> tuple[list[float], int]:
         lat = []
         size = 0
         with httpx.Client(timeout=30) as c:
-            c.get(url)  # warm the connection
-            for _ in range(count):
+            c.get(base + paths[0])  # warm the connection
+            for k in range(count):
+                url = base + paths[k % len(paths)]
                 t = time.perf_counter()
                 r = c.get(url)
                 lat.append(time.perf_counter() - t)
@@ -232,8 +333,12 @@ def measure(url: str, n: int, clients: int) -> tuple[float, float, float, int]:
         results = list(pool.map(worker, [per] * clients))
     wall = time.perf_counter() - start
     lat = np.concatenate([np.array(r[0]) for r in results]) * 1000
-    return per * clients / wall, float(np.percentile(lat, 50)), float(np.percentile(lat, 99)), \
-        results[0][1]
+    return (
+        per * clients / wall,
+        float(np.percentile(lat, 50)),
+        float(np.percentile(lat, 99)),
+        results[0][1],
+    )
 
 
 def main() -> None:
@@ -255,28 +360,35 @@ def main() -> None:
         gm, gm_url = start_gridmap(gpkg)
         procs.append(gm)
         cases = [
-            (f"items?bbox=…&limit=100", "/collections/households/items?bbox=" + BBOX + "&limit=100"),
-            ("single item", f"/collections/households/items/{HOUSEHOLD}"),
+            ("items, one bbox", ["/collections/households/items?bbox=" + BBOX + "&limit=100"]),
+            ("items, varying bbox", varying_bboxes(args.requests)),
+            ("single item", [f"/collections/households/items/{HOUSEHOLD}"]),
         ]
         # the same answer from both: the same features in the bbox, 100 on the page
-        a = httpx.get(gm_url + cases[0][1] + "&f=json").json()
-        b = httpx.get(py_url + cases[0][1] + "&f=json").json()
+        a = httpx.get(gm_url + cases[0][1][0] + "&f=json").json()
+        b = httpx.get(py_url + cases[0][1][0] + "&f=json").json()
         ids_a = sorted(f["id"] for f in a["features"])
         ids_b = sorted(int(f["id"]) for f in b["features"])
-        print(f"bbox matched: gridmap {a['numberMatched']}, pygeoapi {b.get('numberMatched')}; "
-              f"page: {len(ids_a)} and {len(ids_b)} features, same ids: {ids_a == ids_b}")
+        print(
+            f"bbox matched: gridmap {a['numberMatched']}, pygeoapi {b.get('numberMatched')}; "
+            f"page: {len(ids_a)} and {len(ids_b)} features, same ids: {ids_a == ids_b}"
+        )
         if len(ids_a) != 100 or len(ids_b) != 100:
             sys.exit("the two servers do not return the same page; fix the configuration")
-        print(f"{'request':<26}{'clients':>8}{'server':>10}{'req/s':>10}{'p50 ms':>9}"
-              f"{'p99 ms':>9}{'bytes':>9}{'ratio':>8}")
+        print(
+            f"{'request':<26}{'clients':>8}{'server':>10}{'req/s':>10}{'p50 ms':>9}"
+            f"{'p99 ms':>9}{'bytes':>9}{'ratio':>8}"
+        )
         for label, path in cases:
             for clients in (1, 4):
-                anchor = measure(py_url + path, args.requests, clients)
-                ours = measure(gm_url + path, args.requests, clients)
+                anchor = measure(py_url, path, args.requests, clients)
+                ours = measure(gm_url, path, args.requests, clients)
                 for name, m in (("pygeoapi", anchor), ("gridmap", ours)):
                     ratio = f"{m[0] / anchor[0]:7.1f}x" if name == "gridmap" else ""
-                    print(f"{label:<26}{clients:>8}{name:>10}{m[0]:>10.1f}{m[1]:>9.1f}{m[2]:>9.1f}"
-                          f"{m[3]:>9}{ratio:>8}")
+                    print(
+                        f"{label:<26}{clients:>8}{name:>10}{m[0]:>10.1f}{m[1]:>9.1f}{m[2]:>9.1f}"
+                        f"{m[3]:>9}{ratio:>8}"
+                    )
     finally:
         for p in reversed(procs):
             p.terminate()

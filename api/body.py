@@ -20,8 +20,19 @@ class MalformedBodyError(GridmapError, ValueError):
     """The request body is not acceptable JSON."""
 
 
+class UnsupportedMediaTypeError(GridmapError):
+    """The request body is declared as something other than JSON."""
+
+
+JSON_TYPES = ("application/json", "application/geo+json", "application/merge-patch+json")
+
+
 async def read_json(request: Request, *, max_bytes: int) -> Any:
     """Read and parse a JSON body: at most ``max_bytes``, no NaN/Infinity, nesting ≤ 32."""
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype not in JSON_TYPES:
+        msg = f"send the body as one of {', '.join(JSON_TYPES)}, not {ctype[:60]!r}"
+        raise UnsupportedMediaTypeError(msg)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

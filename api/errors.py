@@ -80,9 +80,10 @@ def _status_for(exc: GridmapError) -> int:
 
 
 def _register_body_errors() -> None:
-    from api.body import MalformedBodyError, PayloadTooLargeError
+    from api.body import MalformedBodyError, PayloadTooLargeError, UnsupportedMediaTypeError
 
     STATUS[PayloadTooLargeError] = 413
+    STATUS[UnsupportedMediaTypeError] = 415
     STATUS[MalformedBodyError] = 400
 
 

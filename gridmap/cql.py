@@ -123,6 +123,21 @@ _SPATIAL = {
     "s_overlaps": "overlaps",
     "s_dwithin": "intersects",
 }
+# T_X(literal, property) is T_converse(X)(property, literal).
+_CONVERSE = {
+    "t_after": "t_before",
+    "t_before": "t_after",
+    "t_contains": "t_during",
+    "t_during": "t_contains",
+    "t_finishedby": "t_finishes",
+    "t_finishes": "t_finishedby",
+    "t_meets": "t_metby",
+    "t_metby": "t_meets",
+    "t_overlappedby": "t_overlaps",
+    "t_overlaps": "t_overlappedby",
+    "t_startedby": "t_starts",
+    "t_starts": "t_startedby",
+}
 _PREFILTERABLE = {"intersects", "within", "contains", "equals", "touches", "crosses", "overlaps"}
 
 
@@ -235,9 +250,15 @@ class Compiler:
                 if op in ("casei", "accenti"):
                     inner = self._scalar(node["args"][0])
                     return f"lower({inner})" if op == "casei" else inner
-                if op in ("+", "-", "*", "/"):
+                if op in ("+", "-", "*", "/", "%", "div", "^"):
                     a = self._scalar(node["args"][0])
                     b = self._scalar(node["args"][1])
+                    if op == "/":
+                        return f"(CAST({a} AS REAL) / {b})"
+                    if op == "div":
+                        return f"(CAST({a} AS INTEGER) / CAST({b} AS INTEGER))"
+                    if op == "^":
+                        return f"pow({a}, {b})"
                     return f"({a} {op} {b})"
                 msg = f"function {op[:30]!r} is not supported in filters"
                 raise FilterError(msg)
@@ -330,47 +351,60 @@ class Compiler:
     # ---------------------------------------------------------------- temporal
 
     def _temporal(self, op: str, args: list[Any]) -> str:
+        """CQL2 temporal predicates on an instant property, by the standard's definitions.
+
+        The property is an instant ``[x, x]``; the literal is an instant or an interval
+        whose open ends (``..``) are minus/plus infinity.
+        """
         a, b = args
         if not (isinstance(a, dict) and "property" in a):
             a, b = b, a
+            op = _CONVERSE.get(op, op)
         col, prop = self._column(a)
         if prop is None or prop.type not in ("date", "datetime"):
             msg = "temporal predicates apply to date or datetime properties"
             raise FilterError(msg)
         start, end = _instant_or_interval(b)
-        p = self.params
-        if op in ("t_intersects", "t_during", "t_equals") and start is not None:
-            if end is None:  # an instant
-                p.append(start)
-                return f"({col} = ?)"
-            cond = []
-            if start != "..":
-                p.append(start)
-                cond.append(f"{col} >= ?")
-            if end != "..":
-                p.append(end)
-                cond.append(f"{col} <= ?")
-            return "(" + (" AND ".join(cond) or f"{col} IS NOT NULL") + ")"
-        if op == "t_before":
-            p.append(start)
-            return f"({col} < ?)"
-        if op == "t_after":
-            p.append(end if end not in (None, "..") else start)
-            return f"({col} > ?)"
-        if op == "t_disjoint":
-            if end is None:
-                p.append(start)
-                return f"({col} <> ?)"
-            cond = []
-            if start != "..":
-                p.append(start)
-                cond.append(f"{col} < ?")
-            if end != "..":
-                p.append(end)
-                cond.append(f"{col} > ?")
-            return "(" + (" OR ".join(cond) or "0") + ")"
-        msg = f"temporal operator {op[:20]!r} is not supported for instants"
-        raise FilterError(msg)
+        end = start if end is None else end
+        if prop.type == "date":
+            start = start if start == ".." else start[:10]
+            end = end if end == ".." else end[:10]
+        lo = "-inf" if start == ".." else start
+        hi = "+inf" if end == ".." else end
+
+        def cmp(rel: str, bound: str) -> str:
+            if bound in ("-inf", "+inf"):
+                below = bound == "+inf"  # every instant lies below +inf, above -inf
+                truth = {"<": below, "<=": below, ">": not below, ">=": not below, "=": False}
+                return "1" if truth[rel] else "0"
+            self.params.append(bound)
+            return f"{col} {rel} ?"
+
+        def all_(*parts: str) -> str:
+            return "(" + " AND ".join(parts) + ")"
+
+        rules = {
+            "t_after": lambda: all_(cmp(">", hi)),
+            "t_before": lambda: all_(cmp("<", lo)),
+            "t_contains": lambda: all_(cmp("<", lo), cmp(">", hi)),
+            "t_disjoint": lambda: "(" + cmp(">", hi) + " OR " + cmp("<", lo) + ")",
+            "t_during": lambda: all_(cmp(">", lo), cmp("<", hi)),
+            "t_equals": lambda: all_(cmp("=", lo), cmp("=", hi)),
+            "t_finishedby": lambda: all_(cmp("<", lo), cmp("=", hi)),
+            "t_finishes": lambda: all_(cmp(">", lo), cmp("=", hi)),
+            "t_intersects": lambda: all_(cmp(">=", lo), cmp("<=", hi)),
+            "t_meets": lambda: all_(cmp("=", lo)),
+            "t_metby": lambda: all_(cmp("=", hi)),
+            "t_overlappedby": lambda: all_(cmp(">", lo), cmp("<", hi), cmp(">", hi)),
+            "t_overlaps": lambda: all_(cmp("<", lo), cmp(">", lo), cmp("<", hi)),
+            "t_startedby": lambda: all_(cmp("=", lo), cmp(">", hi)),
+            "t_starts": lambda: all_(cmp("=", lo), cmp("<", hi)),
+        }
+        rule = rules.get(op)
+        if rule is None:
+            msg = f"temporal operator {op[:20]!r} is not supported"
+            raise FilterError(msg)
+        return f"({col} IS NOT NULL AND {rule()})"
 
     # ---------------------------------------------------------------- arrays
 

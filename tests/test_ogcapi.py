@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sqlite3
 from pathlib import Path
@@ -574,6 +575,66 @@ BAD_BODIES: list[tuple[str, Any, int]] = [
     ("too deep", json.loads("[" * 40 + "]" * 40), 400),
     ("oversized", BIG, 413),
 ]
+
+
+def test_wrong_media_type_is_415(edit_client: TestClient, edit_path: Path) -> None:
+    before = _version(edit_path, "toilets")
+    r = edit_client.post(
+        "/collections/toilets/items",
+        content=b"name=x",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert r.status_code == 415 and "application/geo+json" in r.json()["detail"]
+    assert _version(edit_path, "toilets") == before
+
+
+TEMPORAL = [
+    ("T_AFTER", lambda x, lo, hi: x > hi),
+    ("T_BEFORE", lambda x, lo, hi: x < lo),
+    ("T_DURING", lambda x, lo, hi: lo < x < hi),
+    ("T_INTERSECTS", lambda x, lo, hi: lo <= x <= hi),
+    ("T_DISJOINT", lambda x, lo, hi: x < lo or x > hi),
+    ("T_CONTAINS", lambda x, lo, hi: x < lo and x > hi),
+    ("T_MEETS", lambda x, lo, hi: x == lo),
+    ("T_METBY", lambda x, lo, hi: x == hi),
+    ("T_STARTS", lambda x, lo, hi: x == lo and x < hi),
+    ("T_FINISHES", lambda x, lo, hi: x > lo and x == hi),
+]
+
+
+@pytest.mark.parametrize(("op", "rule"), TEMPORAL, ids=[t[0] for t in TEMPORAL])
+def test_temporal_functions_follow_cql2(
+    client: TestClient, sample_store: GeoPackageStore, op: str, rule: Any
+) -> None:
+    """Against an interval (Beijing time = UTC+8) and both argument orders."""
+    visits = sorted(
+        p["last_visit_at"]
+        for p in sample_store.query("households").properties
+        if p["last_visit_at"]
+    )
+    lo_local, hi_local = visits[len(visits) // 3], visits[2 * len(visits) // 3]
+
+    def utc(t: str) -> str:
+        return (dt.datetime.fromisoformat(t) - dt.timedelta(hours=8)).isoformat() + "Z"
+
+    want = sum(1 for x in visits if rule(x, lo_local, hi_local))
+    text = f"{op}(last_visit_at, INTERVAL('{utc(lo_local)}', '{utc(hi_local)}'))"
+    r = client.get("/collections/households/items", params={"filter": text, "limit": 1})
+    assert r.status_code == 200, r.text
+    assert r.json()["numberMatched"] == want
+
+
+def test_arithmetic_in_filters(client: TestClient, sample_store: GeoPackageStore) -> None:
+    members = [p["members"] for p in sample_store.query("households").properties]
+    for text, rule in [
+        ("members % 2 = 1", lambda m: m % 2 == 1),
+        ("members div 2 = 1", lambda m: m // 2 == 1),
+        ("members / 2 = 1.5", lambda m: m / 2 == 1.5),
+        ("members * 2 + 1 > 9", lambda m: m * 2 + 1 > 9),
+        ("members ^ 2 = 9", lambda m: m**2 == 9),
+    ]:
+        r = client.get("/collections/households/items", params={"filter": text, "limit": 1})
+        assert r.json()["numberMatched"] == sum(1 for m in members if rule(m)), text
 
 
 @pytest.mark.parametrize(("case", "body", "status"), BAD_BODIES, ids=[b[0] for b in BAD_BODIES])

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import csv
 import datetime as dt
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,17 +38,12 @@ import httpx
 import numpy as np
 import shapely
 
+from api.server import free_port, gridmap_server, running
 from gridmap.sample import build_demo
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BBOX = "113.285,34.805,113.295,34.815"
 HOUSEHOLD = 1234
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
@@ -59,18 +54,6 @@ def as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # type: i
     if os.geteuid() == 0:
         cmd = ["runuser", "-u", "postgres", "--", *cmd]
     return run(cmd, **kw)
-
-
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} did not come up")
 
 
 def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:  # type: ignore[type-arg]
@@ -173,7 +156,8 @@ def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:
     return proc, port, sock
 
 
-def start_pygeoapi(work: Path, pg_port: int) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
+def pygeoapi_command(work: Path, pg_port: int) -> tuple[list[str], str, dict[str, str]]:
+    """Install and configure pygeoapi; return its server command, URL and environment."""
     venv = work / "pygeoapi-venv"
     run([sys.executable, "-m", "venv", str(venv)])
     pip = [
@@ -241,7 +225,7 @@ def start_pygeoapi(work: Path, pg_port: int) -> tuple[subprocess.Popen, str]:  #
     """)
     )
     openapi = work / "pygeoapi-openapi.yml"
-    env = {**os.environ, "PYGEOAPI_CONFIG": str(config), "PYGEOAPI_OPENAPI": str(openapi)}
+    env = {"PYGEOAPI_CONFIG": str(config), "PYGEOAPI_OPENAPI": str(openapi)}
     run(
         [
             str(venv / "bin" / "pygeoapi"),
@@ -251,48 +235,14 @@ def start_pygeoapi(work: Path, pg_port: int) -> tuple[subprocess.Popen, str]:  #
             "--output-file",
             str(openapi),
         ],
-        env=env,
+        env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
     )
-    proc = subprocess.Popen(
-        [
-            str(venv / "bin" / "uvicorn"),
-            "pygeoapi.starlette_app:APP",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    wait_http(url + "/conformance")
-    return proc, url
-
-
-def start_gridmap(gpkg: Path) -> tuple[subprocess.Popen, str]:  # type: ignore[type-arg]
-    port = free_port()
-    env = {**os.environ, "GRIDMAP_DATABASE": str(gpkg)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/conformance")
-    return proc, url
+    command = [
+        str(venv / "bin" / "uvicorn"), "pygeoapi.starlette_app:APP",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+    ]  # fmt: skip
+    return command, url, env
 
 
 def varying_bboxes(n: int, seed: int = 7) -> list[str]:
@@ -346,57 +296,58 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gridmap-bench-"))
-    procs: list[subprocess.Popen] = []  # type: ignore[type-arg]
+    pg: subprocess.Popen | None = None  # type: ignore[type-arg]
     try:
-        gpkg = work / "zhongxinlu.gpkg"
-        build_demo(gpkg, today=dt.date(2026, 11, 24)).close()
-        if os.geteuid() == 0:
-            shutil.chown(gpkg, "postgres")
-        pg, pg_port, _ = start_postgis(work, gpkg)
-        procs.append(pg)
-        print("starting pygeoapi (installing it into a scratch venv) …", flush=True)
-        py, py_url = start_pygeoapi(work, pg_port)
-        procs.append(py)
-        gm, gm_url = start_gridmap(gpkg)
-        procs.append(gm)
-        cases = [
-            ("items, one bbox", ["/collections/households/items?bbox=" + BBOX + "&limit=100"]),
-            ("items, varying bbox", varying_bboxes(args.requests)),
-            ("single item", [f"/collections/households/items/{HOUSEHOLD}"]),
-        ]
-        # the same answer from both: the same features in the bbox, 100 on the page
-        a = httpx.get(gm_url + cases[0][1][0] + "&f=json").json()
-        b = httpx.get(py_url + cases[0][1][0] + "&f=json").json()
-        ids_a = sorted(f["id"] for f in a["features"])
-        ids_b = sorted(int(f["id"]) for f in b["features"])
-        print(
-            f"bbox matched: gridmap {a['numberMatched']}, pygeoapi {b.get('numberMatched')}; "
-            f"page: {len(ids_a)} and {len(ids_b)} features, same ids: {ids_a == ids_b}"
-        )
-        if len(ids_a) != 100 or len(ids_b) != 100:
-            sys.exit("the two servers do not return the same page; fix the configuration")
-        print(
-            f"{'request':<26}{'clients':>8}{'server':>10}{'req/s':>10}{'p50 ms':>9}"
-            f"{'p99 ms':>9}{'bytes':>9}{'ratio':>8}"
-        )
-        for label, path in cases:
-            for clients in (1, 4):
-                anchor = measure(py_url, path, args.requests, clients)
-                ours = measure(gm_url, path, args.requests, clients)
-                for name, m in (("pygeoapi", anchor), ("gridmap", ours)):
-                    ratio = f"{m[0] / anchor[0]:7.1f}x" if name == "gridmap" else ""
-                    print(
-                        f"{label:<26}{clients:>8}{name:>10}{m[0]:>10.1f}{m[1]:>9.1f}{m[2]:>9.1f}"
-                        f"{m[3]:>9}{ratio:>8}"
-                    )
+        with contextlib.ExitStack() as stack:
+            gpkg = work / "zhongxinlu.gpkg"
+            build_demo(gpkg, today=dt.date(2026, 11, 24)).close()
+            if os.geteuid() == 0:
+                shutil.chown(gpkg, "postgres")
+            pg, pg_port, _ = start_postgis(work, gpkg)
+            print("starting pygeoapi (installing it into a scratch venv) …", flush=True)
+            command, url, env = pygeoapi_command(work, pg_port)
+            py_url = stack.enter_context(running(command, url=url, env=env, probe="/conformance"))
+            gm_url = stack.enter_context(gridmap_server(gpkg))
+            compare(py_url, gm_url, args.requests)
     finally:
-        for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if pg is not None:
+            pg.terminate()
+            pg.wait(timeout=30)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def compare(py_url: str, gm_url: str, requests: int) -> None:
+    """Check both servers answer alike, then measure and print the table."""
+    cases = [
+        ("items, one bbox", ["/collections/households/items?bbox=" + BBOX + "&limit=100"]),
+        ("items, varying bbox", varying_bboxes(requests)),
+        ("single item", [f"/collections/households/items/{HOUSEHOLD}"]),
+    ]
+    # the same answer from both: the same features in the bbox, 100 on the page
+    a = httpx.get(gm_url + cases[0][1][0] + "&f=json").json()
+    b = httpx.get(py_url + cases[0][1][0] + "&f=json").json()
+    ids_a = sorted(f["id"] for f in a["features"])
+    ids_b = sorted(int(f["id"]) for f in b["features"])
+    print(
+        f"bbox matched: gridmap {a['numberMatched']}, pygeoapi {b.get('numberMatched')}; "
+        f"page: {len(ids_a)} and {len(ids_b)} features, same ids: {ids_a == ids_b}"
+    )
+    if len(ids_a) != 100 or ids_a != ids_b:
+        sys.exit("the two servers do not return the same page; fix the configuration")
+    print(
+        f"{'request':<26}{'clients':>8}{'server':>10}{'req/s':>10}{'p50 ms':>9}"
+        f"{'p99 ms':>9}{'bytes':>9}{'ratio':>8}"
+    )
+    for label, paths in cases:
+        for clients in (1, 4):
+            anchor = measure(py_url, paths, requests, clients)
+            ours = measure(gm_url, paths, requests, clients)
+            for name, m in (("pygeoapi", anchor), ("gridmap", ours)):
+                ratio = f"{m[0] / anchor[0]:7.1f}x" if name == "gridmap" else ""
+                print(
+                    f"{label:<26}{clients:>8}{name:>10}{m[0]:>10.1f}{m[1]:>9.1f}{m[2]:>9.1f}"
+                    f"{m[3]:>9}{ratio:>8}"
+                )
 
 
 if __name__ == "__main__":

@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import shapely
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from api.server import gridmap_server
 from gridmap.sample import build_demo
 from gridmap.settings import Settings
 from gridmap.store import GeoPackageStore
@@ -75,47 +70,11 @@ def edit_client(edit_path: Path) -> Iterator[TestClient]:
         yield c
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def live_server(sample_path: Path) -> Iterator[str]:
     """A real uvicorn server over the sample on a free loopback port (for real clients)."""
-    port = _free_port()
-    env = {**os.environ, "GRIDMAP_DATABASE": str(sample_path)}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError("the API server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with gridmap_server(sample_path) as url:
+        yield url
 
 
 def external_connection(path: Path) -> sqlite3.Connection:

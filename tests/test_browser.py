@@ -10,6 +10,8 @@ from urllib.parse import urlparse
 
 import pytest
 
+from gridmap.layers import LAYERS
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -74,38 +76,7 @@ def _open(browser, url: str):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize(
     ("lang", "names"),
-    [
-        (
-            "zh",
-            {
-                "联合片区",
-                "社区",
-                "网格",
-                "楼栋",
-                "住户",
-                "老旧小区",
-                "公厕",
-                "监控点位",
-                "服务阵地",
-                "道路",
-            },
-        ),
-        (
-            "en",
-            {
-                "Joint district zones",
-                "Communities",
-                "Grid cells",
-                "Buildings",
-                "Households",
-                "Old neighbourhoods",
-                "Public toilets",
-                "Cameras",
-                "Service facilities",
-                "Roads",
-            },
-        ),
-    ],
+    [("zh", {la.zh for la in LAYERS}), ("en", {la.en for la in LAYERS})],
 )
 def test_overview_renders_offline(browser, server: str, lang: str, names: set[str]) -> None:  # type: ignore[no-untyped-def]
     page, errors, blocked, failed = _open(browser, f"{server}/map?lang={lang}")

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from tests.conftest import _free_port
+from api.server import gridmap_server
 
 pytestmark = pytest.mark.slow
 
@@ -25,33 +20,8 @@ def fuzz_server(sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     """A real server over a private copy of the sample (the fuzzer writes too)."""
     db = tmp_path_factory.mktemp("fuzz") / "fuzz.gpkg"
     shutil.copy(sample_path, db)
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "api.app:create_app",
-            "--factory",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env={**os.environ, "GRIDMAP_DATABASE": str(db)},
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            httpx.get(url + "/", timeout=1)
-            break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    with gridmap_server(db) as url:
+        yield url
 
 
 def test_no_server_errors(fuzz_server: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+from gridmap.layers import LAYERS
 from gridmap.maps import asset_dirs, overview_map
 from gridmap.store import GeoPackageStore, Scope
 
@@ -18,18 +19,7 @@ def layer_control_names(html: str) -> set[str]:
 def test_overview_has_every_layer_and_local_assets(sample_store: GeoPackageStore) -> None:
     html = overview_map(sample_store).get_root().render()
     names = layer_control_names(html)
-    assert names == {
-        "联合片区",
-        "社区",
-        "网格",
-        "楼栋",
-        "住户",
-        "老旧小区",
-        "公厕",
-        "监控点位",
-        "服务阵地",
-        "道路",
-    }
+    assert names == {layer.zh for layer in LAYERS}
     assert "<title>中心路街道网格化管理总览</title>" in html
     urls = set(re.findall(r'(?:src|href)="([^"]+)"', html))
     assert urls and all(u.startswith("/static/") for u in urls)

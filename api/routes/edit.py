@@ -17,6 +17,8 @@ from gridmap.crs import from_input
 from gridmap.errors import InvalidFeatureError, VersionConflictError
 from gridmap.geometry import from_geojson
 from gridmap.layers import Layer
+from gridmap.settings import Settings
+from gridmap.store import Scope, Store
 
 router = APIRouter(tags=["OGC API – editing"])
 
@@ -65,6 +67,25 @@ def _expected_version(layer: Layer, fid: int, if_match: str | None) -> int:
     raise VersionConflictError(msg)
 
 
+async def _edit_request(
+    request: Request,
+    layer: Layer,
+    store: Store,
+    scope: Scope,
+    settings: Settings,
+    feature_id: str,
+    if_match: str | None,
+    content_crs: str | None,
+) -> tuple[int, int, str, Any]:
+    """Feature id (404 first), If-Match version (428/412), body CRS and parsed body."""
+    fid = parse_fid(layer, feature_id)
+    await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+    version = _expected_version(layer, fid, if_match)
+    crs = crs_param(content_crs, "Content-Crs")
+    body = await read_json(request, max_bytes=settings.max_body_bytes)
+    return fid, version, crs, body
+
+
 @router.post("/collections/{collection_id}/items", status_code=201, summary="Create a feature")
 async def create(
     request: Request,
@@ -96,11 +117,9 @@ async def replace(
     content_crs: ContentCrs = None,
 ) -> Response:
     """Replace a feature's geometry and every property; needs If-Match."""
-    fid = parse_fid(layer, feature_id)
-    await run_in_threadpool(store.get, layer.id, fid, scope=scope)  # 404 before 428
-    version = _expected_version(layer, fid, if_match)
-    crs = crs_param(content_crs, "Content-Crs")
-    body = await read_json(request, max_bytes=settings.max_body_bytes)
+    fid, version, crs, body = await _edit_request(
+        request, layer, store, scope, settings, feature_id, if_match, content_crs
+    )
     geom, props = _parse_feature(body, crs)
     feat = await run_in_threadpool(
         lambda: store.update(
@@ -128,11 +147,9 @@ async def update(
     content_crs: ContentCrs = None,
 ) -> Response:
     """JSON merge patch (RFC 7396) of properties and/or geometry; needs If-Match."""
-    fid = parse_fid(layer, feature_id)
-    await run_in_threadpool(store.get, layer.id, fid, scope=scope)
-    version = _expected_version(layer, fid, if_match)
-    crs = crs_param(content_crs, "Content-Crs")
-    body = await read_json(request, max_bytes=settings.max_body_bytes)
+    fid, version, crs, body = await _edit_request(
+        request, layer, store, scope, settings, feature_id, if_match, content_crs
+    )
     if not isinstance(body, dict):
         raise InvalidFeatureError("a merge patch must be a JSON object")
     extra = sorted(set(body) - _FEATURE_MEMBERS)

@@ -6,12 +6,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from api import errors
+from api import auth, errors
+from api.middleware import SecurityHeaders
 from api.routes import domain, edit, features, maps
+from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
+from gridmap.ratelimit import RateLimiter
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
 
@@ -22,8 +26,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.store = open_store(settings.database)
+        store = open_store(settings.database)
+        app.state.store = store
         app.state.features = FeatureCache()
+        app.state.accounts = Accounts(
+            store,
+            secret=token_secret(store, settings.secret_key),
+            token_minutes=settings.token_minutes,
+        )
         try:
             yield
         finally:
@@ -38,7 +48,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.settings = settings
+    app.state.login_limiter = RateLimiter(settings.logins_per_minute, 60)
+    app.state.household_limiter = RateLimiter(settings.household_reads_per_minute, 60)
+    app.state.reveal_limiter = RateLimiter(settings.reveals_per_hour, 3600)
     errors.install(app)
+    app.add_middleware(SecurityHeaders)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Content-Crs"],
+            expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
+        )
+    app.include_router(auth.router)
     app.include_router(features.router)
     app.include_router(edit.router)
     app.include_router(domain.router)

@@ -11,10 +11,12 @@ from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
+from api.auth import get_principal
 from api.errors import BadRequestError
 from gridmap.crs import CRS84, SUPPORTED_CRS, UnsupportedCRSError, normalize_crs
 from gridmap.errors import UnknownLayerError
 from gridmap.layers import Layer, get_layer
+from gridmap.security import Principal, scope_for
 from gridmap.settings import Settings
 from gridmap.store import BBox, Scope, Store
 
@@ -29,9 +31,9 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-async def get_scope(request: Request) -> Scope:
-    """What the caller may see (everything until authentication arrives)."""
-    return Scope.ALL
+async def get_scope(principal: Annotated[Principal, Depends(get_principal)]) -> Scope:
+    """What the caller may see and do, from their role and grids (see gridmap.security)."""
+    return scope_for(principal)
 
 
 async def get_collection(
@@ -88,6 +90,7 @@ def check_lon_lat_bbox(v: BBox) -> None:
         raise BadRequestError(msg)
 
 
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
 StoreDep = Annotated[Store, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 ScopeDep = Annotated[Scope, Depends(get_scope)]

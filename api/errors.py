@@ -11,10 +11,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from gridmap.errors import (
+    AuthenticationError,
     FeatureNotFoundError,
     GridmapError,
     IntegrityError,
     InvalidFeatureError,
+    PermissionDeniedError,
+    RateLimitedError,
     StoreError,
     UnknownLayerError,
     VersionConflictError,
@@ -29,9 +32,15 @@ STATUS: dict[type[GridmapError], int] = {
     VersionConflictError: 412,
     IntegrityError: 409,
     StoreError: 503,
+    AuthenticationError: 401,
+    PermissionDeniedError: 403,
+    RateLimitedError: 429,
 }
 _TITLES = {
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    429: "Too Many Requests",
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
@@ -59,7 +68,13 @@ class PreconditionRequiredError(GridmapError):
 STATUS[PreconditionRequiredError] = 428
 
 
-def problem(status: int, detail: str, *, instance: str | None = None) -> Response:
+def problem(
+    status: int,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
     """An application/problem+json response."""
     body = {
         "type": "about:blank",
@@ -69,7 +84,12 @@ def problem(status: int, detail: str, *, instance: str | None = None) -> Respons
     }
     if instance:
         body["instance"] = instance
-    return Response(orjson.dumps(body), status_code=status, media_type="application/problem+json")
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
 
 
 def _status_for(exc: GridmapError) -> int:
@@ -81,13 +101,37 @@ def _status_for(exc: GridmapError) -> int:
 
 def _register_body_errors() -> None:
     from api.body import MalformedBodyError, PayloadTooLargeError, UnsupportedMediaTypeError
+    from gridmap.accounts import AccountError, WeakPasswordError
 
     STATUS[PayloadTooLargeError] = 413
     STATUS[UnsupportedMediaTypeError] = 415
+    STATUS[WeakPasswordError] = 422
+    STATUS[AccountError] = 422
     STATUS[MalformedBodyError] = 400
 
 
 _register_body_errors()
+
+
+async def _audit_denied(request: Request, status: int) -> None:
+    """Every refused request goes to the audit log."""
+    from fastapi.concurrency import run_in_threadpool
+
+    from api.auth import record
+    from gridmap.security import PUBLIC
+
+    principal = getattr(request.state, "principal", None) or PUBLIC
+    try:
+        await run_in_threadpool(
+            record,
+            request,
+            principal,
+            "denied",
+            result=str(status),
+            object=f"{request.method} {request.url.path}"[:200],
+        )
+    except Exception:  # the refusal is answered even if the log cannot be written
+        log.exception("could not audit a denied request")
 
 
 def install(app: FastAPI) -> None:
@@ -95,7 +139,15 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(GridmapError)
     async def _domain(request: Request, exc: GridmapError) -> Response:
-        return problem(_status_for(exc), str(exc), instance=request.url.path)
+        status = _status_for(exc)
+        headers = {}
+        if status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="gridmap"'
+        if isinstance(exc, RateLimitedError):
+            headers["Retry-After"] = str(exc.retry_after)
+        if status in (401, 403, 429):
+            await _audit_denied(request, status)
+        return problem(status, str(exc), instance=request.url.path, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> Response:

@@ -46,6 +46,8 @@ class CompiledFilter:
     sql: str
     params: list[Any] = field(default_factory=list)
     bbox: tuple[float, float, float, float] | None = None
+    properties: frozenset[str] = frozenset()
+    """Property names the condition reads (the store refuses masked ones)."""
 
 
 def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> dict[str, Any]:
@@ -149,11 +151,13 @@ class Compiler:
         self.filter_crs = gcrs.normalize_crs(filter_crs)
         self.params: list[Any] = []
         self.envelopes: list[tuple[float, float, float, float]] = []
+        self.used: set[str] = set()
 
     def compile(self, tree: dict[str, Any]) -> CompiledFilter:
         """The SQL condition of a CQL2-JSON tree."""
         self.params = []
         self.envelopes = []
+        self.used = set()
         sql = self._bool(tree, top=True)
         bbox = None
         if self.envelopes:
@@ -164,7 +168,7 @@ class Compiler:
                 min(b[2] for b in e),
                 min(b[3] for b in e),
             )
-        return CompiledFilter(sql, self.params, bbox)
+        return CompiledFilter(sql, self.params, bbox, frozenset(self.used))
 
     # ---------------------------------------------------------------- boolean structure
 
@@ -224,6 +228,7 @@ class Compiler:
             raise FilterError(msg)
         if name == "id":
             return None
+        self.used.add(name)
         prop = self.layer.by_name.get(name)
         if prop is None:
             known = ", ".join(("id", *self.layer.names))
@@ -484,6 +489,7 @@ def datetime_filter(value: str, layer: Layer) -> CompiledFilter:
         msg = f"collection {layer.id} has no time dimension; drop the datetime parameter"
         raise FilterError(msg)
     col = '"t"."' + layer.temporal + '"'
+    used = frozenset({layer.temporal})
     if "/" in value:
         lo, hi = value.split("/", 1)
         params: list[Any] = []
@@ -495,9 +501,9 @@ def datetime_filter(value: str, layer: Layer) -> CompiledFilter:
             params.append(_local_iso(hi))
             cond.append(f"{col} <= ?")
         if not cond:
-            return CompiledFilter(f"({col} IS NOT NULL)")
-        return CompiledFilter("(" + " AND ".join(cond) + ")", params)
+            return CompiledFilter(f"({col} IS NOT NULL)", properties=used)
+        return CompiledFilter("(" + " AND ".join(cond) + ")", params, properties=used)
     iso = _local_iso(value)
     if len(iso) == 10:
-        return CompiledFilter(f"(substr({col}, 1, 10) = ?)", [iso])
-    return CompiledFilter(f"({col} = ?)", [iso])
+        return CompiledFilter(f"(substr({col}, 1, 10) = ?)", [iso], properties=used)
+    return CompiledFilter(f"({col} = ?)", [iso], properties=used)

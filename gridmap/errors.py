@@ -33,3 +33,19 @@ class IntegrityError(GridmapError):
 
 class StoreError(GridmapError):
     """The store cannot be opened or is not a gridmap store."""
+
+
+class PermissionDeniedError(GridmapError):
+    """The caller may see the resource but not do this to it."""
+
+
+class AuthenticationError(GridmapError):
+    """No valid credentials, or the token is expired, tampered or not for this service."""
+
+
+class RateLimitedError(GridmapError):
+    """Too many requests of this kind; ``retry_after`` seconds until the next is allowed."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

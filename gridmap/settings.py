@@ -24,6 +24,20 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
     title: str = Field("中心路街道网格化管理", description="Service title on the landing page.")
     docs: bool = Field(True, description="Serve /docs (turn off in production if wished).")
+    secret_key: str | None = Field(
+        None, description="Key that signs tokens (≥ 32 characters); default: kept in the database."
+    )
+    token_minutes: int = Field(15, ge=1, le=24 * 60, description="Lifetime of access tokens.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Origins allowed by CORS (none by default)."
+    )
+    household_reads_per_minute: int = Field(
+        120, ge=1, description="Household item requests one user may make per minute."
+    )
+    logins_per_minute: int = Field(20, ge=1, description="Login attempts per source per minute.")
+    reveals_per_hour: int = Field(
+        20, ge=1, description="Reveals of personal fields per user per hour."
+    )
 
 
 @lru_cache(maxsize=1)

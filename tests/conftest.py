@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from api.server import gridmap_server
+from gridmap.accounts import Accounts, seed_sample_users, token_secret
 from gridmap.sample import build_demo
+from gridmap.security import Role
 from gridmap.settings import Settings
 from gridmap.store import GeoPackageStore
 
@@ -23,11 +25,42 @@ SERVICE_AREA = shapely.box(113.25, 34.78, 113.33, 34.84)
 
 
 @pytest.fixture(scope="session")
-def sample_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The sample subdistrict, built once (read-only for tests: copy it to edit)."""
+def sample_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """The sample subdistrict with its users, built once; (path, role → username)."""
     path = tmp_path_factory.mktemp("sample") / "zhongxinlu.gpkg"
-    build_demo(path, today=REFERENCE_DATE).close()
-    return path
+    store = build_demo(path, today=REFERENCE_DATE)
+    creds = seed_sample_users(store)
+    store.close()
+    return path, {role.value: name for name, (role, _pw) in creds.items()}
+
+
+@pytest.fixture(scope="session")
+def sample_path(sample_build: tuple[Path, dict[str, str]]) -> Path:
+    """The sample database (read-only for tests: copy it to edit)."""
+    return sample_build[0]
+
+
+def tokens_for(path: Path) -> dict[str, dict[str, str]]:
+    """Authorization headers per role for the sample users of a database (plus public)."""
+    store = GeoPackageStore.open(path)
+    accounts = Accounts(store, secret=token_secret(store), token_minutes=120)
+    out: dict[str, dict[str, str]] = {"public": {}}
+    for rec in store.users():
+        t = accounts.issue(rec["username"], Role(rec["role"]))
+        out.setdefault(rec["role"], {"Authorization": f"Bearer {t.access_token}"})
+    store.close()
+    return out
+
+
+@pytest.fixture(scope="session")
+def auth(sample_path: Path) -> dict[str, dict[str, str]]:
+    """Authorization headers by role name for the sample ({} for public)."""
+    return tokens_for(sample_path)
+
+
+@pytest.fixture(scope="session")
+def admin_headers(auth: dict[str, dict[str, str]]) -> dict[str, str]:
+    return auth["subdistrict_admin"]
 
 
 @pytest.fixture(scope="session")
@@ -47,10 +80,22 @@ def store(tmp_path: Path) -> Iterator[GeoPackageStore]:
 
 
 @pytest.fixture(scope="session")
-def client(sample_path: Path) -> Iterator[TestClient]:
-    """An API client over the sample (read-only by convention)."""
-    app = create_app(Settings(database=str(sample_path)))
-    with TestClient(app) as c:
+def sample_app(sample_path: Path):  # type: ignore[no-untyped-def]
+    """The API app over the sample (generous rate limits for the test suite)."""
+    return create_app(Settings(database=str(sample_path), household_reads_per_minute=100_000))
+
+
+@pytest.fixture(scope="session")
+def client(sample_app, admin_headers: dict[str, str]) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """An API client over the sample, logged in as the subdistrict admin (read-only use)."""
+    with TestClient(sample_app, headers=admin_headers) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def public_client(sample_app) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """An API client over the sample without a token."""
+    with TestClient(sample_app) as c:
         yield c
 
 
@@ -63,17 +108,31 @@ def edit_path(sample_path: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def edit_client(edit_path: Path) -> Iterator[TestClient]:
-    """An API client over a private copy of the sample."""
-    app = create_app(Settings(database=str(edit_path), max_body_bytes=200_000))
-    with TestClient(app) as c:
+def edit_auth(edit_path: Path) -> dict[str, dict[str, str]]:
+    """Authorization headers by role for the private copy."""
+    return tokens_for(edit_path)
+
+
+@pytest.fixture
+def edit_app(edit_path: Path):  # type: ignore[no-untyped-def]
+    return create_app(
+        Settings(
+            database=str(edit_path), max_body_bytes=200_000, household_reads_per_minute=100_000
+        )
+    )
+
+
+@pytest.fixture
+def edit_client(edit_app, edit_auth: dict[str, dict[str, str]]) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    """An API client over a private copy of the sample, as the subdistrict admin."""
+    with TestClient(edit_app, headers=edit_auth["subdistrict_admin"]) as c:
         yield c
 
 
 @pytest.fixture(scope="session")
 def live_server(sample_path: Path) -> Iterator[str]:
     """A real uvicorn server over the sample on a free loopback port (for real clients)."""
-    with gridmap_server(sample_path) as url:
+    with gridmap_server(sample_path, household_reads_per_minute="100000") as url:
         yield url
 
 

@@ -51,8 +51,8 @@ def browser() -> Iterator[object]:
         b.close()
 
 
-def _open(browser, url: str):  # type: ignore[no-untyped-def]
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+def _open(browser, url: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    page = browser.new_page(viewport={"width": 1400, "height": 1000}, extra_http_headers=headers)
     errors: list[str] = []
     blocked: list[str] = []
     failed: list[str] = []
@@ -78,8 +78,10 @@ def _open(browser, url: str):  # type: ignore[no-untyped-def]
     ("lang", "names"),
     [("zh", {la.zh for la in LAYERS}), ("en", {la.en for la in LAYERS})],
 )
-def test_overview_renders_offline(browser, server: str, lang: str, names: set[str]) -> None:  # type: ignore[no-untyped-def]
-    page, errors, blocked, failed = _open(browser, f"{server}/map?lang={lang}")
+def test_overview_renders_offline(
+    browser, server: str, lang: str, names: set[str], admin_headers
+) -> None:  # type: ignore[no-untyped-def]
+    page, errors, blocked, failed = _open(browser, f"{server}/map?lang={lang}", admin_headers)
     labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
     assert labels == names
     assert errors == [] and blocked == [] and failed == []
@@ -88,6 +90,15 @@ def test_overview_renders_offline(browser, server: str, lang: str, names: set[st
     page.locator(".marker-cluster").first.wait_for()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"overview-{lang}.png"))
+    page.close()
+
+
+def test_public_map_shows_public_layers_only(browser, server: str) -> None:  # type: ignore[no-untyped-def]
+    page, errors, blocked, failed = _open(browser, f"{server}/map")
+    labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
+    assert labels == {"联合片区", "社区", "网格", "公厕", "服务阵地"}
+    assert page.locator(".marker-cluster").count() == 0  # no households
+    assert errors == [] and blocked == [] and failed == []
     page.close()
 
 

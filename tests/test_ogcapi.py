@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,18 @@ M_PER_DEG = 111_320.0
 # ----------------------------------------------------------------------------- real clients
 
 
-def test_gdal_oapif_reads_every_collection(live_server: str, sample_store: GeoPackageStore) -> None:
+@pytest.fixture
+def gdal_as_admin(admin_headers: dict[str, str]) -> Iterator[None]:
+    """GDAL sends the admin's bearer token with every HTTP request (as QGIS would)."""
+    token = admin_headers["Authorization"].split()[1]
+    pyogrio.set_gdal_config_options({"GDAL_HTTP_AUTH": "BEARER", "GDAL_HTTP_BEARER": token})
+    yield
+    pyogrio.set_gdal_config_options({"GDAL_HTTP_AUTH": None, "GDAL_HTTP_BEARER": None})
+
+
+def test_gdal_oapif_reads_every_collection(
+    live_server: str, sample_store: GeoPackageStore, gdal_as_admin: None
+) -> None:
     url = f"OAPIF:{live_server}"
     listed = dict(pyogrio.list_layers(url).tolist())
     assert listed == {layer.id: layer.geometry_type for layer in LAYERS}
@@ -41,16 +53,18 @@ def test_gdal_oapif_reads_every_collection(live_server: str, sample_store: GeoPa
         assert df[name].tolist() == [p[name] for p in fs.properties], layer.id
 
 
-def test_gdal_oapif_bbox_request(live_server: str, sample_store: GeoPackageStore) -> None:
+def test_gdal_oapif_bbox_request(
+    live_server: str, sample_store: GeoPackageStore, gdal_as_admin: None
+) -> None:
     bbox = (113.28, 34.80, 113.30, 34.82)
     df = pyogrio.read_dataframe(f"OAPIF:{live_server}", layer="households", bbox=bbox)
     assert len(df) == sample_store.count("households", Query(bbox=bbox)) > 0
 
 
 def test_owslib_pages_through_every_collection(
-    live_server: str, sample_store: GeoPackageStore
+    live_server: str, sample_store: GeoPackageStore, admin_headers: dict[str, str]
 ) -> None:
-    w = Features(live_server)
+    w = Features(live_server, headers=admin_headers)
     assert {c["id"] for c in w.collections()["collections"]} == {la.id for la in LAYERS}
     assert (
         "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core"

@@ -23,18 +23,36 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Scope:
-    """What a caller may see: which layers, and which grids' features.
+    """What a caller may see and do: layers, grids, writes, and which fields are masked.
 
     ``layers=None`` means every layer; ``grid_ids=None`` means every grid. A grid
     restriction applies to the ``grids`` layer (by feature id) and to every layer with a
     ``grid_id`` property (households, buildings); area layers without grid membership
-    (zones, communities, facilities …) are governed by ``layers`` alone.
+    (zones, communities, facilities …) are governed by ``layers`` alone. ``writable`` and
+    ``deletable`` name the layers that may be edited (None: all); ``masked`` the personal
+    fields returned masked (and not usable in filters or sorting).
     """
 
     layers: frozenset[str] | None = None
     grid_ids: frozenset[int] | None = None
+    writable: frozenset[str] | None = None
+    deletable: frozenset[str] | None = None
+    masked: frozenset[str] = frozenset()
 
     ALL: ClassVar[Scope]
+
+    @property
+    def view_key(self) -> tuple[object, ...]:
+        """What distinguishes two scopes' views of the same feature (for caches)."""
+        return tuple(sorted(self.masked))
+
+    def allows_write(self, layer_id: str) -> bool:
+        """True if features of the layer may be created and updated."""
+        return self.writable is None or layer_id in self.writable
+
+    def allows_delete(self, layer_id: str) -> bool:
+        """True if features of the layer may be deleted."""
+        return self.deletable is None or layer_id in self.deletable
 
     def allows_layer(self, layer_id: str) -> bool:
         """True if the layer is visible at all."""
@@ -182,6 +200,36 @@ class Store(Protocol):
     @property
     def service_area(self) -> BaseGeometry | None:
         """Where features may lie (WGS84), if set."""
+        ...
+
+    def meta(self, key: str) -> str | None:
+        """A stored setting of the service."""
+        ...
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a setting of the service."""
+        ...
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        """A user record, or None."""
+        ...
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user record, without password hashes."""
+        ...
+
+    def save_user(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace a user record."""
+        ...
+
+    def audit_append(self, entry: Mapping[str, Any]) -> None:
+        """Append one entry to the append-only audit log."""
+        ...
+
+    def audit_entries(
+        self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Audit entries, newest first, and how many match."""
         ...
 
     def close(self) -> None:

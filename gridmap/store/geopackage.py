@@ -26,6 +26,7 @@ from gridmap.errors import (
     FeatureNotFoundError,
     InvalidFeatureError,
     InvalidGeometryError,
+    PermissionDeniedError,
     StoreError,
     UnknownLayerError,
     VersionConflictError,
@@ -68,6 +69,32 @@ CREATE TABLE IF NOT EXISTS gpkg_extensions (
 CREATE TABLE IF NOT EXISTS gridmap_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS gridmap_changes (layer TEXT PRIMARY KEY, stamp INTEGER NOT NULL);
 """
+
+# Accounts and the append-only audit log (not registered in gpkg_contents: GIS clients do
+# not list them).
+_ACCOUNTS_SQL = """
+CREATE TABLE IF NOT EXISTS gridmap_users (
+  username TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+  grid_ids TEXT NOT NULL DEFAULT '[]', community_id INTEGER,
+  disabled INTEGER NOT NULL DEFAULT 0, failed_logins INTEGER NOT NULL DEFAULT 0,
+  locked_until TEXT, created_at TEXT NOT NULL, password_changed_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS gridmap_audit (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, username TEXT, role TEXT,
+  action TEXT NOT NULL, object TEXT, grid_id INTEGER, result TEXT NOT NULL,
+  source TEXT, request_id TEXT, detail TEXT);
+CREATE TRIGGER IF NOT EXISTS gridmap_audit_no_update BEFORE UPDATE ON gridmap_audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS gridmap_audit_no_delete BEFORE DELETE ON gridmap_audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+"""
+USER_FIELDS = (
+    "username", "password_hash", "role", "grid_ids", "community_id", "disabled",
+    "failed_logins", "locked_until", "created_at", "password_changed_at",
+)  # fmt: skip
+AUDIT_FIELDS = (
+    "id", "at", "username", "role", "action", "object", "grid_id", "result", "source",
+    "request_id", "detail",
+)  # fmt: skip
 
 # Every change to a layer, by gridmap or by any other SQLite client (QGIS, GDAL), bumps the
 # layer's stamp, so in-process caches know when to rebuild.
@@ -273,6 +300,7 @@ class GeoPackageStore:
                 "INSERT INTO gpkg_contents (table_name, data_type, identifier, description)"
                 " VALUES ('gridmap_meta', 'attributes', 'gridmap_meta', 'gridmap settings')"
             )
+        self._upgrade()
 
     def _create_layer_table(self, c: sqlite3.Connection, layer: Layer) -> None:
         t = layer.id
@@ -315,8 +343,15 @@ class GeoPackageStore:
                 c.execute(stmt + "END;")
 
     def _upgrade(self) -> None:
-        """Add what older gridmap files lack (the change stamps)."""
+        """Add what older gridmap files lack (change stamps, accounts, audit log)."""
         conn = self._connect()
+        if not conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gridmap_audit'"
+        ).fetchone():
+            with self._write() as c:
+                for stmt in _ACCOUNTS_SQL.split(";\n"):
+                    if stmt.strip():
+                        c.execute(stmt)
         has = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gridmap_changes'"
         ).fetchone()
@@ -331,6 +366,85 @@ class GeoPackageStore:
             )
             for layer in LAYERS:
                 self._create_stamps(c, layer)
+
+    # ---------------------------------------------------------------- accounts, audit
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        """A user record (``grid_ids`` as a list), or None."""
+        row = (
+            self._connect()
+            .execute(
+                f"SELECT {', '.join(USER_FIELDS)} FROM gridmap_users WHERE username = ?",
+                (username,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            return None
+        rec = dict(zip(USER_FIELDS, row, strict=True))
+        rec["grid_ids"] = json.loads(rec["grid_ids"])
+        rec["disabled"] = bool(rec["disabled"])
+        return rec
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user record, without password hashes."""
+        rows = (
+            self._connect()
+            .execute(f"SELECT {', '.join(USER_FIELDS)} FROM gridmap_users ORDER BY username")
+            .fetchall()
+        )
+        out = []
+        for row in rows:
+            rec = dict(zip(USER_FIELDS, row, strict=True))
+            rec.pop("password_hash")
+            rec["grid_ids"] = json.loads(rec["grid_ids"])
+            rec["disabled"] = bool(rec["disabled"])
+            out.append(rec)
+        return out
+
+    def save_user(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace a user record (all of ``USER_FIELDS``)."""
+        rec = dict(record)
+        rec["grid_ids"] = json.dumps(sorted(int(g) for g in rec.get("grid_ids") or []))
+        rec["disabled"] = 1 if rec.get("disabled") else 0
+        values = [rec.get(f) for f in USER_FIELDS]
+        with self._write() as c:
+            c.execute(
+                f"INSERT OR REPLACE INTO gridmap_users ({', '.join(USER_FIELDS)}) "
+                f"VALUES ({', '.join('?' * len(USER_FIELDS))})",
+                values,
+            )
+
+    def audit_append(self, entry: Mapping[str, Any]) -> None:
+        """Append one entry to the audit log (the table refuses updates and deletes)."""
+        fields = [f for f in AUDIT_FIELDS if f != "id"]
+        self._connect().execute(
+            f"INSERT INTO gridmap_audit ({', '.join(fields)}) "
+            f"VALUES ({', '.join('?' * len(fields))})",
+            [entry.get(f) for f in fields],
+        )
+
+    def audit_entries(
+        self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Audit entries, newest first, with the number matched."""
+        clauses = []
+        params: list[Any] = []
+        for k, v in (equals or {}).items():
+            if k not in AUDIT_FIELDS:
+                msg = f"audit entries have no field {k[:40]!r}"
+                raise InvalidFeatureError(msg)
+            clauses.append(f"{_q(k)} = ?")
+            params.append(v)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        conn = self._connect()
+        total = conn.execute("SELECT count(*) FROM gridmap_audit" + where, params).fetchone()[0]
+        rows = conn.execute(
+            f"SELECT {', '.join(AUDIT_FIELDS)} FROM gridmap_audit{where} "
+            "ORDER BY id DESC LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        ).fetchall()
+        return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows], int(total)
 
     def stamp(self, layer_id: str) -> int:
         """A number that changes whenever the layer changes (by any client)."""
@@ -429,6 +543,14 @@ class GeoPackageStore:
             if col is not None:
                 clauses.append(f"t.{_q(col)} IN (SELECT value FROM json_each(?))")
                 params.append(json.dumps(sorted(scope.grid_ids)))
+        hidden = scope.masked & (
+            set(query.equals)
+            | {k.lstrip("+-") for k in query.order_by}
+            | {p for f in query.filters for p in f.properties}
+        )
+        if hidden:
+            msg = f"{', '.join(sorted(hidden))} cannot be used to filter or sort (masked for you)"
+            raise PermissionDeniedError(msg)
         for name, value in query.equals.items():
             prop = layer.by_name.get(name)
             if prop is None:
@@ -524,7 +646,7 @@ class GeoPackageStore:
                 "WHERE t.fid IN (SELECT value FROM json_each(?)) ORDER BY t.fid",
                 (json.dumps(page.tolist()),),
             ).fetchall()
-            return self._rows_to_set(layer, rows, int(fast.size))
+            return _mask(self._rows_to_set(layer, rows, int(fast.size)), scope)
         where, params, use_rtree = self._where(layer, query, scope)
         base = self._from(layer, use_rtree) + where
         if query.geometry is None:
@@ -538,7 +660,7 @@ class GeoPackageStore:
                 sql += " LIMIT -1 OFFSET ?"
                 page_params.append(int(query.offset))
             rows = conn.execute(sql, page_params).fetchall()
-            return self._rows_to_set(layer, rows, matched)
+            return _mask(self._rows_to_set(layer, rows, matched), scope)
         sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"
         rows = conn.execute(sql, params).fetchall()
         fs = self._rows_to_set(layer, rows, None)
@@ -547,13 +669,16 @@ class GeoPackageStore:
         matched = int(idx.size)
         stop = None if query.limit is None else query.offset + query.limit
         idx = idx[query.offset : stop]
-        return FeatureSet(
-            layer,
-            fs.ids[idx],
-            fs.geometries[idx],
-            [fs.properties[i] for i in idx],
-            fs.versions[idx],
-            matched,
+        return _mask(
+            FeatureSet(
+                layer,
+                fs.ids[idx],
+                fs.geometries[idx],
+                [fs.properties[i] for i in idx],
+                fs.versions[idx],
+                matched,
+            ),
+            scope,
         )
 
     def query_ids(
@@ -677,7 +802,7 @@ class GeoPackageStore:
     def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
         """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""
         layer = self._layer(layer_id, scope)
-        return self._get_in(self._connect(), layer, fid, scope)
+        return _mask_feature(layer, self._get_in(self._connect(), layer, fid, scope), scope)
 
     def extent(self, layer_id: str) -> BBox | None:
         """Bounding box of a layer from its R-tree (None when empty)."""
@@ -808,6 +933,7 @@ class GeoPackageStore:
         is called with the running count after each chunk of rows.
         """
         layer = self._layer(layer_id, scope)
+        _require(scope.allows_write(layer.id), f"you may not add features to {layer.id}")
         geoms = np.asarray(
             list(geometries) if not isinstance(geometries, np.ndarray) else geometries, dtype=object
         )
@@ -869,12 +995,14 @@ class GeoPackageStore:
         layer = self._layer(layer_id, scope)
         with self._write() as c:
             current = self._get_in(c, layer, fid, scope)
+            _require(scope.allows_write(layer.id), f"you may not edit {layer.id}")
             if expected_version is not None and current.version != expected_version:
                 msg = (
                     f"feature {fid} of {layer_id} is at version {current.version}, "
                     f"not {expected_version}; fetch it again and reapply your change"
                 )
                 raise VersionConflictError(msg)
+            properties = _unmask_unchanged(layer, properties, current, scope)
             if replace and geometry is None:
                 msg = "a replacement needs a geometry"
                 raise InvalidFeatureError(msg)
@@ -904,7 +1032,7 @@ class GeoPackageStore:
             if layer.id == "grids" and geometry is not None:
                 self._grid_index = None
             self._touch(c, layer)
-            return self._get_in(c, layer, fid, Scope.ALL)
+            return _mask_feature(layer, self._get_in(c, layer, fid, Scope.ALL), scope)
 
     def _get_in(self, c: sqlite3.Connection, layer: Layer, fid: int, scope: Scope) -> Feature:
         where, params, use_rtree = self._where(layer, Query(ids=[int(fid)]), scope)
@@ -927,6 +1055,7 @@ class GeoPackageStore:
         layer = self._layer(layer_id, scope)
         with self._write() as c:
             current = self._get_in(c, layer, fid, scope)
+            _require(scope.allows_delete(layer.id), f"you may not delete from {layer.id}")
             if expected_version is not None and current.version != expected_version:
                 msg = (
                     f"feature {fid} of {layer_id} is at version {current.version}, "
@@ -937,6 +1066,52 @@ class GeoPackageStore:
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)
+
+
+def _require(allowed: bool, message: str) -> None:
+    if not allowed:
+        raise PermissionDeniedError(message)
+
+
+def _mask_feature(layer: Layer, f: Feature, scope: Scope) -> Feature:
+    fs = FeatureSet(
+        layer,
+        np.array([f.id]),
+        np.array([f.geometry], dtype=object),
+        [f.properties],
+        np.array([f.version]),
+    )
+    return next(iter(_mask(fs, scope)))
+
+
+def _unmask_unchanged(
+    layer: Layer, properties: Mapping[str, Any] | None, current: Feature, scope: Scope
+) -> Mapping[str, Any] | None:
+    """A masked value sent back unchanged (GET, edit, PUT) keeps the stored value."""
+    if not properties:
+        return properties
+    from gridmap.security import mask_value
+
+    out = dict(properties)
+    for name in layer.sensitive:
+        if name in scope.masked and name in out:
+            stored = current.properties.get(name)
+            if stored is not None and out[name] == mask_value(name, stored):
+                out[name] = stored
+    return out
+
+
+def _mask(fs: FeatureSet, scope: Scope) -> FeatureSet:
+    """Mask the scope's personal fields in a feature set (in place), before anything else."""
+    fields = [n for n in fs.layer.sensitive if n in scope.masked]
+    if not fields:
+        return fs
+    from gridmap.security import mask_value
+
+    for d in fs.properties:
+        for name in fields:
+            d[name] = mask_value(name, d.get(name))
+    return fs
 
 
 @dataclass

@@ -1,0 +1,114 @@
+"""Authentication at the edge: bearer tokens → principals, login, the caller, the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import Response
+
+from gridmap.accounts import Accounts, audit
+from gridmap.errors import AuthenticationError, PermissionDeniedError
+from gridmap.security import PUBLIC, ROLE_ZH, Principal, Role
+from gridmap.store import Store
+
+router = APIRouter(tags=["Accounts"])
+
+
+def client_address(request: Request) -> str:
+    """The peer address of a request (a reverse proxy should set it through uvicorn)."""
+    return request.client.host if request.client else "-"
+
+
+async def get_principal(request: Request) -> Principal:
+    """The caller: PUBLIC without a token, the token's user with one, 401 for a bad token."""
+    cached = getattr(request.state, "principal", None)
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    header = request.headers.get("authorization")
+    principal = PUBLIC
+    if header:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise AuthenticationError("send the token as 'Authorization: Bearer <token>'")
+        accounts: Accounts = request.app.state.accounts
+        principal = await run_in_threadpool(accounts.principal, token.strip())
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def require(principal: Principal, *roles: Role) -> None:
+    """401 for the public, 403 for a role not among ``roles``."""
+    if not principal.authenticated:
+        raise AuthenticationError("log in first (POST /token)")
+    if principal.role not in roles:
+        raise PermissionDeniedError(f"{ROLE_ZH[principal.role]} may not do this")
+
+
+def record(request: Request, principal: Principal, action: str, **kw: Any) -> None:
+    """Audit an action of this request (source address and request id included)."""
+    store: Store = request.app.state.store
+    audit(
+        store,
+        principal,
+        action,
+        source=client_address(request),
+        request_id=getattr(request.state, "request_id", None),
+        **kw,
+    )
+
+
+@router.post("/token", summary="Log in (OAuth2 password flow)")
+def token(
+    request: Request,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=256)],
+) -> Response:
+    """Exchange a username and password for a short-lived bearer token."""
+    import orjson
+
+    request.app.state.login_limiter.hit(client_address(request), "login attempts")
+    accounts: Accounts = request.app.state.accounts
+    try:
+        t = accounts.login(username, password)
+    except AuthenticationError:
+        record(request, Principal(username[:64], Role.PUBLIC), "login", result="denied")
+        raise
+    rec = request.app.state.store.user(username)
+    record(request, Principal(username, Role(rec["role"])), "login")
+    body = {"access_token": t.access_token, "token_type": "bearer", "expires_in": t.expires_in}
+    return Response(
+        orjson.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.get("/users/me", summary="Who am I")
+async def me(principal: PrincipalDep) -> dict[str, Any]:
+    """The caller's name, role and grids."""
+    return {
+        "username": principal.username or None,
+        "role": principal.role.value,
+        "role_zh": ROLE_ZH[principal.role],
+        "grid_ids": sorted(principal.grid_ids) if principal.grid_ids is not None else None,
+        "community_id": principal.community_id,
+    }
+
+
+@router.get("/audit", summary="The audit log (auditors only)")
+def audit_log(
+    request: Request,
+    principal: PrincipalDep,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    action: Annotated[str | None, Query(max_length=40)] = None,
+    username: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict[str, Any]:
+    """Who did what, when, from where; newest first. Auditors see no business data."""
+    require(principal, Role.AUDITOR)
+    equals = {k: v for k, v in (("action", action), ("username", username)) if v}
+    rows, total = request.app.state.store.audit_entries(limit=limit, offset=offset, equals=equals)
+    return {"entries": rows, "numberMatched": total, "numberReturned": len(rows)}

@@ -80,12 +80,13 @@ def feature(
 
 
 class FeatureCache:
-    """Encoded GeoJSON Features (CRS84, all properties) per layer, valid for one layer stamp.
+    """Encoded GeoJSON Features (CRS84, all properties) per layer and view, for one stamp.
 
     A page of features is served by joining cached bytes; only features not yet cached are
     read from the store and encoded. When the layer's stamp moves (any write by anyone),
-    that layer's entries are dropped. Entries hold nothing the caller's scope could not
-    see: ids come from a scoped query and uncached features are read with the same scope.
+    that layer's entries are dropped. Entries are kept per view (which fields are
+    masked), so a role never gets bytes encoded for another; ids come from a scoped query
+    and uncached features are read with the caller's scope.
     """
 
     def __init__(self, max_features: int = 300_000) -> None:
@@ -95,10 +96,11 @@ class FeatureCache:
     def page(self, store: Store, layer_id: str, ids: Sequence[int], *, scope: Scope) -> list[bytes]:
         """Encoded features for ``ids`` (in that order)."""
         stamp = store.stamp(layer_id)
-        entry = self._layers.get(layer_id)
+        key = f"{layer_id}|{','.join(map(str, scope.view_key))}"
+        entry = self._layers.get(key)
         if entry is None or entry[0] != stamp:
             entry = (stamp, {})
-            self._layers[layer_id] = entry
+            self._layers[key] = entry
         items = entry[1]
         missing = [i for i in ids if i not in items]
         if missing:

@@ -130,11 +130,14 @@ def household_stats(
     scope: Scope = Scope.ALL,
     today: dt.date | None = None,
     days: int = 30,
+    small_cells: int | None = None,
 ) -> list[dict[str, Any]]:
     """Households, population, tag counts and visits in the last ``days`` per area.
 
     ``level`` is ``grids``, ``communities`` or ``zones``. Only households within ``scope``
-    are counted; areas the scope hides are left out.
+    are counted; areas the scope hides are left out. With ``small_cells`` every count
+    below it (but above 0) is reported as the string ``"<N"`` and coverage as None, so
+    that aggregates cannot single out a household.
     """
     if level not in ("grids", "communities", "zones"):
         msg = "level must be grids, communities or zones"
@@ -183,15 +186,20 @@ def household_stats(
             aid, {"households": 0, "population": 0, "visited_recently": 0, "tags": Counter()}
         )
         hh = row["households"]
+        coverage = round(row["visited_recently"] / hh, 4) if hh else None
+
+        def shown(n: int) -> int | str:
+            return f"<{small_cells}" if small_cells and 0 < n < small_cells else n
+
         out.append(
             {
                 "id": aid,
                 "name": props.get("name"),
-                "households": hh,
-                "population": row["population"],
-                "tags": {t: row["tags"].get(t, 0) for t in HOUSEHOLD_TAGS},
-                f"visited_last_{days}_days": row["visited_recently"],
-                "visit_coverage": round(row["visited_recently"] / hh, 4) if hh else None,
+                "households": shown(hh),
+                "population": shown(row["population"]),
+                "tags": {t: shown(row["tags"].get(t, 0)) for t in HOUSEHOLD_TAGS},
+                f"visited_last_{days}_days": shown(row["visited_recently"]),
+                "visit_coverage": None if small_cells and hh < small_cells else coverage,
             }
         )
     return out

@@ -145,3 +145,21 @@ def mask_value(name: str, value: object) -> object:
     if value is None or not isinstance(value, str):
         return value
     return MASKERS.get(name, mask_name)(value)
+
+
+def business_data_allowed(principal: Principal) -> bool:
+    """Auditors see the audit log and nothing else."""
+    return principal.role is not Role.AUDITOR
+
+
+def stats_scope(principal: Principal) -> tuple[Scope, int | None] | None:
+    """How a principal may see household statistics: (scope to count in, small-cell limit).
+
+    None: not at all (public, auditor). Planners count over every household but see
+    counts below :data:`SMALL_CELL` as "<5"; others count what their scope shows.
+    """
+    if principal.role not in HOUSEHOLD_AGGREGATES:
+        return None
+    if principal.role is Role.PLANNER:
+        return Scope(layers=frozenset({"households", "grids", "communities", "zones"})), SMALL_CELL
+    return scope_for(principal), None

@@ -8,12 +8,12 @@ import orjson
 from fastapi import APIRouter, Query
 from starlette.responses import Response
 
-from api.deps import ScopeDep, StoreDep, crs_param
-from api.errors import BadRequestError
+from api.deps import PrincipalDep, ScopeDep, StoreDep, crs_param
 from gridmap import geojson, queries
 from gridmap.crs import CRS84, to_wgs84_xy
-from gridmap.errors import UnknownLayerError
+from gridmap.errors import AuthenticationError, PermissionDeniedError, UnknownLayerError
 from gridmap.layers import get_layer
+from gridmap.security import Principal, business_data_allowed, stats_scope
 
 router = APIRouter(tags=["Queries"])
 
@@ -32,9 +32,22 @@ def _point(lon: float, lat: float, crs: str | None) -> tuple[float, float]:
     return float(x[0]), float(y[0])
 
 
+def _business(principal: Principal) -> None:
+    if not business_data_allowed(principal):
+        raise PermissionDeniedError("auditors see the audit log only")
+
+
 @router.get("/locate", summary="Which zone, community, grid and old neighbourhood is a point in")
-def locate(store: StoreDep, scope: ScopeDep, lon: Lon, lat: Lat, crs: Crs = None) -> Response:
+def locate(
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    lon: Lon,
+    lat: Lat,
+    crs: Crs = None,
+) -> Response:
     """The areas containing a point (null where none); the grid comes with its worker."""
+    _business(principal)
     x, y = _point(lon, lat, crs)
     body = {"lon": x, "lat": y, **queries.locate(store, x, y, scope=scope)}
     return Response(orjson.dumps(body), media_type="application/json")
@@ -44,6 +57,7 @@ def locate(store: StoreDep, scope: ScopeDep, lon: Lon, lat: Lat, crs: Crs = None
 def nearest(
     store: StoreDep,
     scope: ScopeDep,
+    principal: PrincipalDep,
     collection: Annotated[str, Query(description="Collection id, e.g. toilets.", max_length=60)],
     lon: Lon,
     lat: Lat,
@@ -51,6 +65,7 @@ def nearest(
     crs: Crs = None,
 ) -> Response:
     """The k nearest features with their straight-line distance in metres (GeoJSON)."""
+    _business(principal)
     layer = get_layer(collection)
     if not scope.allows_layer(layer.id):
         raise UnknownLayerError(f"no collection {collection[:60]!r}")
@@ -78,12 +93,19 @@ def nearest(
 @router.get("/stats/{level}", summary="Household statistics per grid, community or zone")
 def stats(
     store: StoreDep,
-    scope: ScopeDep,
+    principal: PrincipalDep,
     level: Literal["grids", "communities", "zones"],
     days: Annotated[int, Query(ge=1, le=366, description="Window for recent visits.")] = 30,
 ) -> Response:
-    """Households, population, tag counts and visits in the last `days` days, per area."""
-    if days < 1:
-        raise BadRequestError("days must be positive")
-    rows = queries.household_stats(store, level, scope=scope, days=days)
+    """Households, population, tag counts and visits in the last `days` days, per area.
+
+    Planners get counts below 5 as "<5"; grid workers and community admins their grids.
+    """
+    if not principal.authenticated:
+        raise AuthenticationError("log in first (POST /token)")
+    policy = stats_scope(principal)
+    if policy is None:
+        raise PermissionDeniedError("this role may not see household statistics")
+    scope, small = policy
+    rows = queries.household_stats(store, level, scope=scope, days=days, small_cells=small)
     return Response(orjson.dumps({"level": level, "areas": rows}), media_type="application/json")

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field
 from shapely.geometry.base import BaseGeometry
 from starlette.responses import Response
 
+from api.auth import record, require
 from api.body import read_json
-from api.deps import CollectionDep, ScopeDep, SettingsDep, StoreDep, crs_param
+from api.deps import CollectionDep, PrincipalDep, ScopeDep, SettingsDep, StoreDep, crs_param
 from api.errors import PreconditionRequiredError
 from api.routes.features import etag, feature_response, parse_fid
 from gridmap.crs import from_input
 from gridmap.errors import InvalidFeatureError, VersionConflictError
 from gridmap.geometry import from_geojson
 from gridmap.layers import Layer
+from gridmap.security import CAN_REVEAL, Principal
 from gridmap.settings import Settings
 from gridmap.store import Scope, Store
 
@@ -93,6 +97,7 @@ async def create(
     store: StoreDep,
     scope: ScopeDep,
     settings: SettingsDep,
+    principal: PrincipalDep,
     content_crs: ContentCrs = None,
 ) -> Response:
     """Add one feature (GeoJSON Feature body); 201 with its Location and ETag."""
@@ -101,6 +106,7 @@ async def create(
     geom, props = _parse_feature(body, crs)
     ids = await run_in_threadpool(store.insert, layer.id, [geom], [props], scope=scope)
     feat = await run_in_threadpool(store.get, layer.id, ids[0], scope=scope)
+    await run_in_threadpool(_audit, request, principal, "create", layer, feat)
     location = f"{str(request.base_url).rstrip('/')}/collections/{layer.id}/items/{feat.id}"
     return feature_response(request, layer, feat, status=201, headers={"Location": location})
 
@@ -113,6 +119,7 @@ async def replace(
     scope: ScopeDep,
     settings: SettingsDep,
     feature_id: FeatureId,
+    principal: PrincipalDep,
     if_match: IfMatch = None,
     content_crs: ContentCrs = None,
 ) -> Response:
@@ -132,6 +139,7 @@ async def replace(
             scope=scope,
         )
     )
+    await run_in_threadpool(_audit, request, principal, "update", layer, feat)
     return feature_response(request, layer, feat)
 
 
@@ -143,6 +151,7 @@ async def update(
     scope: ScopeDep,
     settings: SettingsDep,
     feature_id: FeatureId,
+    principal: PrincipalDep,
     if_match: IfMatch = None,
     content_crs: ContentCrs = None,
 ) -> Response:
@@ -166,6 +175,7 @@ async def update(
             layer.id, fid, geometry=geom, properties=props, expected_version=version, scope=scope
         )
     )
+    await run_in_threadpool(_audit, request, principal, "update", layer, feat)
     return feature_response(request, layer, feat)
 
 
@@ -173,20 +183,77 @@ async def update(
     "/collections/{collection_id}/items/{feature_id}", status_code=204, summary="Delete a feature"
 )
 async def delete(
+    request: Request,
     layer: CollectionDep,
     store: StoreDep,
     scope: ScopeDep,
     feature_id: FeatureId,
+    principal: PrincipalDep,
     if_match: IfMatch = None,
 ) -> Response:
     """Delete a feature; needs If-Match."""
     fid = parse_fid(layer, feature_id)
-    await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+    feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
     version = _expected_version(layer, fid, if_match)
     await run_in_threadpool(
         lambda: store.delete(layer.id, fid, expected_version=version, scope=scope)
     )
+    await run_in_threadpool(_audit, request, principal, "delete", layer, feat)
     return Response(status_code=204)
+
+
+def _audit(request: Request, principal: Principal, action: str, layer: Layer, feat: Any) -> None:
+    record(
+        request,
+        principal,
+        action,
+        object=f"{layer.id}/{feat.id}",
+        grid_id=feat.properties.get("grid_id"),
+        detail=f"version {feat.version}",
+    )
+
+
+class RevealRequest(BaseModel):
+    """Which personal field to show unmasked, and why."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    field: str = Field(max_length=40, description="e.g. id_number or phone")
+    reason: str = Field(min_length=10, max_length=500, description="Why it is needed (audited).")
+
+
+@router.post(
+    "/collections/{collection_id}/items/{feature_id}/reveal",
+    summary="Show one personal field unmasked (audited, rate-limited)",
+    tags=["Privacy"],
+)
+def reveal(
+    request: Request,
+    layer: CollectionDep,
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    feature_id: FeatureId,
+    body: RevealRequest,
+) -> dict[str, Any]:
+    """One field of one feature without masking, for a stated reason; every reveal is logged."""
+    require(principal, *sorted(CAN_REVEAL))
+    fid = parse_fid(layer, feature_id)
+    if body.field not in layer.sensitive:
+        raise InvalidFeatureError(
+            f"{body.field[:40]!r} is not a personal field of {layer.id}; "
+            f"personal fields: {', '.join(layer.sensitive) or 'none'}"
+        )
+    request.app.state.reveal_limiter.hit(principal.username, "reveals")
+    feat = store.get(layer.id, fid, scope=dataclasses.replace(scope, masked=frozenset()))
+    record(
+        request,
+        principal,
+        "reveal",
+        object=f"{layer.id}/{fid}.{body.field}",
+        grid_id=feat.properties.get("grid_id"),
+        detail=body.reason,
+    )
+    return {"id": fid, "field": body.field, "value": feat.properties.get(body.field)}
 
 
 __all__ = ["etag", "router"]

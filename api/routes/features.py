@@ -9,9 +9,11 @@ import orjson
 from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import Response
 
+from api.auth import record
 from api.deps import (
     CRS_LIST,
     CollectionDep,
+    PrincipalDep,
     ScopeDep,
     SettingsDep,
     StoreDep,
@@ -21,7 +23,7 @@ from api.deps import (
 )
 from api.errors import BadRequestError
 from api.html import render, wants_html
-from gridmap import geojson
+from gridmap import exports, geojson
 from gridmap.cql import CompiledFilter, FilterError, compile_filter, datetime_filter
 from gridmap.crs import CRS84, bbox_to_wgs84
 from gridmap.errors import FeatureNotFoundError
@@ -311,6 +313,7 @@ def items(
     layer: CollectionDep,
     store: StoreDep,
     scope: ScopeDep,
+    principal: PrincipalDep,
     settings: SettingsDep,
     bbox: Annotated[
         str | None,
@@ -367,8 +370,9 @@ def items(
     in_crs = crs_param(bbox_crs, "bbox-crs")
     fcrs = crs_param(filter_crs, "filter-crs")
     n = min(limit or settings.default_limit, settings.max_limit)
-    if f is not None and f.lower() not in ("json", "geojson", "html"):
-        raise BadRequestError("f must be json or html")
+    if f is not None and f.lower() not in ("json", "geojson", "html", "csv"):
+        raise BadRequestError("f must be json, html or csv")
+    csv_export = f is not None and f.lower() == "csv"
 
     equals: dict[str, Any] = {}
     for key, raw in request.query_params.multi_items():
@@ -415,6 +419,24 @@ def items(
     )
     selected = _select(layer, properties)
     html = wants_html(request)
+    personal = bool(layer.sensitive) and principal.authenticated
+    if personal:
+        request.app.state.household_limiter.hit(principal.username, "household reads")
+    if csv_export:
+        fs = store.query(layer.id, q, scope=scope)
+        record(
+            request,
+            principal,
+            "export",
+            object=f"{layer.id}: {len(fs)} features as CSV",
+            detail=str(request.url.query)[:500],
+        )
+        name = f"{layer.id}-{offset}-{offset + len(fs)}.csv"
+        return Response(
+            exports.to_csv(fs, properties=selected),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
     if selected is None and out_crs == CRS84 and not html:
         # the hot path: ids from the index, features from the encoded cache
         ids, matched = store.query_ids(layer.id, q, scope=scope)
@@ -424,6 +446,17 @@ def items(
         fs = store.query(layer.id, q, scope=scope)
         matched = int(fs.number_matched or 0)
         parts = None
+    if personal:
+        returned_ids = ids.tolist() if fs is None else fs.ids.tolist()
+        grids = {p.get("grid_id") for p in fs.properties} if fs is not None else set()
+        record(
+            request,
+            principal,
+            "read",
+            object=f"{layer.id}: {len(returned_ids)} features",
+            grid_id=next(iter(grids)) if len(grids) == 1 else None,
+            detail=_id_ranges(returned_ids),
+        )
     b = _base(request)
     url = f"{b}/collections/{layer.id}/items"
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "limit")]
@@ -467,6 +500,20 @@ def items(
         media_type=GEOJSON,
         headers={"Content-Crs": f"<{out_crs}>"},
     )
+
+
+def _id_ranges(ids: list[int], limit: int = 400) -> str:
+    """Ids as compact ranges for the audit log, e.g. ``1-100,205``."""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == i - 1:
+            out[-1] = f"{out[-1].split('-')[0]}-{i}"
+        elif out and "-" not in out[-1] and int(out[-1]) == i - 1:
+            out[-1] = f"{out[-1]}-{i}"
+        else:
+            out.append(str(i))
+    text = ",".join(out)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def etag(layer_id: str, fid: int, version: int) -> str:
@@ -523,6 +570,7 @@ def item(
     layer: CollectionDep,
     store: StoreDep,
     scope: ScopeDep,
+    principal: PrincipalDep,
     feature_id: Annotated[str, Path(max_length=40, description="Feature id (an integer).")],
     crs: Annotated[str | None, Query(description="CRS of the geometry.", max_length=200)] = None,
     properties: Annotated[
@@ -532,7 +580,18 @@ def item(
 ) -> Response:
     """One feature as GeoJSON, with a strong ETag derived from its id and version."""
     out_crs = crs_param(crs, "crs")
+    personal = bool(layer.sensitive) and principal.authenticated
+    if personal:
+        request.app.state.household_limiter.hit(principal.username, "household reads")
     feat = store.get(layer.id, parse_fid(layer, feature_id), scope=scope)
+    if personal:
+        record(
+            request,
+            principal,
+            "read",
+            object=f"{layer.id}/{feat.id}",
+            grid_id=feat.properties.get("grid_id"),
+        )
     if wants_html(request):
         return render(
             "item.html",

@@ -7,8 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from starlette.responses import HTMLResponse
 
-from api.deps import ScopeDep, StoreDep
+from api.deps import PrincipalDep, ScopeDep, StoreDep
+from gridmap.errors import PermissionDeniedError
 from gridmap.maps import overview_map
+from gridmap.security import business_data_allowed
 
 router = APIRouter()
 
@@ -17,8 +19,11 @@ router = APIRouter()
 def overview(
     store: StoreDep,
     scope: ScopeDep,
+    principal: PrincipalDep,
     lang: Annotated[Literal["zh", "en"], Query(description="Label language.")] = "zh",
 ) -> HTMLResponse:
     """Every layer on one interactive map; works with no internet (assets served locally)."""
+    if not business_data_allowed(principal):
+        raise PermissionDeniedError("auditors see the audit log only")
     html = overview_map(store, scope=scope, lang=lang).get_root().render()
     return HTMLResponse(html)

@@ -1,0 +1,43 @@
+"""File exports of feature sets: CSV safe to open in a spreadsheet."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import shapely
+
+from gridmap.store.base import FeatureSet
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(value: Any) -> Any:
+    """A cell value that a spreadsheet will not run as a formula (prefixed with ')."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def to_csv(fs: FeatureSet, *, properties: Sequence[str] | None = None) -> bytes:
+    """Features as UTF-8 CSV (with BOM, for Excel): id, properties, WKT geometry (WGS84).
+
+    Values are as the caller's scope returned them (masked where it says so), and every
+    text cell that a spreadsheet would read as a formula is neutralised.
+    """
+    names = list(properties) if properties is not None else list(fs.layer.names)
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["id", *names, "geometry_wkt"])
+    wkt = shapely.to_wkt(fs.geometries, rounding_precision=7) if len(fs) else []
+    for fid, props, g in zip(fs.ids.tolist(), fs.properties, wkt, strict=True):
+        row = []
+        for n in names:
+            v = props.get(n)
+            if isinstance(v, list):
+                v = ";".join(str(x) for x in v)
+            row.append(neutralise(v))
+        w.writerow([fid, *row, g])
+    return ("\ufeff" + out.getvalue()).encode("utf-8")

@@ -65,7 +65,9 @@ def demo(
     ] = None,
 ) -> None:
     """Build the sample subdistrict 中心路街道 (synthetic households) into a GeoPackage."""
+    from gridmap.accounts import seed_sample_users
     from gridmap.sample import build_demo
+    from gridmap.security import ROLE_ZH
 
     if database.exists():
         if if_missing:
@@ -100,6 +102,7 @@ def demo(
         except GridmapError as exc:
             _fail(exc)
     counts = {layer.id: store.count(layer.id) for layer in LAYERS}
+    creds = seed_sample_users(store)
     store.close()
     console.print(
         f"[green]built[/] {database}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
@@ -108,6 +111,12 @@ def demo(
         "All names, phone numbers and ID numbers are synthetic (phones start 100, "
         "ID check digits are wrong)."
     )
+    table = Table(title="sample users — passwords are shown once (`gridmap users reset NAME`)")
+    for col in ("username", "role", "password"):
+        table.add_column(col)
+    for username, (role, password) in creds.items():
+        table.add_row(username, f"{role.value} {ROLE_ZH[role]}", password)
+    console.print(table)
 
 
 @app.command()
@@ -161,6 +170,108 @@ def serve(
     os.environ["GRIDMAP_DATABASE"] = str(database)
     console.print(f"serving {database} on http://{host}:{port}/  (map: http://{host}:{port}/map)")
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+app.add_typer(users_app, name="users")
+
+
+def _accounts(database: Path):  # type: ignore[no-untyped-def]
+    from gridmap.accounts import Accounts, token_secret
+
+    store = _open(database)
+    return store, Accounts(store, secret=token_secret(store))
+
+
+@users_app.command("add")
+def users_add(
+    username: Annotated[str, typer.Argument(help="Login name (letters, digits, _).")],
+    role: Annotated[
+        str,
+        typer.Option(help="subdistrict_admin, community_admin, grid_worker, planner or auditor."),
+    ],
+    grid: Annotated[
+        list[int] | None, typer.Option(help="Grid id (grid workers; repeat for several).")
+    ] = None,
+    community: Annotated[int | None, typer.Option(help="Community id (community admins).")] = None,
+    password: Annotated[
+        str | None,
+        typer.Option(help="Password (prompted when omitted; --generate for a random one)."),
+    ] = None,
+    generate: Annotated[bool, typer.Option(help="Generate a random password.")] = False,
+    database: DbOption = Path(DEFAULT_DATABASE),
+) -> None:
+    """Add a user (the password must pass the policy)."""
+    from gridmap.accounts import generate_password
+
+    store, accounts = _accounts(database)
+    if generate:
+        password = generate_password()
+    elif password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    try:
+        accounts.add_user(username, password, role, grid_ids=grid, community_id=community)
+    except (GridmapError, ValueError) as exc:
+        store.close()
+        _fail(exc)
+    store.close()
+    console.print(f"[green]added[/] {username} ({role})")
+    if generate:
+        console.print(f"password: {password}")
+
+
+@users_app.command("disable")
+def users_disable(
+    username: str,
+    enable: Annotated[bool, typer.Option(help="Enable instead.")] = False,
+    database: DbOption = Path(DEFAULT_DATABASE),
+) -> None:
+    """Disable a user (their tokens stop working at once), or enable again."""
+    store, accounts = _accounts(database)
+    try:
+        accounts.set_disabled(username, not enable)
+    except GridmapError as exc:
+        store.close()
+        _fail(exc)
+    store.close()
+    console.print(f"{username} {'enabled' if enable else 'disabled'}")
+
+
+@users_app.command("reset")
+def users_reset(
+    username: str,
+    password: Annotated[str | None, typer.Option(help="New password (default: generated).")] = None,
+    database: DbOption = Path(DEFAULT_DATABASE),
+) -> None:
+    """Set a new password and unlock the account; prints a generated one."""
+    store, accounts = _accounts(database)
+    try:
+        new = accounts.reset_password(username, password)
+    except GridmapError as exc:
+        store.close()
+        _fail(exc)
+    store.close()
+    console.print(f"{username}: password reset" + ("" if password else f" to {new}"))
+
+
+@users_app.command("list")
+def users_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+    """List users, their roles, grids and state."""
+    store = _open(database)
+    table = Table()
+    for col in ("username", "role", "grids", "community", "disabled", "locked until"):
+        table.add_column(col)
+    for u in store.users():
+        table.add_row(
+            u["username"],
+            u["role"],
+            ",".join(map(str, u["grid_ids"])),
+            str(u["community_id"] or ""),
+            "yes" if u["disabled"] else "",
+            u["locked_until"] or "",
+        )
+    store.close()
+    console.print(table)
 
 
 if __name__ == "__main__":  # pragma: no cover

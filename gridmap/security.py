@@ -63,7 +63,7 @@ _SENSITIVE = frozenset(n for layer in REGISTRY.values() for n in layer.sensitive
 MASKED: dict[Role, frozenset[str]] = {
     Role.SUBDISTRICT_ADMIN: frozenset({"phone", "id_number"}),
     Role.COMMUNITY_ADMIN: frozenset({"phone", "id_number"}),
-    Role.GRID_WORKER: frozenset({"id_number"}),
+    Role.GRID_WORKER: frozenset({"phone", "id_number"}),
     Role.PLANNER: _SENSITIVE,
     Role.AUDITOR: _SENSITIVE,
     Role.PUBLIC: _SENSITIVE,

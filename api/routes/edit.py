@@ -17,7 +17,7 @@ from api.deps import CollectionDep, PrincipalDep, ScopeDep, SettingsDep, StoreDe
 from api.errors import PreconditionRequiredError
 from api.routes.features import etag, feature_response, parse_fid
 from gridmap.crs import from_input
-from gridmap.errors import InvalidFeatureError, VersionConflictError
+from gridmap.errors import AuthenticationError, InvalidFeatureError, VersionConflictError
 from gridmap.geometry import from_geojson
 from gridmap.layers import Layer
 from gridmap.security import CAN_REVEAL, Principal
@@ -101,6 +101,7 @@ async def create(
     content_crs: ContentCrs = None,
 ) -> Response:
     """Add one feature (GeoJSON Feature body); 201 with its Location and ETag."""
+    _login(principal)
     crs = crs_param(content_crs, "Content-Crs")
     body = await read_json(request, max_bytes=settings.max_body_bytes)
     geom, props = _parse_feature(body, crs)
@@ -124,6 +125,7 @@ async def replace(
     content_crs: ContentCrs = None,
 ) -> Response:
     """Replace a feature's geometry and every property; needs If-Match."""
+    _login(principal)
     fid, version, crs, body = await _edit_request(
         request, layer, store, scope, settings, feature_id, if_match, content_crs
     )
@@ -156,6 +158,7 @@ async def update(
     content_crs: ContentCrs = None,
 ) -> Response:
     """JSON merge patch (RFC 7396) of properties and/or geometry; needs If-Match."""
+    _login(principal)
     fid, version, crs, body = await _edit_request(
         request, layer, store, scope, settings, feature_id, if_match, content_crs
     )
@@ -192,6 +195,7 @@ async def delete(
     if_match: IfMatch = None,
 ) -> Response:
     """Delete a feature; needs If-Match."""
+    _login(principal)
     fid = parse_fid(layer, feature_id)
     feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
     version = _expected_version(layer, fid, if_match)
@@ -200,6 +204,11 @@ async def delete(
     )
     await run_in_threadpool(_audit, request, principal, "delete", layer, feat)
     return Response(status_code=204)
+
+
+def _login(principal: Principal) -> None:
+    if not principal.authenticated:
+        raise AuthenticationError("log in to edit (POST /token)")
 
 
 def _audit(request: Request, principal: Principal, action: str, layer: Layer, feat: Any) -> None:

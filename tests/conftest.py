@@ -25,17 +25,27 @@ SERVICE_AREA = shapely.box(113.25, 34.78, 113.33, 34.84)
 
 
 @pytest.fixture(scope="session")
-def sample_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
-    """The sample subdistrict with its users, built once; (path, role → username)."""
+def sample_build(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, tuple[str, str]]]:
+    """The sample subdistrict with its users, built once; (path, role → (username, password))."""
     path = tmp_path_factory.mktemp("sample") / "zhongxinlu.gpkg"
     store = build_demo(path, today=REFERENCE_DATE)
     creds = seed_sample_users(store)
     store.close()
-    return path, {role.value: name for name, (role, _pw) in creds.items()}
+    return path, {role.value: (name, pw) for name, (role, pw) in creds.items()}
 
 
 @pytest.fixture(scope="session")
-def sample_path(sample_build: tuple[Path, dict[str, str]]) -> Path:
+def credentials(
+    sample_build: tuple[Path, dict[str, tuple[str, str]]],
+) -> dict[str, tuple[str, str]]:
+    """Role → (username, password) of the sample users."""
+    return sample_build[1]
+
+
+@pytest.fixture(scope="session")
+def sample_path(sample_build: tuple[Path, dict[str, tuple[str, str]]]) -> Path:
     """The sample database (read-only for tests: copy it to edit)."""
     return sample_build[0]
 

@@ -227,7 +227,7 @@ class RevealRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
     field: str = Field(max_length=40, description="e.g. id_number or phone")
-    reason: str = Field(min_length=10, max_length=500, description="Why it is needed (audited).")
+    reason: str = Field(min_length=6, max_length=500, description="Why it is needed (audited).")
 
 
 @router.post(

@@ -1,0 +1,689 @@
+"""Security and privacy: login, tokens, roles, scope (BOLA), masking, audit, hardened edges."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+import shapely
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from gridmap.accounts import Accounts, WeakPasswordError, check_password_policy, token_secret
+from gridmap.errors import AuthenticationError
+from gridmap.security import Role, mask_id_number, mask_name, mask_phone
+from gridmap.settings import Settings
+from gridmap.store import GeoPackageStore, Query
+from tests.conftest import tokens_for
+
+ROLES = ["public", "subdistrict_admin", "community_admin", "grid_worker", "planner", "auditor"]
+
+
+# ----------------------------------------------------------------------------- masking
+
+
+def test_mask_formats() -> None:
+    assert mask_id_number("410106198204174801") == "410***********4801"
+    assert len(mask_id_number("410106198204174801")) == 18
+    assert mask_phone("13812345678") == "138****5678"
+    assert mask_name("张三") == "张*" and mask_name("欧阳某甲") == "欧***"
+
+
+def test_roles_see_masked_fields(
+    auth: dict[str, dict[str, str]], sample_app: Any, sample_store: GeoPackageStore
+) -> None:
+    fid = int(sample_store.query("households", Query(equals={"grid_id": 1}, limit=1)).ids[0])
+    raw = sample_store.get("households", fid).properties
+    with TestClient(sample_app) as c:
+        for role in ("subdistrict_admin", "community_admin", "grid_worker"):
+            p = c.get(f"/collections/households/items/{fid}", headers=auth[role]).json()[
+                "properties"
+            ]
+            assert p["id_number"] == mask_id_number(raw["id_number"]), role
+            assert p["phone"] == mask_phone(raw["phone"]), role
+            assert p["head_name"] == raw["head_name"], role
+
+
+# ----------------------------------------------------------------------------- login, tokens
+
+
+def test_password_policy() -> None:
+    for bad in ("short1!A", "alllowercaseletters", "Password1234", "admin_Str0ng!pw", "Zz1!" * 3):
+        with pytest.raises(WeakPasswordError):
+            check_password_policy("admin_str0ng", bad)
+    check_password_policy("worker", "Qw7#kLp9@vB2x")
+
+
+def _app(path: Path, **kw: Any) -> Any:
+    return create_app(Settings(database=str(path), household_reads_per_minute=100_000, **kw))
+
+
+def test_login_lockout_and_reset(edit_path: Path, credentials: dict[str, tuple[str, str]]) -> None:
+    user, pw = credentials["grid_worker"]
+    with TestClient(_app(edit_path)) as c:
+        r = c.post("/token", data={"username": user, "password": pw})
+        assert r.status_code == 200 and r.json()["token_type"] == "bearer"
+        assert r.headers["cache-control"] == "no-store"
+        token = r.json()["access_token"]
+        assert (
+            c.get("/users/me", headers={"Authorization": f"Bearer {token}"}).json()["role"]
+            == "grid_worker"
+        )
+        for _ in range(5):
+            bad = c.post("/token", data={"username": user, "password": "Wrong-password-1"})
+            assert bad.status_code == 401 and bad.headers["www-authenticate"].startswith("Bearer")
+        locked = c.post("/token", data={"username": user, "password": pw})
+        assert locked.status_code == 401 and "locked" in locked.json()["detail"]
+        unknown = c.post("/token", data={"username": "nobody", "password": pw})
+        assert unknown.status_code == 401 and unknown.json()["detail"] == bad.json()["detail"]
+    store = GeoPackageStore.open(edit_path)
+    Accounts(store, secret=token_secret(store)).reset_password(user, pw)
+    store.close()
+    with TestClient(_app(edit_path)) as c:
+        assert c.post("/token", data={"username": user, "password": pw}).status_code == 200
+
+
+def test_login_attempts_are_rate_limited(edit_path: Path) -> None:
+    with TestClient(_app(edit_path, logins_per_minute=3)) as c:
+        codes = [
+            c.post("/token", data={"username": f"u{i}", "password": "x"}).status_code
+            for i in range(5)
+        ]
+    assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429]
+
+
+def _forged(secret: str, **claims: Any) -> str:
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    base = {
+        "sub": "admin",
+        "role": "subdistrict_admin",
+        "aud": "gridmap",
+        "iss": "gridmap",
+        "iat": now,
+        "exp": now + 600,
+    }
+    base.update(claims)
+    return jwt.encode(base, secret, algorithm="HS256")
+
+
+def test_bad_tokens_are_refused(edit_path: Path) -> None:
+    store = GeoPackageStore.open(edit_path)
+    secret = token_secret(store)
+    store.close()
+    good = _forged(secret)
+    header, payload, sig = good.split(".")
+    import base64
+    import json
+
+    def b64(d: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(d).encode()).decode().rstrip("=")
+
+    tampered_payload = b64(
+        {
+            **jwt.decode(good, options={"verify_signature": False}),
+            "role": "subdistrict_admin",
+            "sub": "auditor",
+        }
+    )
+    cases = {
+        "expired": _forged(secret, exp=1_000_000, iat=999_000),
+        "wrong audience": _forged(secret, aud="someone-else"),
+        "wrong issuer": _forged(secret, iss="evil"),
+        "other key": _forged("x" * 48),
+        "alg none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
+        "tampered": f"{header}.{tampered_payload}.{sig}",
+        "garbage": "not.a.token",
+        "unknown user": _forged(secret, sub="ghost"),
+        "role changed": _forged(secret, sub="planner", role="subdistrict_admin"),
+    }
+    with TestClient(_app(edit_path)) as c:
+        assert c.get("/users/me", headers={"Authorization": f"Bearer {good}"}).status_code == 200
+        for name, token in cases.items():
+            r = c.get("/collections/households/items", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 401, name
+            assert r.headers["content-type"] == "application/problem+json"
+        r = c.get("/users/me", headers={"Authorization": "Basic YWRtaW46eA=="})
+        assert r.status_code == 401
+
+
+def test_disabled_user_loses_access_at_once(edit_path: Path) -> None:
+    headers = tokens_for(edit_path)["grid_worker"]
+    with TestClient(_app(edit_path)) as c:
+        assert c.get("/users/me", headers=headers).status_code == 200
+        store = GeoPackageStore.open(edit_path)
+        Accounts(store, secret=token_secret(store)).set_disabled("worker1")
+        store.close()
+        assert c.get("/users/me", headers=headers).status_code == 401
+
+
+def test_accounts_refuse_bad_input(edit_path: Path) -> None:
+    store = GeoPackageStore.open(edit_path)
+    accounts = Accounts(store, secret=token_secret(store))
+    with pytest.raises(ValueError, match="grid worker needs"):
+        accounts.add_user("w9", "Qw7#kLp9@vB2x", Role.GRID_WORKER)
+    with pytest.raises(ValueError, match="letters, digits"):
+        accounts.add_user("bad name!", "Qw7#kLp9@vB2x", Role.PLANNER)
+    with pytest.raises(ValueError, match="exists"):
+        accounts.add_user("admin", "Qw7#kLp9@vB2x", Role.PLANNER)
+    with pytest.raises(AuthenticationError):
+        accounts.principal("x.y.z")
+    store.close()
+
+
+# ----------------------------------------------------------------------------- route × role
+
+
+def _household(store: GeoPackageStore, grid: int, k: int = 0) -> int:
+    return int(store.query("households", Query(equals={"grid_id": grid}, limit=k + 1)).ids[k])
+
+
+NEW_HOUSEHOLD = {
+    "type": "Feature",
+    "properties": {"room": "新户", "members": 2},
+    "geometry": {"type": "Point", "coordinates": [0, 0]},
+}
+NEW_TOILET = {
+    "type": "Feature",
+    "properties": {"name": "矩阵公厕", "status": "planned"},
+    "geometry": {"type": "Point", "coordinates": [113.29, 34.81]},
+}
+
+# (method, path template) → expected status for each role in ROLES order.
+EXPECTED: dict[tuple[str, str, str], list[int]] = {
+    #                                                     pub  adm  com  wkr  pln  aud
+    ("GET", "/", ""): [200, 200, 200, 200, 200, 200],
+    ("GET", "/conformance", ""): [200, 200, 200, 200, 200, 200],
+    ("GET", "/collections", ""): [200, 200, 200, 200, 200, 200],
+    ("GET", "/collections/{collection_id}", "households"): [404, 200, 200, 200, 404, 404],
+    ("GET", "/collections/{collection_id}", "toilets"): [200, 200, 200, 200, 200, 404],
+    ("GET", "/collections/{collection_id}/queryables", "households"): [404, 200, 200, 200, 404, 404],
+    ("GET", "/collections/{collection_id}/queryables", "cameras"): [404, 200, 200, 404, 404, 404],
+    ("GET", "/collections/{collection_id}/items", "households"): [404, 200, 200, 200, 404, 404],
+    ("GET", "/collections/{collection_id}/items", "roads"): [404, 200, 200, 200, 200, 404],
+    ("POST", "/collections/{collection_id}/items", "households"): [404, 201, 201, 201, 404, 404],
+    ("POST", "/collections/{collection_id}/items", "toilets"): [401, 201, 403, 403, 201, 404],
+    ("GET", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 200, 200, 200, 404, 404],
+    ("GET", "/collections/{collection_id}/items/{feature_id}", "toilets"): [200, 200, 200, 200, 200, 404],
+    ("PUT", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 200, 200, 200, 404, 404],
+    ("PUT", "/collections/{collection_id}/items/{feature_id}", "toilets"): [401, 200, 403, 403, 200, 404],
+    ("PATCH", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 200, 200, 200, 404, 404],
+    ("PATCH", "/collections/{collection_id}/items/{feature_id}", "toilets"): [401, 200, 403, 403, 200, 404],
+    ("DELETE", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 204, 204, 403, 404, 404],
+    ("DELETE", "/collections/{collection_id}/items/{feature_id}", "toilets"): [401, 204, 403, 403, 204, 404],
+    ("POST", "/collections/{collection_id}/items/{feature_id}/reveal", "households"): [404, 200, 200, 200, 404, 404],
+    ("POST", "/collections/{collection_id}/items/{feature_id}/reveal", "toilets"): [401, 422, 422, 422, 403, 404],
+    ("GET", "/locate", ""): [200, 200, 200, 200, 200, 403],
+    ("GET", "/nearest", ""): [200, 200, 200, 200, 200, 403],
+    ("GET", "/stats/{level}", ""): [401, 200, 200, 200, 200, 403],
+    ("GET", "/map", ""): [200, 200, 200, 200, 200, 403],
+    ("POST", "/token", ""): [401, 200, 200, 200, 200, 200],
+    ("GET", "/users/me", ""): [200, 200, 200, 200, 200, 200],
+    ("GET", "/audit", ""): [401, 403, 403, 403, 403, 200],
+}  # fmt: skip
+
+
+def test_every_route_is_in_the_permission_table(client: TestClient) -> None:
+    api = client.get("/openapi.json").json()
+    routes = {(m.upper(), p) for p, ops in api["paths"].items() for m in ops}
+    assert routes == {(m, p) for m, p, _ in EXPECTED}
+
+
+def test_route_role_matrix(
+    edit_path: Path, edit_auth: dict[str, dict[str, str]], credentials: dict[str, tuple[str, str]]
+) -> None:
+    store = GeoPackageStore.open(edit_path)
+    # distinct features per (method, role): households of grid 1 (the worker's, inside the
+    # community admin's community) and toilets, so that a delete does not hide a later row
+    methods = ["GET", "PUT", "PATCH", "DELETE", "POST"]
+    hh = store.query("households", Query(equals={"grid_id": 1}, limit=60)).ids.tolist()
+    tl = store.query("toilets").ids.tolist()
+
+    def pick(pool: list[int], method: str, role: str) -> int:
+        return int(pool[(methods.index(method) * len(ROLES) + ROLES.index(role)) % len(pool)])
+
+    point = list(store.get("households", hh[0]).geometry.coords[0])
+    store.close()
+    app = _app(edit_path)
+    got: dict[tuple[str, str, str], list[int]] = {}
+    with TestClient(app) as c:
+        admin = edit_auth["subdistrict_admin"]
+        for (method, path, coll), _want in EXPECTED.items():
+            row = []
+            for role in ROLES:
+                h = dict(edit_auth[role])
+                fid = pick(hh if coll == "households" else tl, method, role)
+                url = path.replace("{collection_id}", coll).replace("{feature_id}", str(fid))
+                url = url.replace("{level}", "grids")
+                kw: dict[str, Any] = {}
+                if url == "/nearest":
+                    kw["params"] = {"collection": "toilets", "lon": 113.29, "lat": 34.81}
+                if url == "/locate":
+                    kw["params"] = {"lon": 113.29, "lat": 34.81}
+                if method in ("PUT", "PATCH", "DELETE"):
+                    cur = c.get(f"/collections/{coll}/items/{fid}", headers=admin)
+                    h["If-Match"] = cur.headers["etag"]
+                    if method == "PUT":
+                        body = cur.json()
+                        kw["json"] = {
+                            "type": "Feature",
+                            "geometry": body["geometry"],
+                            "properties": body["properties"]
+                            if coll == "toilets"
+                            else {k: v for k, v in body["properties"].items() if k != "grid_id"},
+                        }
+                    if method == "PATCH":
+                        kw["json"] = {
+                            "properties": {"members" if coll == "households" else "units": 3}
+                        }
+                if method == "POST" and url.endswith("/items"):
+                    body = NEW_HOUSEHOLD if coll == "households" else NEW_TOILET
+                    body = (
+                        {**body, "geometry": {"type": "Point", "coordinates": point}}
+                        if coll == "households"
+                        else body
+                    )
+                    kw["json"] = body
+                if url.endswith("/reveal"):
+                    kw["json"] = {"field": "id_number", "reason": "走访核实身份信息"}
+                if url == "/token":
+                    user, pw = credentials.get(role, ("nobody", "Wrong-password-1"))
+                    kw["data"] = {"username": user, "password": pw}
+                    h = {}
+                r = c.request(method, url, headers=h, **kw)
+                row.append(r.status_code)
+            got[(method, path, coll)] = row
+    wrong = {k: (v, EXPECTED[k]) for k, v in got.items() if v != EXPECTED[k]}
+    assert wrong == {}
+
+
+# ----------------------------------------------------------------------------- BOLA
+
+
+def test_grid_workers_never_see_other_grids(edit_path: Path) -> None:
+    """For grid workers of many grids: every read path and every method, zero leaks."""
+    store = GeoPackageStore.open(edit_path)
+    accounts = Accounts(store, secret=token_secret(store))
+    grids = store.query("grids").ids.tolist()
+    every = store.query("households")
+    grid_of = dict(zip(every.ids.tolist(), (p["grid_id"] for p in every.properties), strict=True))
+    workers = {}
+    for gid in grids[::4]:
+        accounts.add_user(f"bola{gid}", "Qw7#kLp9@vB2x", Role.GRID_WORKER, grid_ids=[gid])
+        workers[gid] = {
+            "Authorization": f"Bearer {accounts.issue(f'bola{gid}', Role.GRID_WORKER).access_token}"
+        }
+    store.close()
+    with TestClient(_app(edit_path, reveals_per_hour=100_000)) as c:
+        for gid, h in workers.items():
+            mine = {f for f, g in grid_of.items() if g == gid}
+            others = sorted(set(grid_of) - mine)
+            # by id: a spread of other grids' households, every method
+            for fid in others[:: max(1, len(others) // 60)]:
+                assert c.get(f"/collections/households/items/{fid}", headers=h).status_code == 404
+                for method, kw in (
+                    ("PATCH", {"json": {"properties": {"members": 1}}}),
+                    ("PUT", {"json": NEW_HOUSEHOLD}),
+                    ("DELETE", {}),
+                ):
+                    r = c.request(
+                        method,
+                        f"/collections/households/items/{fid}",
+                        headers={**h, "If-Match": f'"households-{fid}-v1"'},
+                        **kw,
+                    )
+                    assert r.status_code == 404, (method, fid)
+                r = c.post(
+                    f"/collections/households/items/{fid}/reveal",
+                    headers=h,
+                    json={"field": "phone", "reason": "试图越权查看"},
+                )
+                assert r.status_code == 404
+            # bbox over everything, filters, paging: only their own
+            seen: list[int] = []
+            offset = 0
+            while True:
+                r = c.get(
+                    "/collections/households/items",
+                    headers=h,
+                    params={"bbox": "113.2,34.7,113.4,34.9", "limit": 1000, "offset": offset},
+                )
+                seen += [f["id"] for f in r.json()["features"]]
+                offset += 1000
+                if offset >= r.json()["numberMatched"]:
+                    break
+            assert set(seen) == mine
+            r = c.get(
+                "/collections/households/items",
+                headers=h,
+                params={"filter": "members > 0 OR members IS NULL", "limit": 1000},
+            )
+            assert {f["id"] for f in r.json()["features"]} <= mine
+            assert r.json()["numberMatched"] == len(mine)
+            r = c.get("/collections/buildings/items", headers=h, params={"limit": 1000})
+            assert {f["properties"]["grid_id"] for f in r.json()["features"]} == {gid}
+            r = c.get("/collections/grids/items", headers=h)
+            assert [f["id"] for f in r.json()["features"]] == [gid]
+            # stats, export, nearest, map
+            rows = c.get("/stats/grids", headers=h).json()["areas"]
+            assert [row["id"] for row in rows] == [gid]
+            assert rows[0]["households"] == len(mine)
+            csv = c.get(
+                "/collections/households/items", headers=h, params={"f": "csv", "limit": 1000}
+            ).text
+            assert {int(line.split(",")[0]) for line in csv.splitlines()[1:]} == mine
+            near = c.get(
+                "/nearest",
+                headers=h,
+                params={"collection": "households", "lon": 113.29, "lat": 34.81, "k": 100},
+            )
+            assert {f["id"] for f in near.json()["features"]} <= mine
+            html = c.get("/map", headers=h).text
+            counts = re.findall(r"var data = (\[\[.*?\]\]);", html, re.S)
+            assert len(counts) == 1 and counts[0].count("],") + 1 == len(mine)
+            # moving one's own household into another grid is refused
+            own = min(mine)
+            cur = c.get(f"/collections/households/items/{own}", headers=h)
+            elsewhere = next(iter(others))
+            where = c.get(
+                f"/collections/households/items/{elsewhere}",
+                headers=tokens_for(edit_path)["subdistrict_admin"],
+            ).json()["geometry"]
+            r = c.patch(
+                f"/collections/households/items/{own}",
+                json={"geometry": where},
+                headers={**h, "If-Match": cur.headers["etag"]},
+            )
+            assert r.status_code == 404
+            assert (
+                c.get(f"/collections/households/items/{own}", headers=h).json()["properties"][
+                    "grid_id"
+                ]
+                == gid
+            )
+
+
+# ----------------------------------------------------------------------------- canaries
+
+CANARY_ID = "41010670707070777X"
+CANARY_PHONE = "10070707077"
+
+
+def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Canary personal data in grid 2: every non-admin role exercises the whole API."""
+    store = GeoPackageStore.open(edit_path)
+    grid2 = store.get("grids", 2)
+    pt = shapely.Point(*store.get("households", _household(store, 2)).geometry.coords[0])
+    store.insert(
+        "households",
+        [pt],
+        [
+            {
+                "room": "金丝雀",
+                "head_name": "金某丝",
+                "phone": CANARY_PHONE,
+                "id_number": CANARY_ID,
+                "members": 1,
+                "tags": ["elderly_alone"],
+            }
+        ],
+    )
+    store.close()
+    auth = tokens_for(edit_path)
+    store = GeoPackageStore.open(edit_path)
+    accounts = Accounts(store, secret=token_secret(store))
+    accounts.add_user("worker2", "Qw7#kLp9@vB2x", Role.GRID_WORKER, grid_ids=[2])
+    auth["grid_worker_2"] = {
+        "Authorization": f"Bearer {accounts.issue('worker2', Role.GRID_WORKER).access_token}"
+    }
+    store.close()
+    assert grid2.properties["community_id"] == 1  # community1 administers it
+    bodies: list[str] = []
+    caplog.set_level(logging.DEBUG)
+    with TestClient(_app(edit_path)) as c:
+        for role in (
+            "public",
+            "community_admin",
+            "grid_worker",
+            "grid_worker_2",
+            "planner",
+            "auditor",
+        ):
+            h = auth[role]
+            urls = [
+                "/",
+                "/collections",
+                "/map",
+                "/map?lang=en",
+                "/stats/grids",
+                "/stats/communities",
+                "/stats/zones",
+                "/audit",
+                "/users/me",
+                "/locate?lon=113.29&lat=34.81",
+            ]
+            for coll in ("households", "buildings", "grids", "toilets"):
+                urls += [
+                    f"/collections/{coll}",
+                    f"/collections/{coll}/queryables",
+                    f"/collections/{coll}/items?limit=1000",
+                    f"/collections/{coll}/items?limit=1000&f=csv",
+                    f"/collections/{coll}/items?limit=50&f=html",
+                    f"/collections/{coll}/items?limit=1000&crs=gcj02",
+                    f"/nearest?collection={coll}&lon={pt.x}&lat={pt.y}&k=100",
+                ]
+            urls += [
+                "/collections/households/items?sortby=id_number",
+                "/collections/households/items?filter=id_number LIKE '4101067%'",
+            ]
+            for u in urls:
+                r = c.get(u, headers=h)
+                assert r.status_code < 500, u
+                bodies.append(r.text + str(r.headers))
+            # the canary's own page, as the roles allowed to see it
+            fid = max(int(x) for x in re.findall(r'"id":(\d+)', bodies[-12]) or [0])
+            r = c.get(f"/collections/households/items/{fid}", headers=h)
+            bodies.append(r.text + str(r.headers))
+    server_logs = "\n".join(
+        r.getMessage() for r in caplog.records if not r.name.startswith("httpx")
+    )
+    text = "\n".join(bodies) + server_logs
+    assert "金某丝" in text  # the canary household was really served (names are not masked)
+    assert CANARY_ID not in text and CANARY_PHONE not in text
+    store = GeoPackageStore.open(edit_path)
+    audit_text = str(store.audit_entries(limit=100_000)[0])
+    store.close()
+    assert CANARY_ID not in audit_text and CANARY_PHONE not in audit_text
+
+
+def test_filters_cannot_probe_masked_fields(
+    client: TestClient, auth: dict[str, dict[str, str]]
+) -> None:
+    for q in (
+        "filter=id_number LIKE '4101061980%'",
+        "phone=10012345678",
+        "sortby=phone",
+        "filter=S_INTERSECTS(geom, POINT(1 1)) OR id_number = 'x'",
+    ):
+        r = client.get(f"/collections/households/items?{q}", headers=auth["grid_worker"])
+        assert r.status_code == 403, q
+
+
+def test_masked_values_sent_back_keep_the_stored_ones(
+    edit_client: TestClient, edit_path: Path
+) -> None:
+    store = GeoPackageStore.open(edit_path)
+    fid = _household(store, 1)
+    before = store.get("households", fid).properties
+    store.close()
+    cur = edit_client.get(f"/collections/households/items/{fid}")
+    body = cur.json()
+    props = {k: v for k, v in body["properties"].items() if k != "grid_id"}
+    props["members"] = 4
+    r = edit_client.put(
+        f"/collections/households/items/{fid}",
+        json={"type": "Feature", "geometry": body["geometry"], "properties": props},
+        headers={"If-Match": cur.headers["etag"]},
+    )
+    assert r.status_code == 200
+    store = GeoPackageStore.open(edit_path)
+    after = store.get("households", fid).properties
+    store.close()
+    assert after["id_number"] == before["id_number"] and after["phone"] == before["phone"]
+    assert after["members"] == 4
+
+
+# ----------------------------------------------------------------------------- reveal, audit
+
+
+def test_reveal_needs_a_reason_is_audited_and_rate_limited(edit_path: Path) -> None:
+    auth = tokens_for(edit_path)
+    store = GeoPackageStore.open(edit_path)
+    fid = _household(store, 1)
+    raw = store.get("households", fid).properties["id_number"]
+    store.close()
+    with TestClient(_app(edit_path, reveals_per_hour=2)) as c:
+        h = auth["grid_worker"]
+        url = f"/collections/households/items/{fid}/reveal"
+        assert c.post(url, headers=h, json={"field": "id_number"}).status_code == 400
+        assert (
+            c.post(url, headers=h, json={"field": "id_number", "reason": "短"}).status_code == 400
+        )
+        assert (
+            c.post(url, headers=h, json={"field": "room", "reason": "走访核实身份信息"}).status_code
+            == 422
+        )
+        r = c.post(url, headers=h, json={"field": "id_number", "reason": "走访核实身份信息"})
+        assert r.status_code == 200 and r.json()["value"] == raw
+        assert (
+            c.post(
+                url, headers=h, json={"field": "phone", "reason": "走访核实联系电话"}
+            ).status_code
+            == 200
+        )
+        r = c.post(url, headers=h, json={"field": "phone", "reason": "走访核实联系电话"})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        log = c.get("/audit?action=reveal", headers=auth["auditor"]).json()
+    assert log["numberMatched"] == 2
+    e = log["entries"][-1]
+    assert e["username"] == "worker1" and e["object"] == f"households/{fid}.id_number"
+    assert e["detail"] == "走访核实身份信息" and e["grid_id"] == 1 and e["request_id"]
+
+
+def test_audit_records_logins_reads_writes_exports_and_denials(
+    edit_path: Path, credentials: dict[str, tuple[str, str]]
+) -> None:
+    auth = tokens_for(edit_path)
+    with TestClient(_app(edit_path)) as c:
+        user, pw = credentials["community_admin"]
+        c.post("/token", data={"username": user, "password": pw})
+        c.post("/token", data={"username": user, "password": "Wrong-password-1"})
+        h = auth["community_admin"]
+        c.get("/collections/households/items?limit=5", headers=h)
+        c.get("/collections/households/items?limit=5&f=csv", headers=h)
+        store = GeoPackageStore.open(edit_path)
+        fid = _household(store, 1)
+        store.close()
+        cur = c.get(f"/collections/households/items/{fid}", headers=h)
+        c.patch(
+            f"/collections/households/items/{fid}",
+            json={"properties": {"members": 2}},
+            headers={**h, "If-Match": cur.headers["etag"]},
+        )
+        c.get("/audit", headers=h)  # denied: not an auditor
+        c.post("/collections/toilets/items", json=NEW_TOILET)  # denied: public
+        log = c.get("/audit?limit=1000", headers=auth["auditor"]).json()["entries"]
+    seen = {(e["action"], e["result"], e["username"]) for e in log}
+    assert ("login", "ok", "community1") in seen
+    assert ("login", "denied", "community1") in seen
+    assert ("read", "ok", "community1") in seen
+    assert ("export", "ok", "community1") in seen
+    assert ("update", "ok", "community1") in seen
+    assert ("denied", "403", "community1") in seen
+    assert ("denied", "401", None) in seen
+    assert all(e["source"] and e["request_id"] and e["at"] for e in log)
+    conn = sqlite3.connect(edit_path)
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("UPDATE gridmap_audit SET result = 'ok'")
+    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
+        conn.execute("DELETE FROM gridmap_audit")
+    conn.close()
+
+
+def test_planner_sees_small_counts_suppressed(
+    client: TestClient, auth: dict[str, dict[str, str]]
+) -> None:
+    rows = client.get("/stats/grids", headers=auth["planner"]).json()["areas"]
+    full = {r["id"]: r for r in client.get("/stats/grids").json()["areas"]}
+    assert len(rows) == len(full) == 40
+    small = 0
+    for r in rows:
+        for tag, n in r["tags"].items():
+            real = full[r["id"]]["tags"][tag]
+            if 0 < real < 5:
+                assert n == "<5"
+                small += 1
+            else:
+                assert n == real
+    assert small > 0
+
+
+# ----------------------------------------------------------------------------- exports, edges
+
+
+def test_csv_export_neutralises_formulas(edit_client: TestClient, edit_path: Path) -> None:
+    store = GeoPackageStore.open(edit_path)
+    pt = store.get("households", _household(store, 3)).geometry
+    (fid,) = store.insert(
+        "households", [pt], [{"room": '=HYPERLINK("http://x")', "head_name": "+A1", "members": 1}]
+    )
+    store.close()
+    csv = edit_client.get(
+        "/collections/households/items", params={"f": "csv", "filter": f"id = {fid}"}
+    ).text
+    assert "'=HYPERLINK" in csv and "'+A1" in csv
+    assert not re.search(r'(^|,)"?[=+@-][A-Z]', csv.replace("'=", "").replace("'+", ""), re.M)
+
+
+def test_security_headers_and_csp(public_client: TestClient) -> None:
+    r = public_client.get("/map")
+    csp = r.headers["content-security-policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "http" not in csp
+    for url in ("/", "/collections/grids/items"):
+        r = public_client.get(url)
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["x-frame-options"] == "DENY"
+        assert re.fullmatch(r"[0-9a-f]{32}", r.headers["x-request-id"])
+
+
+def test_cors_closed_by_default_and_configurable(edit_path: Path) -> None:
+    origin = {"Origin": "http://other.example", "Access-Control-Request-Method": "GET"}
+    with TestClient(_app(edit_path)) as c:
+        r = c.get("/collections", headers={"Origin": "http://other.example"})
+        assert "access-control-allow-origin" not in r.headers
+    with TestClient(_app(edit_path, cors_origins=["http://gis.intranet"])) as c:
+        r = c.options("/collections", headers={**origin, "Origin": "http://gis.intranet"})
+        assert r.headers["access-control-allow-origin"] == "http://gis.intranet"
+        r = c.get("/collections", headers={"Origin": "http://other.example"})
+        assert "access-control-allow-origin" not in r.headers
+
+
+def test_household_reads_are_rate_limited(edit_path: Path) -> None:
+    auth = tokens_for(edit_path)
+    app = create_app(Settings(database=str(edit_path), household_reads_per_minute=3))
+    with TestClient(app) as c:
+        codes = [
+            c.get("/collections/households/items?limit=1", headers=auth["grid_worker"]).status_code
+            for _ in range(4)
+        ]
+    assert codes == [200, 200, 200, 429]
+
+
+def test_database_file_is_owner_only(sample_path: Path) -> None:
+    assert (sample_path.stat().st_mode & 0o777) == 0o600

@@ -195,36 +195,40 @@ NEW_TOILET = {
 }
 
 # (method, path template) → expected status for each role in ROLES order.
+C = "/collections/{collection_id}"
+ITEMS = C + "/items"
+ITEM = ITEMS + "/{feature_id}"
+HH, TL = "households", "toilets"
 EXPECTED: dict[tuple[str, str, str], list[int]] = {
-    #                                                     pub  adm  com  wkr  pln  aud
-    ("GET", "/", ""): [200, 200, 200, 200, 200, 200],
-    ("GET", "/conformance", ""): [200, 200, 200, 200, 200, 200],
-    ("GET", "/collections", ""): [200, 200, 200, 200, 200, 200],
-    ("GET", "/collections/{collection_id}", "households"): [404, 200, 200, 200, 404, 404],
-    ("GET", "/collections/{collection_id}", "toilets"): [200, 200, 200, 200, 200, 404],
-    ("GET", "/collections/{collection_id}/queryables", "households"): [404, 200, 200, 200, 404, 404],
-    ("GET", "/collections/{collection_id}/queryables", "cameras"): [404, 200, 200, 404, 404, 404],
-    ("GET", "/collections/{collection_id}/items", "households"): [404, 200, 200, 200, 404, 404],
-    ("GET", "/collections/{collection_id}/items", "roads"): [404, 200, 200, 200, 200, 404],
-    ("POST", "/collections/{collection_id}/items", "households"): [404, 201, 201, 201, 404, 404],
-    ("POST", "/collections/{collection_id}/items", "toilets"): [401, 201, 403, 403, 201, 404],
-    ("GET", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 200, 200, 200, 404, 404],
-    ("GET", "/collections/{collection_id}/items/{feature_id}", "toilets"): [200, 200, 200, 200, 200, 404],
-    ("PUT", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 200, 200, 200, 404, 404],
-    ("PUT", "/collections/{collection_id}/items/{feature_id}", "toilets"): [401, 200, 403, 403, 200, 404],
-    ("PATCH", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 200, 200, 200, 404, 404],
-    ("PATCH", "/collections/{collection_id}/items/{feature_id}", "toilets"): [401, 200, 403, 403, 200, 404],
-    ("DELETE", "/collections/{collection_id}/items/{feature_id}", "households"): [404, 204, 204, 403, 404, 404],
-    ("DELETE", "/collections/{collection_id}/items/{feature_id}", "toilets"): [401, 204, 403, 403, 204, 404],
-    ("POST", "/collections/{collection_id}/items/{feature_id}/reveal", "households"): [404, 200, 200, 200, 404, 404],
-    ("POST", "/collections/{collection_id}/items/{feature_id}/reveal", "toilets"): [401, 422, 422, 422, 403, 404],
-    ("GET", "/locate", ""): [200, 200, 200, 200, 200, 403],
-    ("GET", "/nearest", ""): [200, 200, 200, 200, 200, 403],
-    ("GET", "/stats/{level}", ""): [401, 200, 200, 200, 200, 403],
-    ("GET", "/map", ""): [200, 200, 200, 200, 200, 403],
-    ("POST", "/token", ""): [401, 200, 200, 200, 200, 200],
-    ("GET", "/users/me", ""): [200, 200, 200, 200, 200, 200],
-    ("GET", "/audit", ""): [401, 403, 403, 403, 403, 200],
+    #                                        pub  adm  com  wkr  pln  aud
+    ("GET", "/", ""):                       [200, 200, 200, 200, 200, 200],
+    ("GET", "/conformance", ""):            [200, 200, 200, 200, 200, 200],
+    ("GET", "/collections", ""):            [200, 200, 200, 200, 200, 200],
+    ("GET", C, HH):                         [404, 200, 200, 200, 404, 404],
+    ("GET", C, TL):                         [200, 200, 200, 200, 200, 404],
+    ("GET", C + "/queryables", HH):         [404, 200, 200, 200, 404, 404],
+    ("GET", C + "/queryables", "cameras"):  [404, 200, 200, 404, 404, 404],
+    ("GET", ITEMS, HH):                     [404, 200, 200, 200, 404, 404],
+    ("GET", ITEMS, "roads"):                [404, 200, 200, 200, 200, 404],
+    ("POST", ITEMS, HH):                    [404, 201, 201, 201, 404, 404],
+    ("POST", ITEMS, TL):                    [401, 201, 403, 403, 201, 404],
+    ("GET", ITEM, HH):                      [404, 200, 200, 200, 404, 404],
+    ("GET", ITEM, TL):                      [200, 200, 200, 200, 200, 404],
+    ("PUT", ITEM, HH):                      [404, 200, 200, 200, 404, 404],
+    ("PUT", ITEM, TL):                      [401, 200, 403, 403, 200, 404],
+    ("PATCH", ITEM, HH):                    [404, 200, 200, 200, 404, 404],
+    ("PATCH", ITEM, TL):                    [401, 200, 403, 403, 200, 404],
+    ("DELETE", ITEM, HH):                   [404, 204, 204, 403, 404, 404],
+    ("DELETE", ITEM, TL):                   [401, 204, 403, 403, 204, 404],
+    ("POST", ITEM + "/reveal", HH):         [404, 200, 200, 200, 404, 404],
+    ("POST", ITEM + "/reveal", TL):         [401, 422, 422, 422, 403, 404],
+    ("GET", "/locate", ""):                 [200, 200, 200, 200, 200, 403],
+    ("GET", "/nearest", ""):                [200, 200, 200, 200, 200, 403],
+    ("GET", "/stats/{level}", ""):          [401, 200, 200, 200, 200, 403],
+    ("GET", "/map", ""):                    [200, 200, 200, 200, 200, 403],
+    ("POST", "/token", ""):                 [401, 200, 200, 200, 200, 200],
+    ("GET", "/users/me", ""):               [200, 200, 200, 200, 200, 200],
+    ("GET", "/audit", ""):                  [401, 403, 403, 403, 403, 200],
 }  # fmt: skip
 
 

@@ -8,9 +8,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from api import auth, errors
-from api.middleware import SecurityHeaders
+from api.middleware import BodyLimit, SecurityHeaders
 from api.routes import domain, edit, features, maps
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
@@ -39,19 +40,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             app.state.store.close()
 
-    app = FastAPI(
+    # Swagger UI from the fastapi-offline package, not a CDN (an intranet has no internet).
+    app = FastAPIOffline(
         title=settings.title,
         version="0.1.0",
         description="OGC API – Features over the grid-management layers of a subdistrict.",
         lifespan=lifespan,
         docs_url="/docs" if settings.docs else None,
         redoc_url=None,
+        static_url="/static/docs",
     )
     app.state.settings = settings
     app.state.login_limiter = RateLimiter(settings.logins_per_minute, 60)
     app.state.household_limiter = RateLimiter(settings.household_reads_per_minute, 60)
     app.state.reveal_limiter = RateLimiter(settings.reveals_per_hour, 3600)
     errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:
         app.add_middleware(

@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.security import OAuth2PasswordBearer
 from starlette.responses import Response
 
 from gridmap.accounts import Accounts, audit
@@ -21,7 +22,14 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
-async def get_principal(request: Request) -> Principal:
+# Declares the OAuth2 password flow in the OpenAPI document (Swagger's "Authorize" button);
+# the header itself is checked below, so that a malformed one is a 401, not ignored.
+oauth2 = OAuth2PasswordBearer(tokenUrl="token", auto_error=False)
+
+
+async def get_principal(
+    request: Request, _token: Annotated[str | None, Depends(oauth2)] = None
+) -> Principal:
     """The caller: PUBLIC without a token, the token's user with one, 401 for a bad token."""
     cached = getattr(request.state, "principal", None)
     if cached is not None:

@@ -691,3 +691,34 @@ def test_household_reads_are_rate_limited(edit_path: Path) -> None:
 
 def test_database_file_is_owner_only(sample_path: Path) -> None:
     assert (sample_path.stat().st_mode & 0o777) == 0o600
+
+
+def test_oversized_bodies_are_refused_before_reading(edit_client: TestClient) -> None:
+    """Every route, not only feature edits: the login form and reveal too."""
+    big = "x" * 300_000
+    r = edit_client.post("/token", data={"username": "admin", "password": big})
+    assert r.status_code == 413 and r.headers["content-type"] == "application/problem+json"
+    r = edit_client.post(
+        "/collections/households/items/1/reveal", json={"field": "phone", "reason": big}
+    )
+    assert r.status_code == 413
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(50):
+            yield b"x" * 10_000
+
+    r = edit_client.post(
+        "/token", content=chunks(), headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert r.status_code == 413
+
+
+def test_api_docs_work_offline_and_can_be_turned_off(
+    public_client: TestClient, edit_path: Path
+) -> None:
+    html = public_client.get("/docs").text
+    assert "swagger-ui-bundle.js" in html
+    assert not re.search(r"https?://(?!127\.0\.0\.1|testserver)", html)
+    assert public_client.get("/static/docs/swagger-ui-bundle.js").status_code == 200
+    with TestClient(_app(edit_path, docs=False)) as c:
+        assert c.get("/docs").status_code == 404

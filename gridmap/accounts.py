@@ -75,7 +75,7 @@ def check_password_policy(username: str, password: str) -> None:
 
 def generate_password() -> str:
     """A random password that passes the policy (for sample users and resets)."""
-    alphabet = string.ascii_letters + string.digits + "!#%+-=@^_~"
+    alphabet = string.ascii_letters + string.digits + "!#%-=@^_~"  # no + (form-encoding)
     while True:
         pw = "".join(secrets.choice(alphabet) for _ in range(16))
         try:

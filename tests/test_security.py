@@ -322,6 +322,18 @@ def test_grid_workers_never_see_other_grids(edit_path: Path) -> None:
         workers[gid] = {
             "Authorization": f"Bearer {accounts.issue(f'bola{gid}', Role.GRID_WORKER).access_token}"
         }
+    # the data layer, exhaustively: every household outside the grid is invisible to get()
+    from gridmap.errors import FeatureNotFoundError
+    from gridmap.security import Principal, scope_for
+
+    for gid in workers:
+        scope = scope_for(Principal(f"bola{gid}", Role.GRID_WORKER, frozenset({gid})))
+        for fid, g in grid_of.items():
+            if g == gid:
+                assert store.get("households", fid, scope=scope).id == fid
+            else:
+                with pytest.raises(FeatureNotFoundError):
+                    store.get("households", fid, scope=scope)
     store.close()
     with TestClient(_app(edit_path, reveals_per_hour=100_000)) as c:
         for gid, h in workers.items():

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.security import OAuth2PasswordBearer
 from starlette.responses import Response
 
@@ -41,7 +40,9 @@ async def get_principal(
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthenticationError("send the token as 'Authorization: Bearer <token>'")
         accounts: Accounts = request.app.state.accounts
-        principal = await run_in_threadpool(accounts.principal, token.strip())
+        # Inline, not in the thread pool: a remembered token is a dictionary look-up plus
+        # one indexed read, and a new one costs ~70 µs, less than a thread hop.
+        principal = accounts.principal(token.strip())
     request.state.principal = principal
     return principal
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 import string
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,8 @@ class Accounts:
         self.store = store
         self.secret = secret
         self.token_minutes = token_minutes
+        # token → (users-table stamp, expiry, principal); valid while no user changed
+        self._verified: dict[str, tuple[int, float, Principal]] = {}
 
     # ------------------------------------------------------------------ administration
 
@@ -223,8 +226,22 @@ class Accounts:
         """The principal of a bearer token; AuthenticationError if it is not acceptable.
 
         Rejected: bad signature, another algorithm (``none`` included), expired, another
-        audience or issuer, a user that is gone, disabled or whose role changed.
+        audience or issuer, a user that is gone, disabled or whose role changed. A token
+        verified once is remembered until it expires or any user record changes (a
+        disabled user is refused at once), which keeps the check to a dictionary look-up.
         """
+        stamp = self.store.stamp("gridmap_users")
+        hit = self._verified.get(token)
+        if hit is not None and stamp >= 0 and hit[0] == stamp and hit[1] > time.time():
+            return hit[2]
+        principal = self._verify_token(token)
+        if len(self._verified) > 10_000:
+            self._verified.clear()
+        exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+        self._verified[token] = (stamp, float(exp), principal)
+        return principal
+
+    def _verify_token(self, token: str) -> Principal:
         try:
             claims = jwt.decode(
                 token,

@@ -86,6 +86,13 @@ CREATE TRIGGER IF NOT EXISTS gridmap_audit_no_update BEFORE UPDATE ON gridmap_au
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS gridmap_audit_no_delete BEFORE DELETE ON gridmap_audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+INSERT OR IGNORE INTO gridmap_changes VALUES ('gridmap_users', 0);
+CREATE TRIGGER IF NOT EXISTS gridmap_users_stamp_insert AFTER INSERT ON gridmap_users
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_users'; END;
+CREATE TRIGGER IF NOT EXISTS gridmap_users_stamp_update AFTER UPDATE ON gridmap_users
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_users'; END;
+CREATE TRIGGER IF NOT EXISTS gridmap_users_stamp_delete AFTER DELETE ON gridmap_users
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_users'; END;
 """
 USER_FIELDS = (
     "username", "password_hash", "role", "grid_ids", "community_id", "disabled",
@@ -343,22 +350,7 @@ class GeoPackageStore:
                 c.execute(stmt + "END;")
 
     def _upgrade(self) -> None:
-        """Add what older gridmap files lack (change stamps, accounts, audit log)."""
-        conn = self._connect()
-        if not conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gridmap_audit'"
-        ).fetchone():
-            with self._write() as c:
-                for stmt in _ACCOUNTS_SQL.split(";\n"):
-                    if stmt.strip():
-                        c.execute(stmt)
-        has = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'gridmap_changes'"
-        ).fetchone()
-        if has and conn.execute("SELECT count(*) FROM gridmap_changes").fetchone()[0] == len(
-            LAYERS
-        ):
-            return
+        """Create what a file lacks (change stamps, accounts, audit log); idempotent."""
         with self._write() as c:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS gridmap_changes "
@@ -366,6 +358,9 @@ class GeoPackageStore:
             )
             for layer in LAYERS:
                 self._create_stamps(c, layer)
+            for stmt in _ACCOUNTS_SQL.split(";\n"):
+                if stmt.strip():
+                    c.execute(stmt)
 
     # ---------------------------------------------------------------- accounts, audit
 

@@ -42,7 +42,8 @@ class SecurityHeaders:
                 headers += _ALWAYS
                 headers.append((b"x-request-id", request_id.encode()))
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-                if ctype.startswith(b"text/html"):
+                has_csp = any(k.lower() == b"content-security-policy" for k, _ in headers)
+                if ctype.startswith(b"text/html") and not has_csp:
                     headers.append((b"content-security-policy", self.csp))
                 message["headers"] = headers
             await send(message)

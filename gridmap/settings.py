@@ -35,6 +35,7 @@ class Settings(BaseSettings):
         120, ge=1, description="Household item requests one user may make per minute."
     )
     logins_per_minute: int = Field(20, ge=1, description="Login attempts per source per minute.")
+    tianditu_key: str | None = Field(None, description="Key for the 天地图 basemap (optional).")
     reveals_per_hour: int = Field(
         20, ge=1, description="Reveals of personal fields per user per hour."
     )

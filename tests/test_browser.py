@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from gridmap.layers import LAYERS
+from tests.test_maps import ADMIN_LAYERS_EN, ADMIN_LAYERS_ZH, PUBLIC_LAYERS_ZH
 
 pytestmark = pytest.mark.browser
 
@@ -70,13 +70,13 @@ def _open(browser, url: str, headers: dict[str, str] | None = None):  # type: ig
 
     page.route("**/*", guard)
     page.goto(url, wait_until="load")
-    page.wait_for_function("document.querySelectorAll('.leaflet-control-layers label').length > 0")
+    page.locator(".leaflet-control-layers label").first.wait_for()
     return page, errors, blocked, failed
 
 
 @pytest.mark.parametrize(
     ("lang", "names"),
-    [("zh", {la.zh for la in LAYERS}), ("en", {la.en for la in LAYERS})],
+    [("zh", ADMIN_LAYERS_ZH), ("en", ADMIN_LAYERS_EN)],
 )
 def test_overview_renders_offline(
     browser, server: str, lang: str, names: set[str], admin_headers
@@ -96,7 +96,7 @@ def test_overview_renders_offline(
 def test_public_map_shows_public_layers_only(browser, server: str) -> None:  # type: ignore[no-untyped-def]
     page, errors, blocked, failed = _open(browser, f"{server}/map")
     labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
-    assert labels == {"联合片区", "社区", "网格", "公厕", "服务阵地"}
+    assert labels == PUBLIC_LAYERS_ZH
     assert page.locator(".marker-cluster").count() == 0  # no households
     assert errors == [] and blocked == [] and failed == []
     page.close()

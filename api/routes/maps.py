@@ -1,29 +1,90 @@
-"""Map pages (folium) and the local front-end assets they load."""
+"""Map pages (folium): the overview and one grid's sheet, drawn within the caller's scope."""
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from starlette.responses import HTMLResponse
 
-from api.deps import PrincipalDep, ScopeDep, StoreDep
+from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
+from api.errors import BadRequestError
+from api.middleware import CSP
+from gridmap import queries
 from gridmap.errors import PermissionDeniedError
-from gridmap.maps import overview_map
-from gridmap.security import business_data_allowed
+from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map
+from gridmap.security import Principal, business_data_allowed, stats_scope
 
-router = APIRouter()
+router = APIRouter(tags=["Maps"])
+
+Lang = Annotated[Literal["zh", "en"], Query(description="Label language.")]
+BasemapParam = Annotated[
+    Literal["none", "osm", "tianditu", "amap"],
+    Query(description="none (offline default), osm, tianditu (CGCS2000), amap (GCJ-02)."),
+]
 
 
-@router.get("/map", response_class=HTMLResponse, summary="Overview map", tags=["Maps"])
+def _page(html: str, basemap: str) -> HTMLResponse:
+    """The page with a CSP that also admits the chosen basemap's tile host."""
+    hosts = " ".join(BASEMAPS[basemap].hosts)
+    csp = CSP.replace("img-src 'self' data: blob:", f"img-src 'self' data: blob: {hosts}".strip())
+    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+
+
+def _business(principal: Principal) -> None:
+    if not business_data_allowed(principal):
+        raise PermissionDeniedError("auditors see the audit log only")
+
+
+@router.get("/map", response_class=HTMLResponse, summary="Overview map")
 def overview(
     store: StoreDep,
     scope: ScopeDep,
     principal: PrincipalDep,
-    lang: Annotated[Literal["zh", "en"], Query(description="Label language.")] = "zh",
+    settings: SettingsDep,
+    lang: Lang = "zh",
+    measure: Annotated[
+        Literal["households", "visit_coverage", "hardship", "elderly_alone"],
+        Query(description="What colours the grids (for roles that may see household figures)."),
+    ] = "households",
+    basemap: BasemapParam = "none",
 ) -> HTMLResponse:
-    """Every layer on one interactive map; works with no internet (assets served locally)."""
-    if not business_data_allowed(principal):
-        raise PermissionDeniedError("auditors see the audit log only")
-    html = overview_map(store, scope=scope, lang=lang).get_root().render()
-    return HTMLResponse(html)
+    """Every layer the caller may see, grouped, with legends, search and tools; offline."""
+    _business(principal)
+    if basemap == "tianditu" and not settings.tianditu_key:
+        raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
+    policy = stats_scope(principal) if principal.authenticated else None
+    rows = None
+    if policy is not None and measure in MEASURES:
+        stats_scope_, small = policy
+        rows = queries.household_stats(store, "grids", scope=stats_scope_, small_cells=small)
+    m = overview_map(
+        store,
+        scope=scope,
+        lang=lang,
+        measure=measure,
+        basemap=basemap,
+        grid_stats=rows,
+        tianditu_key=settings.tianditu_key,
+    )
+    return _page(m.get_root().render(), basemap)
+
+
+@router.get("/map/grids/{grid_id}", response_class=HTMLResponse, summary="One grid's sheet")
+def grid_page(
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    grid_id: Annotated[int, Path(ge=1, le=2**62, description="Grid id.")],
+    lang: Lang = "zh",
+    basemap: BasemapParam = "none",
+) -> HTMLResponse:
+    """A grid's sheet for its worker (网格作战图): households by visit status, printable."""
+    _business(principal)
+    if basemap == "tianditu" and not settings.tianditu_key:
+        raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
+    m = grid_sheet(
+        store, grid_id, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
+    )
+    return _page(m.get_root().render(), basemap)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import re
 
+import shapely
+
 from gridmap.maps import asset_dirs, overview_map
-from gridmap.store import GeoPackageStore, Scope
+from gridmap.store import GeoPackageStore, Query, Scope
 
 ADMIN_LAYERS_ZH = {
     "底图 · 道路", "底图 · 楼栋", "治理单元 · 网格", "治理单元 · 社区", "治理单元 · 联合片区",
@@ -50,3 +52,79 @@ def test_scope_hides_layers(sample_store: GeoPackageStore) -> None:
     assert layer_control_names(html) == PUBLIC_LAYERS_ZH
     assert "markercluster" not in html  # no households
     assert "\\u5929\\u7f51" not in html and "天网" not in html  # no camera names
+
+
+def has_text(html: str, text: str) -> bool:
+    """True if ``text`` is in the page, as is or as folium's JSON-escaped form."""
+    return text in html or json.dumps(text)[1:-1] in html
+
+
+def _points_in(html: str) -> list[tuple[float, float]]:
+    """(lat, lon) of every circle marker folium wrote into a page."""
+    return [
+        (float(a), float(b))
+        for a, b in re.findall(r"L\.circleMarker\(\s*\[([-0-9.]+),\s*([-0-9.]+)\]", html)
+    ]
+
+
+def test_grid_sheet_for_its_worker(client, auth, sample_store: GeoPackageStore) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/map/grids/1", headers=auth["grid_worker"])
+    assert r.status_code == 200
+    html = r.text
+    grid = sample_store.get("grids", 1)
+    n = sample_store.count("households", Query(equals={"grid_id": 1}))
+    assert has_text(html, grid.properties["name"]) and has_text(html, f"住户：{n} 户")
+    pts = _points_in(html)
+    assert len(pts) == n  # one dot per household of the grid, none from elsewhere
+    assert shapely.covered_by(
+        shapely.points([(x, y) for y, x in pts]), grid.geometry.buffer(1e-9)
+    ).all()
+    assert "<title>网格作战图" in html and "@media print" in html
+    assert client.get("/map/grids/2", headers=auth["grid_worker"]).status_code == 404
+    en = client.get("/map/grids/1?lang=en", headers=auth["grid_worker"]).text
+    assert has_text(en, "Households: ") and has_text(en, "Last visit")
+
+
+def test_amap_basemap_shifts_overlays_to_gcj02(sample_store: GeoPackageStore) -> None:
+    from gridmap.crs import wgs84_to_gcj02
+    from gridmap.maps import overview_map
+
+    toilets = sample_store.query("toilets")
+    html = (
+        overview_map(sample_store, scope=Scope(layers=frozenset({"toilets"})), basemap="amap")
+        .get_root()
+        .render()
+    )
+    drawn = {
+        (round(x, 7), round(y, 7))
+        for x, y in re.findall(r'"coordinates":\s*\[([-0-9.]+),\s*([-0-9.]+)\]', html)
+        for x, y in [(float(x), float(y))]
+    }
+    gx, gy = wgs84_to_gcj02(shapely.get_x(toilets.geometries), shapely.get_y(toilets.geometries))
+    for x, y in zip(gx, gy, strict=True):
+        assert (round(float(x), 7), round(float(y), 7)) in drawn
+    assert "autonavi.com" in html and "gmToWgs" in html  # tiles, and the read-out converts back
+
+
+def test_choropleth_measures_and_legends(client, auth) -> None:  # type: ignore[no-untyped-def]
+    html = client.get("/map?measure=hardship").text
+    assert has_text(html, "网格：困难户") and has_text(html, "老旧小区改造")
+    assert has_text(html, "矛盾纠纷调处化解工作室")
+    html = client.get("/map?measure=visit_coverage&lang=en").text
+    assert has_text(html, "Grid cells: Visited in 30 days")
+    assert client.get("/map?measure=nonsense").status_code == 400
+    planner = client.get("/map?measure=hardship", headers=auth["planner"]).text
+    assert has_text(planner, "网格：困难户") and not has_text(planner, "住户 · 住户")
+    public = client.get("/map", headers={"Authorization": ""}).text
+    assert not has_text(public, "网格：户数")  # no household figures for the public
+    assert has_text(public, "治理单元 · 网格")
+
+
+def test_page_text_is_escaped(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
+    store = GeoPackageStore.open(edit_path)
+    store.update("toilets", 1, properties={"name": "<img src=x onerror=alert(1)>"})
+    store.close()
+    html = edit_client.get("/map").text
+    assert "<img src=x onerror" not in html
+    # the popup's value is HTML-escaped, then JSON-escaped by folium
+    assert "\\u0026lt;img src=x onerror=alert(1)\\u0026gt;" in html

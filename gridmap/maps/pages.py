@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import folium
+import numpy as np
 import shapely
 
 from gridmap.errors import FeatureNotFoundError
@@ -253,12 +254,10 @@ def grid_sheet(
             store.query("roads", Query(bbox=near.bounds), scope=scope),
             name=_name("base", title(get_layer("roads"), lang), lang),
         )
+    buildings = None
     if scope.allows_layer("buildings"):
-        add_layer(
-            frame,
-            store.query("buildings", Query(equals={"grid_id": grid_id}), scope=scope),
-            name=_name("base", title(get_layer("buildings"), lang), lang),
-        )
+        buildings = store.query("buildings", Query(equals={"grid_id": grid_id}), scope=scope)
+        add_layer(frame, buildings, name=_name("base", title(buildings.layer, lang), lang))
     for layer_id in ("toilets", "facilities"):
         if scope.allows_layer(layer_id):
             fs = store.query(layer_id, Query(geometry=near), scope=scope)
@@ -268,7 +267,7 @@ def grid_sheet(
         hh = store.query("households", Query(equals={"grid_id": grid_id}), scope=scope)
         total = len(hh)
         visited = sum(1 for p in hh.properties if p.get("last_visit_status") == "visited")
-        _add_households_by_status(frame, hh)
+        _add_households_by_status(frame, hh, buildings)
         add_legend(
             frame,
             "走访结果" if zh else "Last visit",
@@ -300,10 +299,37 @@ def grid_sheet(
     return frame.map
 
 
-def _add_households_by_status(frame: MapFrame, hh: Any) -> None:
+def _spread(hh: Any, buildings: Any) -> Any:
+    """Display positions: each building's households on a lattice inside its footprint.
+
+    Households of one entrance share nearly one point; spread out, each can be seen and
+    clicked. Households without a known building keep their own position.
+    """
+    if buildings is None or len(buildings) == 0:
+        return hh.geometries
+    boxes = {int(i): g.bounds for i, g in zip(buildings.ids, buildings.geometries, strict=True)}
+    members: dict[int, list[int]] = {}
+    for k, p in enumerate(hh.properties):
+        if p.get("building_id") in boxes:
+            members.setdefault(p["building_id"], []).append(k)
+    out = hh.geometries.copy()
+    for bid, idx in members.items():
+        minx, miny, maxx, maxy = boxes[bid]
+        n = len(idx)
+        cols = max(1, int(np.ceil(np.sqrt(n * (maxx - minx) / max(maxy - miny, 1e-12)))))
+        rows = int(np.ceil(n / cols))
+        for j, k in enumerate(idx):
+            r, c = divmod(j, cols)
+            out[k] = shapely.Point(
+                minx + (c + 0.5) * (maxx - minx) / cols, miny + (r + 0.5) * (maxy - miny) / rows
+            )
+    return out
+
+
+def _add_households_by_status(frame: MapFrame, hh: Any, buildings: Any = None) -> None:
     """Households as dots coloured by last visit; a dark ring marks hardship or elderly alone."""
     zh = frame.lang == "zh"
-    shown = frame.to_display(hh.geometries)
+    shown = frame.to_display(_spread(hh, buildings))
     group = folium.FeatureGroup(name=_name("people", title(hh.layer, frame.lang), frame.lang))
     for pt, p in zip(shown, hh.properties, strict=True):
         status = p.get("last_visit_status")

@@ -115,7 +115,13 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
     """
     zh = frame.lang == "zh"
     m = frame.map.get_name()
-    index = json.dumps([list(r) for r in search_index], ensure_ascii=False)
+    # JSON inside a <script>: escape <, > and & so no name can close the script element
+    index = (
+        json.dumps([list(r) for r in search_index], ensure_ascii=False)
+        .replace("<", "\\u003c")
+        .replace(">", "\\u003e")
+        .replace("&", "\\u0026")
+    )
     placeholder = "搜索网格、社区、设施…" if zh else "Search grids, communities, sites…"
     search_js = f"""
       var gmIndex = {index};

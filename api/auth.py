@@ -6,14 +6,17 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.security import OAuth2PasswordBearer
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from api.html import render
 from gridmap.accounts import Accounts, audit
 from gridmap.errors import AuthenticationError, PermissionDeniedError
 from gridmap.security import PUBLIC, ROLE_ZH, Principal, Role
 from gridmap.store import Store
 
 router = APIRouter(tags=["Accounts"])
+
+COOKIE = "gridmap_session"
 
 
 def client_address(request: Request) -> str:
@@ -35,6 +38,11 @@ async def get_principal(
         return cached  # type: ignore[no-any-return]
     header = request.headers.get("authorization")
     principal = PUBLIC
+    cookie = request.cookies.get(COOKIE)
+    if not header and cookie and request.method in ("GET", "HEAD"):
+        # The browser session (maps, HTML pages) reads only: a cookie never authorises a
+        # change, so a forged cross-site request cannot edit anything.
+        header = f"Bearer {cookie}"
     if header:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
@@ -121,3 +129,62 @@ def audit_log(
     equals = {k: v for k, v in (("action", action), ("username", username)) if v}
     rows, total = request.app.state.store.audit_entries(limit=limit, offset=offset, equals=equals)
     return {"entries": rows, "numberMatched": total, "numberReturned": len(rows)}
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a local path may follow a login (no open redirect)."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/map"
+    return target
+
+
+@router.get("/login", summary="Log-in page for the browser", response_class=HTMLResponse)
+def login_page(
+    request: Request, next: Annotated[str | None, Query(max_length=500)] = None
+) -> HTMLResponse:
+    """A form that logs a browser in (session cookie) for maps and HTML pages."""
+    minutes = request.app.state.settings.token_minutes
+    return render(
+        "login.html", title="登录 Log in", next=_safe_next(next), error=None, minutes=minutes
+    )
+
+
+@router.post("/login", summary="Log a browser in (session cookie)", response_class=HTMLResponse)
+def login_form(
+    request: Request,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=256)],
+    next: Annotated[str | None, Form(max_length=500)] = None,
+) -> Response:
+    """Check the password and set an HttpOnly, SameSite=Strict session cookie."""
+    request.app.state.login_limiter.hit(client_address(request), "login attempts")
+    accounts: Accounts = request.app.state.accounts
+    minutes = request.app.state.settings.token_minutes
+    try:
+        t = accounts.login(username, password)
+    except AuthenticationError as exc:
+        record(request, Principal(username[:64], Role.PUBLIC), "login", result="denied")
+        page = render(
+            "login.html",
+            title="登录 Log in",
+            next=_safe_next(next),
+            error=str(exc),
+            minutes=minutes,
+        )
+        page.status_code = 401
+        return page
+    rec = request.app.state.store.user(username)
+    record(request, Principal(username, Role(rec["role"])), "login", detail="browser")
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    response.set_cookie(
+        COOKIE, t.access_token, max_age=t.expires_in, httponly=True, samesite="strict", path="/"
+    )
+    return response
+
+
+@router.post("/logout", summary="Log a browser out")
+def logout() -> Response:
+    """Forget the session cookie."""
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response

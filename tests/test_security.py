@@ -226,7 +226,11 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/nearest", ""):                [200, 200, 200, 200, 200, 403],
     ("GET", "/stats/{level}", ""):          [401, 200, 200, 200, 200, 403],
     ("GET", "/map", ""):                    [200, 200, 200, 200, 200, 403],
+    ("GET", "/map/grids/{grid_id}", ""):    [200, 200, 200, 200, 200, 403],
     ("POST", "/token", ""):                 [401, 200, 200, 200, 200, 200],
+    ("GET", "/login", ""):                  [200, 200, 200, 200, 200, 200],
+    ("POST", "/login", ""):                 [401, 303, 303, 303, 303, 303],
+    ("POST", "/logout", ""):                [303, 303, 303, 303, 303, 303],
     ("GET", "/users/me", ""):               [200, 200, 200, 200, 200, 200],
     ("GET", "/audit", ""):                  [401, 403, 403, 403, 403, 200],
 }  # fmt: skip
@@ -263,7 +267,7 @@ def test_route_role_matrix(
                 h = dict(edit_auth[role])
                 fid = pick(hh if coll == "households" else tl, method, role)
                 url = path.replace("{collection_id}", coll).replace("{feature_id}", str(fid))
-                url = url.replace("{level}", "grids")
+                url = url.replace("{level}", "grids").replace("{grid_id}", "1")
                 kw: dict[str, Any] = {}
                 if url == "/nearest":
                     kw["params"] = {"collection": "toilets", "lon": 113.29, "lat": 34.81}
@@ -295,11 +299,11 @@ def test_route_role_matrix(
                     kw["json"] = body
                 if url.endswith("/reveal"):
                     kw["json"] = {"field": "id_number", "reason": "走访核实身份信息"}
-                if url == "/token":
+                if url in ("/token", "/login") and method == "POST":
                     user, pw = credentials.get(role, ("nobody", "Wrong-password-1"))
                     kw["data"] = {"username": user, "password": pw}
                     h = {}
-                r = c.request(method, url, headers=h, **kw)
+                r = c.request(method, url, headers=h, follow_redirects=False, **kw)
                 row.append(r.status_code)
             got[(method, path, coll)] = row
     wrong = {k: (v, EXPECTED[k]) for k, v in got.items() if v != EXPECTED[k]}
@@ -734,3 +738,34 @@ def test_api_docs_work_offline_and_can_be_turned_off(
     assert public_client.get("/static/docs/swagger-ui-bundle.js").status_code == 200
     with TestClient(_app(edit_path, docs=False)) as c:
         assert c.get("/docs").status_code == 404
+
+
+def test_browser_session_cookie_reads_only(
+    edit_path: Path, credentials: dict[str, tuple[str, str]]
+) -> None:
+    user, pw = credentials["grid_worker"]
+    with TestClient(_app(edit_path)) as c:
+        r = c.post(
+            "/login",
+            data={"username": user, "password": pw, "next": "//evil.example/x"},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303 and r.headers["location"] == "/map"
+        cookie = r.headers["set-cookie"].lower()
+        assert "httponly" in cookie and "samesite=strict" in cookie and "path=/" in cookie
+        assert c.get("/users/me").json()["username"] == user
+        page = c.get("/map/grids/1")
+        assert page.status_code == 200
+        # the cookie never authorises a change (no CSRF): as the public, households are 404
+        r = c.patch(
+            "/collections/households/items/1",
+            json={"properties": {"members": 1}},
+            headers={"If-Match": '"households-1-v1"'},
+        )
+        assert r.status_code == 404
+        r = c.post("/collections/toilets/items", json=NEW_TOILET)
+        assert r.status_code == 401
+        c.post("/logout", follow_redirects=False)
+        assert c.get("/users/me").json()["role"] == "public"
+        bad = c.post("/login", data={"username": user, "password": "Wrong-password-1"})
+        assert bad.status_code == 401 and "wrong username or password" in bad.text

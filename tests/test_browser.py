@@ -70,7 +70,7 @@ def _open(browser, url: str, headers: dict[str, str] | None = None):  # type: ig
 
     page.route("**/*", guard)
     page.goto(url, wait_until="load")
-    page.locator(".leaflet-control-layers label").first.wait_for()
+    page.locator(".leaflet-control-layers label").first.wait_for(state="attached")
     return page, errors, blocked, failed
 
 
@@ -132,4 +132,59 @@ def test_popup_opens_on_click(browser, server: str) -> None:  # type: ignore[no-
     popup.wait_for()
     assert "规划公厕" in popup.inner_text()
     assert errors == []
+    page.close()
+
+
+_LATLNGS = """(name) => {
+    const out = [];
+    for (const k in window) {
+        const v = window[k];
+        if (v && v instanceof L.GeoJSON) {
+            v.eachLayer((l) => {
+                if (l.feature && l.feature.properties.name === name && l.getLatLng) {
+                    const p = l.getLatLng(); out.push([p.lng, p.lat]);
+                }
+            });
+        }
+    }
+    return out;
+}"""
+
+
+def test_grid_sheet_renders_for_its_worker(browser, server: str, auth, sample_store) -> None:  # type: ignore[no-untyped-def]
+    from gridmap.store import Query
+
+    page, errors, blocked, failed = _open(browser, f"{server}/map/grids/1", auth["grid_worker"])
+    dots = page.evaluate(
+        """() => {
+            let n = 0;
+            for (const k in window) {
+                const v = window[k];
+                if (v && v instanceof L.Map) {
+                    v.eachLayer((l) => { if (l instanceof L.CircleMarker && !l.feature) n++; });
+                }
+            }
+            return n;
+        }"""
+    )
+    # every household of grid 1 as a dot
+    assert dots == sample_store.count("households", Query(equals={"grid_id": 1}))
+    assert "颐苑社区第1网格" in page.locator(".gm-sheet-head").inner_text()
+    assert errors == [] and blocked == [] and failed == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "grid-sheet.png"))
+    page.close()
+
+
+def test_amap_mode_draws_points_at_gcj02(browser, server: str, sample_store) -> None:  # type: ignore[no-untyped-def]
+    from gridmap.crs import wgs84_to_gcj02
+
+    page, errors, blocked, _ = _open(browser, f"{server}/map?basemap=amap")
+    toilet = sample_store.get("toilets", 1)
+    got = page.evaluate(_LATLNGS, toilet.properties["name"])
+    gx, gy = wgs84_to_gcj02([toilet.geometry.x], [toilet.geometry.y])
+    assert len(got) == 1
+    assert abs(got[0][0] - gx[0]) < 1e-7 and abs(got[0][1] - gy[0]) < 1e-7
+    assert all("autonavi.com" in u for u in blocked)  # only the tiles were off the machine
+    assert [e for e in errors if "autonavi" not in e and "Failed to load" not in e] == []
     page.close()

@@ -1,0 +1,37 @@
+"""The notebooks run top to bottom against the sample, so they cannot rot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    ("name", "artifact"),
+    [("01_overview.ipynb", "overview.html"), ("02_grid_sheet.ipynb", "grid-1.html")],
+)
+def test_notebook_runs(
+    name: str, artifact: str, sample_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRIDMAP_DATABASE", str(sample_path))
+    monkeypatch.setenv("GRIDMAP_NOTEBOOK_OUT", str(tmp_path))
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # stripped
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    ).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.output_type == "error"]
+    html = [o["data"]["text/html"] for o in outputs if "text/html" in o.get("data", {})]
+    assert html and "leaflet" in html[0].lower()  # the map rendered in the notebook
+    page = (tmp_path / artifact).read_text(encoding="utf-8")
+    assert "/static/leaflet/leaflet.js" in page and "https://cdn" not in page
+    assert os.path.getsize(tmp_path / artifact) > 10_000

@@ -85,8 +85,23 @@ def test_overview_renders_offline(
     labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
     assert labels == names
     assert errors == [] and blocked == [] and failed == []
-    # 40 grid polygons drawn, household clusters shown
+    # every grid drawn, household clusters shown
+    grids = page.evaluate(
+        """() => {
+            let n = 0;
+            for (const k in window) {
+                const v = window[k];
+                if (v && v instanceof L.GeoJSON) {
+                    v.eachLayer((l) => { if (l.feature && l.feature.properties.code
+                        && l.feature.properties.worker_name) n++; });
+                }
+            }
+            return n;
+        }"""
+    )
+    assert grids == 40
     assert page.locator(".marker-cluster").count() > 10
+    assert page.locator("#gm-measure option").count() == 4
     page.locator(".marker-cluster").first.wait_for()
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"overview-{lang}.png"))

@@ -26,7 +26,13 @@ from gridmap.maps.layers import (
     add_toilet_service_areas,
     title,
 )
-from gridmap.maps.widgets import add_legend, add_page_css, add_title, add_tools
+from gridmap.maps.widgets import (
+    add_legend,
+    add_measure_picker,
+    add_page_css,
+    add_title,
+    add_tools,
+)
 from gridmap.store.base import Query, Scope, Store
 
 MEASURES: dict[str, tuple[str, str, str]] = {
@@ -209,6 +215,8 @@ def overview_map(
         corners = frame.to_display([shapely.box(*extent)])[0].bounds
         frame.map.fit_bounds([[corners[1], corners[0]], [corners[3], corners[2]]])
     add_tools(frame, search)
+    if grid_stats is not None:
+        add_measure_picker(frame, measure, {k: (v[0] if zh else v[1]) for k, v in MEASURES.items()})
     folium.LayerControl(collapsed=False).add_to(frame.map)
     add_title(frame, "中心路街道网格化管理总览" if zh else "Zhongxinlu subdistrict overview")
     return frame.map

@@ -186,6 +186,30 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
     )
 
 
+def add_measure_picker(frame: MapFrame, current: str, measures: dict[str, str]) -> None:
+    """A selector that reloads the page with another grid measure (``?measure=``)."""
+    options = "".join(
+        f'<option value="{html.escape(k)}"{" selected" if k == current else ""}>'
+        f"{html.escape(v)}</option>"
+        for k, v in measures.items()
+    )
+    label = "网格着色" if frame.lang == "zh" else "Colour grids by"
+    script = """
+      document.getElementById('gm-measure').addEventListener('change', function(e) {
+        var q = new URLSearchParams(window.location.search);
+        q.set('measure', e.target.value); window.location.search = q.toString();
+      });
+    """
+    frame.map.add_child(
+        _Control(
+            f'<label>{label} <select id="gm-measure">{options}</select></label>',
+            position="topleft",
+            css="gm-measure",
+            script=script,
+        )
+    )
+
+
 def add_title(frame: MapFrame, text: str) -> None:
     """The page title (browser tab)."""
     frame.map.get_root().header.add_child(

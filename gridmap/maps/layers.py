@@ -331,18 +331,38 @@ def add_camera_sectors(
                 float(p.get("range_m") or 50),
             )
         )
-    wgs = from_metric(polys)
-    props = [{"name": p.get("name"), "status": p.get("status")} for p in cameras.properties]
-    data = _collection(frame, wgs, props)
-    group = folium.FeatureGroup(name=name, show=show)
-    folium.GeoJson(
-        data,
-        style_function=lambda f: {
+    return _add_areas(
+        frame,
+        from_metric(polys),
+        cameras,
+        name=name,
+        show=show,
+        style=lambda f: {
             "color": "#b2182b" if f["properties"]["status"] == "online" else "#969696",
             "weight": 1,
             "fillOpacity": 0.15,
         },
-        tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=[""]),
+        tooltip=True,
+    )
+
+
+def _add_areas(
+    frame: MapFrame,
+    polygons: Any,
+    fs: FeatureSet,
+    *,
+    name: str,
+    show: bool,
+    style: Any,
+    tooltip: bool = False,
+) -> folium.FeatureGroup:
+    """Areas derived from features (sectors, service radii) as one styled layer."""
+    props = [{"name": p.get("name"), "status": p.get("status")} for p in fs.properties]
+    group = folium.FeatureGroup(name=name, show=show)
+    folium.GeoJson(
+        _collection(frame, polygons, props),
+        style_function=style,
+        tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=[""]) if tooltip else None,
     ).add_to(group)
     group.add_to(frame.map)
     return group
@@ -353,21 +373,19 @@ def add_toilet_service_areas(
 ) -> folium.FeatureGroup:
     """Straight-line service radius around each toilet (planned ones dashed)."""
     metric = to_metric(toilets.geometries)
-    wgs = from_metric(shapely.buffer(metric, radius_m, quad_segs=16))
-    props = [{"name": p.get("name"), "status": p.get("status")} for p in toilets.properties]
-    data = _collection(frame, wgs, props)
-    group = folium.FeatureGroup(name=name, show=show)
-    folium.GeoJson(
-        data,
-        style_function=lambda f: {
+    return _add_areas(
+        frame,
+        from_metric(shapely.buffer(metric, radius_m, quad_segs=16)),
+        toilets,
+        name=name,
+        show=show,
+        style=lambda f: {
             "color": "#2166ac" if f["properties"]["status"] == "existing" else "#f46d43",
             "weight": 1,
             "fillOpacity": 0.08,
             "dashArray": None if f["properties"]["status"] == "existing" else "6 4",
         },
-    ).add_to(group)
-    group.add_to(frame.map)
-    return group
+    )
 
 
 def add_labels(

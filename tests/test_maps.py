@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import shapely
 
 from gridmap.maps import asset_dirs, overview_map
@@ -128,3 +129,17 @@ def test_page_text_is_escaped(edit_client, edit_path) -> None:  # type: ignore[n
     assert "<img src=x onerror" not in html
     # the popup's value is HTML-escaped, then JSON-escaped by folium
     assert "\\u0026lt;img src=x onerror=alert(1)\\u0026gt;" in html
+
+
+def test_camera_sector_geometry() -> None:
+    import math
+
+    from gridmap.maps.layers import sector
+
+    north = sector(0, 0, direction=0, fov=90, radius=100)
+    assert north.area == pytest.approx(math.pi * 100**2 / 4, rel=0.01)
+    assert north.centroid.y > 50 and abs(north.centroid.x) < 1e-6  # looks north
+    east = sector(0, 0, direction=90, fov=60, radius=80)
+    assert east.centroid.x > 40 and abs(east.centroid.y) < 1e-6  # clockwise from north
+    ptz = sector(0, 0, direction=10, fov=360, radius=50)
+    assert ptz.area == pytest.approx(math.pi * 50**2, rel=0.01)

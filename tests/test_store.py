@@ -13,6 +13,7 @@ import shapely
 
 from gridmap.errors import (
     FeatureNotFoundError,
+    IntegrityError,
     InvalidFeatureError,
     InvalidGeometryError,
     StoreError,
@@ -288,3 +289,24 @@ def test_open_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
         GeoPackageStore.open(junk)
     with pytest.raises(StoreError, match="already exists"):
         GeoPackageStore.create(junk)
+
+
+def test_moving_a_grid_boundary_rederives_grid_ids(store: GeoPackageStore) -> None:
+    g1, g2 = _grid(store)
+    ids = store.insert(
+        "households", [P(113.275, 34.80), P(113.285, 34.80)], [{"room": "1"}, {"room": "2"}]
+    )
+    assert [store.get("households", i).properties["grid_id"] for i in ids] == [g1, g2]
+    # the shared edge moves east past household 2: it now lies in grid 1
+    store.update("grids", g1, geometry=shapely.box(113.26, 34.79, 113.29, 34.81))
+    store.update("grids", g2, geometry=shapely.box(113.29, 34.79, 113.30, 34.81))
+    assert [store.get("households", i).properties["grid_id"] for i in ids] == [g1, g1]
+    # an edit that would leave a household in no grid is refused, nothing changes
+    with pytest.raises(IntegrityError, match="in no grid"):
+        store.update("grids", g1, geometry=shapely.box(113.26, 34.79, 113.27, 34.81))
+    assert store.get("grids", g1).geometry.equals(shapely.box(113.26, 34.79, 113.29, 34.81))
+    # a grid that still holds households cannot be deleted
+    with pytest.raises(IntegrityError, match="still holds"):
+        store.delete("grids", g1)
+    store.delete("grids", g2)  # empty now
+    assert store.count("grids") == 1

@@ -24,6 +24,7 @@ from gridmap import geometry as geo
 from gridmap.assign import PolygonIndex
 from gridmap.errors import (
     FeatureNotFoundError,
+    IntegrityError,
     InvalidFeatureError,
     InvalidGeometryError,
     PermissionDeniedError,
@@ -1026,6 +1027,7 @@ class GeoPackageStore:
             )
             if layer.id == "grids" and geometry is not None:
                 self._grid_index = None
+                self._rederive_grid_ids(c, shapely.union(current.geometry, geom).bounds)
             self._touch(c, layer)
             return _mask_feature(layer, self._get_in(c, layer, fid, Scope.ALL), scope)
 
@@ -1057,10 +1059,52 @@ class GeoPackageStore:
                     f"not {expected_version}; fetch it again and reapply your change"
                 )
                 raise VersionConflictError(msg)
+            if layer.id == "grids":
+                for dependent in ("households", "buildings"):
+                    n = c.execute(
+                        f"SELECT count(*) FROM {_q(dependent)} WHERE grid_id = ?", (int(fid),)
+                    ).fetchone()[0]
+                    if n:
+                        msg = (
+                            f"grid {fid} still holds {n} {dependent}; redraw the neighbouring "
+                            "grids over them first, then delete it"
+                        )
+                        raise IntegrityError(msg)
             c.execute(f"DELETE FROM {_q(layer.id)} WHERE fid = ?", (int(fid),))
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)
+
+    def _rederive_grid_ids(self, c: sqlite3.Connection, bounds: tuple[float, ...]) -> None:
+        """After a grid moved: recompute ``grid_id`` of households and buildings around it.
+
+        Runs inside the caller's transaction; a feature left in no grid refuses the edit.
+        """
+        rows = c.execute('SELECT fid, geom FROM "grids" ORDER BY fid').fetchall()
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        index = PolygonIndex(geo.from_gpkg_blobs([r[1] for r in rows]), cells=16_384)
+        minx, miny, maxx, maxy = bounds
+        for name in ("households", "buildings"):
+            found = c.execute(
+                f"SELECT t.fid, t.geom, t.grid_id FROM {_q(name)} AS t "
+                f"JOIN {_q('rtree_' + name + '_geom')} AS r ON r.id = t.fid "
+                "WHERE r.minx <= ? AND r.maxx >= ? AND r.miny <= ? AND r.maxy >= ?",
+                (maxx, minx, maxy, miny),
+            ).fetchall()
+            if not found:
+                continue
+            pos = index.lookup_geometries(geo.from_gpkg_blobs([r[1] for r in found]))
+            if (pos < 0).any():
+                k = int(np.flatnonzero(pos < 0)[0])
+                msg = (
+                    f"this grid edit would leave {name} {found[k][0]} in no grid; every "
+                    f"{name[:-1]} must lie in exactly one grid"
+                )
+                raise IntegrityError(msg)
+            new = ids[pos]
+            changed = [(int(g), int(r[0])) for r, g in zip(found, new, strict=True) if r[2] != g]
+            if changed:
+                c.executemany(f"UPDATE {_q(name)} SET grid_id = ? WHERE fid = ?", changed)
 
 
 def _require(allowed: bool, message: str) -> None:

@@ -16,6 +16,7 @@ from api.routes import domain, edit, features, maps
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
+from gridmap.maps.cache import PageCache
 from gridmap.ratelimit import RateLimiter
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = open_store(settings.database)
         app.state.store = store
         app.state.features = FeatureCache()
+        app.state.pages = PageCache()
         app.state.accounts = Accounts(
             store,
             secret=token_secret(store, settings.secret_key),

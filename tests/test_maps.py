@@ -143,3 +143,15 @@ def test_camera_sector_geometry() -> None:
     assert east.centroid.x > 40 and abs(east.centroid.y) < 1e-6  # clockwise from north
     ptz = sector(0, 0, direction=10, fov=360, radius=50)
     assert ptz.area == pytest.approx(math.pi * 50**2, rel=0.01)
+
+
+def test_overview_pages_are_cached_until_an_edit(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
+    first = edit_client.get("/map").text
+    second = edit_client.get("/map").text
+    assert first == second  # the same page, not drawn again (folium ids would differ)
+    assert edit_client.get("/map?lang=en").text != first
+    store = GeoPackageStore.open(edit_path)
+    store.update("toilets", 1, properties={"name": "改名后的公厕"})
+    store.close()
+    third = edit_client.get("/map").text
+    assert third != first and has_text(third, "改名后的公厕")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Request
 from starlette.responses import HTMLResponse
 
 from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
@@ -13,6 +13,7 @@ from api.middleware import CSP
 from gridmap import queries
 from gridmap.errors import PermissionDeniedError
 from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map
+from gridmap.maps.cache import PageCache
 from gridmap.security import Principal, business_data_allowed, stats_scope
 
 router = APIRouter(tags=["Maps"])
@@ -38,6 +39,7 @@ def _business(principal: Principal) -> None:
 
 @router.get("/map", response_class=HTMLResponse, summary="Overview map")
 def overview(
+    request: Request,
     store: StoreDep,
     scope: ScopeDep,
     principal: PrincipalDep,
@@ -54,20 +56,26 @@ def overview(
     if basemap == "tianditu" and not settings.tianditu_key:
         raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
     policy = stats_scope(principal) if principal.authenticated else None
-    rows = None
-    if policy is not None and measure in MEASURES:
-        stats_scope_, small = policy
-        rows = queries.household_stats(store, "grids", scope=stats_scope_, small_cells=small)
-    m = overview_map(
-        store,
-        scope=scope,
-        lang=lang,
-        measure=measure,
-        basemap=basemap,
-        grid_stats=rows,
-        tianditu_key=settings.tianditu_key,
-    )
-    return _page(m.get_root().render(), basemap)
+
+    def render() -> str:
+        rows = None
+        if policy is not None and measure in MEASURES:
+            stats_scope_, small = policy
+            rows = queries.household_stats(store, "grids", scope=stats_scope_, small_cells=small)
+        m = overview_map(
+            store,
+            scope=scope,
+            lang=lang,
+            measure=measure,
+            basemap=basemap,
+            grid_stats=rows,
+            tianditu_key=settings.tianditu_key,
+        )
+        return m.get_root().render()
+
+    cache: PageCache = request.app.state.pages
+    key = ("overview", scope, policy, lang, measure, basemap, cache.stamps(store))
+    return _page(cache.get_or_render(key, render), basemap)
 
 
 @router.get("/map/grids/{grid_id}", response_class=HTMLResponse, summary="One grid's sheet")

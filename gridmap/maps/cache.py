@@ -1,0 +1,43 @@
+"""Rendered map pages kept while nothing they show has changed."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+
+from gridmap.layers import LAYERS
+from gridmap.store.base import Store
+
+
+class PageCache:
+    """The last ``size`` rendered pages by key; a key includes every layer's change stamp.
+
+    Two requests with the same view (scope, language, measure, basemap) and no edit in
+    between get the same page without drawing it again; any edit to any layer moves its
+    stamp and so the key.
+    """
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._pages: OrderedDict[Hashable, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def stamps(store: Store) -> tuple[int, ...]:
+        """The change stamps of every layer (part of every key)."""
+        return tuple(store.stamp(layer.id) for layer in LAYERS)
+
+    def get_or_render(self, key: Hashable, render: Callable[[], str]) -> str:
+        """The cached page for ``key``, or ``render()`` it and keep it."""
+        with self._lock:
+            page = self._pages.get(key)
+            if page is not None:
+                self._pages.move_to_end(key)
+                return page
+        page = render()
+        with self._lock:
+            self._pages[key] = page
+            while len(self._pages) > self.size:
+                self._pages.popitem(last=False)
+        return page

@@ -10,7 +10,6 @@ import folium
 import numpy as np
 import shapely
 
-from gridmap.errors import FeatureNotFoundError
 from gridmap.layers import FACILITY_KIND_ZH, RENOVATION_STATUS_ZH, VISIT_STATUS_ZH, get_layer
 from gridmap.maps.assets import ASSET_PREFIX
 from gridmap.maps.base import Lang, MapFrame, base_map
@@ -235,9 +234,7 @@ def grid_sheet(
     """One grid for its worker (网格作战图): boundary, buildings, households by visit status
     and tags, nearby facilities and toilets, a header with the grid's figures; printable."""
     zh = lang == "zh"
-    grid = store.get("grids", grid_id, scope=scope)
-    if grid is None:  # pragma: no cover - get raises
-        raise FeatureNotFoundError(f"no grid {grid_id}")
+    grid = store.get("grids", grid_id, scope=scope)  # FeatureNotFoundError outside the scope
     minx, miny, maxx, maxy = grid.geometry.bounds
     frame = base_map(
         location=((miny + maxy) / 2, (minx + maxx) / 2),

@@ -122,24 +122,14 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _st_minx(b: bytes | None) -> float | None:
-    e = geo.blob_envelope(b)
-    return None if e is None else e[0]
+def _envelope_part(i: int):  # type: ignore[no-untyped-def]
+    """ST_MinX/MaxX/MinY/MaxY: part ``i`` of a blob's (minx, maxx, miny, maxy) envelope."""
 
+    def part(b: bytes | None) -> float | None:
+        e = geo.blob_envelope(b)
+        return None if e is None else e[i]
 
-def _st_maxx(b: bytes | None) -> float | None:
-    e = geo.blob_envelope(b)
-    return None if e is None else e[1]
-
-
-def _st_miny(b: bytes | None) -> float | None:
-    e = geo.blob_envelope(b)
-    return None if e is None else e[2]
-
-
-def _st_maxy(b: bytes | None) -> float | None:
-    e = geo.blob_envelope(b)
-    return None if e is None else e[3]
+    return part
 
 
 @lru_cache(maxsize=64)
@@ -191,7 +181,5 @@ def register_functions(conn) -> None:  # type: ignore[no-untyped-def]
     conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty, deterministic=True)
     conn.create_function("gm_spatial", 3, _gm_spatial, deterministic=True)
     conn.create_function("gm_bbox", 5, _gm_bbox, deterministic=True)
-    conn.create_function("ST_MinX", 1, _st_minx, deterministic=True)
-    conn.create_function("ST_MaxX", 1, _st_maxx, deterministic=True)
-    conn.create_function("ST_MinY", 1, _st_miny, deterministic=True)
-    conn.create_function("ST_MaxY", 1, _st_maxy, deterministic=True)
+    for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
+        conn.create_function(name, 1, _envelope_part(i), deterministic=True)

@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import re
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-# Works offline: everything comes from the service itself; folium pages need inline code.
-CSP = (
-    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; "
-    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
+_INLINE_SCRIPT = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.S | re.I)
+_SRC = re.compile(rb"\bsrc\s*=", re.I)
+
+
+def inline_script_hashes(page: bytes) -> list[str]:
+    """CSP source expressions (``'sha256-…'``) for every inline ``<script>`` of a page."""
+    out = []
+    for attrs, body in _INLINE_SCRIPT.findall(page):
+        if _SRC.search(attrs):
+            continue
+        digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+        out.append(f"'sha256-{digest}'")
+    return sorted(set(out))
+
+
+def page_csp(script_hashes: Iterable[str] = (), img_hosts: Iterable[str] = ()) -> str:
+    """The content security policy of an HTML page: everything from the service itself.
+
+    Scripts run only from the service's own files and as the page's own inline scripts,
+    named by hash: no ``'unsafe-inline'``, so markup that slipped into a page (an
+    ``onerror`` attribute, an injected ``<script>``) does not run. Styles may be inline
+    (Leaflet positions everything with them).
+    """
+    scripts = " ".join(["'self'", *script_hashes])
+    images = " ".join(["'self'", "data:", "blob:", *img_hosts])
+    return (
+        f"default-src 'self'; script-src {scripts}; style-src 'self' 'unsafe-inline'; "
+        f"img-src {images}; font-src 'self' data:; connect-src 'self'; "
+        "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    )
+
+
+CSP = page_csp()
+"""The policy of a page without inline scripts."""
 _ALWAYS = [
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
@@ -22,11 +54,14 @@ _ALWAYS = [
 
 
 class SecurityHeaders:
-    """Adds ``X-Request-ID`` and security headers; a CSP on every HTML page."""
+    """Adds ``X-Request-ID`` and security headers; a CSP on every HTML page.
 
-    def __init__(self, app: ASGIApp, *, csp: str = CSP) -> None:
+    An HTML page that brings no policy of its own is held until its body is complete,
+    and gets a policy naming its inline scripts by hash (see :func:`page_csp`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.csp = csp.encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,17 +70,31 @@ class SecurityHeaders:
         request_id = uuid.uuid4().hex
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        held: Message | None = None
+        body: list[bytes] = []
 
         async def send_with_headers(message: Message) -> None:
+            nonlocal held
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 headers += _ALWAYS
                 headers.append((b"x-request-id", request_id.encode()))
                 ctype = next((v for k, v in headers if k.lower() == b"content-type"), b"")
                 has_csp = any(k.lower() == b"content-security-policy" for k, _ in headers)
-                if ctype.startswith(b"text/html") and not has_csp:
-                    headers.append((b"content-security-policy", self.csp))
                 message["headers"] = headers
+                if ctype.startswith(b"text/html") and not has_csp:
+                    held = message
+                    return
+            elif message["type"] == "http.response.body" and held is not None:
+                body.append(message.get("body", b""))
+                if message.get("more_body", False):
+                    return
+                page = b"".join(body)
+                csp = page_csp(inline_script_hashes(page)).encode()
+                held["headers"].append((b"content-security-policy", csp))
+                await send(held)
+                message = {"type": "http.response.body", "body": page, "more_body": False}
+                held = None
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

@@ -9,7 +9,7 @@ from starlette.responses import HTMLResponse
 
 from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
 from api.errors import BadRequestError
-from api.middleware import CSP
+from api.middleware import inline_script_hashes, page_csp
 from gridmap import queries
 from gridmap.errors import PermissionDeniedError
 from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map
@@ -25,11 +25,14 @@ BasemapParam = Annotated[
 ]
 
 
-def _page(html: str, basemap: str) -> HTMLResponse:
-    """The page with a CSP that also admits the chosen basemap's tile host."""
-    hosts = " ".join(BASEMAPS[basemap].hosts)
-    csp = CSP.replace("img-src 'self' data: blob:", f"img-src 'self' data: blob: {hosts}".strip())
-    return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+def _page(html: str, basemap: str) -> tuple[bytes, str]:
+    """The page and its CSP: its own inline scripts by hash, the basemap's tile host."""
+    page = html.encode()
+    return page, page_csp(inline_script_hashes(page), BASEMAPS[basemap].hosts)
+
+
+def _respond(page: tuple[bytes, str]) -> HTMLResponse:
+    return HTMLResponse(page[0], headers={"Content-Security-Policy": page[1]})
 
 
 def _business(principal: Principal) -> None:
@@ -57,7 +60,7 @@ def overview(
         raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
     policy = stats_scope(principal) if principal.authenticated else None
 
-    def render() -> str:
+    def render() -> tuple[bytes, str]:
         rows = None
         if policy is not None and measure in MEASURES:
             stats_scope_, small = policy
@@ -71,11 +74,11 @@ def overview(
             grid_stats=rows,
             tianditu_key=settings.tianditu_key,
         )
-        return m.get_root().render()
+        return _page(m.get_root().render(), basemap)
 
     cache: PageCache = request.app.state.pages
     key = ("overview", scope, policy, lang, measure, basemap, cache.stamps(store))
-    return _page(cache.get_or_render(key, render), basemap)
+    return _respond(cache.get_or_render(key, render))
 
 
 @router.get("/map/grids/{grid_id}", response_class=HTMLResponse, summary="One grid's sheet")
@@ -95,4 +98,4 @@ def grid_page(
     m = grid_sheet(
         store, grid_id, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
     )
-    return _page(m.get_root().render(), basemap)
+    return _respond(_page(m.get_root().render(), basemap))

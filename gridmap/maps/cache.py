@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
+from typing import Any
 
 from gridmap.layers import LAYERS
 from gridmap.store.base import Store
@@ -20,7 +21,7 @@ class PageCache:
 
     def __init__(self, size: int = 32) -> None:
         self.size = size
-        self._pages: OrderedDict[Hashable, str] = OrderedDict()
+        self._pages: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     @staticmethod
@@ -28,7 +29,7 @@ class PageCache:
         """The change stamps of every layer (part of every key)."""
         return tuple(store.stamp(layer.id) for layer in LAYERS)
 
-    def get_or_render(self, key: Hashable, render: Callable[[], str]) -> str:
+    def get_or_render(self, key: Hashable, render: Callable[[], Any]) -> Any:
         """The cached page for ``key``, or ``render()`` it and keep it."""
         with self._lock:
             page = self._pages.get(key)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -14,10 +13,12 @@ import shapely
 from folium.plugins import FastMarkerCluster
 
 from gridmap.crs import from_metric, to_metric
+from gridmap.escape import html_text
 from gridmap.geojson import geometry_fragments
 from gridmap.layers import Layer
 from gridmap.maps.assets import ASSET_PREFIX, markercluster_css, markercluster_js
 from gridmap.maps.base import Lang, MapFrame
+from gridmap.maps.elements import Popup, Tooltip
 from gridmap.store.base import FeatureSet
 
 STYLE: dict[str, dict[str, Any]] = {
@@ -74,6 +75,11 @@ def _collection(
     props: Sequence[Mapping[str, Any]],
     ids: Sequence[int] | None = None,
 ) -> dict[str, Any]:
+    """GeoJSON for a map layer; text values HTML-escaped, lists joined.
+
+    folium's GeoJsonTooltip and GeoJsonPopup put property values into ``innerHTML``, so
+    every text value of a drawn feature is escaped here, once, for all of them.
+    """
     shown = frame.to_display(geoms)
     frags = geometry_fragments(shown)
     feats = [
@@ -81,25 +87,32 @@ def _collection(
             "type": "Feature",
             "id": None if ids is None else ids[i],
             "geometry": g,
-            "properties": dict(p),
+            "properties": {k: _shown_value(v) for k, v in p.items()},
         }
         for i, (g, p) in enumerate(zip(frags, props, strict=True))
     ]
     return orjson.loads(orjson.dumps({"type": "FeatureCollection", "features": feats}))
 
 
-def _display_props(layer: Layer, fs: FeatureSet, names: list[str]) -> list[dict[str, Any]]:
-    """Properties for popups, HTML-escaped (folium inserts them as HTML)."""
-    out = []
-    for p in fs.properties:
-        d = {}
-        for n in names:
-            v = p.get(n)
-            if isinstance(v, list):
-                v = "、".join(map(str, v))
-            d[n] = html.escape(v) if isinstance(v, str) else v
-        out.append(d)
-    return out
+def _shown_value(v: Any) -> Any:
+    if isinstance(v, list):
+        v = "、".join(map(str, v))
+    return html_text(v) if isinstance(v, str) else v
+
+
+def geojson_tooltip(fields: Sequence[str], aliases: Sequence[str]) -> folium.GeoJsonTooltip:
+    """folium's per-feature tooltip; its labels go into ``innerHTML`` too, so they are escaped."""
+    return folium.GeoJsonTooltip(fields=list(fields), aliases=[html_text(a) for a in aliases])
+
+
+def geojson_popup(fields: Sequence[str], aliases: Sequence[str]) -> folium.GeoJsonPopup:
+    """folium's per-feature popup, labels escaped like :func:`geojson_tooltip`'s."""
+    return folium.GeoJsonPopup(fields=list(fields), aliases=[html_text(a) for a in aliases])
+
+
+def _display_props(fs: FeatureSet, names: list[str]) -> list[dict[str, Any]]:
+    """The properties a popup shows (raw; :func:`_collection` escapes them)."""
+    return [{n: p.get(n) for n in names} for p in fs.properties]
 
 
 def add_layer(
@@ -115,9 +128,9 @@ def add_layer(
     lang = frame.lang
     group = folium.FeatureGroup(name=name or title(layer, lang), show=show)
     names, aliases = popup_fields(layer, lang)
-    data = _collection(frame, fs.geometries, _display_props(layer, fs, names), fs.ids.tolist())
-    tooltip = folium.GeoJsonTooltip(fields=names[:2], aliases=aliases[:2])
-    popup = folium.GeoJsonPopup(fields=names, aliases=aliases)
+    data = _collection(frame, fs.geometries, _display_props(fs, names), fs.ids.tolist())
+    tooltip = geojson_tooltip(names[:2], aliases[:2])
+    popup = geojson_popup(names, aliases)
     if layer.geometry_type == "Point":
         if layer.id == "facilities":
             _add_facility_icons(group, data, names, aliases)
@@ -184,18 +197,19 @@ def _add_facility_icons(
         lon, lat = f["geometry"]["coordinates"]
         mark, colour = FACILITY_MARK.get(f["properties"].get("kind"), ("站", "#333333"))
         icon = f'<div class="gm-icon" style="background:{colour}">{mark}</div>'
-        rows = "".join(  # values were escaped by _display_props
-            f"<tr><th>{a}</th><td>{f['properties'].get(n) or ''}</td></tr>"
+        rows = "".join(  # values were escaped by _collection
+            f"<tr><th>{html_text(a)}</th><td>{f['properties'].get(n) or ''}</td></tr>"
             for n, a in zip(names, aliases, strict=True)
         )
-        folium.Marker(
+        marker = folium.Marker(
             [lat, lon],
             icon=folium.DivIcon(
                 html=icon, icon_size=(22, 22), icon_anchor=(11, 11), class_name="gm-facility"
             ),
-            tooltip=f["properties"].get("name"),
-            popup=folium.Popup(f"<table>{rows}</table>", max_width=320),
-        ).add_to(group)
+        )
+        marker.add_child(Tooltip(f["properties"].get("name") or ""))
+        marker.add_child(Popup(f"<table>{rows}</table>"))
+        marker.add_to(group)
 
 
 def add_households(
@@ -276,14 +290,10 @@ def add_grid_choropleth(
             "fillColor": f["properties"]["_fill"],
             "fillOpacity": 0.7,
         },
-        tooltip=folium.GeoJsonTooltip(
-            fields=["name", "value"], aliases=["网格" if zh else "Grid", name]
-        ),
-        popup=folium.GeoJsonPopup(
-            fields=["name", "code", "worker_name", "value"],
-            aliases=["网格", "编码", "网格员", name]
-            if zh
-            else ["Grid", "Code", "Grid worker", name],
+        tooltip=geojson_tooltip(["name", "value"], ["网格" if zh else "Grid", name]),
+        popup=geojson_popup(
+            ["name", "code", "worker_name", "value"],
+            ["网格", "编码", "网格员", name] if zh else ["Grid", "Code", "Grid worker", name],
         ),
     ).add_to(group)
     group.add_to(frame.map)
@@ -362,7 +372,7 @@ def _add_areas(
     folium.GeoJson(
         _collection(frame, polygons, props),
         style_function=style,
-        tooltip=folium.GeoJsonTooltip(fields=["name"], aliases=[""]) if tooltip else None,
+        tooltip=geojson_tooltip(["name"], [""]) if tooltip else None,
     ).add_to(group)
     group.add_to(frame.map)
     return group
@@ -401,7 +411,7 @@ def add_labels(
     pts = frame.to_display(shapely.point_on_surface(fs.geometries))
     group = folium.FeatureGroup(name=name, show=show, control=False)
     for pt, p in zip(pts, fs.properties, strict=True):
-        text = html.escape(str(p.get(field) or ""))
+        text = html_text(p.get(field))
         folium.Marker(
             [pt.y, pt.x],
             icon=folium.DivIcon(

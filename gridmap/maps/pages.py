@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html as html_mod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,9 +9,11 @@ import folium
 import numpy as np
 import shapely
 
+from gridmap.escape import html_text
 from gridmap.layers import FACILITY_KIND_ZH, RENOVATION_STATUS_ZH, VISIT_STATUS_ZH, get_layer
 from gridmap.maps.assets import ASSET_PREFIX
 from gridmap.maps.base import Lang, MapFrame, base_map
+from gridmap.maps.elements import Control, Tooltip
 from gridmap.maps.layers import (
     FACILITY_MARK,
     RENOVATION_COLOUR,
@@ -282,25 +283,22 @@ def grid_sheet(
             ]
             + [(VISIT_COLOUR[None], "未走访" if zh else "not visited")],
         )
-    p = grid.properties
+    p = {k: html_text(v) for k, v in grid.properties.items()}
     head = (
-        f"<h4>{html_mod.escape(p['name'])}（{html_mod.escape(p['code'])}）</h4>"
-        f"<div>网格员：{html_mod.escape(p.get('worker_name') or '')} "
-        f"{html_mod.escape(p.get('worker_phone') or '')}</div>"
+        f"<h4>{p['name']}（{p['code']}）</h4>"
+        f"<div>网格员：{p['worker_name']} {p['worker_phone']}</div>"
         f"<div>住户：{total} 户，已走访 {visited} 户</div>"
         if zh
-        else f"<h4>{html_mod.escape(p['name'])} ({html_mod.escape(p['code'])})</h4>"
-        f"<div>Grid worker: {html_mod.escape(p.get('worker_name') or '')} "
-        f"{html_mod.escape(p.get('worker_phone') or '')}</div>"
+        else f"<h4>{p['name']} ({p['code']})</h4>"
+        f"<div>Grid worker: {p['worker_name']} {p['worker_phone']}</div>"
         f"<div>Households: {total}, visited {visited}</div>"
     )
-    from gridmap.maps.widgets import _Control
-
-    frame.map.add_child(_Control(head, position="topright", css="gm-sheet-head"))
+    frame.map.add_child(Control(head, position="topright", css="gm-sheet-head"))
     shown = frame.to_display([grid.geometry])[0].bounds
     frame.map.fit_bounds([[shown[1], shown[0]], [shown[3], shown[2]]])
     folium.LayerControl(collapsed=True).add_to(frame.map)
-    add_title(frame, f"网格作战图 · {p['name']}" if zh else f"Grid sheet · {p['name']}")
+    name = grid.properties["name"]
+    add_title(frame, f"网格作战图 · {name}" if zh else f"Grid sheet · {name}")
     return frame.map
 
 
@@ -340,11 +338,11 @@ def _add_households_by_status(frame: MapFrame, hh: Any, buildings: Any = None) -
         status = p.get("last_visit_status")
         tags = p.get("tags") or []
         ring = "#000000" if {"hardship", "elderly_alone"} & set(tags) else "#ffffff"
-        text = html_mod.escape(
+        text = html_text(
             f"{p.get('room') or ''} · "
             + (VISIT_STATUS_ZH.get(status, "未走访") if zh else (status or "not visited"))
         )
-        folium.CircleMarker(
+        dot = folium.CircleMarker(
             [pt.y, pt.x],
             radius=4,
             color=ring,
@@ -352,6 +350,7 @@ def _add_households_by_status(frame: MapFrame, hh: Any, buildings: Any = None) -
             fill=True,
             fill_color=VISIT_COLOUR.get(status, VISIT_COLOUR[None]),
             fill_opacity=0.9,
-            tooltip=text,
-        ).add_to(group)
+        )
+        dot.add_child(Tooltip(text))
+        dot.add_to(group)
     group.add_to(frame.map)

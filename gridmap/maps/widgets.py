@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import html
-import json
 from collections.abc import Sequence
 
 import folium
-from branca.element import Element, MacroElement
-from jinja2 import Template
+from branca.element import Element
 
+from gridmap.escape import html_text, script_json
 from gridmap.maps.base import MapFrame
+from gridmap.maps.elements import Control
 
 PAGE_CSS = """<style>
 .gm-household { background: #4575b4; border: 1px solid #fff; border-radius: 50%; }
@@ -41,32 +40,6 @@ def add_page_css(frame: MapFrame) -> None:
     frame.map.get_root().header.add_child(Element(PAGE_CSS), name="gm_css")
 
 
-class _Control(MacroElement):  # type: ignore[misc]
-    _template = Template(
-        """{% macro script(this, kwargs) %}
-        (function() {
-          var ctl = L.control({position: {{ this.position|tojson }}});
-          ctl.onAdd = function() {
-            var div = L.DomUtil.create('div', 'gm-box {{ this.css }}');
-            div.innerHTML = {{ this.html|tojson }};
-            L.DomEvent.disableClickPropagation(div);
-            return div;
-          };
-          ctl.addTo({{ this._parent.get_name() }});
-          {{ this.script }}
-        })();
-        {% endmacro %}"""
-    )
-
-    def __init__(self, html_: str, *, position: str, css: str = "", script: str = "") -> None:
-        super().__init__()
-        self._name = "GmControl"
-        self.html = html_
-        self.position = position
-        self.css = css
-        self.script = script
-
-
 def add_legend(
     frame: MapFrame,
     title: str,
@@ -76,12 +49,12 @@ def add_legend(
 ) -> None:
     """A legend box: a title and (colour, label) rows."""
     rows = "".join(
-        f'<div><span class="gm-swatch" style="background:{html.escape(c)}"></span>'
-        f"{html.escape(label)}</div>"
+        f'<div><span class="gm-swatch" style="background:{html_text(c)}"></span>'
+        f"{html_text(label)}</div>"
         for c, label in entries
     )
     frame.map.add_child(
-        _Control(f"<h4>{html.escape(title)}</h4>{rows}", position=position, css="gm-legend")
+        Control(f"<h4>{html_text(title)}</h4>{rows}", position=position, css="gm-legend")
     )
 
 
@@ -115,13 +88,7 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
     """
     zh = frame.lang == "zh"
     m = frame.map.get_name()
-    # JSON inside a <script>: escape <, > and & so no name can close the script element
-    index = (
-        json.dumps([list(r) for r in search_index], ensure_ascii=False)
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-    )
+    index = script_json([list(r) for r in search_index])
     placeholder = "搜索网格、社区、设施…" if zh else "Search grids, communities, sites…"
     search_js = f"""
       var gmIndex = {index};
@@ -138,7 +105,7 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
       }});
     """
     frame.map.add_child(
-        _Control(
+        Control(
             f'<input id="gm-q" type="search" placeholder="{placeholder}"><ul id="gm-hits"></ul>',
             position="topleft",
             css="gm-search",
@@ -177,7 +144,7 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
     """
     )
     frame.map.add_child(
-        _Control(
+        Control(
             f'<button id="gm-full" type="button">{full}</button> <span id="gm-xy"></span>',
             position="bottomleft",
             css="gm-tools",
@@ -189,8 +156,8 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
 def add_measure_picker(frame: MapFrame, current: str, measures: dict[str, str]) -> None:
     """A selector that reloads the page with another grid measure (``?measure=``)."""
     options = "".join(
-        f'<option value="{html.escape(k)}"{" selected" if k == current else ""}>'
-        f"{html.escape(v)}</option>"
+        f'<option value="{html_text(k)}"{" selected" if k == current else ""}>'
+        f"{html_text(v)}</option>"
         for k, v in measures.items()
     )
     label = "网格着色" if frame.lang == "zh" else "Colour grids by"
@@ -201,7 +168,7 @@ def add_measure_picker(frame: MapFrame, current: str, measures: dict[str, str]) 
       });
     """
     frame.map.add_child(
-        _Control(
+        Control(
             f'<label>{label} <select id="gm-measure">{options}</select></label>',
             position="topleft",
             css="gm-measure",
@@ -213,7 +180,7 @@ def add_measure_picker(frame: MapFrame, current: str, measures: dict[str, str]) 
 def add_title(frame: MapFrame, text: str) -> None:
     """The page title (browser tab)."""
     frame.map.get_root().header.add_child(
-        Element(f"<title>{html.escape(text)}</title>"), name="gm_title"
+        Element(f"<title>{html_text(text)}</title>"), name="gm_title"
     )
 
 

@@ -1,0 +1,77 @@
+"""Leaflet elements whose content passes :mod:`gridmap.escape` (never folium's template literals).
+
+folium's ``Tooltip`` and ``Popup`` paste their text between backticks, where ``${…}``
+runs and a stray backtick breaks the page; these elements hand Leaflet one JavaScript
+string literal instead. Their content is HTML the caller built with
+:func:`gridmap.escape.html_text` around every stored value.
+"""
+
+from __future__ import annotations
+
+from branca.element import MacroElement
+from jinja2 import Template
+
+from gridmap.escape import js_string
+
+
+class Tooltip(MacroElement):  # type: ignore[misc]
+    """A tooltip bound to its parent layer; ``html`` is trusted markup with escaped values."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.bindTooltip({{ this.content }}, {sticky: true});
+        {% endmacro %}"""
+    )
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self._name = "GmTooltip"
+        self.content = js_string(html)
+
+
+class Popup(MacroElement):  # type: ignore[misc]
+    """A popup bound to its parent layer; ``html`` is trusted markup with escaped values."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        {{ this._parent.get_name() }}.bindPopup({{ this.content }}, {maxWidth: {{ this.width }}});
+        {% endmacro %}"""
+    )
+
+    def __init__(self, html: str, *, max_width: int = 320) -> None:
+        super().__init__()
+        self._name = "GmPopup"
+        self.content = js_string(html)
+        self.width = int(max_width)
+
+
+class Control(MacroElement):  # type: ignore[misc]
+    """A box on the map (legend, search, sheet header) holding trusted markup, plus a script.
+
+    ``script`` is code of gridmap's own; any stored value in it must come through
+    :func:`gridmap.escape.script_json`.
+    """
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        (function() {
+          var ctl = L.control({position: {{ this.position }}});
+          ctl.onAdd = function() {
+            var div = L.DomUtil.create('div', {{ this.css }});
+            div.innerHTML = {{ this.content }};
+            L.DomEvent.disableClickPropagation(div);
+            return div;
+          };
+          ctl.addTo({{ this._parent.get_name() }});
+          {{ this.script }}
+        })();
+        {% endmacro %}"""
+    )
+
+    def __init__(self, html: str, *, position: str, css: str = "", script: str = "") -> None:
+        super().__init__()
+        self._name = "GmControl"
+        self.content = js_string(html)
+        self.position = js_string(position)
+        self.css = js_string(f"gm-box {css}".strip())
+        self.script = script

@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from api import auth, errors
-from api.middleware import BodyLimit, SecurityHeaders
+from api.middleware import BodyLimit, ReadAudit, SecurityHeaders
 from api.routes import domain, edit, features, maps
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
@@ -57,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.household_limiter = RateLimiter(settings.household_reads_per_minute, 60)
     app.state.reveal_limiter = RateLimiter(settings.reveals_per_hour, 3600)
     errors.install(app)
+    app.add_middleware(ReadAudit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
     if settings.cors_origins:

@@ -7,8 +7,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.security import OAuth2PasswordBearer
 from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import Scope as AsgiScope
 
 from api.html import render
+from gridmap.access import ReadLog, id_ranges
 from gridmap.accounts import Accounts, audit
 from gridmap.errors import AuthenticationError, PermissionDeniedError
 from gridmap.security import PUBLIC, ROLE_ZH, Principal, Role
@@ -77,6 +79,35 @@ def record(request: Request, principal: Principal, action: str, **kw: Any) -> No
         request_id=getattr(request.state, "request_id", None),
         **kw,
     )
+
+
+def what_was_asked(request: Request) -> str:
+    """Method, path and query of a request, for the audit log."""
+    query = request.url.query
+    return f"{request.method} {request.url.path}" + (f"?{query}" if query else "")
+
+
+def audit_reads(scope: AsgiScope, status: int) -> None:
+    """One audit entry per personal layer the request read (see :mod:`gridmap.access`)."""
+    state = scope.get("state") or {}
+    log: ReadLog | None = state.get("reads")
+    if log is None:
+        return
+    summary = log.summary()
+    if not summary:
+        return
+    request = Request(scope)
+    principal = state.get("principal") or PUBLIC
+    for layer_id, ids, grid_id in summary:
+        record(
+            request,
+            principal,
+            log.action,
+            object=f"{layer_id}: {len(ids)} features",
+            grid_id=grid_id,
+            result="ok" if status < 400 else str(status),
+            detail=f"{what_was_asked(request)[:300]} ids {id_ranges(ids)}",
+        )
 
 
 @router.post("/token", summary="Log in (OAuth2 password flow)")

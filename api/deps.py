@@ -6,15 +6,17 @@ in the thread pool, a hop that costs more than the dependency itself.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
 
-from api.auth import get_principal
+from api.auth import client_address, get_principal
 from api.errors import BadRequestError
+from gridmap.access import ReadLog
 from gridmap.crs import CRS84, SUPPORTED_CRS, UnsupportedCRSError, normalize_crs
-from gridmap.errors import UnknownLayerError
+from gridmap.errors import HiddenLayerError
 from gridmap.layers import Layer, get_layer
 from gridmap.security import Principal, scope_for
 from gridmap.settings import Settings
@@ -31,9 +33,26 @@ async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-async def get_scope(principal: Annotated[Principal, Depends(get_principal)]) -> Scope:
-    """What the caller may see and do, from their role and grids (see gridmap.security)."""
-    return scope_for(principal)
+def reads_of(request: Request, principal: Principal) -> ReadLog:
+    """This request's log of personal reads: the first read counts against the caller's
+    rate limit, and the log becomes audit entries when the response starts
+    (:class:`api.middleware.ReadAudit`)."""
+    log: ReadLog | None = getattr(request.state, "reads", None)
+    if log is None:
+        limiter = request.app.state.household_limiter
+        who = principal.username or client_address(request)
+        log = ReadLog(on_first_read=lambda: limiter.hit(who, "household reads"))
+        request.state.reads = log
+    return log
+
+
+async def get_scope(
+    request: Request, principal: Annotated[Principal, Depends(get_principal)]
+) -> Scope:
+    """What the caller may see and do, from their role and grids (see gridmap.security),
+    with this request's read log: every personal row the store returns under it is
+    rate-limited and audited."""
+    return dataclasses.replace(scope_for(principal), reads=reads_of(request, principal))
 
 
 async def get_collection(
@@ -44,7 +63,7 @@ async def get_collection(
     layer = get_layer(collection_id)
     if not scope.allows_layer(layer.id):
         msg = f"no collection {collection_id[:60]!r}"
-        raise UnknownLayerError(msg)
+        raise HiddenLayerError(msg)
     return layer
 
 

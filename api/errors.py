@@ -16,7 +16,9 @@ from gridmap.errors import (
     GridmapError,
     IntegrityError,
     InvalidFeatureError,
+    OutOfScope,
     PermissionDeniedError,
+    QueryError,
     RateLimitedError,
     StoreError,
     UnknownLayerError,
@@ -26,6 +28,7 @@ from gridmap.errors import (
 log = logging.getLogger("gridmap.api")
 
 STATUS: dict[type[GridmapError], int] = {
+    QueryError: 400,
     UnknownLayerError: 404,
     FeatureNotFoundError: 404,
     InvalidFeatureError: 422,
@@ -54,11 +57,8 @@ _TITLES = {
 }
 
 
-class BadRequestError(GridmapError, ValueError):
-    """A query parameter is malformed (→ 400)."""
-
-
-STATUS[BadRequestError] = 400
+BadRequestError = QueryError
+"""A query parameter is malformed (→ 400)."""
 
 
 class PreconditionRequiredError(GridmapError):
@@ -113,11 +113,11 @@ def _register_body_errors() -> None:
 _register_body_errors()
 
 
-async def _audit_denied(request: Request, status: int) -> None:
-    """Every refused request goes to the audit log."""
+async def _audit_denied(request: Request, status: int, action: str = "denied") -> None:
+    """Every refused request goes to the audit log, with its method, path and query."""
     from fastapi.concurrency import run_in_threadpool
 
-    from api.auth import record
+    from api.auth import record, what_was_asked
     from gridmap.security import PUBLIC
 
     principal = getattr(request.state, "principal", None) or PUBLIC
@@ -126,9 +126,10 @@ async def _audit_denied(request: Request, status: int) -> None:
             record,
             request,
             principal,
-            "denied",
+            action,
             result=str(status),
             object=f"{request.method} {request.url.path}"[:200],
+            detail=what_was_asked(request)[:1000],
         )
     except Exception:  # the refusal is answered even if the log cannot be written
         log.exception("could not audit a denied request")
@@ -147,6 +148,8 @@ def install(app: FastAPI) -> None:
             headers["Retry-After"] = str(exc.retry_after)
         if status in (401, 403, 429):
             await _audit_denied(request, status)
+        elif isinstance(exc, OutOfScope):  # answered like a missing resource, logged as tried
+            await _audit_denied(request, status, "denied_scope")
         return problem(status, str(exc), instance=request.url.path, headers=headers)
 
     @app.exception_handler(RequestValidationError)

@@ -163,3 +163,25 @@ class BodyLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+class ReadAudit:
+    """Turns the request's log of personal reads into audit entries before the response
+    starts (one per layer: who, which ids, from where, by which route)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_after_audit(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                from api.auth import audit_reads
+
+                audit_reads(scope, int(message["status"]))
+            await send(message)
+
+        await self.app(scope, receive, send_after_audit)

@@ -22,7 +22,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import crs as gcrs
-from gridmap.errors import GridmapError
+from gridmap.errors import QueryError
 from gridmap.geometry import from_geojson
 from gridmap.layers import Layer, Prop
 
@@ -35,7 +35,7 @@ MAX_NODES = 500
 GEOMETRY_NAMES = ("geom", "geometry")
 
 
-class FilterError(GridmapError, ValueError):
+class FilterError(QueryError):
     """A filter that cannot be parsed or refers to something the layer does not have."""
 
 

@@ -7,12 +7,29 @@ class GridmapError(Exception):
     """Base of every error gridmap raises on purpose; ``str(exc)`` is safe to show a user."""
 
 
+class QueryError(GridmapError, ValueError):
+    """A query (parameter, filter, window) is malformed or out of range; nothing was read."""
+
+
 class UnknownLayerError(GridmapError, LookupError):
     """No layer (collection) with that id."""
 
 
 class FeatureNotFoundError(GridmapError, LookupError):
     """No feature with that id in the layer, or not in the caller's scope."""
+
+
+class OutOfScope:
+    """Marks a refusal answered exactly like a missing resource (404) but audited as a
+    refused attempt (``denied_scope``): the resource exists outside the caller's scope."""
+
+
+class HiddenLayerError(UnknownLayerError, OutOfScope):
+    """The layer exists but the caller's role may not see it."""
+
+
+class OutOfScopeError(FeatureNotFoundError, OutOfScope):
+    """The feature exists (or would) outside the grids the caller may see or edit."""
 
 
 class InvalidFeatureError(GridmapError, ValueError):

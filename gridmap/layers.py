@@ -128,6 +128,16 @@ class Layer:
         """Names of sensitive properties."""
         return tuple(p.name for p in self.properties if p.sensitive)
 
+    @property
+    def personal(self) -> bool:
+        """True if features hold personal data (reads are rate-limited and audited)."""
+        return bool(self.sensitive)
+
+    @property
+    def grid_scoped(self) -> bool:
+        """True if each feature belongs to a grid (``grid_id``), so grid scopes restrict it."""
+        return "grid_id" in self.by_name
+
     def accepts_geometry(self, geom_type: str) -> bool:
         """True if a geometry of ``geom_type`` may be stored in this layer."""
         return geom_type in _ACCEPTS[self.geometry_type]

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import shapely
 
 from gridmap.crs import to_metric
-from gridmap.errors import InvalidGeometryError
+from gridmap.disclosure import Protected, protect
+from gridmap.errors import InvalidGeometryError, QueryError
 from gridmap.layers import HOUSEHOLD_TAGS, get_layer
 from gridmap.store.base import Feature, Query, Scope, Store
 
@@ -84,6 +87,10 @@ def nearest(
     if not 1 <= k <= 100:
         msg = "k must be between 1 and 100"
         raise InvalidGeometryError(msg)
+    final = scope
+    # Candidates are ranked here and never leave; only the k answers are read under the
+    # caller's scope (and so noted in its read log).
+    scope = dataclasses.replace(scope, reads=None)
     total = store.count(layer_id, Query(equals=equals or {}), scope=scope)
     if total == 0:
         return []
@@ -109,8 +116,9 @@ def nearest(
     )
     dist = _distances(fs.geometries, pt)
     order = np.lexsort((fs.ids, dist))[:want]
-    feats = list(fs)
-    return [Nearest(feats[i], float(dist[i])) for i in order]
+    chosen = fs.ids[order].tolist()
+    found = {f.id: f for f in store.query(layer_id, Query(ids=chosen), scope=final)}
+    return [Nearest(found[fid], float(dist[i])) for fid, i in zip(chosen, order, strict=True)]
 
 
 def _distances(geoms: Any, pt: shapely.Point) -> np.ndarray:
@@ -121,6 +129,10 @@ def _distances(geoms: Any, pt: shapely.Point) -> np.ndarray:
 
 
 Level = str  # "grids" | "communities" | "zones"
+LEVELS = ("grids", "communities", "zones")
+PROTECTED_WINDOWS = (7, 30, 90, 180, 365)
+"""Visit windows (days) offered where small counts are protected: comparing many nearby
+windows would tell how many households were visited on one day."""
 
 
 def household_stats(
@@ -135,71 +147,142 @@ def household_stats(
     """Households, population, tag counts and visits in the last ``days`` per area.
 
     ``level`` is ``grids``, ``communities`` or ``zones``. Only households within ``scope``
-    are counted; areas the scope hides are left out. With ``small_cells`` every count
-    below it (but above 0) is reported as the string ``"<N"`` and coverage as None, so
-    that aggregates cannot single out a household.
+    are counted, and only areas that hold grids of the scope are listed. With
+    ``small_cells`` the whole hierarchy (grid ⊂ community ⊂ zone) is protected at once by
+    :func:`gridmap.disclosure.protect`: counts below it show as ``"<N"``, counts withheld
+    to protect them as ``"x"``, and visit coverage only where both of its counts show.
     """
-    if level not in ("grids", "communities", "zones"):
+    if level not in LEVELS:
         msg = "level must be grids, communities or zones"
-        raise InvalidGeometryError(msg)
+        raise QueryError(msg)
+    if small_cells and days not in PROTECTED_WINDOWS:
+        msg = f"days must be one of {', '.join(map(str, PROTECTED_WINDOWS))} for this role"
+        raise QueryError(msg)
     today = today or dt.date.today()
     since = (dt.datetime.combine(today, dt.time()) - dt.timedelta(days=days)).isoformat()
-    grids = store.query("grids", scope=scope)
-    comms = store.query("communities", scope=scope) if scope.allows_layer("communities") else None
-    grid_comm = {
-        int(i): p["community_id"] for i, p in zip(grids.ids, grids.properties, strict=True)
-    }
-    comm_zone = (
-        {int(i): p["zone_id"] for i, p in zip(comms.ids, comms.properties, strict=True)}
-        if comms is not None
-        else {}
-    )
-
-    def area_of(grid_id: int | None) -> int | None:
-        if grid_id is None:
-            return None
-        if level == "grids":
-            return grid_id
-        c = grid_comm.get(grid_id)
-        return c if level == "communities" else comm_zone.get(c) if c is not None else None
-
-    acc: dict[int, dict[str, Any]] = defaultdict(
-        lambda: {"households": 0, "population": 0, "visited_recently": 0, "tags": Counter()}
-    )
-    if scope.allows_layer("households"):
-        for p in store.query("households", scope=scope).properties:
-            a = area_of(p.get("grid_id"))
-            if a is None:
-                continue
-            row = acc[a]
-            row["households"] += 1
-            row["population"] += p.get("members") or 0
-            row["tags"].update(p.get("tags") or [])
-            if p.get("last_visit_status") == "visited" and (p.get("last_visit_at") or "") >= since:
-                row["visited_recently"] += 1
-    areas = store.query(level, scope=scope) if scope.allows_layer(level) else None
+    tree = _hierarchy(store, scope)
+    counts = _count_households(store, scope, tree, since)
+    measures = ["households", "population", "visited", *(f"tag:{t}" for t in HOUSEHOLD_TAGS)]
+    shown: dict[str, dict[tuple[str, int], int | str]] = {}
+    equations = tuple((up, tuple(kids)) for up, kids in tree.equations)
+    for m in measures:
+        values = {cell: row[m] for cell, row in counts.items()}
+        if small_cells:
+            prot = _protected(tuple(sorted(values.items())), equations, small_cells)
+            shown[m] = {c: prot.shown(c, v, small_cells) for c, v in values.items()}
+        else:
+            shown[m] = dict(values)
     out = []
-    if areas is None:
-        return out
-    for aid, props in zip(areas.ids.tolist(), areas.properties, strict=True):
-        row = acc.get(
-            aid, {"households": 0, "population": 0, "visited_recently": 0, "tags": Counter()}
+    for aid, name in tree.names[level]:
+        if aid not in tree.in_scope[level]:
+            continue
+        cell = (level, aid)
+        hh, visited = shown["households"][cell], shown["visited"][cell]
+        coverage = (
+            round(visited / hh, 4)
+            if isinstance(hh, int) and isinstance(visited, int) and hh
+            else None
         )
-        hh = row["households"]
-        coverage = round(row["visited_recently"] / hh, 4) if hh else None
-
-        def shown(n: int) -> int | str:
-            return f"<{small_cells}" if small_cells and 0 < n < small_cells else n
-
         out.append(
             {
                 "id": aid,
-                "name": props.get("name"),
-                "households": shown(hh),
-                "population": shown(row["population"]),
-                "tags": {t: shown(row["tags"].get(t, 0)) for t in HOUSEHOLD_TAGS},
-                f"visited_last_{days}_days": shown(row["visited_recently"]),
-                "visit_coverage": None if small_cells and hh < small_cells else coverage,
+                "name": name,
+                "households": hh,
+                "population": shown["population"][cell],
+                "tags": {t: shown[f"tag:{t}"][cell] for t in HOUSEHOLD_TAGS},
+                f"visited_last_{days}_days": visited,
+                "visit_coverage": coverage,
             }
         )
     return out
+
+
+@lru_cache(maxsize=512)
+def _protected(
+    values: tuple[tuple[tuple[str, int], int], ...],
+    equations: tuple[tuple[tuple[str, int], tuple[tuple[str, int], ...]], ...],
+    threshold: int,
+) -> Protected:
+    """:func:`gridmap.disclosure.protect`, remembered by the table itself (it is pure)."""
+    return protect(dict(values), equations, threshold=threshold)
+
+
+@dataclass
+class _Hierarchy:
+    """Grids, communities and zones: names, parents, the sums that link them, what is in scope."""
+
+    names: dict[str, list[tuple[int, Any]]]
+    parent: dict[tuple[str, int], tuple[str, int]]
+    equations: list[tuple[tuple[str, int], list[tuple[str, int]]]]
+    in_scope: dict[str, set[int]]
+
+
+def _hierarchy(store: Store, scope: Scope) -> _Hierarchy:
+    names: dict[str, list[tuple[int, Any]]] = {}
+    parent: dict[tuple[str, int], tuple[str, int]] = {}
+    for level, up, key in (
+        ("grids", "communities", "community_id"),
+        ("communities", "zones", "zone_id"),
+        ("zones", None, None),
+    ):
+        if not scope.allows_layer(level):
+            names[level] = []
+            continue
+        fs = store.query(level, scope=scope)
+        names[level] = [(int(i), p.get("name")) for i, p in zip(fs.ids, fs.properties, strict=True)]
+        if up is not None and key is not None:
+            for i, p in zip(fs.ids.tolist(), fs.properties, strict=True):
+                if p.get(key) is not None:
+                    parent[(level, i)] = (up, int(p[key]))
+    children: dict[tuple[str, int], list[tuple[str, int]]] = defaultdict(list)
+    cells = {(lv, i) for lv, rows in names.items() for i, _ in rows}
+    for child, up in parent.items():
+        if up in cells:
+            children[up].append(child)
+    equations = [(up, kids) for up, kids in children.items()]
+    mine = {i for i, _ in names["grids"] if scope.grid_ids is None or i in scope.grid_ids}
+    in_scope: dict[str, set[int]] = {"grids": mine, "communities": set(), "zones": set()}
+    for g in mine:
+        c = parent.get(("grids", g))
+        if c is not None:
+            in_scope["communities"].add(c[1])
+            z = parent.get(c)
+            if z is not None:
+                in_scope["zones"].add(z[1])
+    return _Hierarchy(names, parent, equations, in_scope)
+
+
+def _count_households(
+    store: Store, scope: Scope, tree: _Hierarchy, since: str
+) -> dict[tuple[str, int], dict[str, int]]:
+    """Per cell of every level: households, population, visited since ``since``, tags."""
+    measures = ["households", "population", "visited", *(f"tag:{t}" for t in HOUSEHOLD_TAGS)]
+    grid_ids = [i for i, _ in tree.names["grids"]]
+    pos = {g: k for k, g in enumerate(grid_ids)}
+    table = np.zeros((len(grid_ids), len(measures)), dtype=np.int64)
+    if scope.allows_layer("households") and grid_ids:
+        props = store.query("households", scope=scope).properties
+        at = np.array([pos.get(p.get("grid_id"), -1) for p in props], dtype=np.int64)
+        cols = np.zeros((len(props), len(measures)), dtype=np.int64)
+        cols[:, 0] = 1
+        cols[:, 1] = [p.get("members") or 0 for p in props]
+        cols[:, 2] = [
+            p.get("last_visit_status") == "visited" and (p.get("last_visit_at") or "") >= since
+            for p in props
+        ]
+        for j, t in enumerate(HOUSEHOLD_TAGS, start=3):
+            cols[:, j] = [t in (p.get("tags") or ()) for p in props]
+        keep = at >= 0
+        np.add.at(table, at[keep], cols[keep])
+    counts: dict[tuple[str, int], dict[str, int]] = {
+        (lv, i): dict.fromkeys(measures, 0) for lv, rows in tree.names.items() for i, _ in rows
+    }
+    for g, row in zip(grid_ids, table.tolist(), strict=True):
+        cell: tuple[str, int] | None = ("grids", g)
+        while cell is not None:
+            if cell in counts:
+                acc = counts[cell]
+                for m, v in zip(measures, row, strict=True):
+                    acc[m] += v
+            cell = tree.parent.get(cell)
+    return counts

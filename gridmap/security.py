@@ -58,17 +58,19 @@ DELETE: dict[Role, frozenset[str]] = {
 }
 """Layers each role may delete from; grid workers delete nothing."""
 
-_SENSITIVE = frozenset(n for layer in REGISTRY.values() for n in layer.sensitive)
+_SENSITIVE = frozenset((layer.id, n) for layer in REGISTRY.values() for n in layer.sensitive)
+_IDENTIFIERS = frozenset((lay, n) for lay, n in _SENSITIVE if n in ("phone", "id_number"))
 
-MASKED: dict[Role, frozenset[str]] = {
-    Role.SUBDISTRICT_ADMIN: frozenset({"phone", "id_number"}),
-    Role.COMMUNITY_ADMIN: frozenset({"phone", "id_number"}),
-    Role.GRID_WORKER: frozenset({"phone", "id_number"}),
+MASKED: dict[Role, frozenset[tuple[str, str]]] = {
+    Role.SUBDISTRICT_ADMIN: _IDENTIFIERS,
+    Role.COMMUNITY_ADMIN: _IDENTIFIERS,
+    Role.GRID_WORKER: _IDENTIFIERS,
     Role.PLANNER: _SENSITIVE,
     Role.AUDITOR: _SENSITIVE,
     Role.PUBLIC: _SENSITIVE,
 }
-"""Personal fields each role sees masked; the reveal action shows one, with a reason."""
+"""(layer, field) pairs each role sees masked: the personal fields of personal layers only
+(a community's public phone is not one). The reveal action shows one, with a reason."""
 
 CAN_REVEAL = frozenset({Role.SUBDISTRICT_ADMIN, Role.COMMUNITY_ADMIN, Role.GRID_WORKER})
 HOUSEHOLD_AGGREGATES = frozenset(
@@ -152,14 +154,16 @@ def business_data_allowed(principal: Principal) -> bool:
     return principal.role is not Role.AUDITOR
 
 
-def stats_scope(principal: Principal) -> tuple[Scope, int | None] | None:
+def stats_scope(principal: Principal, scope: Scope) -> tuple[Scope, int | None] | None:
     """How a principal may see household statistics: (scope to count in, small-cell limit).
 
     None: not at all (public, auditor). Planners count over every household but see
-    counts below :data:`SMALL_CELL` as "<5"; others count what their scope shows.
+    small counts suppressed (see :mod:`gridmap.disclosure`); others count what their own
+    ``scope`` shows. The scope's read log goes along: counting households reads them.
     """
     if principal.role not in HOUSEHOLD_AGGREGATES:
         return None
     if principal.role is Role.PLANNER:
-        return Scope(layers=frozenset({"households", "grids", "communities", "zones"})), SMALL_CELL
-    return scope_for(principal), None
+        layers = frozenset({"households", "grids", "communities", "zones"})
+        return Scope(layers=layers, reads=scope.reads), SMALL_CELL
+    return scope, None

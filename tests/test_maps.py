@@ -81,7 +81,9 @@ def test_grid_sheet_for_its_worker(client, auth, sample_store: GeoPackageStore) 
         shapely.points([(x, y) for y, x in pts]), grid.geometry.buffer(1e-9)
     ).all()
     assert "<title>网格作战图" in html and "@media print" in html
-    assert client.get("/map/grids/2", headers=auth["grid_worker"]).status_code == 404
+    # another grid's sheet shows what the public sees of it: no households
+    other = client.get("/map/grids/2", headers=auth["grid_worker"])
+    assert other.status_code == 200 and _points_in(other.text) == []
     en = client.get("/map/grids/1?lang=en", headers=auth["grid_worker"]).text
     assert has_text(en, "Households: ") and has_text(en, "Last visit")
 

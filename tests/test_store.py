@@ -13,11 +13,12 @@ import shapely
 
 from gridmap.errors import (
     FeatureNotFoundError,
+    HiddenLayerError,
     IntegrityError,
     InvalidFeatureError,
     InvalidGeometryError,
+    OutOfScopeError,
     StoreError,
-    UnknownLayerError,
     VersionConflictError,
 )
 from gridmap.layers import LAYERS
@@ -185,20 +186,51 @@ def test_scope_limits_reads_and_writes(store: GeoPackageStore) -> None:
     mine = Scope(grid_ids=frozenset({g1}))
     assert store.query("households", scope=mine).ids.tolist() == [1]
     assert store.count("households", Query(bbox=(113, 34, 114, 35)), scope=mine) == 1
-    assert store.query("grids", scope=mine).ids.tolist() == [g1]
-    with pytest.raises(FeatureNotFoundError):
+    # the grid restriction is for features that belong to grids; grids are public
+    assert store.query("grids", scope=mine).ids.tolist() == [g1, _g2]
+    # outside the scope: refused like a missing feature, marked as out of scope
+    with pytest.raises(OutOfScopeError, match="no feature 2 in collection households"):
         store.get("households", 2, scope=mine)
-    with pytest.raises(FeatureNotFoundError):
+    with pytest.raises(OutOfScopeError):
         store.update("households", 2, properties={"room": "x"}, scope=mine)
+    with pytest.raises(FeatureNotFoundError) as missing:
+        store.get("households", 99, scope=mine)
+    assert not isinstance(missing.value, OutOfScopeError)
     # moving one's own household into another grid is refused and changes nothing
-    with pytest.raises(FeatureNotFoundError):
+    with pytest.raises(OutOfScopeError):
         store.update("households", 1, geometry=P(113.29, 34.805), scope=mine)
     assert store.get("households", 1).geometry.equals(P(113.27, 34.80))
-    with pytest.raises(FeatureNotFoundError):
+    with pytest.raises(OutOfScopeError):
         store.insert("households", [P(113.29, 34.80)], [{"room": "3"}], scope=mine)
-    with pytest.raises(UnknownLayerError):
+    with pytest.raises(HiddenLayerError):
         store.query("cameras", scope=Scope(layers=frozenset({"grids"})))
     assert store.count("households") == 2
+
+
+def test_personal_rows_read_under_a_scope_are_noted(store: GeoPackageStore) -> None:
+    """Every way of reading personal rows notes them in the scope's read log; other layers
+    and counts do not."""
+    from gridmap.access import ReadLog
+
+    _g1, g2 = _grid(store)
+    store.insert("households", [P(113.27, 34.80), P(113.29, 34.80)], [{"room": "1"}, {"room": "2"}])
+    store.insert("toilets", [P(113.28, 34.80)], [{"name": "t"}])
+    hits = []
+    log = ReadLog(on_first_read=lambda: hits.append(1))
+    scope = Scope(reads=log)
+    store.query("toilets", scope=scope)
+    store.count("households", scope=scope)
+    assert log.summary() == [] and hits == []
+    store.get("households", 2, scope=scope)
+    store.query("households", Query(bbox=(113.26, 34.79, 113.28, 34.81)), scope=scope)
+    store.query_ids("households", Query(bbox=(113.28, 34.79, 113.30, 34.81)), scope=scope)
+    store.query_ids("households", Query(equals={"room": "1"}), scope=scope)
+    assert log.summary() == [("households", [1, 2], None)]
+    assert hits == [1]  # the rate limit is asked once per request
+    one = ReadLog()
+    store.query("households", Query(equals={"room": "2"}), scope=Scope(reads=one))
+    assert one.summary() == [("households", [2], g2)]
+    assert Scope(reads=one) == Scope() and hash(Scope(reads=one)) == hash(Scope())
 
 
 BAD_GEOMETRIES = [

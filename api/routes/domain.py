@@ -11,7 +11,7 @@ from starlette.responses import Response
 from api.deps import PrincipalDep, ScopeDep, StoreDep, crs_param
 from gridmap import geojson, queries
 from gridmap.crs import CRS84, to_wgs84_xy
-from gridmap.errors import AuthenticationError, PermissionDeniedError, UnknownLayerError
+from gridmap.errors import AuthenticationError, HiddenLayerError, PermissionDeniedError
 from gridmap.layers import get_layer
 from gridmap.security import Principal, business_data_allowed, stats_scope
 
@@ -68,7 +68,7 @@ def nearest(
     _business(principal)
     layer = get_layer(collection)
     if not scope.allows_layer(layer.id):
-        raise UnknownLayerError(f"no collection {collection[:60]!r}")
+        raise HiddenLayerError(f"no collection {collection[:60]!r}")
     out_crs = crs_param(crs, "crs")
     x, y = _point(lon, lat, crs)
     found = queries.nearest(store, layer.id, x, y, k=k, scope=scope)
@@ -93,6 +93,7 @@ def nearest(
 @router.get("/stats/{level}", summary="Household statistics per grid, community or zone")
 def stats(
     store: StoreDep,
+    scope: ScopeDep,
     principal: PrincipalDep,
     level: Literal["grids", "communities", "zones"],
     days: Annotated[int, Query(ge=1, le=366, description="Window for recent visits.")] = 30,
@@ -103,7 +104,7 @@ def stats(
     """
     if not principal.authenticated:
         raise AuthenticationError("log in first (POST /token)")
-    policy = stats_scope(principal)
+    policy = stats_scope(principal, scope)
     if policy is None:
         raise PermissionDeniedError("this role may not see household statistics")
     scope, small = policy

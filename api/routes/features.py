@@ -419,18 +419,18 @@ def items(
     )
     selected = _select(layer, properties)
     html = wants_html(request)
-    personal = bool(layer.sensitive) and principal.authenticated
-    if personal:
-        request.app.state.household_limiter.hit(principal.username, "household reads")
     if csv_export:
+        if scope.reads is not None:
+            scope.reads.action = "export"  # personal rows read here leave as a file
         fs = store.query(layer.id, q, scope=scope)
-        record(
-            request,
-            principal,
-            "export",
-            object=f"{layer.id}: {len(fs)} features as CSV",
-            detail=str(request.url.query)[:500],
-        )
+        if not layer.personal:
+            record(
+                request,
+                principal,
+                "export",
+                object=f"{layer.id}: {len(fs)} features as CSV",
+                detail=str(request.url.query)[:500],
+            )
         name = f"{layer.id}-{offset}-{offset + len(fs)}.csv"
         return Response(
             exports.to_csv(fs, properties=selected),
@@ -446,17 +446,6 @@ def items(
         fs = store.query(layer.id, q, scope=scope)
         matched = int(fs.number_matched or 0)
         parts = None
-    if personal:
-        returned_ids = ids.tolist() if fs is None else fs.ids.tolist()
-        grids = {p.get("grid_id") for p in fs.properties} if fs is not None else set()
-        record(
-            request,
-            principal,
-            "read",
-            object=f"{layer.id}: {len(returned_ids)} features",
-            grid_id=next(iter(grids)) if len(grids) == 1 else None,
-            detail=_id_ranges(returned_ids),
-        )
     b = _base(request)
     url = f"{b}/collections/{layer.id}/items"
     params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "limit")]
@@ -500,20 +489,6 @@ def items(
         media_type=GEOJSON,
         headers={"Content-Crs": f"<{out_crs}>"},
     )
-
-
-def _id_ranges(ids: list[int], limit: int = 400) -> str:
-    """Ids as compact ranges for the audit log, e.g. ``1-100,205``."""
-    out: list[str] = []
-    for i in sorted(ids):
-        if out and "-" in out[-1] and int(out[-1].split("-")[1]) == i - 1:
-            out[-1] = f"{out[-1].split('-')[0]}-{i}"
-        elif out and "-" not in out[-1] and int(out[-1]) == i - 1:
-            out[-1] = f"{out[-1]}-{i}"
-        else:
-            out.append(str(i))
-    text = ",".join(out)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def etag(layer_id: str, fid: int, version: int) -> str:
@@ -580,18 +555,7 @@ def item(
 ) -> Response:
     """One feature as GeoJSON, with a strong ETag derived from its id and version."""
     out_crs = crs_param(crs, "crs")
-    personal = bool(layer.sensitive) and principal.authenticated
-    if personal:
-        request.app.state.household_limiter.hit(principal.username, "household reads")
     feat = store.get(layer.id, parse_fid(layer, feature_id), scope=scope)
-    if personal:
-        record(
-            request,
-            principal,
-            "read",
-            object=f"{layer.id}/{feat.id}",
-            grid_id=feat.properties.get("grid_id"),
-        )
     if wants_html(request):
         return render(
             "item.html",

@@ -58,7 +58,7 @@ def overview(
     _business(principal)
     if basemap == "tianditu" and not settings.tianditu_key:
         raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
-    policy = stats_scope(principal) if principal.authenticated else None
+    policy = stats_scope(principal, scope) if principal.authenticated else None
 
     def render() -> tuple[bytes, str]:
         rows = None
@@ -78,7 +78,7 @@ def overview(
 
     cache: PageCache = request.app.state.pages
     key = ("overview", scope, policy, lang, measure, basemap, cache.stamps(store))
-    return _respond(cache.get_or_render(key, render))
+    return _respond(cache.get_or_render(key, render, reads=scope.reads))
 
 
 @router.get("/map/grids/{grid_id}", response_class=HTMLResponse, summary="One grid's sheet")

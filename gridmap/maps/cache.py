@@ -7,6 +7,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from gridmap.access import ReadLog
 from gridmap.layers import LAYERS
 from gridmap.store.base import Store
 
@@ -29,16 +30,28 @@ class PageCache:
         """The change stamps of every layer (part of every key)."""
         return tuple(store.stamp(layer.id) for layer in LAYERS)
 
-    def get_or_render(self, key: Hashable, render: Callable[[], Any]) -> Any:
-        """The cached page for ``key``, or ``render()`` it and keep it."""
+    def get_or_render(
+        self, key: Hashable, render: Callable[[], Any], *, reads: ReadLog | None = None
+    ) -> Any:
+        """The cached page for ``key``, or ``render()`` it and keep it.
+
+        The personal rows a page was drawn from are noted in ``reads`` both when it is
+        drawn and whenever it is served again from here: a cached page is still a read.
+        """
         with self._lock:
-            page = self._pages.get(key)
-            if page is not None:
+            hit = self._pages.get(key)
+            if hit is not None:
                 self._pages.move_to_end(key)
-                return page
+        if hit is not None:
+            page, notes = hit
+            if reads is not None:
+                reads.replay(notes)
+            return page
+        mark = reads.mark() if reads is not None else 0
         page = render()
+        notes = reads.since(mark) if reads is not None else []
         with self._lock:
-            self._pages[key] = page
+            self._pages[key] = (page, notes)
             while len(self._pages) > self.size:
                 self._pages.popitem(last=False)
         return page

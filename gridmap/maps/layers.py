@@ -129,8 +129,9 @@ def add_layer(
     group = folium.FeatureGroup(name=name or title(layer, lang), show=show)
     names, aliases = popup_fields(layer, lang)
     data = _collection(frame, fs.geometries, _display_props(fs, names), fs.ids.tolist())
-    tooltip = geojson_tooltip(names[:2], aliases[:2])
-    popup = geojson_popup(names, aliases)
+    # folium refuses per-feature tooltips on an empty layer (no fields to check against)
+    tooltip = geojson_tooltip(names[:2], aliases[:2]) if len(fs) else None
+    popup = geojson_popup(names, aliases) if len(fs) else None
     if layer.geometry_type == "Point":
         if layer.id == "facilities":
             _add_facility_icons(group, data, names, aliases)
@@ -372,7 +373,7 @@ def _add_areas(
     folium.GeoJson(
         _collection(frame, polygons, props),
         style_function=style,
-        tooltip=geojson_tooltip(["name"], [""]) if tooltip else None,
+        tooltip=geojson_tooltip(["name"], [""]) if tooltip and len(fs) else None,
     ).add_to(group)
     group.add_to(frame.map)
     return group

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -12,6 +12,9 @@ from shapely.geometry.base import BaseGeometry
 
 from gridmap.cql import CompiledFilter
 from gridmap.layers import Layer
+
+if TYPE_CHECKING:
+    from gridmap.access import ReadLog
 
 BBox = tuple[float, float, float, float]
 """(min lon, min lat, max lon, max lat) in WGS84."""
@@ -26,18 +29,22 @@ class Scope:
     """What a caller may see and do: layers, grids, writes, and which fields are masked.
 
     ``layers=None`` means every layer; ``grid_ids=None`` means every grid. A grid
-    restriction applies to the ``grids`` layer (by feature id) and to every layer with a
-    ``grid_id`` property (households, buildings); area layers without grid membership
-    (zones, communities, facilities …) are governed by ``layers`` alone. ``writable`` and
-    ``deletable`` name the layers that may be edited (None: all); ``masked`` the personal
-    fields returned masked (and not usable in filters or sorting).
+    restriction applies to the layers whose features belong to a grid (those with a
+    ``grid_id`` property: households, buildings); every other layer (zones, communities,
+    grids, facilities …) is governed by ``layers`` alone, so a grid worker sees at least
+    what the public sees. ``writable`` and ``deletable`` name the layers that may be
+    edited (None: all); ``masked`` the (layer, field) pairs returned masked, which cannot
+    be used in filters or sorting. ``reads``, when set, is told of every personal row the
+    store returns under this scope (see :mod:`gridmap.access`); it takes no part in
+    comparisons, so caches keyed by scope ignore it.
     """
 
     layers: frozenset[str] | None = None
     grid_ids: frozenset[int] | None = None
     writable: frozenset[str] | None = None
     deletable: frozenset[str] | None = None
-    masked: frozenset[str] = frozenset()
+    masked: frozenset[tuple[str, str]] = frozenset()
+    reads: ReadLog | None = field(default=None, compare=False, hash=False, repr=False)
 
     ALL: ClassVar[Scope]
 
@@ -45,6 +52,14 @@ class Scope:
     def view_key(self) -> tuple[object, ...]:
         """What distinguishes two scopes' views of the same feature (for caches)."""
         return tuple(sorted(self.masked))
+
+    def masked_in(self, layer: Layer) -> frozenset[str]:
+        """The fields of ``layer`` this scope sees masked."""
+        return frozenset(f for lay, f in self.masked if lay == layer.id)
+
+    def limits(self, layer: Layer) -> bool:
+        """True if the grid restriction applies to ``layer`` (its features belong to grids)."""
+        return self.grid_ids is not None and layer.grid_scoped
 
     def allows_write(self, layer_id: str) -> bool:
         """True if features of the layer may be created and updated."""

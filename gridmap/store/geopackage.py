@@ -23,12 +23,13 @@ from gridmap import geometry as geo
 from gridmap.assign import PolygonIndex
 from gridmap.errors import (
     FeatureNotFoundError,
+    HiddenLayerError,
     IntegrityError,
     InvalidFeatureError,
     InvalidGeometryError,
+    OutOfScopeError,
     PermissionDeniedError,
     StoreError,
-    UnknownLayerError,
     VersionConflictError,
 )
 from gridmap.layers import LAYERS, Layer, Prop, get_layer
@@ -396,25 +397,25 @@ class GeoPackageStore:
     def _layer(self, layer_id: str, scope: Scope) -> Layer:
         layer = get_layer(layer_id)
         if not scope.allows_layer(layer_id):
-            msg = f"no collection {layer_id!r}"
-            raise UnknownLayerError(msg)
+            msg = f"no collection {layer_id[:60]!r}"
+            raise HiddenLayerError(msg)
         return layer
+
+    def _seen(self, layer: Layer, fs: FeatureSet, scope: Scope) -> FeatureSet:
+        """Masked for the scope, and noted in its read log when the layer is personal."""
+        if scope.reads is not None and layer.personal:
+            scope.reads.saw(layer.id, fs.ids.tolist(), [p.get("grid_id") for p in fs.properties])
+        return mask(fs, scope)
 
     def _where(self, layer: Layer, query: Query, scope: Scope) -> tuple[str, list[Any], bool]:
         """SQL WHERE clause (with bound parameters) and whether the R-tree join is needed."""
         clauses: list[str] = []
         params: list[Any] = []
         box = query.bbox
-        if scope.grid_ids is not None:
-            col = (
-                "fid"
-                if layer.id == "grids"
-                else ("grid_id" if "grid_id" in layer.by_name else None)
-            )
-            if col is not None:
-                clauses.append(f"t.{_q(col)} IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(sorted(scope.grid_ids)))
-        hidden = scope.masked & (
+        if scope.limits(layer):
+            clauses.append('t."grid_id" IN (SELECT value FROM json_each(?))')
+            params.append(json.dumps(sorted(scope.grid_ids or ())))
+        hidden = scope.masked_in(layer) & (
             set(query.equals)
             | {k.lstrip("+-") for k in query.order_by}
             | {p for f in query.filters for p in f.properties}
@@ -517,7 +518,7 @@ class GeoPackageStore:
                 "WHERE t.fid IN (SELECT value FROM json_each(?)) ORDER BY t.fid",
                 (json.dumps(page.tolist()),),
             ).fetchall()
-            return mask(self._rows_to_set(layer, rows, int(fast.size)), scope)
+            return self._seen(layer, self._rows_to_set(layer, rows, int(fast.size)), scope)
         where, params, use_rtree = self._where(layer, query, scope)
         base = self._from(layer, use_rtree) + where
         if query.geometry is None:
@@ -531,7 +532,7 @@ class GeoPackageStore:
                 sql += " LIMIT -1 OFFSET ?"
                 page_params.append(int(query.offset))
             rows = conn.execute(sql, page_params).fetchall()
-            return mask(self._rows_to_set(layer, rows, matched), scope)
+            return self._seen(layer, self._rows_to_set(layer, rows, matched), scope)
         sql = f"SELECT {cols}{base}{self._order(layer, query.order_by)}"
         rows = conn.execute(sql, params).fetchall()
         fs = self._rows_to_set(layer, rows, None)
@@ -540,7 +541,8 @@ class GeoPackageStore:
         matched = int(idx.size)
         stop = None if query.limit is None else query.offset + query.limit
         idx = idx[query.offset : stop]
-        return mask(
+        return self._seen(
+            layer,
             FeatureSet(
                 layer,
                 fs.ids[idx],
@@ -564,7 +566,9 @@ class GeoPackageStore:
         stop = None if query.limit is None else query.offset + query.limit
         fast = self._indexed_ids(layer, query, scope)
         if fast is not None:
-            return fast[query.offset : stop], int(fast.size)
+            ids = fast[query.offset : stop]
+            self._note_ids(layer, ids, scope)
+            return ids, int(fast.size)
         if query.geometry is not None:
             fs = self.query(layer_id, query, scope=scope)
             return fs.ids, int(fs.number_matched or 0)
@@ -575,7 +579,23 @@ class GeoPackageStore:
         sql = f"SELECT t.fid{base}{self._order(layer, query.order_by)} LIMIT ? OFFSET ?"
         limit = -1 if query.limit is None else int(query.limit)
         rows = conn.execute(sql, [*params, limit, int(query.offset)]).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64), matched
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        self._note_ids(layer, ids, scope)
+        return ids, matched
+
+    def _note_ids(self, layer: Layer, ids: npt.NDArray[np.int64], scope: Scope) -> None:
+        """Note ids about to be served from elsewhere (an encoded cache) as read."""
+        if scope.reads is None or not layer.personal:
+            return
+        grids: list[int | None] = [None] * len(ids)
+        if layer.grid_scoped and len(ids):
+            idx = self._layer_index(layer)
+            if idx.grid_ids is not None:
+                pos = np.searchsorted(idx.fids, ids)
+                ok = (pos < len(idx.fids)) & (idx.fids[np.minimum(pos, len(idx.fids) - 1)] == ids)
+                found = idx.grid_ids[pos * ok].tolist()
+                grids = [g if k else None for g, k in zip(found, ok.tolist(), strict=True)]
+        scope.reads.saw(layer.id, ids.tolist(), grids)
 
     def count(
         self,
@@ -616,12 +636,8 @@ class GeoPackageStore:
             area = query.geometry if area is None else shapely.intersection(area, query.geometry)
         hits = np.sort(idx.tree.query(area, predicate="intersects"))
         ids = idx.fids[hits]  # fids are in ascending order, so ids are too
-        if scope.grid_ids is not None:
-            allowed = list(scope.grid_ids)
-            if layer.id == "grids":
-                ids = ids[np.isin(ids, allowed)]
-            elif idx.grid_ids is not None:
-                ids = ids[np.isin(idx.grid_ids[hits], allowed)]
+        if scope.limits(layer) and idx.grid_ids is not None:
+            ids = ids[np.isin(idx.grid_ids[hits], list(scope.grid_ids or ()))]
         return ids
 
     def _layer_index(self, layer: Layer) -> _LayerIndex:
@@ -673,7 +689,10 @@ class GeoPackageStore:
     def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
         """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""
         layer = self._layer(layer_id, scope)
-        return mask_feature(layer, self._get_in(self._connect(), layer, fid, scope), scope)
+        f = self._get_in(self._connect(), layer, fid, scope)
+        if scope.reads is not None and layer.personal:
+            scope.reads.saw(layer.id, [f.id], [f.properties.get("grid_id")])
+        return mask_feature(layer, f, scope)
 
     def extent(self, layer_id: str) -> BBox | None:
         """Bounding box of a layer from its R-tree (None when empty)."""
@@ -779,12 +798,11 @@ class GeoPackageStore:
                     raise InvalidGeometryError(msg)
                 for d, gid in zip(clean, derived.tolist(), strict=True):
                     d["grid_id"] = gid
-        if scope.grid_ids is not None:
+        if scope.limits(layer):
             for i, d in enumerate(clean):
-                gid = d.get("grid_id") if layer.id != "grids" else None
-                if "grid_id" in layer.by_name and not scope.allows_grid(gid):
+                if not scope.allows_grid(d.get("grid_id")):
                     msg = f"feature {i}: outside the grids you may edit"
-                    raise FeatureNotFoundError(msg)
+                    raise OutOfScopeError(msg)
         return geo.to_gpkg_blobs(geoms), clean
 
     def insert(
@@ -887,13 +905,9 @@ class GeoPackageStore:
             blobs, clean = self._prepare(
                 layer, np.asarray([geom], dtype=object), [merged], scope, trusted=False
             )
-            if (
-                layer.id != "grids"
-                and "grid_id" in layer.by_name
-                and not scope.allows_grid(clean[0].get("grid_id"))
-            ):
+            if scope.limits(layer) and not scope.allows_grid(clean[0].get("grid_id")):
                 msg = f"no feature {fid} in collection {layer_id}"
-                raise FeatureNotFoundError(msg)
+                raise OutOfScopeError(msg)
             sets = ", ".join(["geom = ?", *(f"{_q(n)} = ?" for n in layer.names)])
             values = [blobs[0], *(_to_sql(p, clean[0][p.name]) for p in layer.properties)]
             c.execute(
@@ -912,6 +926,10 @@ class GeoPackageStore:
         rows = c.execute(f"SELECT {cols}{self._from(layer, use_rtree)}{where}", params).fetchall()
         if not rows:
             msg = f"no feature {fid} in collection {layer.id}"
+            if scope.limits(layer):
+                sql = f"SELECT count(*) FROM {_q(layer.id)} WHERE fid = ?"
+                if c.execute(sql, (int(fid),)).fetchone()[0]:
+                    raise OutOfScopeError(msg)
             raise FeatureNotFoundError(msg)
         return next(iter(self._rows_to_set(layer, rows, 1)))
 

@@ -39,8 +39,8 @@ def unmask_unchanged(
     from gridmap.security import mask_value
 
     out = dict(properties)
-    for name in layer.sensitive:
-        if name in scope.masked and name in out:
+    for name in scope.masked_in(layer):
+        if name in out:
             stored = current.properties.get(name)
             if stored is not None and out[name] == mask_value(name, stored):
                 out[name] = stored
@@ -49,7 +49,7 @@ def unmask_unchanged(
 
 def mask(fs: FeatureSet, scope: Scope) -> FeatureSet:
     """Mask the scope's personal fields in a feature set (in place), before anything else."""
-    fields = [n for n in fs.layer.sensitive if n in scope.masked]
+    fields = sorted(scope.masked_in(fs.layer))
     if not fields:
         return fs
     from gridmap.security import mask_value

@@ -1,0 +1,203 @@
+"""Small-cell protection holds: an attacker with the planner's responses recovers no hidden count.
+
+The attacker is written here, independently of gridmap.disclosure: it reads the planner's
+statistics at every level, the public hierarchy (grids → communities → zones), and
+solves linear programs over everything it knows — sums between levels, the ranges the
+markers imply, visit coverage × households, and that no tag or visit count exceeds the
+households of its area — for the smallest and largest value of every hidden count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from scipy.optimize import linprog
+
+from gridmap.disclosure import SMALL, WITHHELD, protect
+
+LEVELS = ("grids", "communities", "zones")
+
+
+def _measures(row: dict[str, Any], days: int = 30) -> dict[str, Any]:
+    out = {
+        "households": row["households"],
+        "population": row["population"],
+        "visited": row[f"visited_last_{days}_days"],
+    }
+    out.update({f"tag:{t}": v for t, v in row["tags"].items()})
+    return out
+
+
+def _published(client: TestClient, headers: dict[str, str]) -> dict[tuple[str, int], Any]:
+    out = {}
+    for level in LEVELS:
+        r = client.get(f"/stats/{level}", headers=headers)
+        assert r.status_code == 200
+        for row in r.json()["areas"]:
+            out[(level, row["id"])] = row
+    return out
+
+
+def _hierarchy(client: TestClient) -> list[tuple[tuple[str, int], list[tuple[str, int]]]]:
+    """Sums between levels, from the public layers (what anyone can read)."""
+    kids: dict[tuple[str, int], list[tuple[str, int]]] = {}
+    grids = client.get("/collections/grids/items?limit=1000").json()["features"]
+    comms = client.get("/collections/communities/items?limit=1000").json()["features"]
+    for g in grids:
+        kids.setdefault(("communities", g["properties"]["community_id"]), []).append(
+            ("grids", g["id"])
+        )
+    for c in comms:
+        kids.setdefault(("zones", c["properties"]["zone_id"]), []).append(("communities", c["id"]))
+    return list(kids.items())
+
+
+def attack(
+    rows: dict[tuple[str, int], Any], equations: list[Any]
+) -> dict[tuple[tuple[str, int], str], tuple[float, float]]:
+    """The feasible range of every hidden count, over all measures at once."""
+    cells = sorted(rows)
+    measures = list(_measures(next(iter(rows.values()))))
+    var: dict[tuple[tuple[str, int], str], int] = {}
+    bounds: list[tuple[float, float | None]] = []
+    known: dict[tuple[tuple[str, int], str], float] = {}
+    for c in cells:
+        for m, v in _measures(rows[c]).items():
+            if isinstance(v, int):
+                known[(c, m)] = v
+            else:
+                var[(c, m)] = len(bounds)
+                bounds.append((1.0, 4.0) if v == "<5" else (1.0, None))
+    n = len(bounds)
+
+    def term(c: Any, m: str) -> tuple[np.ndarray, float]:
+        row = np.zeros(n)
+        if (c, m) in var:
+            row[var[(c, m)]] = 1.0
+            return row, 0.0
+        return row, known[(c, m)]
+
+    a_eq, b_eq, a_ub, b_ub = [], [], [], []
+    for parent, children in equations:
+        for m in measures:
+            row, const = term(parent, m)
+            for ch in children:
+                r, k = term(ch, m)
+                row, const = row - r, const - k
+            if row.any():
+                a_eq.append(row)
+                b_eq.append(-const)
+    for c in cells:
+        hh, hk = term(c, "households")
+        for m in [m for m in measures if m.startswith("tag:")] + ["visited"]:
+            r, k = term(c, m)  # count ≤ households
+            if (r - hh).any():
+                a_ub.append(r - hh)
+                b_ub.append(hk - k)
+        cov = rows[c]["visit_coverage"]
+        if cov is not None:  # coverage × households = visited (rounded to 4 places)
+            v, vk = term(c, "visited")
+            row = v - cov * hh
+            if row.any():
+                for sign in (1, -1):
+                    a_ub.append(sign * row)
+                    b_ub.append(sign * (cov * hk - vk) + 0.5)  # 4 decimals, households < 10⁴
+    out = {}
+    for key, j in var.items():
+        ends = []
+        for sign in (1.0, -1.0):
+            obj = np.zeros(n)
+            obj[j] = sign
+            res = linprog(
+                obj,
+                A_eq=np.array(a_eq) if a_eq else None,
+                b_eq=np.array(b_eq) if b_eq else None,
+                A_ub=np.array(a_ub) if a_ub else None,
+                b_ub=np.array(b_ub) if b_ub else None,
+                bounds=bounds,
+                method="highs",
+            )
+            ends.append(float("inf") if res.status == 3 else sign * float(res.fun))
+        out[key] = (ends[0], ends[1])
+    return out
+
+
+def test_planner_cannot_recover_any_hidden_count(
+    client: TestClient, auth: dict[str, dict[str, str]]
+) -> None:
+    planner = _published(client, auth["planner"])
+    truth = _published(client, auth["subdistrict_admin"])
+    equations = _hierarchy(client)
+    ranges = attack(planner, equations)
+    hidden = {k: planner[k[0]] for k in ranges}
+    assert len(hidden) > 50  # there is something to protect
+    recovered = []
+    for (cell, m), (lo, hi) in ranges.items():
+        true = _measures(truth[cell])[m]
+        assert lo - 1e-6 <= true <= hi + 1e-6, (cell, m)  # the attack model is sound
+        if hi - lo < 1 - 1e-6:
+            recovered.append((cell, m, true))
+    assert recovered == []
+    # published figures are exact, and coverage shows only where both its counts show
+    for cell, row in planner.items():
+        for m, v in _measures(row).items():
+            if isinstance(v, int):
+                assert v == _measures(truth[cell])[m]
+        if row["visit_coverage"] is not None:
+            assert isinstance(row["households"], int) and isinstance(
+                row["visited_last_30_days"], int
+            )
+
+
+def test_planner_windows_are_fixed(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
+    """Nearby windows would tell the visits of one day by difference."""
+    assert client.get("/stats/grids?days=29", headers=auth["planner"]).status_code == 400
+    assert client.get("/stats/grids?days=90", headers=auth["planner"]).status_code == 200
+    assert client.get("/stats/grids?days=29", headers=auth["subdistrict_admin"]).status_code == 200
+
+
+def _sums(rows: dict[str, int]) -> list[tuple[str, list[str]]]:
+    return [("C", [k for k in rows if k.startswith("g")])]
+
+
+@pytest.mark.parametrize(
+    ("values", "case"),
+    [
+        ({"C": 30, "g1": 3, "g2": 12, "g3": 15}, "total minus visible"),
+        ({"C": 8, "g1": 4, "g2": 4}, "two small cells that sum to their maximum"),
+        ({"C": 4, "g1": 1, "g2": 1, "g3": 1, "g4": 1}, "four ones under a small total"),
+        ({"C": 2, "g1": 1, "g2": 1, "g3": 0}, "two ones"),
+        ({"C": 9, "g1": 2, "g2": 7, "g3": 0}, "one large sibling"),
+    ],
+)
+def test_protect_frees_every_small_cell(values: dict[str, int], case: str) -> None:
+    prot = protect(values, _sums(values), threshold=5)
+    shown = {c: prot.shown(c, v, 5) for c, v in values.items()}
+    unknown = [c for c, v in shown.items() if not isinstance(v, int)]
+    # brute force over every table consistent with what is shown
+    grids = [c for c in values if c.startswith("g")]
+    ranges: dict[str, set[int]] = {c: set() for c in unknown}
+    domain = {
+        c: [shown[c]]
+        if isinstance(shown[c], int)
+        else range(1, 5)
+        if shown[c] == "<5"
+        else range(1, 40)
+        for c in values
+    }
+    import itertools
+
+    for combo in itertools.product(*(domain[c] for c in grids)):
+        total = sum(combo)
+        if total in domain["C"]:
+            for c, v in [*zip(grids, combo, strict=True), ("C", total)]:
+                if c in ranges:
+                    ranges[c].add(v)
+    for c, v in values.items():
+        if 0 < v < 5:
+            assert c in ranges and len(ranges[c]) > 1, (case, c, shown)
+    assert all(shown[c] == v for c, v in values.items() if v == 0)
+    assert {prot.hidden.get(c) for c in unknown} <= {SMALL, WITHHELD}

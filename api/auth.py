@@ -12,7 +12,7 @@ from starlette.types import Scope as AsgiScope
 from api.html import render
 from gridmap.access import ReadLog, id_ranges
 from gridmap.accounts import Accounts, audit
-from gridmap.errors import AuthenticationError, PermissionDeniedError
+from gridmap.errors import AuthenticationError, PermissionDeniedError, RateLimitedError
 from gridmap.security import PUBLIC, ROLE_ZH, Principal, Role
 from gridmap.store import Store
 
@@ -122,8 +122,8 @@ def token(
     request.app.state.login_limiter.hit(client_address(request), "login attempts")
     accounts: Accounts = request.app.state.accounts
     try:
-        t = accounts.login(username, password)
-    except AuthenticationError:
+        t = accounts.login(username, password, source=client_address(request))
+    except (AuthenticationError, RateLimitedError):
         record(request, Principal(username[:64], Role.PUBLIC), "login", result="denied")
         raise
     rec = request.app.state.store.user(username)
@@ -192,8 +192,8 @@ def login_form(
     accounts: Accounts = request.app.state.accounts
     minutes = request.app.state.settings.token_minutes
     try:
-        t = accounts.login(username, password)
-    except AuthenticationError as exc:
+        t = accounts.login(username, password, source=client_address(request))
+    except (AuthenticationError, RateLimitedError) as exc:
         record(request, Principal(username[:64], Role.PUBLIC), "login", result="denied")
         page = render(
             "login.html",
@@ -202,7 +202,9 @@ def login_form(
             error=str(exc),
             minutes=minutes,
         )
-        page.status_code = 401
+        page.status_code = 401 if isinstance(exc, AuthenticationError) else 429
+        if isinstance(exc, RateLimitedError):
+            page.headers["Retry-After"] = str(exc.retry_after)
         return page
     rec = request.app.state.store.user(username)
     record(request, Principal(username, Role(rec["role"])), "login", detail="browser")

@@ -16,14 +16,13 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn import zxcvbn
 
 from gridmap.errors import AuthenticationError, GridmapError
+from gridmap.ratelimit import LoginThrottle
 from gridmap.security import Principal, Role
 from gridmap.store import Query, Store
 
 AUDIENCE = "gridmap"
 ISSUER = "gridmap"
 ALGORITHM = "HS256"
-MAX_FAILURES = 5
-LOCKOUT = dt.timedelta(minutes=15)
 MIN_LENGTH = 12
 
 _hasher = PasswordHasher()  # argon2id with the library's (OWASP-level) defaults
@@ -104,8 +103,9 @@ class Accounts:
         self.store = store
         self.secret = secret
         self.token_minutes = token_minutes
-        # token → (users-table stamp, expiry, principal); valid while no user changed
-        self._verified: dict[str, tuple[int, float, Principal]] = {}
+        self.throttle = LoginThrottle()
+        # token → (stamps, expiry, principal); valid while no user, grid or community changed
+        self._verified: dict[str, tuple[tuple[int, ...], float, Principal]] = {}
 
     # ------------------------------------------------------------------ administration
 
@@ -156,6 +156,31 @@ class Accounts:
             }
         )
 
+    def reassign(
+        self, username: str, *, grid_ids: list[int] | None = None, community_id: int | None = None
+    ) -> None:
+        """Give a grid worker other grids, or a community admin another community; their
+        tokens follow on the next request."""
+        rec = self._require(username)
+        role = Role(rec["role"])
+        if role is Role.GRID_WORKER:
+            if not grid_ids:
+                msg = "a grid worker needs at least one grid (--grid)"
+                raise AccountError(msg)
+            for gid in grid_ids:
+                self.store.get("grids", int(gid))
+            rec["grid_ids"] = [int(g) for g in grid_ids]
+        elif role is Role.COMMUNITY_ADMIN:
+            if community_id is None:
+                msg = "a community admin needs a community (--community)"
+                raise AccountError(msg)
+            self.store.get("communities", int(community_id))
+            rec["community_id"] = int(community_id)
+        else:
+            msg = f"{role.value} has no grids or community to assign"
+            raise AccountError(msg)
+        self.store.save_user(rec)
+
     def set_disabled(self, username: str, disabled: bool = True) -> None:
         """Disable (or enable) a user; tokens already issued stop working at once."""
         rec = self._require(username)
@@ -163,7 +188,7 @@ class Accounts:
         self.store.save_user(rec)
 
     def reset_password(self, username: str, password: str | None = None) -> str:
-        """Set a new password (generated when not given), unlock; return the password."""
+        """Set a new password (generated when not given); return the password."""
         rec = self._require(username)
         password = password or generate_password()
         check_password_policy(username, password)
@@ -183,28 +208,22 @@ class Accounts:
 
     # ------------------------------------------------------------------ login and tokens
 
-    def login(self, username: str, password: str) -> Token:
-        """Check a password (with lockout after 5 failures) and issue a short-lived token."""
-        rec = self.store.user(username[:64])
-        failure = AuthenticationError("wrong username or password")
-        if rec is None:
-            _verify(_DUMMY_HASH, password)
-            raise failure
-        now = _now()
-        if rec["locked_until"] and dt.datetime.fromisoformat(rec["locked_until"]) > now:
-            msg = "too many failed logins; the account is locked for 15 minutes"
-            raise AuthenticationError(msg)
-        if not _verify(rec["password_hash"], password) or rec["disabled"]:
-            rec["failed_logins"] += 1
-            if rec["failed_logins"] >= MAX_FAILURES:
-                rec["locked_until"] = (now + LOCKOUT).isoformat(timespec="seconds")
-                rec["failed_logins"] = 0
-            self.store.save_user(rec)
-            raise failure
-        if rec["failed_logins"] or rec["locked_until"]:
-            rec["failed_logins"] = 0
-            rec["locked_until"] = None
-            self.store.save_user(rec)
+    def login(self, username: str, password: str, *, source: str = "-") -> Token:
+        """Check a password and issue a short-lived token.
+
+        Unknown names, wrong passwords and disabled accounts get the same answer after the
+        same work (a hash is always verified); repeated failures slow down only the
+        (name, source) pair that made them (:class:`gridmap.ratelimit.LoginThrottle`).
+        """
+        name = username[:64]
+        self.throttle.check(name, source)
+        rec = self.store.user(name)
+        ok = _verify(rec["password_hash"] if rec else _DUMMY_HASH, password)
+        if rec is None or not ok or rec["disabled"]:
+            # nothing is written here: a write would take longer for a real name
+            self.throttle.failed(name, source)
+            raise AuthenticationError("wrong username or password")
+        self.throttle.succeeded(name, source)
         return self.issue(rec["username"], Role(rec["role"]))
 
     def issue(self, username: str, role: Role) -> Token:
@@ -227,12 +246,13 @@ class Accounts:
 
         Rejected: bad signature, another algorithm (``none`` included), expired, another
         audience or issuer, a user that is gone, disabled or whose role changed. A token
-        verified once is remembered until it expires or any user record changes (a
-        disabled user is refused at once), which keeps the check to a dictionary look-up.
+        verified once is remembered until it expires or any user, grid or community
+        changes, so a disabled user is refused and a moved grid leaves or joins a
+        community admin's scope on the next request; the check stays a dictionary look-up.
         """
-        stamp = self.store.stamp("gridmap_users")
+        stamp = self._scope_stamp()
         hit = self._verified.get(token)
-        if hit is not None and stamp >= 0 and hit[0] == stamp and hit[1] > time.time():
+        if hit is not None and min(stamp) >= 0 and hit[0] == stamp and hit[1] > time.time():
             return hit[2]
         principal = self._verify_token(token)
         if len(self._verified) > 10_000:
@@ -240,6 +260,10 @@ class Accounts:
         exp = jwt.decode(token, options={"verify_signature": False})["exp"]
         self._verified[token] = (stamp, float(exp), principal)
         return principal
+
+    def _scope_stamp(self) -> tuple[int, ...]:
+        """What a principal's scope is derived from: users, grids, communities."""
+        return tuple(self.store.stamp(t) for t in ("gridmap_users", "grids", "communities"))
 
     def _verify_token(self, token: str) -> Principal:
         try:

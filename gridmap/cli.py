@@ -220,6 +220,26 @@ def users_add(
         console.print(f"password: {password}")
 
 
+@users_app.command("assign")
+def users_assign(
+    username: str,
+    grid: Annotated[
+        list[int] | None, typer.Option(help="New grid id(s) of a grid worker (repeat).")
+    ] = None,
+    community: Annotated[int | None, typer.Option(help="New community of an admin.")] = None,
+    database: DbOption = Path(DEFAULT_DATABASE),
+) -> None:
+    """Give a grid worker other grids or a community admin another community (at once)."""
+    store, accounts = _accounts(database)
+    try:
+        accounts.reassign(username, grid_ids=grid, community_id=community)
+    except GridmapError as exc:
+        store.close()
+        _fail(exc)
+    store.close()
+    console.print(f"{username} reassigned")
+
+
 @users_app.command("disable")
 def users_disable(
     username: str,
@@ -243,7 +263,7 @@ def users_reset(
     password: Annotated[str | None, typer.Option(help="New password (default: generated).")] = None,
     database: DbOption = Path(DEFAULT_DATABASE),
 ) -> None:
-    """Set a new password and unlock the account; prints a generated one."""
+    """Set a new password; prints a generated one."""
     store, accounts = _accounts(database)
     try:
         new = accounts.reset_password(username, password)
@@ -259,7 +279,7 @@ def users_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
     """List users, their roles, grids and state."""
     store = _open(database)
     table = Table()
-    for col in ("username", "role", "grids", "community", "disabled", "locked until"):
+    for col in ("username", "role", "grids", "community", "disabled"):
         table.add_column(col)
     for u in store.users():
         table.add_row(
@@ -268,7 +288,6 @@ def users_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
             ",".join(map(str, u["grid_ids"])),
             str(u["community_id"] or ""),
             "yes" if u["disabled"] else "",
-            u["locked_until"] or "",
         )
     store.close()
     console.print(table)

@@ -30,3 +30,51 @@ class RateLimiter:
                 msg = f"too many {what}; try again in {retry} s"
                 raise RateLimitedError(msg, retry)
             q.append(now)
+
+
+class LoginThrottle:
+    """Growing delays after failed log-ins, per (account name as typed, source address).
+
+    The first ``free`` failures cost nothing; each further one doubles the wait before the
+    next attempt from that source for that name (``base`` seconds, up to ``cap``). A
+    success clears the pair. Nobody can lock an account for others: a flood from one
+    source slows that source only. Unknown names are throttled exactly like real ones,
+    so the answers tell nothing about which accounts exist. Kept per worker process.
+    """
+
+    def __init__(
+        self, *, free: int = 3, base: float = 1.0, cap: float = 900.0, size: int = 100_000
+    ) -> None:
+        self.free = free
+        self.base = base
+        self.cap = cap
+        self.size = size
+        self._state: dict[tuple[str, str], tuple[int, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, name: str, source: str) -> None:
+        """RateLimitedError while this (name, source) must wait."""
+        with self._lock:
+            _, until = self._state.get((name.lower(), source), (0, 0.0))
+        wait = until - time.monotonic()
+        if wait > 0:
+            retry = int(wait) + 1
+            msg = f"too many failed log-ins for this name from here; try again in {retry} s"
+            raise RateLimitedError(msg, retry)
+
+    def failed(self, name: str, source: str) -> None:
+        """Count a failure; from the ``free``-th on, the next attempt must wait longer."""
+        key = (name.lower(), source)
+        with self._lock:
+            n, _ = self._state.get(key, (0, 0.0))
+            n += 1
+            delay = 0.0 if n < self.free else min(self.cap, self.base * 2 ** (n - self.free))
+            self._state[key] = (n, time.monotonic() + delay)
+            if len(self._state) > self.size:  # forget the oldest pairs
+                for old in list(self._state)[: self.size // 10]:
+                    del self._state[old]
+
+    def succeeded(self, name: str, source: str) -> None:
+        """Clear the pair after a successful log-in."""
+        with self._lock:
+            self._state.pop((name.lower(), source), None)

@@ -6,6 +6,7 @@ import datetime as dt
 import logging
 import re
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,29 +66,48 @@ def _app(path: Path, **kw: Any) -> Any:
     return create_app(Settings(database=str(path), **kw))
 
 
-def test_login_lockout_and_reset(edit_path: Path, credentials: dict[str, tuple[str, str]]) -> None:
-    user, pw = credentials["grid_worker"]
-    with TestClient(_app(edit_path)) as c:
-        r = c.post("/token", data={"username": user, "password": pw})
-        assert r.status_code == 200 and r.json()["token_type"] == "bearer"
-        assert r.headers["cache-control"] == "no-store"
-        token = r.json()["access_token"]
-        assert (
-            c.get("/users/me", headers={"Authorization": f"Bearer {token}"}).json()["role"]
-            == "grid_worker"
-        )
-        for _ in range(5):
-            bad = c.post("/token", data={"username": user, "password": "Wrong-password-1"})
-            assert bad.status_code == 401 and bad.headers["www-authenticate"].startswith("Bearer")
-        locked = c.post("/token", data={"username": user, "password": pw})
-        assert locked.status_code == 401 and "locked" in locked.json()["detail"]
-        unknown = c.post("/token", data={"username": "nobody", "password": pw})
-        assert unknown.status_code == 401 and unknown.json()["detail"] == bad.json()["detail"]
+def test_login_tells_nothing_and_cannot_lock_others_out(
+    edit_path: Path, credentials: dict[str, tuple[str, str]]
+) -> None:
+    user, pw = credentials["subdistrict_admin"]
+    planner, planner_pw = credentials["planner"]
     store = GeoPackageStore.open(edit_path)
-    Accounts(store, secret=token_secret(store)).reset_password(user, pw)
+    Accounts(store, secret=token_secret(store)).set_disabled(planner)
     store.close()
-    with TestClient(_app(edit_path)) as c:
-        assert c.post("/token", data={"username": user, "password": pw}).status_code == 200
+    app = _app(edit_path)
+    attacker = TestClient(app, client=("10.9.9.9", 4000))
+    office = TestClient(app, client=("10.0.0.1", 4000))
+    with attacker, office:
+
+        def answers(name: str, password: str = "Wrong-password-1") -> list[tuple[Any, ...]]:
+            out = []
+            for _ in range(6):
+                r = attacker.post("/token", data={"username": name, "password": password})
+                detail = re.sub(r"\d+ s\b", "N s", r.json()["detail"])
+                out.append((r.status_code, detail, "retry-after" in r.headers))
+            return out
+
+        app.state.accounts.throttle.base = 3.0  # the first delay, in seconds
+        real = answers(user)
+        started = time.monotonic()
+        # the attacker's source waits even with the right password; the office does not
+        assert attacker.post("/token", data={"username": user, "password": pw}).status_code == 429
+        assert office.post("/token", data={"username": user, "password": pw}).status_code == 200
+        # a real name and an unknown one answer alike, attempt by attempt
+        assert answers("nobody_here") == real
+        assert [a[0] for a in real] == [401, 401, 401, 429, 429, 429]
+        assert real[0][1] == "wrong username or password" and real[3][2]
+        # a disabled account with its right password answers like a wrong password
+        assert answers(planner, planner_pw)[0] == real[0]
+        time.sleep(max(0.0, 3.1 - (time.monotonic() - started)))
+        assert attacker.post("/token", data={"username": user, "password": pw}).status_code == 200
+        # the browser form answers the same way
+        page = office.post("/login", data={"username": "ghost", "password": "Wrong-password-1"})
+        assert page.status_code == 401 and "wrong username or password" in page.text
+    store = GeoPackageStore.open(edit_path)
+    denied = store.audit_entries(limit=1000, equals={"action": "login", "result": "denied"})[1]
+    store.close()
+    assert denied >= 19  # every refused attempt is in the audit log
 
 
 def test_login_attempts_are_rate_limited(edit_path: Path) -> None:
@@ -903,3 +923,107 @@ def test_refusals_are_audited_with_method_path_and_query(edit_path: Path) -> Non
     assert e["action"] == "denied_scope" and e["detail"].endswith("?bbox=113,34,114,35")
     (e,) = entries[forbidden.headers["x-request-id"]]
     assert (e["action"], e["result"], e["detail"]) == ("denied", "403", "GET /audit?action=read")
+
+
+def test_scope_follows_grid_and_user_changes_at_once(edit_path: Path) -> None:
+    """A token issued before a grid moved community reads by the new assignment at once."""
+    auth = tokens_for(edit_path)
+    store = GeoPackageStore.open(edit_path)
+    grid = next(
+        int(i)
+        for i, p in zip(*(lambda fs: (fs.ids, fs.properties))(store.query("grids")), strict=True)
+        if p["community_id"] == 1 and i != 1
+    )
+    hh = _household(store, grid)
+    store.close()
+    com, adm = auth["community_admin"], auth["subdistrict_admin"]
+    url = f"/collections/households/items/{hh}"
+    with TestClient(_app(edit_path)) as c:
+        assert c.get(url, headers=com).status_code == 200
+        cur = c.get(f"/collections/grids/items/{grid}", headers=adm)
+        r = c.patch(
+            f"/collections/grids/items/{grid}",
+            json={"properties": {"community_id": 2}},
+            headers={**adm, "If-Match": cur.headers["etag"]},
+        )
+        assert r.status_code == 200
+        assert c.get(url, headers=com).status_code == 404  # the same token, next request
+        ids = {
+            f["id"]
+            for f in c.get(
+                f"/collections/households/items?limit=1000&grid_id={grid}", headers=com
+            ).json()["features"]
+        }
+        assert ids == set()
+        store = GeoPackageStore.open(edit_path)
+        Accounts(store, secret=token_secret(store)).reassign("community1", community_id=2)
+        store.close()
+        assert c.get(url, headers=com).status_code == 200  # a user's new assignment too
+
+
+def test_masking_is_decided_by_layer_field_and_role(
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+) -> None:
+    """A community's public phone is not a household's phone: it filters and sorts."""
+    phone = sample_store.get("communities", 3).properties["phone"]
+    for role in ("subdistrict_admin", "grid_worker", "public"):
+        h = auth[role]
+        r = client.get("/collections/communities/items", params={"phone": phone}, headers=h)
+        assert r.status_code == 200 and [f["id"] for f in r.json()["features"]] == [3], role
+        r = client.get(
+            "/collections/communities/items", params={"filter": f"phone = '{phone}'"}, headers=h
+        )
+        assert [f["id"] for f in r.json()["features"]] == [3], role
+        r = client.get("/collections/communities/items?sortby=-phone", headers=h)
+        got = [f["properties"]["phone"] for f in r.json()["features"]]
+        assert got == sorted(got, reverse=True) and phone in got, role
+    r = client.get("/collections/households/items?sortby=phone", headers=auth["grid_worker"])
+    assert r.status_code == 403  # a household's phone stays masked, unusable
+
+
+def test_collection_metadata_stays_in_scope(
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+) -> None:
+    mine = sample_store.query("households", Query(equals={"grid_id": 1}))
+    times = sorted(p["last_visit_at"] for p in mine.properties if p["last_visit_at"])
+    lon = [g.x for g in mine.geometries]
+    lat = [g.y for g in mine.geometries]
+    for url in ("/collections/households", "/collections"):
+        body = client.get(url, headers=auth["grid_worker"]).json()
+        c = (
+            body
+            if "id" in body
+            else next(x for x in body["collections"] if x["id"] == "households")
+        )
+        assert c["extent"]["temporal"]["interval"] == [[times[0], times[-1]]]
+        box = c["extent"]["spatial"]["bbox"][0]
+        # the R-tree keeps float32 boxes rounded outwards: within a few metres
+        assert box[0] == pytest.approx(min(lon), abs=3e-5) and box[2] == pytest.approx(
+            max(lon), abs=3e-5
+        )
+        assert box[1] == pytest.approx(min(lat), abs=3e-5) and box[3] == pytest.approx(
+            max(lat), abs=3e-5
+        )
+    everyone = client.get("/collections/households", headers=auth["subdistrict_admin"]).json()
+    assert everyone["extent"]["spatial"]["bbox"][0] != box  # the admin sees all households
+
+
+def test_a_worker_sees_at_least_what_the_public_sees(
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+) -> None:
+    grid2 = sample_store.get("grids", 2).geometry.representative_point()
+    where = {"lon": grid2.x, "lat": grid2.y}
+    for url, params in (
+        ("/collections/grids/items", {"limit": 1000}),
+        ("/collections/grids/items/2", {}),
+        ("/collections/communities/items", {}),
+        ("/locate", where),
+        ("/nearest", {**where, "collection": "toilets", "k": 3}),
+    ):
+        public = client.get(url, params=params, headers=auth["public"])
+        worker = client.get(url, params=params, headers=auth["grid_worker"])
+        assert public.status_code == worker.status_code == 200, url
+        assert worker.json() == public.json(), url
+    assert (
+        client.get("/locate", params=where, headers=auth["grid_worker"]).json()["grid"]["id"] == 2
+    )

@@ -29,7 +29,7 @@ from gridmap.crs import CRS84, bbox_to_wgs84
 from gridmap.errors import FeatureNotFoundError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store import Query as StoreQuery
-from gridmap.store import Store
+from gridmap.store import Scope, Store
 
 router = APIRouter()
 
@@ -128,8 +128,9 @@ def conformance() -> Response:
     return _json({"conformsTo": CONFORMANCE})
 
 
-def _collection(layer: Layer, store: Store, base: str) -> dict[str, Any]:
-    ext = store.extent(layer.id)
+def _collection(layer: Layer, store: Store, base: str, scope: Scope) -> dict[str, Any]:
+    """A collection's description; its extents are those of what ``scope`` shows."""
+    ext = store.extent(layer.id, scope=scope)
     out: dict[str, Any] = {
         "id": layer.id,
         "title": layer.zh,
@@ -156,7 +157,7 @@ def _collection(layer: Layer, store: Store, base: str) -> dict[str, Any]:
     extent: dict[str, Any] = {}
     if ext is not None:
         extent["spatial"] = {"bbox": [list(ext)], "crs": CRS84}
-    times = store.time_extent(layer.id)
+    times = store.time_extent(layer.id, scope=scope)
     if times is not None:
         extent["temporal"] = {
             "interval": [list(times)],
@@ -172,7 +173,7 @@ def collections(request: Request, store: StoreDep, scope: ScopeDep) -> Response:
     """Every layer the caller may see."""
     b = _base(request)
     visible = [layer for layer in LAYERS if scope.allows_layer(layer.id)]
-    cols = [_collection(layer, store, b) for layer in visible]
+    cols = [_collection(layer, store, b, scope) for layer in visible]
     if wants_html(request):
         rows = [
             {
@@ -196,9 +197,11 @@ def collections(request: Request, store: StoreDep, scope: ScopeDep) -> Response:
 
 
 @router.get("/collections/{collection_id}", summary="One collection", tags=["OGC API"])
-def collection(request: Request, layer: CollectionDep, store: StoreDep) -> Response:
+def collection(
+    request: Request, layer: CollectionDep, store: StoreDep, scope: ScopeDep
+) -> Response:
     """A layer's description: extent, item type, CRS and links."""
-    c = _collection(layer, store, _base(request))
+    c = _collection(layer, store, _base(request), scope)
     if wants_html(request):
         return render("collection.html", title=layer.zh, c=c, props=layer.properties)
     return _json(c)

@@ -204,12 +204,12 @@ class Store(Protocol):
         """Delete one feature."""
         ...
 
-    def extent(self, layer_id: str) -> BBox | None:
-        """Bounding box of a layer (None when empty)."""
+    def extent(self, layer_id: str, *, scope: Scope = ...) -> BBox | None:
+        """Bounding box of the layer's features within ``scope`` (None when empty)."""
         ...
 
-    def time_extent(self, layer_id: str) -> tuple[str, str] | None:
-        """(earliest, latest) value of the layer's temporal property, if any."""
+    def time_extent(self, layer_id: str, *, scope: Scope = ...) -> tuple[str, str] | None:
+        """(earliest, latest) value of the layer's temporal property within ``scope``."""
         ...
 
     @property

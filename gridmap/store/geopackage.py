@@ -51,6 +51,7 @@ from gridmap.store.gpkg_sql import (
 from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 
 _ALL_ROWS = Query()
+_IN_GRIDS = 't."grid_id" IN (SELECT value FROM json_each(?))'
 
 
 def _to_sql(p: Prop, v: Any) -> Any:
@@ -413,7 +414,7 @@ class GeoPackageStore:
         params: list[Any] = []
         box = query.bbox
         if scope.limits(layer):
-            clauses.append('t."grid_id" IN (SELECT value FROM json_each(?))')
+            clauses.append(_IN_GRIDS)
             params.append(json.dumps(sorted(scope.grid_ids or ())))
         hidden = scope.masked_in(layer) & (
             set(query.equals)
@@ -694,30 +695,32 @@ class GeoPackageStore:
             scope.reads.saw(layer.id, [f.id], [f.properties.get("grid_id")])
         return mask_feature(layer, f, scope)
 
-    def extent(self, layer_id: str) -> BBox | None:
-        """Bounding box of a layer from its R-tree (None when empty)."""
-        layer = get_layer(layer_id)
-        row = (
-            self._connect()
-            .execute(
-                "SELECT min(minx), min(miny), max(maxx), max(maxy) FROM "
-                + _q("rtree_" + layer.id + "_geom")
-            )
-            .fetchone()
-        )
+    def extent(self, layer_id: str, *, scope: Scope = Scope.ALL) -> BBox | None:
+        """Bounding box of the layer's features within ``scope``, from its R-tree."""
+        layer = self._layer(layer_id, scope)
+        rtree = _q("rtree_" + layer.id + "_geom")
+        sql = f"SELECT min(r.minx), min(r.miny), max(r.maxx), max(r.maxy) FROM {rtree} AS r"
+        params: list[Any] = []
+        if scope.limits(layer):
+            sql += f" JOIN {_q(layer.id)} AS t ON t.fid = r.id WHERE {_IN_GRIDS}"
+            params.append(json.dumps(sorted(scope.grid_ids or ())))
+        row = self._connect().execute(sql, params).fetchone()
         if row is None or row[0] is None:
             return None
         return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
 
-    def time_extent(self, layer_id: str) -> tuple[str, str] | None:
-        """(earliest, latest) of the layer's temporal property, if it has one and values."""
-        layer = get_layer(layer_id)
+    def time_extent(self, layer_id: str, *, scope: Scope = Scope.ALL) -> tuple[str, str] | None:
+        """(earliest, latest) of the temporal property within ``scope``, if any."""
+        layer = self._layer(layer_id, scope)
         if layer.temporal is None:
             return None
         col = _q(layer.temporal)
-        row = (
-            self._connect().execute(f"SELECT min({col}), max({col}) FROM {_q(layer.id)}").fetchone()
-        )
+        sql = f"SELECT min(t.{col}), max(t.{col}) FROM {_q(layer.id)} AS t"
+        params: list[Any] = []
+        if scope.limits(layer):
+            sql += f" WHERE {_IN_GRIDS}"
+            params.append(json.dumps(sorted(scope.grid_ids or ())))
+        row = self._connect().execute(sql, params).fetchone()
         if row is None or row[0] is None:
             return None
         return str(row[0]), str(row[1])

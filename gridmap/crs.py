@@ -18,6 +18,7 @@ Conventions
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
@@ -253,9 +254,27 @@ def normalize_crs(value: str) -> str:
     return uri
 
 
+_GEOGRAPHIC = (CRS84, _epsg_uri(4326), _epsg_uri(4490))
+
+
+@lru_cache(maxsize=64)
+def axis_swapped(crs_uri: str) -> bool:
+    """True when the CRS's own first axis points north (latitude or northing first).
+
+    Coordinates in such a CRS are written (north, east) in requests and responses, as the
+    EPSG database defines them (OGC API – Features Part 2); gridmap works internally in
+    (east, north). EPSG:4326 and 4490 (lat, lon) and EPSG:4547 (northing, easting) are
+    swapped; CRS84, EPSG:3857, GCJ-02 and BD-09 are not. Read from PROJ's definitions.
+    """
+    code = _epsg_of(normalize_crs(crs_uri))
+    if code is None:
+        return False
+    return CRS.from_epsg(code).axis_info[0].direction.lower() in ("north", "south")
+
+
 def is_lat_lon_order(crs_uri: str) -> bool:
-    """True for CRSs whose EPSG axis order is latitude first (EPSG:4326, EPSG:4490)."""
-    return crs_uri in (_epsg_uri(4326), _epsg_uri(4490))
+    """True for geographic CRSs whose axis order is latitude first (EPSG:4326, EPSG:4490)."""
+    return crs_uri in _GEOGRAPHIC[1:]
 
 
 _transformers: dict[tuple[int, int], Transformer] = {}
@@ -325,19 +344,19 @@ def transform_geometries(geoms: npt.ArrayLike, *, src: str, dst: str) -> npt.NDA
 
 
 def to_output(geoms: npt.ArrayLike, crs: str) -> npt.NDArray[np.object_]:
-    """WGS84 geometries as written in ``crs``: transformed, and lat-first where EPSG says so."""
+    """WGS84 geometries as written in ``crs``: transformed, north first where EPSG says so."""
     uri = normalize_crs(crs)
     out = transform_geometries(geoms, src=CRS84, dst=uri)
-    if is_lat_lon_order(uri):
+    if axis_swapped(uri):
         out = shapely.transform(out, lambda c: c[:, ::-1])
     return out
 
 
 def from_input(geoms: npt.ArrayLike, crs: str) -> npt.NDArray[np.object_]:
-    """Geometries written in ``crs`` (lat-first where EPSG says so) as WGS84 lon/lat."""
+    """Geometries written in ``crs`` (north first where EPSG says so) as WGS84 lon/lat."""
     uri = normalize_crs(crs)
     arr = np.asarray(geoms, dtype=object)
-    if is_lat_lon_order(uri):
+    if axis_swapped(uri):
         arr = shapely.transform(arr, lambda c: c[:, ::-1])
     return transform_geometries(arr, src=uri, dst=CRS84)
 
@@ -352,9 +371,9 @@ def bbox_to_wgs84(
     """
     uri = normalize_crs(crs)
     a, b, c, d = bbox
-    if is_lat_lon_order(uri):
+    if axis_swapped(uri):
         a, b, c, d = b, a, d, c
-    if uri == CRS84 or is_lat_lon_order(uri):
+    if uri in _GEOGRAPHIC:
         return (a, b, c, d), None
     box = shapely.segmentize(shapely.box(a, b, c, d), max((c - a), (d - b)) / 64 or 1.0)
     poly = transform_geometries([box], src=uri, dst=CRS84)[0]

@@ -191,6 +191,47 @@ def test_html_views(client: TestClient) -> None:
 # ----------------------------------------------------------------------------- Part 2 CRS
 
 
+EPSG_OFFERED = [u for u in gcrs.SUPPORTED_CRS if "/EPSG/" in u]
+
+
+@pytest.mark.parametrize("crs_uri", EPSG_OFFERED)
+def test_coordinates_follow_each_crs_own_axis_order(
+    client: TestClient, sample_store: GeoPackageStore, crs_uri: str
+) -> None:
+    """Absolute coordinates against PROJ in the authority's axis order (not always_xy):
+    EPSG:4326/4490 lat, lon; EPSG:4547 northing, easting; EPSG:3857 x, y."""
+    from pyproj import Transformer
+
+    code = int(crs_uri.rsplit("/", 1)[1])
+    to_crs = Transformer.from_crs("EPSG:4326", f"EPSG:{code}")  # authority order both ways
+    p = sample_store.get("toilets", 1).geometry
+    want = to_crs.transform(p.y, p.x)
+    got = client.get("/collections/toilets/items/1", params={"crs": crs_uri}).json()
+    assert got["geometry"]["coordinates"] == pytest.approx(list(want), abs=1e-6)
+    # a bbox in that CRS, in its axis order, finds the toilet; the swapped box does not
+    d = 20.0 if code in (3857, 4547) else 2e-4
+    box = [want[0] - d, want[1] - d, want[0] + d, want[1] + d]
+    swapped = [box[1], box[0], box[3], box[2]]
+    for b, hit in ((box, True), (swapped, False)):
+        r = client.get(
+            "/collections/toilets/items",
+            params={"bbox": ",".join(map(str, b)), "bbox-crs": crs_uri},
+        )
+        assert (
+            r.status_code in (200, 400)
+            and (1 in [f["id"] for f in r.json().get("features", [])]) is hit
+        )
+    # a filter geometry in that CRS, in its axis order
+    r = client.get(
+        "/collections/toilets/items",
+        params={
+            "filter": f"S_DWITHIN(geom, POINT({want[0]} {want[1]}), 1)",
+            "filter-crs": crs_uri,
+        },
+    )
+    assert [f["id"] for f in r.json()["features"]] == [1]
+
+
 @pytest.mark.parametrize("crs_uri", list(gcrs.SUPPORTED_CRS))
 def test_every_crs_round_trips(edit_client: TestClient, crs_uri: str) -> None:
     """Read a toilet in crs X, write it back with Content-Crs X: it stays where it was."""
@@ -200,6 +241,8 @@ def test_every_crs_round_trips(edit_client: TestClient, crs_uri: str) -> None:
     x, y = feature["geometry"]["coordinates"]
     if gcrs.is_lat_lon_order(crs_uri):
         assert 34 < x < 35 and 113 < y < 114
+    if crs_uri.endswith("/4547"):
+        assert 3_800_000 < x < 3_900_000 and 400_000 < y < 500_000  # northing, easting
     original = edit_client.get("/collections/toilets/items/1").json()["geometry"]["coordinates"]
     r2 = edit_client.put(
         "/collections/toilets/items/1",

@@ -24,7 +24,8 @@ from api.deps import (
 from api.errors import BadRequestError
 from api.html import render, wants_html
 from gridmap import exports, geojson
-from gridmap.cql import CompiledFilter, FilterError, compile_filter, datetime_filter
+from gridmap.cql import Filter, FilterError, check_filter, datetime_filter
+from gridmap.cql.check import INT_MAX
 from gridmap.crs import CRS84, bbox_to_wgs84
 from gridmap.errors import FeatureNotFoundError
 from gridmap.layers import LAYERS, Layer, Prop
@@ -268,7 +269,11 @@ def queryables(request: Request, layer: CollectionDep) -> Response:
 def _value_for(prop: Prop, raw: str) -> Any:
     try:
         if prop.type == "int":
-            return int(raw)
+            v = int(raw)
+            if abs(v) > INT_MAX:
+                msg = f"{prop.name} must lie within ±{INT_MAX}"
+                raise BadRequestError(msg)
+            return v
         if prop.type == "float":
             v = float(raw)
             if v != v or v in (float("inf"), float("-inf")):
@@ -391,11 +396,11 @@ def items(
             raise BadRequestError(msg)
         equals[key] = _value_for(prop, raw)
 
-    filters: list[CompiledFilter] = []
+    filters: list[Filter] = []
     try:
         if filter is not None:
             filters.append(
-                compile_filter(filter, layer, lang=filter_lang or "cql2-text", filter_crs=fcrs)
+                check_filter(filter, layer, lang=filter_lang or "cql2-text", filter_crs=fcrs)
             )
         elif filter_lang is not None:
             raise BadRequestError("filter-lang given without a filter")

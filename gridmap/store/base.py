@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 from shapely.geometry.base import BaseGeometry
 
-from gridmap.cql import CompiledFilter
+from gridmap.cql import Filter
 from gridmap.layers import Layer
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ class Query:
     """What to select from one layer; every field optional.
 
     ``equals`` holds property=value filters (names checked against the layer);
-    ``filters`` compiled CQL2 / datetime conditions (see :mod:`gridmap.cql`);
+    ``filters`` checked CQL2 / datetime conditions (neutral trees, :mod:`gridmap.cql`);
     ``geometry``/``predicate`` an exact spatial filter; ``order_by`` property names with
     an optional leading ``-`` for descending.
     """
@@ -136,7 +136,7 @@ class Query:
     geometry: BaseGeometry | None = None
     predicate: Predicate = "intersects"
     ids: Sequence[int] | None = None
-    filters: Sequence[CompiledFilter] = ()
+    filters: Sequence[Filter] = ()
     order_by: Sequence[str] = ()
     limit: int | None = None
     offset: int = 0

@@ -48,6 +48,7 @@ from gridmap.store.gpkg_sql import (
     _q,
     register_functions,
 )
+from gridmap.store.sqlite_filter import render as render_filter
 from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 
 _ALL_ROWS = Query()
@@ -421,6 +422,10 @@ class GeoPackageStore:
             | {k.lstrip("+-") for k in query.order_by}
             | {p for f in query.filters for p in f.properties}
         )
+        foreign = [f.layer_id for f in query.filters if f.layer_id != layer.id]
+        if foreign:
+            msg = f"a filter checked for {foreign[0]} cannot select from {layer.id}"
+            raise InvalidFeatureError(msg)
         if hidden:
             msg = f"{', '.join(sorted(hidden))} cannot be used to filter or sort (masked for you)"
             raise PermissionDeniedError(msg)
@@ -439,10 +444,11 @@ class GeoPackageStore:
                 clauses.append(f"t.{_q(name)} = ?")
                 params.append(_to_sql(prop, value))
         for f in query.filters:
-            clauses.append(f.sql)
-            params.extend(f.params)
-            if f.bbox is not None:
-                box = f.bbox if box is None else _intersect_box(box, f.bbox)
+            c = render_filter(f)
+            clauses.append(c.sql)
+            params.extend(c.params)
+            if c.bbox is not None:
+                box = c.bbox if box is None else _intersect_box(box, c.bbox)
         if query.ids is not None:
             clauses.append("t.fid IN (SELECT value FROM json_each(?))")
             params.append(json.dumps([int(i) for i in query.ids]))

@@ -8,6 +8,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
+from gridmap.store.sqlite_filter import FUNCTIONS
 
 APPLICATION_ID = 0x47504B47  # "GPKG"
 USER_VERSION = 10300  # GeoPackage 1.3
@@ -139,10 +140,11 @@ def _literal(wkb: bytes) -> BaseGeometry:
     return g
 
 
-def _gm_spatial(kind: str, blob: bytes | None, wkb: bytes) -> int:
-    """SQLite function: does the feature geometry stand in relation ``kind`` to the literal?"""
+def _gm_spatial(kind: str, blob: bytes | None, wkb: bytes) -> int | None:
+    """SQLite function: does the feature geometry stand in relation ``kind`` to the literal?
+    (NULL, unknown, for a feature without geometry.)"""
     if blob is None:
-        return 0
+        return None
     g = geo.from_gpkg_blobs([blob])[0]
     lit = _literal(wkb)
     fn = _SPATIAL_FN[kind]
@@ -181,5 +183,7 @@ def register_functions(conn) -> None:  # type: ignore[no-untyped-def]
     conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty, deterministic=True)
     conn.create_function("gm_spatial", 3, _gm_spatial, deterministic=True)
     conn.create_function("gm_bbox", 5, _gm_bbox, deterministic=True)
+    for name, (n, fn) in FUNCTIONS.items():
+        conn.create_function(name, n, fn, deterministic=True)
     for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
         conn.create_function(name, 1, _envelope_part(i), deterministic=True)

@@ -1,0 +1,154 @@
+"""The checked, backend-neutral CQL2 tree: what a filter means, with no SQL in it.
+
+Every property is a real property of the layer (with its type), every literal is typed
+and in range, geometries are WGS84, times are the store's local (Beijing) ISO text.
+Each backend renders this tree in its own dialect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shapely.geometry.base import BaseGeometry
+
+ValueType = str
+"""'num', 'str', 'bool', 'date', 'datetime' or 'list'."""
+
+
+@dataclass(frozen=True)
+class Prop:
+    """A property of the layer (``id`` is the feature id)."""
+
+    name: str
+    type: ValueType
+
+
+@dataclass(frozen=True)
+class Lit:
+    """A typed literal: numbers finite and within 64-bit integers, dates as ISO text."""
+
+    value: str | int | float | bool
+    type: ValueType
+
+
+@dataclass(frozen=True)
+class Arith:
+    """``left op right`` with op one of + - * / % div ^ (numbers only)."""
+
+    op: str
+    left: Expr
+    right: Expr
+    type: ValueType = "num"
+
+
+@dataclass(frozen=True)
+class Fold:
+    """CASEI (lower case) or ACCENTI (diacritics removed) of a text expression."""
+
+    op: str
+    arg: Expr
+    type: ValueType = "str"
+
+
+Expr = Prop | Lit | Arith | Fold
+
+
+@dataclass(frozen=True)
+class Const:
+    """TRUE or FALSE."""
+
+    value: bool
+
+
+@dataclass(frozen=True)
+class And:
+    args: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Or:
+    args: tuple[Node, ...]
+
+
+@dataclass(frozen=True)
+class Not:
+    arg: Node
+
+
+@dataclass(frozen=True)
+class Compare:
+    """``left op right`` with op one of = <> < <= > >= (both sides of one type)."""
+
+    op: str
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Like:
+    """CQL2 LIKE: case-sensitive; ``%`` any run, ``_`` one character, ``\\`` escapes."""
+
+    value: Expr
+    pattern: Expr
+
+
+@dataclass(frozen=True)
+class Between:
+    value: Expr
+    low: Expr
+    high: Expr
+
+
+@dataclass(frozen=True)
+class In:
+    value: Expr
+    items: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class IsNull:
+    value: Expr
+
+
+@dataclass(frozen=True)
+class Spatial:
+    """The feature's geometry in relation ``op`` to a literal (feature first):
+    intersects, within, contains, disjoint, equals, touches, crosses, overlaps, or
+    dwithin (``distance_m`` metres)."""
+
+    op: str
+    geometry: BaseGeometry
+    distance_m: float | None = None
+
+
+@dataclass(frozen=True)
+class Temporal:
+    """A date/datetime property (an instant) in relation ``op`` to an instant or interval
+    [``start``, ``end``]; None is an open end. Property first."""
+
+    op: str
+    prop: Prop
+    start: str | None
+    end: str | None
+
+
+@dataclass(frozen=True)
+class Array:
+    """A list property in relation ``op`` (contains, containedby, overlaps, equals) to a
+    list of strings; property first."""
+
+    op: str
+    prop: Prop
+    values: tuple[str, ...]
+
+
+Node = Const | And | Or | Not | Compare | Like | Between | In | IsNull | Spatial | Temporal | Array
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A checked filter for one layer, and the properties it reads (for the masking check)."""
+
+    layer_id: str
+    root: Node
+    properties: frozenset[str]

@@ -1,0 +1,231 @@
+"""The neutral CQL2 tree rendered as SQLite SQL over the table alias ``t``, values bound.
+
+Text semantics follow CQL2, not SQLite's defaults: LIKE is case-sensitive (``gm_like``),
+CASEI folds all of Unicode (``gm_casei``), ACCENTI removes diacritics (``gm_accenti``);
+spatial predicates call ``gm_spatial`` with the literal as WKB, and top-level spatial
+conjuncts also give an envelope for the R-tree.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import shapely
+
+from gridmap.cql import tree as t
+from gridmap.crs import from_metric, to_metric
+
+
+@dataclass
+class CompiledFilter:
+    """A SQL condition over alias ``t`` with its parameters, and an optional R-tree envelope."""
+
+    sql: str
+    params: list[Any] = field(default_factory=list)
+    bbox: tuple[float, float, float, float] | None = None
+
+
+_PREFILTERABLE = {"intersects", "within", "contains", "equals", "touches", "crosses", "overlaps"}
+
+
+def render(f: t.Filter) -> CompiledFilter:
+    """SQL for a checked filter."""
+    r = _Renderer()
+    sql = r.node(f.root, top=True)
+    bbox = None
+    for env in r.envelopes:
+        bbox = env if bbox is None else _intersect(bbox, env)
+    return CompiledFilter(sql, r.params, bbox)
+
+
+def _intersect(a: tuple[float, ...], b: tuple[float, ...]) -> tuple[float, float, float, float]:
+    return (max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3]))
+
+
+class _Renderer:
+    def __init__(self) -> None:
+        self.params: list[Any] = []
+        self.envelopes: list[tuple[float, float, float, float]] = []
+
+    def bind(self, value: Any) -> str:
+        self.params.append(value)
+        return "?"
+
+    # ------------------------------------------------------------------ conditions
+
+    def node(self, n: t.Node, *, top: bool = False) -> str:
+        match n:
+            case t.Const(value=v):
+                return "1" if v else "0"
+            case t.And(args=args):
+                return "(" + " AND ".join(self.node(a, top=top) for a in args) + ")"
+            case t.Or(args=args):
+                return "(" + " OR ".join(self.node(a) for a in args) + ")"
+            case t.Not(arg=a):
+                return f"(NOT {self.node(a)})"
+            case t.Compare(op=op, left=a, right=b):
+                return f"({self.expr(a)} {op} {self.expr(b)})"
+            case t.Like(value=v, pattern=p):
+                return f"(gm_like({self.expr(v)}, {self.expr(p)}) = 1)"
+            case t.Between(value=v, low=lo, high=hi):
+                return f"({self.expr(v)} BETWEEN {self.expr(lo)} AND {self.expr(hi)})"
+            case t.In(value=v, items=items):
+                if not items:
+                    return "0"
+                return f"({self.expr(v)} IN ({', '.join(self.expr(i) for i in items)}))"
+            case t.IsNull(value=v):
+                return f"({self.expr(v)} IS NULL)"
+            case t.Spatial():
+                return self.spatial(n, top=top)
+            case t.Temporal():
+                return self.temporal(n)
+            case t.Array():
+                return self.array(n)
+        msg = f"cannot render {type(n).__name__}"
+        raise TypeError(msg)
+
+    # ------------------------------------------------------------------ values
+
+    def expr(self, e: t.Expr) -> str:
+        match e:
+            case t.Prop(name="id"):
+                return "t.fid"
+            case t.Prop(name=name):
+                return '"t"."' + name + '"'
+            case t.Lit(value=v):
+                return self.bind(int(v) if isinstance(v, bool) else v)
+            case t.Fold(op=op, arg=a):
+                return f"gm_{op}({self.expr(a)})"
+            case t.Arith(op=op, left=a, right=b):
+                x, y = self.expr(a), self.expr(b)
+                if op == "/":
+                    return f"(CAST({x} AS REAL) / {y})"
+                if op == "div":
+                    return f"(CAST({x} AS INTEGER) / CAST({y} AS INTEGER))"
+                if op == "^":
+                    return f"pow({x}, {y})"
+                return f"({x} {op} {y})"
+        msg = f"cannot render {type(e).__name__}"
+        raise TypeError(msg)
+
+    # ------------------------------------------------------------------ predicates
+
+    def spatial(self, s: t.Spatial, *, top: bool) -> str:
+        literal = s.geometry
+        kind = s.op
+        if kind == "dwithin":
+            metric = to_metric([literal])[0]
+            literal = from_metric([shapely.buffer(metric, s.distance_m or 0.0, quad_segs=32)])[0]
+            kind = "intersects"
+        if top and kind in _PREFILTERABLE:
+            b = shapely.bounds(literal)
+            self.envelopes.append((float(b[0]), float(b[1]), float(b[2]), float(b[3])))
+        return f"(gm_spatial({self.bind(kind)}, t.geom, {self.bind(shapely.to_wkb(literal))}) = 1)"
+
+    def temporal(self, p: t.Temporal) -> str:
+        """CQL2 temporal predicates on an instant property, by the standard's definitions.
+
+        The property is an instant ``[x, x]``; the literal an interval [lo, hi] whose open
+        ends are minus/plus infinity.
+        """
+        col = self.expr(p.prop)
+
+        def cmp(rel: str, bound: str | None, low_end: bool) -> str:
+            if bound is None:  # -inf (low end) or +inf (high end)
+                below = not low_end  # every instant lies below +inf, above -inf
+                truth = {"<": below, "<=": below, ">": not below, ">=": not below, "=": False}
+                return "1" if truth[rel] else "0"
+            return f"{col} {rel} {self.bind(bound)}"
+
+        lo, hi = p.start, p.end
+
+        def all_(*parts: str) -> str:
+            return "(" + " AND ".join(parts) + ")"
+
+        rules = {
+            "t_after": lambda: all_(cmp(">", hi, False)),
+            "t_before": lambda: all_(cmp("<", lo, True)),
+            "t_contains": lambda: all_(cmp("<", lo, True), cmp(">", hi, False)),
+            "t_disjoint": lambda: "(" + cmp(">", hi, False) + " OR " + cmp("<", lo, True) + ")",
+            "t_during": lambda: all_(cmp(">", lo, True), cmp("<", hi, False)),
+            "t_equals": lambda: all_(cmp("=", lo, True), cmp("=", hi, False)),
+            "t_finishedby": lambda: all_(cmp("<", lo, True), cmp("=", hi, False)),
+            "t_finishes": lambda: all_(cmp(">", lo, True), cmp("=", hi, False)),
+            "t_intersects": lambda: all_(cmp(">=", lo, True), cmp("<=", hi, False)),
+            "t_meets": lambda: all_(cmp("=", lo, True)),
+            "t_metby": lambda: all_(cmp("=", hi, False)),
+            "t_overlappedby": lambda: all_(
+                cmp(">", lo, True), cmp("<", hi, False), cmp(">", hi, False)
+            ),
+            "t_overlaps": lambda: all_(cmp("<", lo, True), cmp(">", lo, True), cmp("<", hi, False)),
+            "t_startedby": lambda: all_(cmp("=", lo, True), cmp(">", hi, False)),
+            "t_starts": lambda: all_(cmp("=", lo, True), cmp("<", hi, False)),
+        }
+        return f"(CASE WHEN {col} IS NULL THEN NULL ELSE {rules[p.op]()} END)"
+
+    def array(self, a: t.Array) -> str:
+        """Set semantics (order and repeats do not matter); a null list is unknown."""
+        col = self.expr(a.prop)
+        given = self.bind(json.dumps(list(a.values), ensure_ascii=False))
+        inner = f"SELECT value FROM json_each({given})"
+        mine = f"SELECT value FROM json_each({col})"
+        if a.op == "contains":  # the property holds every listed value
+            cond = f"NOT EXISTS ({inner} EXCEPT {mine})"
+        elif a.op == "containedby":
+            cond = f"NOT EXISTS ({mine} EXCEPT {inner})"
+        elif a.op == "overlaps":
+            cond = f"EXISTS ({inner} INTERSECT {mine})"
+        else:
+            again = self.bind(self.params[-1])
+            inner2 = f"SELECT value FROM json_each({again})"
+            cond = f"NOT EXISTS ({inner} EXCEPT {mine}) AND NOT EXISTS ({mine} EXCEPT {inner2})"
+        return f"(CASE WHEN {col} IS NULL THEN NULL ELSE ({cond}) END)"
+
+
+# ---------------------------------------------------------------------- SQLite functions
+
+
+@lru_cache(maxsize=256)
+def _like_regex(pattern: str) -> re.Pattern[str]:
+    out = []
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            out.append(re.escape(pattern[i + 1]))
+            i += 2
+            continue
+        out.append(".*" if c == "%" else "." if c == "_" else re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.S)
+
+
+def gm_like(value: str | None, pattern: str | None) -> int | None:
+    """CQL2 LIKE: case-sensitive, ``%`` and ``_`` wildcards, backslash escapes."""
+    if value is None or pattern is None:
+        return None
+    return 1 if _like_regex(str(pattern)).fullmatch(str(value)) else 0
+
+
+def gm_casei(value: str | None) -> str | None:
+    """CASEI: lower case over all of Unicode (SQLite's lower() folds ASCII only)."""
+    return None if value is None else str(value).lower()
+
+
+def gm_accenti(value: str | None) -> str | None:
+    """ACCENTI: diacritics removed (canonical decomposition, combining marks dropped)."""
+    if value is None:
+        return None
+    decomposed = unicodedata.normalize("NFD", str(value))
+    return unicodedata.normalize(
+        "NFC", "".join(c for c in decomposed if unicodedata.category(c) != "Mn")
+    )
+
+
+FUNCTIONS = {"gm_like": (2, gm_like), "gm_casei": (1, gm_casei), "gm_accenti": (1, gm_accenti)}
+"""SQLite functions the rendered SQL calls (registered on every connection)."""

@@ -11,7 +11,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from api import auth, errors
-from api.middleware import BodyLimit, ReadAudit, SecurityHeaders
+from api.middleware import BodyLimit, HeadAsGet, ReadAudit, SecurityHeaders
 from api.routes import domain, edit, features, maps
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ReadAudit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(HeadAsGet)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -897,3 +897,43 @@ def test_cached_pages_follow_every_write(edit_client: TestClient, edit_path: Pat
     r = edit_client.delete(f"/collections/toilets/items/{fid}", headers={"If-Match": tag})
     assert r.status_code == 204, r.text
     assert fid not in names() and len(names()) == len(before) - 1
+
+
+def test_conditional_requests_and_head(edit_client: TestClient) -> None:
+    """RFC 9110: If-Match * matches any existing feature, If-None-Match answers 304 for the
+    current ETag, weak tags never satisfy If-Match, HEAD works wherever GET does."""
+    url = "/collections/toilets/items/2"
+    cur = edit_client.get(url)
+    tag = cur.headers["etag"]
+    r = edit_client.get(url, headers={"If-None-Match": tag})
+    assert r.status_code == 304 and r.headers["etag"] == tag and r.content == b""
+    assert edit_client.get(url, headers={"If-None-Match": f"W/{tag}"}).status_code == 304
+    assert edit_client.get(url, headers={"If-None-Match": '"toilets-2-v999"'}).status_code == 200
+    r = edit_client.patch(url, json={"properties": {"units": 7}}, headers={"If-Match": f"W/{tag}"})
+    assert r.status_code == 412
+    r = edit_client.patch(url, json={"properties": {"units": 7}}, headers={"If-Match": "*"})
+    assert r.status_code == 200 and r.json()["properties"]["units"] == 7
+    assert edit_client.get(url, headers={"If-None-Match": tag}).status_code == 200  # changed
+    missing = edit_client.patch(
+        "/collections/toilets/items/999999", json={"properties": {}}, headers={"If-Match": "*"}
+    )
+    assert missing.status_code == 404
+    r = edit_client.delete(url, headers={"If-Match": "*"})
+    assert r.status_code == 204 and edit_client.get(url).status_code == 404
+    for path in (
+        "/",
+        "/conformance",
+        "/collections",
+        "/collections/toilets",
+        "/collections/toilets/items?limit=3",
+        "/collections/toilets/items/1",
+        "/collections/toilets/queryables",
+        "/map",
+        "/openapi.json",
+    ):
+        get, head = edit_client.get(path), edit_client.head(path)
+        assert head.status_code == get.status_code == 200, path
+        assert head.content == b"", path
+        assert head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers.get("etag") == get.headers.get("etag"), path
+    assert edit_client.head("/collections/toilets/items/999999").status_code == 404

@@ -57,11 +57,17 @@ def _parse_feature(body: Any, crs: str) -> tuple[BaseGeometry, dict[str, Any]]:
     return _geometry(body["geometry"], crs), props
 
 
-def _expected_version(layer: Layer, fid: int, if_match: str | None) -> int:
-    """The version named by If-Match; 428 when missing, 412 when it names another feature."""
+def _expected_version(layer: Layer, fid: int, if_match: str | None) -> int | None:
+    """The version named by If-Match; 428 when missing, 412 when it names another feature.
+
+    ``*`` matches any existing feature (RFC 9110 §13.1.1): None, no version check. Weak
+    tags (``W/"…"``) never match: If-Match compares strongly.
+    """
     if if_match is None or not if_match.strip():
         msg = "this edit needs an If-Match header with the feature's current ETag (GET it first)"
         raise PreconditionRequiredError(msg)
+    if if_match.strip() == "*":
+        return None
     tags = [t.strip() for t in if_match.split(",")]
     prefix = f'"{layer.id}-{fid}-v'
     for t in tags:
@@ -80,7 +86,7 @@ async def _edit_request(
     feature_id: str,
     if_match: str | None,
     content_crs: str | None,
-) -> tuple[int, int, str, Any]:
+) -> tuple[int, int | None, str, Any]:
     """Feature id (404 first), If-Match version (428/412), body CRS and parsed body."""
     fid = parse_fid(layer, feature_id)
     await run_in_threadpool(store.get, layer.id, fid, scope=scope)

@@ -499,6 +499,14 @@ def items(
     )
 
 
+def _none_match(header: str | None, tag: str) -> bool:
+    """If-None-Match matches ``tag`` (weak comparison, RFC 9110 §13.1.2) or is ``*``."""
+    if not header:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or tag in tags
+
+
 def etag(layer_id: str, fid: int, version: int) -> str:
     """Strong ETag of a feature version (independent of the body and of masking)."""
     return f'"{layer_id}-{fid}-v{version}"'
@@ -564,6 +572,9 @@ def item(
     """One feature as GeoJSON, with a strong ETag derived from its id and version."""
     out_crs = crs_param(crs, "crs")
     feat = store.get(layer.id, parse_fid(layer, feature_id), scope=scope)
+    tag = etag(layer.id, feat.id, feat.version)
+    if _none_match(request.headers.get("if-none-match"), tag):
+        return Response(status_code=304, headers={"ETag": tag})
     if wants_html(request):
         return render(
             "item.html",

@@ -6,6 +6,8 @@ import numpy as np
 import shapely
 
 from gridmap.assign import PolygonIndex
+from gridmap.errors import InvalidFeatureError
+from gridmap.layers import LAYERS
 from gridmap.store.base import Store
 
 # Tolerances in degrees (≈ 1 cm and ≈ 1 m² at 35° N).
@@ -18,7 +20,10 @@ def check_store(store: Store) -> list[str]:
 
     Rules: every grid lies in its community and every community in its zone; grids of a
     community do not overlap; every household and building lies in exactly one grid and
-    carries that grid's id; communities and zones reference existing features.
+    carries that grid's id; every reference the registry declares names an existing
+    feature (in the same grid where declared so); every stored value passes the property
+    rules of today (identifier formats, no control characters), so data written before a
+    rule existed, or by another program, is found.
     """
     problems: list[str] = []
     zones = store.query("zones")
@@ -82,4 +87,57 @@ def check_store(store: Store) -> list[str]:
                 counts = np.bincount(hits[0], minlength=len(fs))
                 for k in np.flatnonzero(counts > 1)[:10].tolist():
                     problems.append(f"household {fs.ids[k]} lies on the edge of several grids")
+    problems += _reference_problems(store)
+    problems += _value_problems(store)
     return problems
+
+
+def _reference_problems(store: Store) -> list[str]:
+    """References that name no feature, or one in another grid where the registry says so."""
+    out: list[str] = []
+    grids_of: dict[str, dict[int, int | None]] = {}
+    for layer in LAYERS:
+        refs = [p for p in layer.references if p.name != "grid_id"]
+        if not refs:
+            continue
+        fs = store.query(layer.id)
+        for p in refs:
+            target = p.ref or ""
+            if target not in grids_of:
+                t = store.query(target)
+                grids_of[target] = {
+                    int(i): q.get("grid_id") for i, q in zip(t.ids, t.properties, strict=True)
+                }
+            known = grids_of[target]
+            bad = 0
+            for fid, q in zip(fs.ids.tolist(), fs.properties, strict=True):
+                v = q.get(p.name)
+                if v is None:
+                    continue
+                if v not in known:
+                    why = f"names {target} {v}, which does not exist"
+                elif p.same_grid and known[v] != q.get("grid_id"):
+                    why = f"lies in grid {q.get('grid_id')} but its {target} {v} in grid {known[v]}"
+                else:
+                    continue
+                bad += 1
+                if bad <= 10:
+                    out.append(f"{layer.id} {fid} {p.name}: {why}")
+    return out
+
+
+def _value_problems(store: Store) -> list[str]:
+    """Stored values that today's property rules refuse (checked as a write would be)."""
+    out: list[str] = []
+    synthetic = bool(getattr(store, "synthetic", False))
+    for layer in LAYERS:
+        fs = store.query(layer.id)
+        bad = 0
+        for fid, q in zip(fs.ids.tolist(), fs.properties, strict=True):
+            try:
+                layer.validate_properties(q, allow_derived=True, synthetic=synthetic)
+            except InvalidFeatureError as exc:
+                bad += 1
+                if bad <= 10:
+                    out.append(f"{layer.id} {fid}: {exc}")
+    return out

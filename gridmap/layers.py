@@ -30,6 +30,10 @@ class Prop:
 
     ``sensitive`` marks personal data (masked by role); ``derived`` marks a value the
     server computes (e.g. a household's ``grid_id``), which clients may not set.
+    ``format`` names an identifier format (``phone``, ``id_number``: normalised and
+    validated by :mod:`gridmap.identifiers`). ``ref`` names the layer whose feature id the
+    value is (a relation: the feature must exist, and cannot be deleted while referenced);
+    ``same_grid`` adds that the referenced feature lies in the same grid.
     """
 
     name: str
@@ -44,6 +48,9 @@ class Prop:
     maximum: float | None = None
     max_length: int = 500
     choice_labels_zh: Mapping[str, str] = field(default_factory=dict)
+    format: str | None = None
+    ref: str | None = None
+    same_grid: bool = False
 
     @property
     def sql_type(self) -> str:
@@ -154,12 +161,24 @@ class Layer:
             **fields,
         )
 
+    @property
+    def references(self) -> tuple[Prop, ...]:
+        """Properties that hold the id of a feature of another layer."""
+        return tuple(p for p in self.properties if p.ref is not None)
+
     def validate_properties(
-        self, props: Mapping[str, Any], *, allow_derived: bool = False, partial: bool = False
+        self,
+        props: Mapping[str, Any],
+        *,
+        allow_derived: bool = False,
+        partial: bool = False,
+        synthetic: bool = False,
     ) -> dict[str, Any]:
         """Validate and normalise a property mapping; raise InvalidFeatureError with reasons.
 
-        Dates and datetimes come back as ISO 8601 strings, lists as lists. With
+        Dates and datetimes come back as ISO 8601 strings, lists as lists, identifiers in
+        their normal form (:mod:`gridmap.identifiers`; ``synthetic`` admits the sample's
+        invented forms); no text may hold control or bidi-override characters. With
         ``partial=True`` required properties may be missing (for merge patches).
         """
         if not allow_derived:
@@ -184,9 +203,31 @@ class Layer:
         except ValidationError as exc:
             raise InvalidFeatureError(_explain(self.id, exc)) from None
         out = obj.model_dump(mode="json")
+        for p in self.properties:
+            v = out.get(p.name)
+            if isinstance(v, str):
+                out[p.name] = _clean_text(self.id, p, v, synthetic=synthetic)
+            elif isinstance(v, list):
+                for item in v:
+                    _clean_text(self.id, p, item, synthetic=synthetic)
         if partial:
             return {k: v for k, v in out.items() if k in props}
         return out
+
+
+def _clean_text(layer_id: str, p: Prop, value: str, *, synthetic: bool) -> str:
+    """A text value checked (and normalised if it is an identifier)."""
+    from gridmap.identifiers import NORMALISERS, IdentifierError, check_text
+
+    try:
+        check_text(value)
+        if p.format is not None:
+            return NORMALISERS[p.format](value, synthetic=synthetic)
+    except IdentifierError as exc:
+        raise InvalidFeatureError(
+            f"invalid properties for layer {layer_id}: {p.name} {exc}"
+        ) from None
+    return value
 
 
 def _placeholder(p: Prop) -> Any:
@@ -298,9 +339,9 @@ LAYERS: tuple[Layer, ...] = (
         (
             _p("name", "str", "名称", "Name", required=True, max_length=100),
             _p("code", "str", "社区代码", "Code", max_length=40),
-            _p("zone_id", "int", "所属片区", "Zone", minimum=1),
+            _p("zone_id", "int", "所属片区", "Zone", minimum=1, ref="zones"),
             _p("office_address", "str", "社区办公地址", "Office address"),
-            _p("phone", "str", "社区电话", "Phone", max_length=40),
+            _p("phone", "str", "社区电话", "Phone", max_length=40, format="phone"),
         ),
     ),
     Layer(
@@ -311,10 +352,25 @@ LAYERS: tuple[Layer, ...] = (
         (
             _p("code", "str", "网格编码", "Code", required=True, max_length=40),
             _p("name", "str", "名称", "Name", required=True, max_length=100),
-            _p("community_id", "int", "所属社区", "Community", required=True, minimum=1),
+            _p(
+                "community_id",
+                "int",
+                "所属社区",
+                "Community",
+                required=True,
+                minimum=1,
+                ref="communities",
+            ),
             _p("worker_id", "str", "网格员编号", "Worker id", max_length=40),
             _p("worker_name", "str", "网格员", "Grid worker", max_length=40),
-            _p("worker_phone", "str", "网格员工作电话", "Worker's work phone", max_length=40),
+            _p(
+                "worker_phone",
+                "str",
+                "网格员工作电话",
+                "Worker's work phone",
+                max_length=40,
+                format="phone",
+            ),
             _p("target_households", "int", "应访户数", "Target households", minimum=0),
         ),
     ),
@@ -325,8 +381,15 @@ LAYERS: tuple[Layer, ...] = (
         "Polygon",
         (
             _p("address", "str", "地址", "Address", required=True),
-            _p("grid_id", "int", "所属网格", "Grid", derived=True),
-            _p("neighbourhood_id", "int", "所属老旧小区", "Old neighbourhood", minimum=1),
+            _p("grid_id", "int", "所属网格", "Grid", derived=True, ref="grids"),
+            _p(
+                "neighbourhood_id",
+                "int",
+                "所属老旧小区",
+                "Old neighbourhood",
+                minimum=1,
+                ref="old_neighbourhoods",
+            ),
             _p("floors", "int", "层数", "Floors", minimum=1, maximum=100),
             _p("units", "int", "单元数", "Units", minimum=1, maximum=50),
             _p("built_year", "int", "建成年份", "Built", minimum=1900, maximum=2100),
@@ -350,12 +413,22 @@ LAYERS: tuple[Layer, ...] = (
         "Households",
         "Point",
         (
-            _p("building_id", "int", "楼栋", "Building", minimum=1),
-            _p("grid_id", "int", "所属网格", "Grid", derived=True),
+            _p(
+                "building_id", "int", "楼栋", "Building", minimum=1, ref="buildings", same_grid=True
+            ),
+            _p("grid_id", "int", "所属网格", "Grid", derived=True, ref="grids"),
             _p("room", "str", "门牌", "Room", max_length=40),
             _p("head_name", "str", "户主", "Head of household", sensitive=True, max_length=40),
-            _p("phone", "str", "联系电话", "Phone", sensitive=True, max_length=40),
-            _p("id_number", "str", "身份证号", "ID number", sensitive=True, max_length=18),
+            _p("phone", "str", "联系电话", "Phone", sensitive=True, max_length=40, format="phone"),
+            _p(
+                "id_number",
+                "str",
+                "身份证号",
+                "ID number",
+                sensitive=True,
+                max_length=40,
+                format="id_number",
+            ),
             _p("members", "int", "人口", "Members", minimum=0, maximum=50),
             _p("tags", "list", "标签", "Tags", choices=HOUSEHOLD_TAGS),
             _p("last_visit_at", "datetime", "最近走访", "Last visit"),

@@ -25,9 +25,11 @@ from shapely.geometry.base import BaseGeometry
 
 from gridmap import crs
 from gridmap.errors import IntegrityError
+from gridmap.identifiers import id_check_digit
 from gridmap.integrity import check_store
 from gridmap.layers import RENOVATION_WORKS
 from gridmap.store import GeoPackageStore
+from gridmap.store.geopackage import SYNTHETIC
 
 SEAT_WGS84 = (113.2919, 34.8096)
 """District seat on 中心路 (DataV centre 113.298282, 34.808689 GCJ-02, converted)."""
@@ -91,8 +93,6 @@ _OLD_NEIGHBOURHOODS = [
 
 _SURNAMES = list("王李张刘陈杨黄赵周吴徐孙马胡朱郭何罗高林郑梁谢宋唐韩冯于董萧程曹袁邓许傅沈曾彭吕")
 _STEMS = list("甲乙丙丁戊己庚辛壬癸")
-_ID_WEIGHTS = [7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2]
-_ID_CHECK = "10X98765432"
 
 
 def synthetic_name(rng: np.random.Generator) -> str:
@@ -103,12 +103,6 @@ def synthetic_name(rng: np.random.Generator) -> str:
 def synthetic_phone(rng: np.random.Generator) -> str:
     """An 11-digit number starting 100: no Chinese mobile number does."""
     return "100" + f"{int(rng.integers(0, 10**8)):08d}"
-
-
-def id_check_digit(first17: str) -> str:
-    """The GB 11643 (ISO 7064 MOD 11-2) check character of an 18-digit ID number."""
-    total = sum(int(c) * w for c, w in zip(first17, _ID_WEIGHTS, strict=True))
-    return _ID_CHECK[total % 11]
 
 
 def synthetic_id_number(rng: np.random.Generator, birth: dt.date) -> str:
@@ -743,6 +737,7 @@ def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) 
     service_area = frame.to_wgs84([sample.boundary.buffer(30.0)])[0]
     store = GeoPackageStore.create(path, service_area=service_area)
     try:
+        store.set_meta(SYNTHETIC, "true")  # invented people: identifiers nobody can own
         for layer in _ORDER:
             geoms_local, props = sample.layers[layer]
             geoms = frame.to_wgs84(geoms_local)

@@ -510,7 +510,7 @@ def test_grid_workers_never_see_other_grids(edit_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- canaries
 
-CANARY_ID = "41010670707070777X"
+CANARY_ID = "41010619700707077X"
 CANARY_PHONE = "10070707077"
 
 

@@ -51,6 +51,9 @@ from gridmap.store.gpkg_sql import (
 from gridmap.store.sqlite_filter import render as render_filter
 from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 
+SYNTHETIC = "synthetic_identifiers"
+"""Meta key: "true" in a store of invented people (the sample), whose identifiers take the
+forms that can belong to nobody (see gridmap.identifiers)."""
 _ALL_ROWS = Query()
 _IN_GRIDS = 't."grid_id" IN (SELECT value FROM json_each(?))'
 
@@ -360,6 +363,7 @@ class GeoPackageStore:
         self._service_area = shapely.from_wkt(row[0]) if row else None
         if self._service_area is not None:
             shapely.prepare(self._service_area)
+        self.synthetic = self.meta(SYNTHETIC) == "true"
 
     def set_service_area(self, area: BaseGeometry) -> None:
         """Set the area every feature must lie inside (WGS84 polygon)."""
@@ -389,6 +393,7 @@ class GeoPackageStore:
         """Store a value in the gridmap_meta table."""
         with self._write() as c:
             c.execute("INSERT OR REPLACE INTO gridmap_meta VALUES (?, ?)", (key, value))
+        self._load_meta()
 
     def layers(self) -> list[Layer]:
         """The layers this store holds (all registered layers)."""
@@ -789,7 +794,9 @@ class GeoPackageStore:
         clean: list[dict[str, Any]] = []
         for i, p in enumerate(props):
             try:
-                clean.append(layer.validate_properties(p, allow_derived=trusted))
+                clean.append(
+                    layer.validate_properties(p, allow_derived=trusted, synthetic=self.synthetic)
+                )
             except InvalidFeatureError as exc:
                 msg = f"feature {i}: {exc}"
                 raise InvalidFeatureError(msg) from None
@@ -812,7 +819,35 @@ class GeoPackageStore:
                 if not scope.allows_grid(d.get("grid_id")):
                     msg = f"feature {i}: outside the grids you may edit"
                     raise OutOfScopeError(msg)
+        self._check_references(layer, clean)
         return geo.to_gpkg_blobs(geoms), clean
+
+    def _check_references(self, layer: Layer, clean: Sequence[Mapping[str, Any]]) -> None:
+        """Every declared reference names an existing feature (in the same grid, where the
+        registry says so); the message does not tell a missing feature from one elsewhere."""
+        conn = self._connect()
+        for p in layer.references:
+            if p.derived:
+                continue
+            wanted = sorted({d[p.name] for d in clean if d.get(p.name) is not None})
+            if not wanted:
+                continue
+            target = get_layer(p.ref or "")
+            grid_col = "grid_id" if target.grid_scoped else "NULL"
+            rows = conn.execute(
+                f"SELECT fid, {grid_col} FROM {_q(target.id)} "
+                "WHERE fid IN (SELECT value FROM json_each(?))",
+                (json.dumps(wanted),),
+            ).fetchall()
+            found = dict(rows)
+            for i, d in enumerate(clean):
+                v = d.get(p.name)
+                if v is None:
+                    continue
+                if v not in found or (p.same_grid and found[v] != d.get("grid_id")):
+                    where = " in this feature's grid" if p.same_grid else ""
+                    msg = f"feature {i}: {p.name} {v} names no feature of {target.id}{where}"
+                    raise InvalidFeatureError(msg)
 
     def insert(
         self,
@@ -961,21 +996,31 @@ class GeoPackageStore:
                     f"not {expected_version}; fetch it again and reapply your change"
                 )
                 raise VersionConflictError(msg)
-            if layer.id == "grids":
-                for dependent in ("households", "buildings"):
-                    n = c.execute(
-                        f"SELECT count(*) FROM {_q(dependent)} WHERE grid_id = ?", (int(fid),)
-                    ).fetchone()[0]
-                    if n:
-                        msg = (
-                            f"grid {fid} still holds {n} {dependent}; redraw the neighbouring "
-                            "grids over them first, then delete it"
-                        )
-                        raise IntegrityError(msg)
+            self._refuse_if_referenced(c, layer, fid)
             c.execute(f"DELETE FROM {_q(layer.id)} WHERE fid = ?", (int(fid),))
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)
+
+    def _refuse_if_referenced(self, c: sqlite3.Connection, layer: Layer, fid: int) -> None:
+        """IntegrityError if a feature of any layer names this one (registry relations)."""
+        for other in LAYERS:
+            for p in other.references:
+                if p.ref != layer.id:
+                    continue
+                n = c.execute(
+                    f"SELECT count(*) FROM {_q(other.id)} WHERE {_q(p.name)} = ?", (int(fid),)
+                ).fetchone()[0]
+                if n:
+                    hint = (
+                        "redraw the neighbouring grids over them first"
+                        if p.derived
+                        else f"change their {p.name} first"
+                    )
+                    msg = (
+                        f"{layer.id} {fid} is still named by {n} {other.id}; {hint}, then delete it"
+                    )
+                    raise IntegrityError(msg)
 
     def _rederive_grid_ids(self, c: sqlite3.Connection, bounds: tuple[float, ...]) -> None:
         """After a grid moved: recompute ``grid_id`` of households and buildings around it.

@@ -1,0 +1,178 @@
+"""Values that mean something are checked: references exist and agree with the location,
+identifiers are normalised and validated, text holds no control characters; and the
+integrity check finds violations already stored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import shapely
+from fastapi.testclient import TestClient
+
+from gridmap.errors import IntegrityError, InvalidFeatureError
+from gridmap.identifiers import (
+    IdentifierError,
+    id_check_digit,
+    normalise_id_number,
+    normalise_phone,
+)
+from gridmap.integrity import check_store
+from gridmap.store import GeoPackageStore, Query
+from tests.conftest import external_connection
+
+
+def _valid_id(first17: str = "41010619820417480") -> str:
+    return first17 + id_check_digit(first17)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stored"),
+    [
+        ("13812345678", "13812345678"),
+        ("１３８ １２３４ ５６７８", "13812345678"),  # full-width digits and spaces
+        ("+86 138-1234-5678", "13812345678"),
+        ("0371-68812345", "0371-68812345"),
+        ("(0371) 6881 2345", "0371-68812345"),
+        ("010 62345678", "010-62345678"),
+    ],
+)
+def test_phone_numbers_are_normalised(raw: str, stored: str) -> None:
+    assert normalise_phone(raw) == stored
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["1381234567", "12812345678", "10012345678", "0371-0000001", "138\x001234567", "<b>138</b>",
+     "13812345678<script>", "phone", "", "0371-123"],
+)  # fmt: skip
+def test_bad_phone_numbers_are_refused(raw: str) -> None:
+    with pytest.raises(IdentifierError):
+        normalise_phone(raw)
+
+
+def test_synthetic_forms_only_in_a_synthetic_store() -> None:
+    assert normalise_phone("10012345678", synthetic=True) == "10012345678"
+    assert normalise_phone("0371-00005001", synthetic=True) == "0371-00005001"
+    wrong = _valid_id()[:17] + ("0" if _valid_id()[17] != "0" else "1")
+    assert normalise_id_number(wrong, synthetic=True) == wrong
+    with pytest.raises(IdentifierError, match="check character"):
+        normalise_id_number(wrong)
+
+
+def test_id_numbers_are_checked_by_gb11643() -> None:
+    good = _valid_id()
+    assert normalise_id_number(good) == good
+    assert (
+        normalise_id_number(
+            " " + good.translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+        )
+        == good
+    )
+    x = next(
+        f + "X" for f in (f"4101061990010100{i}" for i in range(10)) if id_check_digit(f) == "X"
+    )
+    assert normalise_id_number(x.lower()) == x
+    for bad in (
+        good[:17],  # too short
+        "91" + good[2:],  # no such region
+        good[:6] + "19820230" + good[14:],  # 30 February
+        good[:6] + "21000101" + good[14:],  # born in the future
+        good[:10] + "\x00" + good[11:],
+    ):
+        with pytest.raises(IdentifierError):
+            normalise_id_number(bad, synthetic=True)
+    assert normalise_id_number("110101" + "20000229" + "123" + id_check_digit("11010120000229123"))
+
+
+@pytest.fixture
+def edit_store(edit_path: Path) -> GeoPackageStore:
+    s = GeoPackageStore.open(edit_path)
+    yield s
+    s.close()
+
+
+def _household_in(store: GeoPackageStore, grid: int) -> tuple[int, dict]:
+    fs = store.query("households", Query(equals={"grid_id": grid}, limit=1))
+    return int(fs.ids[0]), fs.properties[0]
+
+
+def test_references_must_exist_and_agree_with_the_location(edit_store: GeoPackageStore) -> None:
+    fid, p = _household_in(edit_store, 1)
+    other = edit_store.query("buildings", Query(equals={"grid_id": 2}, limit=1)).ids[0]
+    for bad in (999_999, int(other)):
+        with pytest.raises(InvalidFeatureError, match="names no feature of buildings in this"):
+            edit_store.update("households", fid, properties={"building_id": bad})
+    assert edit_store.get("households", fid).properties["building_id"] == p["building_id"]
+    grid = edit_store.get("grids", 1)
+    with pytest.raises(InvalidFeatureError, match="community_id 999 names no feature"):
+        edit_store.update("grids", 1, properties={"community_id": 999})
+    assert edit_store.get("grids", 1).properties == grid.properties
+    # a referenced feature cannot be deleted
+    with pytest.raises(IntegrityError, match="still named by"):
+        edit_store.delete("buildings", p["building_id"])
+    with pytest.raises(IntegrityError, match="still named by"):
+        edit_store.delete("communities", grid.properties["community_id"])
+
+
+def test_text_and_identifiers_over_the_api(
+    edit_client: TestClient, edit_store: GeoPackageStore
+) -> None:
+    fid, _ = _household_in(edit_store, 1)
+    url = f"/collections/households/items/{fid}"
+    for field, value in (
+        ("phone", "138\x001234567"),
+        ("phone", "<img src=x>"),
+        ("id_number", "41010619820417480\u202e"),
+        ("room", "1单元\x07101"),
+        ("room", "1单元\u2028101"),
+        ("id_number", _valid_id()[:6] + "19820230" + _valid_id()[14:]),
+    ):
+        tag = edit_client.get(url).headers["etag"]
+        r = edit_client.patch(url, json={"properties": {field: value}}, headers={"If-Match": tag})
+        assert r.status_code == 422 and field in r.json()["detail"], (field, value)
+    tag = edit_client.get(url).headers["etag"]
+    r = edit_client.patch(
+        url, json={"properties": {"phone": "１３８ ０３７１ ５６７８"}}, headers={"If-Match": tag}
+    )
+    assert r.status_code == 200
+    assert edit_store.get("households", fid).properties["phone"] == "13803715678"
+
+
+def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
+    store = GeoPackageStore.open(edit_path)
+    assert check_store(store) == []
+    a, _ = _household_in(store, 1)
+    b, _ = _household_in(store, 3)
+    c, _ = _household_in(store, 4)
+    other = int(store.query("buildings", Query(equals={"grid_id": 2}, limit=1)).ids[0])
+    store.close()
+    conn = external_connection(edit_path)  # as another program (QGIS) would write
+    conn.execute("UPDATE households SET building_id = 999999 WHERE fid = ?", (a,))
+    conn.execute("UPDATE households SET building_id = ? WHERE fid = ?", (other, b))
+    conn.execute("UPDATE households SET phone = 'call me' WHERE fid = ?", (c,))
+    conn.execute("UPDATE grids SET community_id = 77 WHERE fid = 5")
+    conn.commit()
+    conn.close()
+    store = GeoPackageStore.open(edit_path)
+    problems = check_store(store)
+    store.close()
+    text = "\n".join(problems)
+    assert f"households {a} building_id: names buildings 999999, which does not exist" in text
+    assert f"households {b} building_id: lies in grid 3 but its buildings {other} in grid 2" in text
+    assert f"households {c}: invalid properties for layer households: phone" in text
+    assert "grids 5 community_id: names communities 77" in text
+
+
+def test_the_sample_is_synthetic_and_passes(sample_store: GeoPackageStore) -> None:
+    assert sample_store.synthetic and sample_store.meta("synthetic_identifiers") == "true"
+    assert check_store(sample_store) == []
+
+
+def test_a_real_store_refuses_the_synthetic_forms(store: GeoPackageStore) -> None:
+    assert not store.synthetic
+    area = [shapely.box(113.27, 34.79, 113.29, 34.81)]
+    with pytest.raises(InvalidFeatureError, match="phone"):
+        store.insert("communities", area, [{"name": "c", "phone": "0371-00000001"}])
+    store.insert("communities", area, [{"name": "c", "phone": "0371-68812345"}])
+    assert store.count("communities") == 1

@@ -519,7 +519,7 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
     store = GeoPackageStore.open(edit_path)
     grid2 = store.get("grids", 2)
     pt = shapely.Point(*store.get("households", _household(store, 2)).geometry.coords[0])
-    store.insert(
+    (canary,) = store.insert(
         "households",
         [pt],
         [
@@ -544,6 +544,7 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
     store.close()
     assert grid2.properties["community_id"] == 1  # community1 administers it
     bodies: list[str] = []
+    fetched: dict[str, list[int]] = {}
     caplog.set_level(logging.DEBUG)
     with TestClient(_app(edit_path)) as c:
         for role in (
@@ -555,6 +556,7 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
             "auditor",
         ):
             h = auth[role]
+            fetched[role] = []
             urls = [
                 "/",
                 "/collections",
@@ -585,15 +587,26 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
                 r = c.get(u, headers=h)
                 assert r.status_code < 500, u
                 bodies.append(r.text + str(r.headers))
-            # the canary's own page, as the roles allowed to see it
-            fid = max(int(x) for x in re.findall(r'"id":(\d+)', bodies[-12]) or [0])
-            r = c.get(f"/collections/households/items/{fid}", headers=h)
-            bodies.append(r.text + str(r.headers))
+            # the canary's own page and its HTML view, by id, for every role
+            own = f"/collections/households/items/{canary}"
+            for u in (own, f"{own}?f=html", f"{own}?crs=bd09"):
+                r = c.get(u, headers=h)
+                fetched[role].append(r.status_code)
+                bodies.append(r.text + str(r.headers))
     server_logs = "\n".join(
         r.getMessage() for r in caplog.records if not r.name.startswith("httpx")
     )
     text = "\n".join(bodies) + server_logs
     assert "金某丝" in text  # the canary household was really served (names are not masked)
+    # its own page was really fetched by the roles that may see it, refused to the others
+    assert {r: set(v) for r, v in fetched.items()} == {
+        "public": {404},
+        "community_admin": {200},
+        "grid_worker": {404},
+        "grid_worker_2": {200},
+        "planner": {404},
+        "auditor": {404},
+    }
     assert CANARY_ID not in text and CANARY_PHONE not in text
     store = GeoPackageStore.open(edit_path)
     audit_text = str(store.audit_entries(limit=100_000)[0])
@@ -1027,3 +1040,97 @@ def test_a_worker_sees_at_least_what_the_public_sees(
     assert (
         client.get("/locate", params=where, headers=auth["grid_worker"]).json()["grid"]["id"] == 2
     )
+
+
+# POST, PATCH, DELETE on every layer, for every role (README's table of roles, written out;
+# not derived from gridmap.security): three status codes run together ("201200204").
+# Households and buildings lie in the worker's grid 1.
+#                         pub        adm        com        wkr        pln        aud
+WRITES: dict[str, list[str]] = {
+    "zones":             ["401401401","201200204","403403403","403403403","403403403","404404404"],
+    "communities":       ["401401401","201200204","403403403","403403403","403403403","404404404"],
+    "grids":             ["401401401","201200204","403403403","403403403","403403403","404404404"],
+    "buildings":         ["404404404","201200204","201200204","403403403","403403403","404404404"],
+    "households":        ["404404404","201200204","201200204","201200403","404404404","404404404"],
+    "old_neighbourhoods":["404404404","201200204","403403403","403403403","201200204","404404404"],
+    "toilets":           ["401401401","201200204","403403403","403403403","201200204","404404404"],
+    "cameras":           ["404404404","201200204","403403403","404404404","404404404","404404404"],
+    "facilities":        ["401401401","201200204","403403403","403403403","403403403","404404404"],
+    "roads":             ["404404404","201200204","403403403","403403403","201200204","404404404"],
+}  # fmt: skip
+
+
+def _new_feature(layer: str, where: shapely.Point) -> dict[str, Any]:
+    x, y = where.x, where.y
+    box = shapely.box(x - 1e-5, y - 1e-5, x + 1e-5, y + 1e-5)
+    geom = {
+        "zones": shapely.MultiPolygon([box]),
+        "roads": shapely.LineString([(x - 1e-4, y), (x + 1e-4, y)]),
+    }.get(
+        layer,
+        box if layer in ("communities", "grids", "buildings", "old_neighbourhoods") else where,
+    )
+    props = {
+        "grids": {"code": "X1", "name": "新网格", "community_id": 1},
+        "buildings": {"address": "新楼"},
+        "households": {"room": "新户"},
+        "facilities": {"name": "新站", "kind": "elderly_care"},
+    }.get(layer, {"name": "新要素"})
+    return {"type": "Feature", "geometry": shapely.geometry.mapping(geom), "properties": props}
+
+
+_PATCH = {"grids": {"name": "改名"}, "buildings": {"address": "改址"}, "households": {"room": "改"}}
+
+
+def test_every_role_writes_exactly_its_layers(edit_path: Path) -> None:
+    auth = tokens_for(edit_path)
+    store = GeoPackageStore.open(edit_path)
+    inside = store.get("grids", 1).geometry.representative_point()
+    store.close()
+    admin = auth["subdistrict_admin"]
+    got: dict[str, list[str]] = {}
+    with TestClient(_app(edit_path)) as c:
+        for layer in WRITES:
+            row = []
+            for role in ROLES:
+                h = auth[role]
+                body = _new_feature(layer, inside)
+                post = c.post(f"/collections/{layer}/items", json=body, headers=h)
+                # PATCH and DELETE a fresh feature the admin made (nothing names it)
+                made = c.post(f"/collections/{layer}/items", json=body, headers=admin)
+                assert made.status_code == 201, (layer, made.text)
+                url = made.headers["location"].split("testserver")[1]
+                tag = made.headers["etag"]
+                patch = c.patch(
+                    url,
+                    json={"properties": _PATCH.get(layer, {"name": "改名"})},
+                    headers={**h, "If-Match": tag},
+                )
+                tag = c.get(url, headers=admin).headers["etag"]
+                delete = c.delete(url, headers={**h, "If-Match": tag})
+                row.append(f"{post.status_code}{patch.status_code}{delete.status_code}")
+            got[layer] = row
+    assert got == WRITES
+
+
+def test_community_admins_cannot_write_outside_their_community(edit_path: Path) -> None:
+    auth = tokens_for(edit_path)
+    h, admin = auth["community_admin"], auth["subdistrict_admin"]
+    store = GeoPackageStore.open(edit_path)
+    theirs = {int(i) for i in store.query("grids", Query(equals={"community_id": 1})).ids}
+    other = next(int(i) for i in store.query("grids").ids if int(i) not in theirs)
+    where = store.get("grids", other).geometry.representative_point()
+    hh = _household(store, other)
+    building = int(store.query("buildings", Query(equals={"grid_id": other}, limit=1)).ids[0])
+    store.close()
+    with TestClient(_app(edit_path)) as c:
+        for layer in ("households", "buildings"):
+            r = c.post(f"/collections/{layer}/items", json=_new_feature(layer, where), headers=h)
+            assert r.status_code == 404, layer
+        for layer, fid in (("households", hh), ("buildings", building)):
+            url = f"/collections/{layer}/items/{fid}"
+            tag = c.get(url, headers=admin).headers["etag"]
+            r = c.patch(url, json={"properties": _PATCH[layer]}, headers={**h, "If-Match": tag})
+            assert r.status_code == 404, layer
+            assert c.delete(url, headers={**h, "If-Match": tag}).status_code == 404, layer
+            assert c.get(url, headers=admin).headers["etag"] == tag  # nothing changed

@@ -176,3 +176,48 @@ def test_a_real_store_refuses_the_synthetic_forms(store: GeoPackageStore) -> Non
         store.insert("communities", area, [{"name": "c", "phone": "0371-00000001"}])
     store.insert("communities", area, [{"name": "c", "phone": "0371-68812345"}])
     assert store.count("communities") == 1
+
+
+def _move(path: Path, layer: str, fid: int, geom: shapely.Geometry) -> None:
+    """Rewrite one geometry as another SQLite client would (no gridmap rule runs)."""
+    from gridmap import geometry as geo
+
+    conn = external_connection(path)
+    conn.execute(
+        f'UPDATE "{layer}" SET geom = ? WHERE fid = ?', (geo.to_gpkg_blobs([geom])[0], fid)
+    )
+    conn.commit()
+    conn.close()
+
+
+def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
+    """Break one rule at a time on a copy of the sample; the check names exactly it."""
+    import shutil
+
+    store = GeoPackageStore.open(edit_path)
+    g1, g2 = store.get("grids", 1), store.get("grids", 2)
+    comm = store.get("communities", g1.properties["community_id"])
+    hh, _ = _household_in(store, 1)
+    far = shapely.Point(store.service_area.bounds[0] + 1e-4, store.service_area.bounds[1] + 1e-4)
+    edge = shapely.intersection(g1.geometry.boundary, g2.geometry.boundary)
+    assert not edge.is_empty  # grids 1 and 2 share an edge
+    store.close()
+    away = shapely.box(*far.buffer(1e-4).bounds)
+    on_edge = edge.representative_point()
+    inside_2 = g2.geometry.representative_point()
+    cases = [
+        ("communities", comm.id, away, f"community {comm.id}", "is not inside zone"),
+        ("grids", 2, g1.geometry, "grids 1 and 2 of community", "overlap"),
+        ("grids", 1, away, "grid 1 (", "is not inside community"),
+        ("households", hh, far, f"households {hh} lies in no grid", ""),
+        ("households", hh, inside_2, f"households {hh} has grid_id 1 but lies in grid 2", ""),
+        ("households", hh, on_edge, f"household {hh} lies on the edge of several grids", ""),
+    ]
+    for layer, fid, geom, first, second in cases:
+        copy = edit_path.with_name(f"case-{layer}-{fid}.gpkg")
+        shutil.copy(edit_path, copy)
+        _move(copy, layer, fid, geom)
+        store = GeoPackageStore.open(copy)
+        problems = check_store(store)
+        store.close()
+        assert any(first in p and second in p for p in problems), (first, problems)

@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_store(settings.database)
         app.state.store = store
-        app.state.features = FeatureCache()
+        app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()
         app.state.accounts = Accounts(
             store,

@@ -52,6 +52,10 @@ def running(
             proc.kill()
 
 
+UVICORN_STACK = ("--loop", "uvloop", "--http", "httptools")
+"""The server stack every benchmarked service runs on (uvicorn[standard])."""
+
+
 @contextmanager
 def gridmap_server(database: str | Path, **settings: str) -> Iterator[str]:
     """The gridmap API over ``database`` in a uvicorn child process; yields its base URL.
@@ -63,7 +67,7 @@ def gridmap_server(database: str | Path, **settings: str) -> Iterator[str]:
     env.update({f"GRIDMAP_{k.upper()}": v for k, v in settings.items()})
     command = [
         sys.executable, "-m", "uvicorn", "api.app:create_app", "--factory",
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *UVICORN_STACK,
     ]  # fmt: skip
     with running(command, url=f"http://127.0.0.1:{port}", env=env) as url:
         yield url

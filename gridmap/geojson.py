@@ -90,6 +90,7 @@ class FeatureCache:
     """
 
     def __init__(self, max_features: int = 300_000) -> None:
+        """Keep at most ``max_features`` encoded features; 0 keeps none (always cold)."""
         self.max_features = max_features
         self._layers: dict[str, tuple[int, dict[int, bytes]]] = {}
 
@@ -105,10 +106,13 @@ class FeatureCache:
         missing = [i for i in ids if i not in items]
         if missing:
             fs = store.query(layer_id, Query(ids=missing), scope=scope)
+            fresh = {d["id"]: orjson.dumps(d) for d in feature_dicts(fs)}
+            page = [items[i] if i in items else fresh[i] for i in ids if i in items or i in fresh]
             if sum(len(v[1]) for v in self._layers.values()) + len(fs) > self.max_features:
                 items.clear()
-            for d in feature_dicts(fs):
-                items[d["id"]] = orjson.dumps(d)
+            if self.max_features > 0:
+                items.update(fresh)
+            return page
         return [items[i] for i in ids if i in items]
 
 

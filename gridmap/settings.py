@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     )
     logins_per_minute: int = Field(20, ge=1, description="Login attempts per source per minute.")
     tianditu_key: str | None = Field(None, description="Key for the 天地图 basemap (optional).")
+    feature_cache: int = Field(
+        300_000, ge=0, description="Encoded features kept in memory per process (0: none)."
+    )
     reveals_per_hour: int = Field(
         20, ge=1, description="Reveals of personal fields per user per hour."
     )

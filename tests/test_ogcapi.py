@@ -937,3 +937,25 @@ def test_conditional_requests_and_head(edit_client: TestClient) -> None:
         assert head.headers["content-type"] == get.headers["content-type"], path
         assert head.headers.get("etag") == get.headers.get("etag"), path
     assert edit_client.head("/collections/toilets/items/999999").status_code == 404
+
+
+def test_feature_cache_serves_whole_pages_at_any_size(sample_store: GeoPackageStore) -> None:
+    """A page crossing the cache's limit, or a cache of size 0 (always cold), still holds
+    every feature asked for, in order, encoded as the store returns it."""
+    import orjson
+
+    from gridmap.geojson import FeatureCache, feature_dicts
+    from gridmap.store import Scope
+
+    ids = list(range(1, 31))
+    want = [
+        orjson.dumps(d) for d in feature_dicts(sample_store.query("toilets", Query(ids=ids[:15])))
+    ]
+    want = {orjson.loads(b)["id"]: b for b in want}
+    for size in (0, 5, 1000):
+        cache = FeatureCache(max_features=size)
+        for page in (ids[:10], ids[5:15], ids[:15]):
+            got = cache.page(sample_store, "toilets", page, scope=Scope())
+            assert got == [want[i] for i in page if i in want], size
+        kept = sum(len(v[1]) for v in cache._layers.values())
+        assert kept <= max(size, 15) and (size > 0 or kept == 0)

@@ -40,7 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            app.state.store.close()
+            store.close()  # this lifespan's own store (apps may be started more than once)
 
     # Swagger UI from the fastapi-offline package, not a CDN (an intranet has no internet).
     app = FastAPIOffline(

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Create .venv and install gridmap with its dev extras; reinstall when pyproject.toml changes.
+# Create the virtual environment and install gridmap with its dev extras; reinstall when
+# pyproject.toml changes. GRIDMAP_PYTHON picks the interpreter, GRIDMAP_VENV the folder
+# (default .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+venv="${GRIDMAP_VENV:-.venv}"
 
 pick_python() {
   for cand in "${GRIDMAP_PYTHON:-}" python3.13 python3.12 python3.11 python3; do
@@ -15,21 +18,21 @@ pick_python() {
   return 1
 }
 
-if [ ! -x .venv/bin/python ]; then
+if [ ! -x "$venv/bin/python" ]; then
   py=$(pick_python)
-  echo "» creating .venv with $($py --version)"
-  if ! "$py" -m venv .venv; then
+  echo "» creating $venv with $($py --version)"
+  if ! "$py" -m venv "$venv"; then
     echo "could not create a virtual environment; on Debian/Ubuntu: sudo apt-get install python3-venv" >&2
-    rm -rf .venv
+    rm -rf "$venv"
     exit 1
   fi
 fi
 
-stamp=.venv/.gridmap-installed
+stamp="$venv/.gridmap-installed"
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "» installing gridmap and its dependencies into .venv"
-  .venv/bin/python -m pip install --disable-pip-version-check -q --upgrade pip
-  .venv/bin/python -m pip install --disable-pip-version-check -q -e ".[dev]"
+  echo "» installing gridmap and its dependencies into $venv"
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q --upgrade pip
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q -e ".[dev]"
   echo "$want" > "$stamp"
 fi

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,12 +108,27 @@ def public_client(sample_app) -> Iterator[TestClient]:  # type: ignore[no-untype
         yield c
 
 
+def copy_database(src: Path, dst: Path) -> Path:
+    """Copy a GeoPackage that stores have open, through SQLite's backup API.
+
+    Never ``shutil.copy`` a database this process has open: closing any other descriptor
+    of the file drops every POSIX lock the process holds on it, after which another
+    process closing its last connection deletes the write-ahead log under the open stores
+    (SQLite's "how to corrupt" §2.2). GDAL, with its own SQLite library, does the same.
+    """
+    source = sqlite3.connect(src)
+    target = sqlite3.connect(dst)
+    source.backup(target)
+    target.close()
+    source.close()
+    dst.chmod(0o600)
+    return dst
+
+
 @pytest.fixture
 def edit_path(sample_path: Path, tmp_path: Path) -> Path:
     """A private copy of the sample, for tests that write."""
-    path = tmp_path / "edit.gpkg"
-    shutil.copy(sample_path, path)
-    return path
+    return copy_database(sample_path, tmp_path / "edit.gpkg")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api.server import gridmap_server
-from tests.conftest import tokens_for
+from tests.conftest import copy_database, tokens_for
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.slow
 def fuzz_server(sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real server over a private copy of the sample (the fuzzer writes too)."""
     db = tmp_path_factory.mktemp("fuzz") / "fuzz.gpkg"
-    shutil.copy(sample_path, db)
+    copy_database(sample_path, db)
     limits = {
         "household_reads_per_minute": "1000000",
         "reveals_per_hour": "1000000",

@@ -3,7 +3,6 @@ in every page, in real Chromium, with every tooltip and popup opened."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from api.server import gridmap_server
 from gridmap.escape import html_text, js_string, js_template, script_json
 from gridmap.layers import LAYERS
 from tests.chromium import launch, open_page, require_chromium
-from tests.conftest import external_connection, tokens_for
+from tests.conftest import copy_database, external_connection, tokens_for
 
 pytestmark = pytest.mark.browser
 require_chromium()
@@ -54,7 +53,7 @@ def _poison(path: Path) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Iterator[Any]:
     path = tmp_path_factory.mktemp("hostile") / "hostile.gpkg"
-    shutil.copy(sample_path, path)
+    copy_database(sample_path, path)
     poisoned = _poison(path)
     auth = tokens_for(path)
     with gridmap_server(path, household_reads_per_minute="100000") as url:

@@ -9,6 +9,8 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from tests.conftest import copy_database
+
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 pytestmark = pytest.mark.slow
@@ -21,7 +23,10 @@ pytestmark = pytest.mark.slow
 def test_notebook_runs(
     name: str, artifact: str, sample_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("GRIDMAP_DATABASE", str(sample_path))
+    # the kernel gets its own copy: when another process closes its last connection to the
+    # shared sample, it may check-point and delete the write-ahead log others still use
+    db = copy_database(sample_path, tmp_path / "notebook.gpkg")
+    monkeypatch.setenv("GRIDMAP_DATABASE", str(db))
     monkeypatch.setenv("GRIDMAP_NOTEBOOK_OUT", str(tmp_path))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # stripped

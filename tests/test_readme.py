@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from api.server import gridmap_server
+from tests.conftest import copy_database
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BASE = "http://127.0.0.1:8000"
@@ -29,7 +30,7 @@ def test_readme_examples_run_as_written(
     if shutil.which("curl") is None:
         pytest.fail("curl is needed to run the README's examples")
     db = tmp_path / "readme.gpkg"
-    shutil.copy(sample_path, db)
+    copy_database(sample_path, db)
     passwords = {user: pw for user, pw in credentials.values()}
     commands = _commands()
     assert len(commands) >= 15

@@ -23,12 +23,22 @@ from gridmap.sample import (
     write_sample,
 )
 from gridmap.store import GeoPackageStore
-from tests.conftest import REFERENCE_DATE
+from tests.conftest import REFERENCE_DATE, copy_database
+
+
+def gdal_copy(path: Path, tmp_path: Path) -> Path:
+    """A copy of a database for GDAL to open in this process.
+
+    GDAL brings its own SQLite: two SQLite libraries on one file in one process break each
+    other's POSIX locks (see :func:`tests.conftest.copy_database`).
+    """
+    return copy_database(path, tmp_path / f"gdal-{path.name}")
 
 
 def test_gdal_lists_every_layer_with_counts_and_types(
-    sample_path: Path, sample_store: GeoPackageStore
+    sample_path: Path, sample_store: GeoPackageStore, tmp_path: Path
 ) -> None:
+    sample_path = gdal_copy(sample_path, tmp_path)
     listed = dict(pyogrio.list_layers(sample_path).tolist())
     for layer in LAYERS:
         assert listed[layer.id] == layer.geometry_type
@@ -173,9 +183,11 @@ def test_visit_dates_are_recent(sample_store: GeoPackageStore) -> None:
 
 
 def test_gdal_reads_the_same_households_the_store_wrote(
-    sample_path: Path, sample_store: GeoPackageStore
+    sample_path: Path, sample_store: GeoPackageStore, tmp_path: Path
 ) -> None:
-    gdf = pyogrio.read_dataframe(sample_path, layer="households", fid_as_index=True)
+    gdf = pyogrio.read_dataframe(
+        gdal_copy(sample_path, tmp_path), layer="households", fid_as_index=True
+    )
     fs = sample_store.query("households")
     assert gdf.index.tolist() == fs.ids.tolist()
     assert shapely.equals_exact(gdf.geometry.values, fs.geometries, tolerance=0).all()

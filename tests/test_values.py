@@ -19,7 +19,7 @@ from gridmap.identifiers import (
 )
 from gridmap.integrity import check_store
 from gridmap.store import GeoPackageStore, Query
-from tests.conftest import external_connection
+from tests.conftest import copy_database, external_connection
 
 
 def _valid_id(first17: str = "41010619820417480") -> str:
@@ -192,7 +192,6 @@ def _move(path: Path, layer: str, fid: int, geom: shapely.Geometry) -> None:
 
 def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
     """Break one rule at a time on a copy of the sample; the check names exactly it."""
-    import shutil
 
     store = GeoPackageStore.open(edit_path)
     g1, g2 = store.get("grids", 1), store.get("grids", 2)
@@ -215,7 +214,7 @@ def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
     ]
     for layer, fid, geom, first, second in cases:
         copy = edit_path.with_name(f"case-{layer}-{fid}.gpkg")
-        shutil.copy(edit_path, copy)
+        copy_database(edit_path, copy)
         _move(copy, layer, fid, geom)
         store = GeoPackageStore.open(copy)
         problems = check_store(store)

@@ -89,11 +89,15 @@ class GeoPackageStore:
         self._service_area: BaseGeometry | None = None
         self._grid_index: tuple[int, PolygonIndex, npt.NDArray[np.int64]] | None = None
         self._spatial: dict[str, _LayerIndex] = {}
-        if _create:
-            self._init_schema()
-        else:
-            self._check_schema()
-        self._load_meta()
+        try:
+            if _create:
+                self._init_schema()
+            else:
+                self._check_schema()
+            self._load_meta()
+        except BaseException:
+            self.close()  # no connection outlives a store that could not open
+            raise
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -126,11 +130,15 @@ class GeoPackageStore:
         conn = sqlite3.connect(
             self.path, timeout=30.0, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        register_functions(conn)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            register_functions(conn)
+        except BaseException:
+            conn.close()
+            raise
         self._local.conn = conn
         with self._lock:
             self._conns.append(conn)

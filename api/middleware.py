@@ -53,11 +53,17 @@ _ALWAYS = [
 ]
 
 
+STATIC_SCRIPT_PAGES = frozenset({"/docs", "/docs/oauth2-redirect"})
+"""Pages whose inline scripts hold no stored value (Swagger UI): their scripts are hashed
+from the page. Every other HTML page either brings its own policy (the maps, hashing the
+scripts they wrote) or may run no inline script at all."""
+
+
 class SecurityHeaders:
     """Adds ``X-Request-ID`` and security headers; a CSP on every HTML page.
 
-    An HTML page that brings no policy of its own is held until its body is complete,
-    and gets a policy naming its inline scripts by hash (see :func:`page_csp`).
+    An HTML page that brings no policy of its own gets :data:`CSP` (no inline script), or,
+    on :data:`STATIC_SCRIPT_PAGES`, a policy naming that page's inline scripts by hash.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -83,8 +89,11 @@ class SecurityHeaders:
                 has_csp = any(k.lower() == b"content-security-policy" for k, _ in headers)
                 message["headers"] = headers
                 if ctype.startswith(b"text/html") and not has_csp:
-                    held = message
-                    return
+                    if scope["path"] not in STATIC_SCRIPT_PAGES:
+                        headers.append((b"content-security-policy", CSP.encode()))
+                    else:
+                        held = message
+                        return
             elif message["type"] == "http.response.body" and held is not None:
                 body.append(message.get("body", b""))
                 if message.get("more_body", False):

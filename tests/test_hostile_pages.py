@@ -29,6 +29,7 @@ PAYLOADS = (
     "\"'><svg onload=window.__xss='svg'>",
     "a\u2028b\u2029c",
     "C:\\users\\x\\u0041 {{7*7}}",
+    "{{'ev'~'al'}}{%set x=1%}{#",  # folium/branca compile scripts as templates: must stay text
 )
 HOSTILE = "恶意" + "".join(PAYLOADS)
 

@@ -157,3 +157,44 @@ def test_overview_pages_are_cached_until_an_edit(edit_client, edit_path) -> None
     store.close()
     third = edit_client.get("/map").text
     assert third != first and has_text(third, "改名后的公厕")
+
+
+def test_stored_template_syntax_stays_text(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
+    """folium/branca compile rendered scripts as Jinja templates a second time: a stored
+    ``{{ … }}`` or ``{% … %}`` must reach the page as text, never run on the server."""
+    from gridmap.escape import html_text
+
+    payload = "{{'ev'~'al'}}{%set x=1%}{{cycler.__init__}}{#"
+    for layer, fid, field in (("grids", 3, "name"), ("toilets", 2, "name"), ("roads", 1, "name")):
+        cur = edit_client.get(f"/collections/{layer}/items/{fid}")
+        r = edit_client.patch(
+            f"/collections/{layer}/items/{fid}",
+            json={"properties": {field: payload}},
+            headers={"If-Match": cur.headers["etag"]},
+        )
+        assert r.status_code == 200
+    for url in ("/map/grids/3", "/map/grids/3?lang=en", "/map", "/map?lang=en"):
+        page = edit_client.get(url)
+        assert page.status_code == 200, url
+        assert "eval" not in page.text and "<function" not in page.text, url
+        assert html_text(payload) in page.text or "\\u007b\\u007b" in page.text, url
+    title = re.findall(r"<title>(.*?)</title>", edit_client.get("/map/grids/3").text)[0]
+    assert title == "网格作战图 · " + html_text(payload)
+
+
+def test_page_policy_names_only_scripts_gridmap_wrote(sample_store: GeoPackageStore) -> None:
+    """Hashes come from the parts gridmap rendered, not from reading the page back: a script
+    that slipped into the page (an escaping bug, simulated here) is not approved."""
+    from branca.element import Element
+
+    from gridmap.maps import render_page
+    from gridmap.maps.render import script_hash
+
+    m = overview_map(sample_store, scope=Scope(layers=frozenset({"grids", "toilets"})))
+    m.get_root().header.add_child(Element("<script>window.__xss = 1</script>"), name="bug")
+    page = render_page(m)
+    inline = re.findall(r"<script>(.*?)</script>", page.html, re.S)
+    assert len(inline) == 3  # folium's switches, the injected one, the map script
+    assert script_hash("window.__xss = 1") not in page.script_hashes
+    approved = [s for s in inline if script_hash(s) in page.script_hashes]
+    assert len(approved) == 2 and "window.__xss" not in "".join(approved)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from folium import Map
 from starlette.responses import HTMLResponse
 
 from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
 from api.errors import BadRequestError
-from api.middleware import inline_script_hashes, page_csp
+from api.middleware import page_csp
 from gridmap import queries
 from gridmap.errors import PermissionDeniedError
-from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map
+from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map, render_page
 from gridmap.maps.cache import PageCache
 from gridmap.security import Principal, business_data_allowed, stats_scope
 
@@ -25,10 +26,10 @@ BasemapParam = Annotated[
 ]
 
 
-def _page(html: str, basemap: str) -> tuple[bytes, str]:
+def _page(m: Map, basemap: str) -> tuple[bytes, str]:
     """The page and its CSP: its own inline scripts by hash, the basemap's tile host."""
-    page = html.encode()
-    return page, page_csp(inline_script_hashes(page), BASEMAPS[basemap].hosts)
+    page = render_page(m)
+    return page.html.encode(), page_csp(page.script_hashes, BASEMAPS[basemap].hosts)
 
 
 def _respond(page: tuple[bytes, str]) -> HTMLResponse:
@@ -74,7 +75,7 @@ def overview(
             grid_stats=rows,
             tianditu_key=settings.tianditu_key,
         )
-        return _page(m.get_root().render(), basemap)
+        return _page(m, basemap)
 
     cache: PageCache = request.app.state.pages
     key = ("overview", scope, policy, lang, measure, basemap, cache.stamps(store))
@@ -98,4 +99,4 @@ def grid_page(
     m = grid_sheet(
         store, grid_id, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
     )
-    return _respond(_page(m.get_root().render(), basemap))
+    return _respond(_page(m, basemap))

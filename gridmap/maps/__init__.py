@@ -11,6 +11,7 @@ from gridmap.maps.layers import (
     add_toilet_service_areas,
 )
 from gridmap.maps.pages import MEASURES, grid_sheet, overview_map
+from gridmap.maps.render import Page, render_page
 from gridmap.maps.widgets import add_legend, add_tools
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "MEASURES",
     "Basemap",
     "MapFrame",
+    "Page",
     "add_camera_sectors",
     "add_grid_choropleth",
     "add_households",
@@ -31,4 +33,5 @@ __all__ = [
     "base_map",
     "grid_sheet",
     "overview_map",
+    "render_page",
 ]

@@ -178,10 +178,12 @@ def add_measure_picker(frame: MapFrame, current: str, measures: dict[str, str]) 
 
 
 def add_title(frame: MapFrame, text: str) -> None:
-    """The page title (browser tab)."""
-    frame.map.get_root().header.add_child(
-        Element(f"<title>{html_text(text)}</title>"), name="gm_title"
-    )
+    """The page title (browser tab): the figure's title, escaped, substituted as a value.
+
+    Never put a value into branca's ``Element(...)``: its text is compiled as a Jinja
+    template, so ``{{ … }}`` in a stored name would run on the server.
+    """
+    frame.map.get_root().title = html_text(text)
 
 
 __all__ = ["add_legend", "add_page_css", "add_title", "add_tools", "folium"]

@@ -271,6 +271,13 @@ MALFORMED_TEXT = [
     "name = ",
     "units = 1" + " AND units = 1" * 300,
 ]
+# deep enough to overflow cql2-rs's recursion on an ordinary thread (crashed the server)
+DEEP_TEXT = [
+    "(" * 1600 + "units = 1" + ")" * 1600,
+    "NOT " * 4990 + "units = 1",
+    "units = " + "-" * 19000 + "1",
+    "CASEI(" * 3000 + "name" + ")" * 3000 + " = 'x'",
+]
 
 
 def _malformed_answers(c: TestClient, params: dict[str, Any]) -> Any:
@@ -291,6 +298,13 @@ def test_malformed_json_filters_are_400(public_client: TestClient, tree: Any) ->
 @pytest.mark.parametrize("text", MALFORMED_TEXT)
 def test_malformed_text_filters_are_400(public_client: TestClient, text: str) -> None:
     _malformed_answers(public_client, {"filter": text})
+
+
+@pytest.mark.parametrize("text", DEEP_TEXT)
+def test_deeply_nested_filters_do_not_crash(public_client: TestClient, text: str) -> None:
+    r = public_client.get("/collections/toilets/items", params={"filter": text})
+    assert r.status_code in (200, 400), r.status_code
+    assert public_client.get("/conformance").status_code == 200  # still serving
 
 
 @pytest.mark.parametrize(
@@ -431,3 +445,27 @@ def test_generated_parameters_never_fail_the_server(
     public_client: TestClient, params: dict[str, str]
 ) -> None:
     _never_a_server_error(public_client, params)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    value=st.text(alphabet="ab_%\\.*", max_size=8),
+    pattern=st.text(alphabet="ab_%\\.*", max_size=8).filter(
+        lambda p: not (len(p) - len(p.rstrip("\\"))) % 2
+    ),
+)
+def test_like_agrees_with_cql2_rs(value: str, pattern: str) -> None:
+    """LIKE as gridmap matches it (without a backtracking regex) against cql2-rs's LIKE."""
+    from gridmap.store.sqlite_filter import like
+
+    expr = cql2.Expr({"op": "like", "args": [{"property": "v"}, pattern]})
+    assert like(value, pattern) == expr.matches({"properties": {"v": value}}), (value, pattern)
+
+
+def test_hostile_like_patterns_answer_at_once(public_client: TestClient) -> None:
+    """Eleven %s against a long value took 84 s of a backtracking regex and froze the server."""
+    pattern = "%a" * 11 + "%b"
+    r = public_client.get(
+        "/collections/toilets/items", params={"filter": f"'{'a' * 40}' LIKE '{pattern}'"}
+    )
+    assert r.status_code == 200 and r.json()["numberMatched"] == 0

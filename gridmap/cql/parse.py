@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import cql2
@@ -13,6 +15,36 @@ MAX_TEXT = 20_000
 MAX_DEPTH = 20
 MAX_NODES = 500
 LANGS = ("cql2-text", "cql2-json")
+PARSER_STACK = 512 * 1024 * 1024
+"""Stack of the thread that runs cql2's recursive parser (virtual; touched pages only).
+
+cql2 (Rust) recurses once per nesting level and does not stop itself: a few thousand
+parentheses, NOTs or minus signs overflow an ordinary thread's stack and kill the
+process. On this stack every filter of up to MAX_TEXT characters parses, and the
+nesting limit is then applied to the result."""
+
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _parser() -> ThreadPoolExecutor:
+    """The single worker thread with a deep stack (created on first use)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            old = threading.stack_size(PARSER_STACK)
+            try:
+                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cql2-parser")
+                pool.submit(lambda: None).result()  # the thread starts now, on this stack size
+            finally:
+                threading.stack_size(old)
+            _pool = pool
+        return _pool
+
+
+def _to_json(lang: str, text: str) -> Any:
+    expr = cql2.parse_text(text) if lang == "cql2-text" else cql2.parse_json(text)
+    return expr.to_json()
 
 
 def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> Any:
@@ -32,12 +64,9 @@ def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> Any:
             if not isinstance(value, str):
                 msg = "a cql2-text filter must be text"
                 raise FilterError(msg)
-            expr = cql2.parse_text(value)
         else:
-            tree = json.loads(text) if isinstance(value, str) else value
-            _check_shape(tree)
-            expr = cql2.parse_json(text)
-        tree = expr.to_json()
+            _check_shape(json.loads(text) if isinstance(value, str) else value)
+        tree = _parser().submit(_to_json, lang, text).result()
     except FilterError:
         raise
     except Exception as exc:  # cql2's ParseError/ValidationError, JSON errors, recursion

@@ -52,8 +52,9 @@ def running(
             proc.kill()
 
 
-UVICORN_STACK = ("--loop", "uvloop", "--http", "httptools")
-"""The server stack every benchmarked service runs on (uvicorn[standard])."""
+UVICORN_STACK = ("--loop", "uvloop", "--http", "httptools", "--no-proxy-headers")
+"""The server stack every benchmarked service runs on (uvicorn[standard]); X-Forwarded-For
+is not believed (no proxy in front)."""
 
 
 @contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import secrets
 import string
 import time
@@ -227,12 +228,15 @@ class Accounts:
         return self.issue(rec["username"], Role(rec["role"]))
 
     def issue(self, username: str, role: Role) -> Token:
-        """A signed token for a user (audience and issuer gridmap, expiry, unique id)."""
+        """A signed token for a user (audience and issuer gridmap, expiry, unique id, and
+        the version of the user's password: a new password ends every older token)."""
+        rec = self._require(username)
         now = _now()
         ttl = self.token_minutes * 60
         claims = {
             "sub": username,
             "role": role.value,
+            "pv": password_version(rec["password_hash"]),
             "aud": AUDIENCE,
             "iss": ISSUER,
             "iat": int(now.timestamp()),
@@ -282,6 +286,10 @@ class Accounts:
         rec = self.store.user(str(claims["sub"]))
         if rec is None or rec["disabled"] or rec["role"] != claims.get("role"):
             raise AuthenticationError("the token's user is not active; log in again")
+        if claims.get("pv") != password_version(rec["password_hash"]):
+            raise AuthenticationError(
+                "the password changed since this token was issued; log in again"
+            )
         role = Role(rec["role"])
         grid_ids: frozenset[int] | None = None
         if role is Role.GRID_WORKER:
@@ -290,6 +298,11 @@ class Accounts:
             fs = self.store.query("grids", Query(equals={"community_id": rec["community_id"]}))
             grid_ids = frozenset(fs.ids.tolist())
         return Principal(rec["username"], role, grid_ids, rec["community_id"])
+
+
+def password_version(password_hash: str) -> str:
+    """A short tag of a password hash (which changes with every new password)."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
 def token_secret(store: Store, configured: str | None = None) -> str:

@@ -168,8 +168,21 @@ def serve(
     if not database.exists():
         _fail(GridmapError(f"no database at {database}; build the sample with `gridmap demo`"))
     os.environ["GRIDMAP_DATABASE"] = str(database)
+    from gridmap.settings import Settings
+
+    proxies = Settings().forwarded_allow_ips
     console.print(f"serving {database} on http://{host}:{port}/  (map: http://{host}:{port}/map)")
-    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)
+    # X-Forwarded-For names the client only behind a proxy we were told of: otherwise
+    # anyone could pick the address the log-in throttle and the audit log see
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
 
 
 users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)

@@ -23,11 +23,12 @@ import unicodedata
 
 _ID_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 _ID_CHECK = "10X98765432"
-_ID = re.compile(r"[1-8]\d{5}(\d{4})(\d{2})(\d{2})\d{3}[\dX]")
-_MOBILE = re.compile(r"1[3-9]\d{9}")
-_SYNTHETIC_MOBILE = re.compile(r"100\d{8}")
-_LANDLINE = re.compile(r"(0(?:10|2\d|[3-9]\d{2}))([2-9]\d{6,7})")
-_SYNTHETIC_LANDLINE = re.compile(r"(0(?:10|2\d|[3-9]\d{2}))(0\d{6,7})")
+# re.ASCII: \d would also take Arabic-Indic and other digits that NFKC leaves alone
+_ID = re.compile(r"[1-8]\d{5}(\d{4})(\d{2})(\d{2})\d{3}[\dX]", re.ASCII)
+_MOBILE = re.compile(r"1[3-9]\d{9}", re.ASCII)
+_SYNTHETIC_MOBILE = re.compile(r"100\d{8}", re.ASCII)
+_LANDLINE = re.compile(r"(0(?:10|2\d|[3-9]\d{2}))([2-9]\d{6,7})", re.ASCII)
+_SYNTHETIC_LANDLINE = re.compile(r"(0(?:10|2\d|[3-9]\d{2}))(0\d{6,7})", re.ASCII)
 _SEPARATORS = str.maketrans("", "", " -()（）")
 # Text that must never be stored: control characters (NUL included), line and paragraph
 # separators, and the bidirectional overrides that make text display other than it reads.

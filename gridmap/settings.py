@@ -36,6 +36,11 @@ class Settings(BaseSettings):
     )
     logins_per_minute: int = Field(20, ge=1, description="Login attempts per source per minute.")
     tianditu_key: str | None = Field(None, description="Key for the 天地图 basemap (optional).")
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Addresses of reverse proxies whose X-Forwarded-For is believed "
+        "(comma-separated, e.g. 127.0.0.1 behind nginx); empty: the peer address is the source.",
+    )
     feature_cache: int = Field(
         300_000, ge=0, description="Encoded features kept in memory per process (0: none)."
     )

@@ -99,6 +99,16 @@ def test_serve_answers_and_refuses_a_missing_database(tmp_path: Path) -> None:
 
     with running(cmd, url=f"http://127.0.0.1:{port}", probe="/conformance") as url:
         assert httpx.get(f"{url}/collections/grids/items?limit=1").json()["numberMatched"] == 40
+        # a client cannot choose its source address (the log-in throttle keys on it)
+        codes = [
+            httpx.post(
+                f"{url}/token",
+                data={"username": "planner", "password": f"Wrong-password-{i}"},
+                headers={"X-Forwarded-For": f"10.9.8.{i}"},
+            ).status_code
+            for i in range(5)
+        ]
+        assert codes == [401, 401, 401, 429, 429]
     r = subprocess.run(
         [sys.executable, "-m", "gridmap.cli", "serve", "--database", str(tmp_path / "no.gpkg")],
         capture_output=True, text=True, timeout=60,

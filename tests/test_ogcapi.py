@@ -959,3 +959,13 @@ def test_feature_cache_serves_whole_pages_at_any_size(sample_store: GeoPackageSt
             assert got == [want[i] for i in page if i in want], size
         kept = sum(len(v[1]) for v in cache._layers.values())
         assert kept <= max(size, 15) and (size > 0 or kept == 0)
+
+
+@pytest.mark.parametrize("fid", ["²", "①", "１", "١", "1.0", "+1", " 1", "0x1", "1e0"])
+def test_feature_ids_are_ascii_digits_only(public_client: TestClient, fid: str) -> None:
+    """Unicode digits once gave 500 (²) or another URL for feature 1 (１, ١)."""
+    from urllib.parse import quote
+
+    url = f"/collections/toilets/items/{quote(fid)}"
+    for method in ("GET", "HEAD"):
+        assert public_client.request(method, url).status_code == 404, (method, fid)

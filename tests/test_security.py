@@ -119,11 +119,12 @@ def test_login_attempts_are_rate_limited(edit_path: Path) -> None:
     assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429]
 
 
-def _forged(secret: str, **claims: Any) -> str:
+def _forged(secret: str, pv: str = "", **claims: Any) -> str:
     now = int(dt.datetime.now(dt.UTC).timestamp())
     base = {
         "sub": "admin",
         "role": "subdistrict_admin",
+        "pv": pv,
         "aud": "gridmap",
         "iss": "gridmap",
         "iat": now,
@@ -134,10 +135,14 @@ def _forged(secret: str, **claims: Any) -> str:
 
 
 def test_bad_tokens_are_refused(edit_path: Path) -> None:
+    from gridmap.accounts import password_version
+
     store = GeoPackageStore.open(edit_path)
     secret = token_secret(store)
+    pv = password_version(store.user("admin")["password_hash"])
+    planner_pv = password_version(store.user("planner")["password_hash"])
     store.close()
-    good = _forged(secret)
+    good = _forged(secret, pv)
     header, payload, sig = good.split(".")
     import base64
     import json
@@ -153,15 +158,17 @@ def test_bad_tokens_are_refused(edit_path: Path) -> None:
         }
     )
     cases = {
-        "expired": _forged(secret, exp=1_000_000, iat=999_000),
-        "wrong audience": _forged(secret, aud="someone-else"),
-        "wrong issuer": _forged(secret, iss="evil"),
-        "other key": _forged("x" * 48),
+        "expired": _forged(secret, pv, exp=1_000_000, iat=999_000),
+        "wrong audience": _forged(secret, pv, aud="someone-else"),
+        "wrong issuer": _forged(secret, pv, iss="evil"),
+        "other key": _forged("x" * 48, pv),
+        "no password version": _forged(secret),
+        "old password version": _forged(secret, "0" * 16),
         "alg none": f"{b64({'alg': 'none', 'typ': 'JWT'})}.{payload}.",
         "tampered": f"{header}.{tampered_payload}.{sig}",
         "garbage": "not.a.token",
-        "unknown user": _forged(secret, sub="ghost"),
-        "role changed": _forged(secret, sub="planner", role="subdistrict_admin"),
+        "unknown user": _forged(secret, pv, sub="ghost"),
+        "role changed": _forged(secret, planner_pv, sub="planner", role="subdistrict_admin"),
     }
     with TestClient(_app(edit_path)) as c:
         assert c.get("/users/me", headers={"Authorization": f"Bearer {good}"}).status_code == 200
@@ -171,6 +178,17 @@ def test_bad_tokens_are_refused(edit_path: Path) -> None:
             assert r.headers["content-type"] == "application/problem+json"
         r = c.get("/users/me", headers={"Authorization": "Basic YWRtaW46eA=="})
         assert r.status_code == 401
+
+
+def test_a_new_password_ends_every_older_token(edit_path: Path) -> None:
+    headers = tokens_for(edit_path)["community_admin"]
+    with TestClient(_app(edit_path)) as c:
+        assert c.get("/collections/households/items?limit=1", headers=headers).status_code == 200
+        store = GeoPackageStore.open(edit_path)
+        Accounts(store, secret=token_secret(store)).reset_password("community1")
+        store.close()
+        r = c.get("/collections/households/items?limit=1", headers=headers)
+        assert r.status_code == 401 and "password changed" in r.json()["detail"]
 
 
 def test_disabled_user_loses_access_at_once(edit_path: Path) -> None:

@@ -44,7 +44,7 @@ def test_phone_numbers_are_normalised(raw: str, stored: str) -> None:
 @pytest.mark.parametrize(
     "raw",
     ["1381234567", "12812345678", "10012345678", "0371-0000001", "138\x001234567", "<b>138</b>",
-     "13812345678<script>", "phone", "", "0371-123"],
+     "13812345678<script>", "phone", "", "0371-123", "13٨٠٠١٣٨٠٠٠", "１３８００１３８٠٠٠"],
 )  # fmt: skip
 def test_bad_phone_numbers_are_refused(raw: str) -> None:
     with pytest.raises(IdentifierError):
@@ -79,6 +79,7 @@ def test_id_numbers_are_checked_by_gb11643() -> None:
         good[:6] + "19820230" + good[14:],  # 30 February
         good[:6] + "21000101" + good[14:],  # born in the future
         good[:10] + "\x00" + good[11:],
+        good.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩")),  # Arabic-Indic digits
     ):
         with pytest.raises(IdentifierError):
             normalise_id_number(bad, synthetic=True)

@@ -513,8 +513,11 @@ def etag(layer_id: str, fid: int, version: int) -> str:
 
 
 def parse_fid(layer: Layer, feature_id: str) -> int:
-    """A path feature id as an integer; FeatureNotFoundError when it cannot be one."""
-    if not feature_id.isdigit() or not 0 < int(feature_id) < 2**62:
+    """A path feature id as an integer; FeatureNotFoundError when it cannot be one.
+
+    ASCII digits only: ``str.isdigit`` also accepts ``²`` (which ``int`` refuses) and
+    ``１``/``١`` (which ``int`` reads as 1), so one feature would have many URLs."""
+    if not (feature_id.isascii() and feature_id.isdigit()) or not 0 < int(feature_id) < 2**62:
         msg = f"no feature {feature_id[:40]!r} in collection {layer.id}"
         raise FeatureNotFoundError(msg)
     return int(feature_id)

@@ -14,7 +14,9 @@ sums is totally unimodular, so the linear bounds are the integer bounds.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+import hashlib
+import hmac
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -97,16 +99,25 @@ def protect(
     equations: Sequence[Equation],
     *,
     threshold: int = 5,
+    key: bytes = b"",
 ) -> Protected:
     """Choose the cells to withhold so that no small count can be worked out exactly.
 
     Every count in ``1..threshold−1`` is withheld as SMALL. Then, while some withheld count
-    is pinned to a single value by what is published, the smallest published count of at
-    least ``threshold`` sharing a sum with it is withheld too; where none is left, the small
-    cells of those sums are shown as WITHHELD instead (which tells less). Withholding every
-    non-zero count is always safe, so this ends.
+    is pinned to a single value by what is published, one more published count of at least
+    ``threshold`` sharing a sum with it is withheld; where none is left, the small cells of
+    those sums are shown as WITHHELD instead (which tells less). Withholding every non-zero
+    count is always safe, so this ends.
+
+    Which count is withheld next is decided by a keyed hash of the cell (``key`` is the
+    service's secret), never by the counts: were it "the smallest", an ``"x"`` would be
+    known to lie below its published neighbours, and a hidden cell could be worked out.
     """
     hidden: dict[Cell, str] = {c: SMALL for c, v in values.items() if 0 < v < threshold}
+
+    def rank(c: Cell) -> bytes:
+        return hmac.new(key, repr(c).encode(), hashlib.sha256).digest()
+
     members: dict[Cell, list[int]] = {}
     for k, (parent, children) in enumerate(equations):
         for c in (parent, *children):
@@ -117,7 +128,7 @@ def protect(
     while todo := sorted((c for c in hidden if c not in done), key=repr):
         for cell in todo:
             while _pinned(cell, values, equations, hidden, threshold):
-                if not _withhold_more(cell, values, equations, members, hidden, threshold):
+                if not _withhold_more(cell, values, equations, members, hidden, threshold, rank):
                     return Protected(hidden)
             done.add(cell)
     return Protected(hidden)
@@ -141,9 +152,10 @@ def _withhold_more(
     members: Mapping[Cell, list[int]],
     hidden: dict[Cell, str],
     threshold: int,
+    rank: Callable[[Cell], bytes],
 ) -> bool:
     """Withhold one more thing to free ``cell``; False when everything is withheld."""
-    extra = _complement_for(cell, values, equations, members, hidden, threshold)
+    extra = _complement_for(cell, values, equations, members, hidden, threshold, rank)
     if extra is not None:
         hidden[extra] = WITHHELD
         return True
@@ -155,7 +167,7 @@ def _withhold_more(
         return True
     rest = [c for c, v in values.items() if v > 0 and c not in hidden]
     if rest:
-        hidden[min(rest, key=lambda c: (values[c], repr(c)))] = WITHHELD
+        hidden[min(rest, key=rank)] = WITHHELD
         return True
     for c in hidden:  # every non-zero count withheld and shown alike: nothing can be pinned
         hidden[c] = WITHHELD
@@ -169,9 +181,10 @@ def _complement_for(
     members: Mapping[Cell, list[int]],
     hidden: Mapping[Cell, str],
     threshold: int,
+    rank: Callable[[Cell], bytes],
 ) -> Cell | None:
-    """The published count to withhold next beside ``cell``: the smallest one of at least
-    ``threshold`` in a sum with ``cell``, else in a sum with a withheld cell of those."""
+    """The published count to withhold next beside ``cell``: one of at least ``threshold``
+    in a sum with ``cell`` (else in a sum with a withheld cell of those), first by ``rank``."""
     ring = [cell]
     seen_eq: set[int] = set()
     for _ in range(3):
@@ -189,6 +202,6 @@ def _complement_for(
                     elif values[other] >= threshold:
                         candidates.append(other)
         if candidates:
-            return min(candidates, key=lambda c: (values[c], repr(c)))
+            return min(candidates, key=rank)
         ring = nxt
     return None

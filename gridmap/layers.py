@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, create_model
 
@@ -205,7 +206,9 @@ class Layer:
         out = obj.model_dump(mode="json")
         for p in self.properties:
             v = out.get(p.name)
-            if isinstance(v, str):
+            if p.type == "datetime" and isinstance(v, str):
+                out[p.name] = _local_time(v)
+            elif isinstance(v, str):
                 out[p.name] = _clean_text(self.id, p, v, synthetic=synthetic)
             elif isinstance(v, list):
                 for item in v:
@@ -213,6 +216,18 @@ class Layer:
         if partial:
             return {k: v for k, v in out.items() if k in props}
         return out
+
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+"""Datetimes are stored as naive local (Beijing) time."""
+
+
+def _local_time(iso: str) -> str:
+    """An ISO datetime as naive local time (an offset is converted, then dropped)."""
+    t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    if t.tzinfo is not None:
+        t = t.astimezone(LOCAL_TZ).replace(tzinfo=None)
+    return t.isoformat()
 
 
 def _clean_text(layer_id: str, p: Prop, value: str, *, synthetic: bool) -> str:

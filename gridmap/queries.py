@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import secrets
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -165,10 +166,13 @@ def household_stats(
     measures = ["households", "population", "visited", *(f"tag:{t}" for t in HOUSEHOLD_TAGS)]
     shown: dict[str, dict[tuple[str, int], int | str]] = {}
     equations = tuple((up, tuple(kids)) for up, kids in tree.equations)
+    key = disclosure_key(store) if small_cells else b""
     for m in measures:
         values = {cell: row[m] for cell, row in counts.items()}
         if small_cells:
-            prot = _protected(tuple(sorted(values.items())), equations, small_cells)
+            prot = _protected(
+                tuple(sorted(values.items())), equations, small_cells, key + m.encode()
+            )
             shown[m] = {c: prot.shown(c, v, small_cells) for c, v in values.items()}
         else:
             shown[m] = dict(values)
@@ -202,9 +206,19 @@ def _protected(
     values: tuple[tuple[tuple[str, int], int], ...],
     equations: tuple[tuple[tuple[str, int], tuple[tuple[str, int], ...]], ...],
     threshold: int,
+    key: bytes,
 ) -> Protected:
     """:func:`gridmap.disclosure.protect`, remembered by the table itself (it is pure)."""
-    return protect(dict(values), equations, threshold=threshold)
+    return protect(dict(values), equations, threshold=threshold, key=key)
+
+
+def disclosure_key(store: Store) -> bytes:
+    """The service's secret that orders complementary suppression (made on first use)."""
+    stored = store.meta("disclosure_key")
+    if stored is None:
+        stored = secrets.token_hex(32)
+        store.set_meta("disclosure_key", stored)
+    return bytes.fromhex(stored)
 
 
 @dataclass

@@ -221,3 +221,46 @@ def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
         problems = check_store(store)
         store.close()
         assert any(first in p and second in p for p in problems), (first, problems)
+
+
+def test_check_reads_through_garbage_and_counts_everything(edit_path: Path) -> None:
+    """Values another program stored are reported, not fatal; every case is counted."""
+    store = GeoPackageStore.open(edit_path)
+    hh = store.query("households", Query(equals={"grid_id": 1}, limit=16)).ids.tolist()
+    store.close()
+    conn = external_connection(edit_path)
+    conn.execute("UPDATE households SET tags = 'not json' WHERE fid = ?", (hh[0],))
+    conn.execute(
+        "UPDATE households SET last_visit_at = '2026-11-01T10:00:00+08:00' WHERE fid = ?", (hh[1],)
+    )
+    conn.execute("UPDATE households SET phone = '+86 100 0000 0000' WHERE fid = ?", (hh[2],))
+    conn.execute("UPDATE toilets SET accessible = 7 WHERE fid = 1")
+    for fid in hh[3:16]:  # 13 of one kind: 10 listed, the rest counted
+        conn.execute("UPDATE households SET room = 'a' || char(7) WHERE fid = ?", (fid,))
+    conn.commit()
+    conn.close()
+    store = GeoPackageStore.open(edit_path)
+    assert store.get("households", hh[0]).properties["tags"] == "not json"  # read, not crashed
+    problems = check_store(store)
+    store.close()
+    text = "\n".join(problems)
+    assert f"households {hh[0]}: invalid properties for layer households: tags" in text
+    assert f"households {hh[1]}: last_visit_at is stored as '2026-11-01T10:00:00+08:00'" in text
+    normal = "not in its normal form '10000000000'"
+    assert f"households {hh[2]}: phone is stored as '+86 100 0000 0000', {normal}" in text
+    assert "toilets 1: invalid properties for layer toilets: accessible" in text
+    assert "… and 6 more: invalid households values" in text  # 16 bad households in all
+
+
+def test_times_are_stored_as_local_time(
+    edit_client: TestClient, edit_store: GeoPackageStore
+) -> None:
+    fid, _ = _household_in(edit_store, 1)
+    url = f"/collections/households/items/{fid}"
+    r = edit_client.patch(
+        url,
+        json={"properties": {"last_visit_at": "2026-11-01T02:00:00Z"}},
+        headers={"If-Match": "*"},
+    )
+    assert r.status_code == 200
+    assert edit_store.get("households", fid).properties["last_visit_at"] == "2026-11-01T10:00:00"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import math
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import shapely
 from shapely.geometry.base import BaseGeometry
@@ -21,10 +20,7 @@ from gridmap import crs as gcrs
 from gridmap.cql import tree as t
 from gridmap.errors import InvalidFeatureError, QueryError
 from gridmap.geometry import from_geojson
-from gridmap.layers import Layer
-
-LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-"""Stored datetimes are naive local (Beijing) time; CQL2 timestamps are converted to it."""
+from gridmap.layers import LOCAL_TZ, Layer
 
 INT_MAX = 2**63 - 1
 GEOMETRY_NAMES = ("geom", "geometry")

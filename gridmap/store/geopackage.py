@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -690,19 +691,21 @@ class GeoPackageStore:
         names = layer.names
         props = [dict(zip(names, r[2:-1], strict=True)) for r in rows]
         # Only lists (JSON text) and booleans (0/1) need converting; REAL columns
-        # already come back as floats.
+        # already come back as floats. A value another program stored that is neither is
+        # passed on as it is (no read fails on it; `gridmap check` reports it).
         for p in layer.properties:
             if p.type == "list":
                 key = p.name
                 for d in props:
                     v = d[key]
                     if v is not None:
-                        d[key] = orjson.loads(v)
+                        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
+                            d[key] = orjson.loads(v)
             elif p.type == "bool":
                 key = p.name
                 for d in props:
                     v = d[key]
-                    if v is not None:
+                    if v in (0, 1):
                         d[key] = bool(v)
         return FeatureSet(layer, ids, geoms, props, versions, matched)
 

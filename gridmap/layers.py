@@ -34,7 +34,8 @@ class Prop:
     ``format`` names an identifier format (``phone``, ``id_number``: normalised and
     validated by :mod:`gridmap.identifiers`). ``ref`` names the layer whose feature id the
     value is (a relation: the feature must exist, and cannot be deleted while referenced);
-    ``same_grid`` adds that the referenced feature lies in the same grid.
+    ``same_grid`` adds that the referenced feature lies in the same grid, ``inside`` that
+    this feature lies inside the referenced one (:mod:`gridmap.store.relations`).
     """
 
     name: str
@@ -52,6 +53,7 @@ class Prop:
     format: str | None = None
     ref: str | None = None
     same_grid: bool = False
+    inside: bool = False
 
     @property
     def sql_type(self) -> str:
@@ -354,7 +356,7 @@ LAYERS: tuple[Layer, ...] = (
         (
             _p("name", "str", "名称", "Name", required=True, max_length=100),
             _p("code", "str", "社区代码", "Code", max_length=40),
-            _p("zone_id", "int", "所属片区", "Zone", minimum=1, ref="zones"),
+            _p("zone_id", "int", "所属片区", "Zone", minimum=1, ref="zones", inside=True),
             _p("office_address", "str", "社区办公地址", "Office address"),
             _p("phone", "str", "社区电话", "Phone", max_length=40, format="phone"),
         ),
@@ -375,6 +377,7 @@ LAYERS: tuple[Layer, ...] = (
                 required=True,
                 minimum=1,
                 ref="communities",
+                inside=True,
             ),
             _p("worker_id", "str", "网格员编号", "Worker id", max_length=40),
             _p("worker_name", "str", "网格员", "Grid worker", max_length=40),

@@ -13,7 +13,7 @@ import pyogrio
 import pytest
 import shapely
 
-from gridmap.errors import IntegrityError
+from gridmap.errors import IntegrityError, InvalidFeatureError
 from gridmap.integrity import check_store
 from gridmap.layers import LAYERS
 from gridmap.sample import (
@@ -163,8 +163,16 @@ def test_build_is_deterministic() -> None:
 def test_broken_sample_fails_loudly_and_leaves_no_file(tmp_path: Path) -> None:
     sample = build_sample(today=REFERENCE_DATE)
     geoms, _props = sample.layers["grids"]
-    # make grid 2 overlap grid 1 of the same community
+    # grow grid 2 over grid 1 and out of their community: refused as it is written
     geoms[1] = shapely.buffer(geoms[1], 20.0, join_style="mitre")
+    with pytest.raises(InvalidFeatureError, match="does not lie inside communities"):
+        write_sample(sample, tmp_path / "broken.gpkg")
+    assert not (tmp_path / "broken.gpkg").exists()
+    # grow it over grid 1 only (inside the community): the integrity check refuses it
+    sample = build_sample(today=REFERENCE_DATE)
+    geoms, _props = sample.layers["grids"]
+    community = sample.layers["communities"][0][0]
+    geoms[1] = shapely.intersection(shapely.buffer(geoms[1], 20.0, join_style="mitre"), community)
     with pytest.raises(IntegrityError, match="overlap"):
         write_sample(sample, tmp_path / "broken.gpkg")
     assert not (tmp_path / "broken.gpkg").exists()

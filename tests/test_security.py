@@ -966,18 +966,37 @@ def test_scope_follows_grid_and_user_changes_at_once(edit_path: Path) -> None:
         if p["community_id"] == 1 and i != 1
     )
     hh = _household(store, grid)
+    comms = store.query("communities")
+    zone = dict(zip(comms.ids.tolist(), (p["zone_id"] for p in comms.properties), strict=True))
+    target = next(c for c in zone if c != 1 and zone[c] == zone[1])  # same zone as community 1
     store.close()
     com, adm = auth["community_admin"], auth["subdistrict_admin"]
     url = f"/collections/households/items/{hh}"
     with TestClient(_app(edit_path)) as c:
         assert c.get(url, headers=com).status_code == 200
+        # moving a grid to another community: that community takes it in, then the grid
+        # names it (it must lie inside the community it names)
         cur = c.get(f"/collections/grids/items/{grid}", headers=adm)
+        two = c.get(f"/collections/communities/items/{target}", headers=adm).json()
+        grown = shapely.union(
+            shapely.geometry.shape(two["geometry"]), shapely.geometry.shape(cur.json()["geometry"])
+        )
+        r = c.patch(
+            f"/collections/communities/items/{target}",
+            json={
+                "geometry": shapely.geometry.mapping(
+                    shapely.MultiPolygon([grown]) if grown.geom_type == "Polygon" else grown
+                )
+            },
+            headers={**adm, "If-Match": "*"},
+        )
+        assert r.status_code == 200, r.text
         r = c.patch(
             f"/collections/grids/items/{grid}",
-            json={"properties": {"community_id": 2}},
+            json={"properties": {"community_id": target}},
             headers={**adm, "If-Match": cur.headers["etag"]},
         )
-        assert r.status_code == 200
+        assert r.status_code == 200, r.text
         assert c.get(url, headers=com).status_code == 404  # the same token, next request
         ids = {
             f["id"]
@@ -987,7 +1006,7 @@ def test_scope_follows_grid_and_user_changes_at_once(edit_path: Path) -> None:
         }
         assert ids == set()
         store = GeoPackageStore.open(edit_path)
-        Accounts(store, secret=token_secret(store)).reassign("community1", community_id=2)
+        Accounts(store, secret=token_secret(store)).reassign("community1", community_id=target)
         store.close()
         assert c.get(url, headers=com).status_code == 200  # a user's new assignment too
 

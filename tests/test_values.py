@@ -264,3 +264,32 @@ def test_times_are_stored_as_local_time(
     )
     assert r.status_code == 200
     assert edit_store.get("households", fid).properties["last_visit_at"] == "2026-11-01T10:00:00"
+
+
+def test_locations_agree_with_what_they_name_on_both_sides(edit_store: GeoPackageStore) -> None:
+    """A grid lies inside the community it names, a community inside its zone, a household in
+    its building's grid; a move on either side that would break it is refused."""
+    g = edit_store.get("grids", 5)
+    other = next(
+        int(i)
+        for i, p in zip(
+            *(lambda fs: (fs.ids, fs.properties))(edit_store.query("communities")), strict=True
+        )
+        if int(i) != g.properties["community_id"]
+    )
+    with pytest.raises(InvalidFeatureError, match="does not lie inside communities"):
+        edit_store.update("grids", 5, properties={"community_id": other})
+    community = edit_store.get("communities", g.properties["community_id"])
+    shrunk = community.geometry.difference(g.geometry.buffer(1e-5))
+    with pytest.raises(IntegrityError, match=r"grids \d+ would no longer lie inside communities"):
+        edit_store.update("communities", community.id, geometry=shrunk)
+    _, p = _household_in(edit_store, 1)
+    building = edit_store.get("buildings", p["building_id"])
+    into_grid_2 = (
+        edit_store.get("grids", 2).geometry.representative_point().buffer(5e-5, quad_segs=2)
+    )
+    with pytest.raises(IntegrityError, match="would lie in another grid"):
+        edit_store.update("buildings", building.id, geometry=into_grid_2)
+    assert edit_store.get("buildings", building.id).version == building.version
+    assert edit_store.get("communities", community.id).version == community.version
+    assert check_store(edit_store) == []

@@ -34,6 +34,7 @@ from gridmap.errors import (
     VersionConflictError,
 )
 from gridmap.layers import LAYERS, Layer, Prop, get_layer
+from gridmap.store import relations
 from gridmap.store.base import BBox, Feature, FeatureSet, Progress, Query, Scope
 from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
@@ -830,35 +831,8 @@ class GeoPackageStore:
                 if not scope.allows_grid(d.get("grid_id")):
                     msg = f"feature {i}: outside the grids you may edit"
                     raise OutOfScopeError(msg)
-        self._check_references(layer, clean)
+        relations.check_references(self._connect(), layer, clean, geoms)
         return geo.to_gpkg_blobs(geoms), clean
-
-    def _check_references(self, layer: Layer, clean: Sequence[Mapping[str, Any]]) -> None:
-        """Every declared reference names an existing feature (in the same grid, where the
-        registry says so); the message does not tell a missing feature from one elsewhere."""
-        conn = self._connect()
-        for p in layer.references:
-            if p.derived:
-                continue
-            wanted = sorted({d[p.name] for d in clean if d.get(p.name) is not None})
-            if not wanted:
-                continue
-            target = get_layer(p.ref or "")
-            grid_col = "grid_id" if target.grid_scoped else "NULL"
-            rows = conn.execute(
-                f"SELECT fid, {grid_col} FROM {_q(target.id)} "
-                "WHERE fid IN (SELECT value FROM json_each(?))",
-                (json.dumps(wanted),),
-            ).fetchall()
-            found = dict(rows)
-            for i, d in enumerate(clean):
-                v = d.get(p.name)
-                if v is None:
-                    continue
-                if v not in found or (p.same_grid and found[v] != d.get("grid_id")):
-                    where = " in this feature's grid" if p.same_grid else ""
-                    msg = f"feature {i}: {p.name} {v} names no feature of {target.id}{where}"
-                    raise InvalidFeatureError(msg)
 
     def insert(
         self,
@@ -969,9 +943,12 @@ class GeoPackageStore:
                 f"UPDATE {_q(layer.id)} SET {sets}, version = version + 1 WHERE fid = ?",
                 [*values, int(fid)],
             )
+            if geometry is not None:
+                relations.check_named_by(c, layer, fid, geom, clean[0].get("grid_id"))
             if layer.id == "grids" and geometry is not None:
                 self._grid_index = None
                 self._rederive_grid_ids(c, shapely.union(current.geometry, geom).bounds)
+                relations.check_same_grid(c)
             self._touch(c, layer)
             return mask_feature(layer, self._get_in(c, layer, fid, Scope.ALL), scope)
 
@@ -1007,31 +984,11 @@ class GeoPackageStore:
                     f"not {expected_version}; fetch it again and reapply your change"
                 )
                 raise VersionConflictError(msg)
-            self._refuse_if_referenced(c, layer, fid)
+            relations.refuse_if_named(c, layer, fid)
             c.execute(f"DELETE FROM {_q(layer.id)} WHERE fid = ?", (int(fid),))
             if layer.id == "grids":
                 self._grid_index = None
             self._touch(c, layer)
-
-    def _refuse_if_referenced(self, c: sqlite3.Connection, layer: Layer, fid: int) -> None:
-        """IntegrityError if a feature of any layer names this one (registry relations)."""
-        for other in LAYERS:
-            for p in other.references:
-                if p.ref != layer.id:
-                    continue
-                n = c.execute(
-                    f"SELECT count(*) FROM {_q(other.id)} WHERE {_q(p.name)} = ?", (int(fid),)
-                ).fetchone()[0]
-                if n:
-                    hint = (
-                        "redraw the neighbouring grids over them first"
-                        if p.derived
-                        else f"change their {p.name} first"
-                    )
-                    msg = (
-                        f"{layer.id} {fid} is still named by {n} {other.id}; {hint}, then delete it"
-                    )
-                    raise IntegrityError(msg)
 
     def _rederive_grid_ids(self, c: sqlite3.Connection, bounds: tuple[float, ...]) -> None:
         """After a grid moved: recompute ``grid_id`` of households and buildings around it.

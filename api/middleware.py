@@ -46,6 +46,7 @@ def page_csp(script_hashes: Iterable[str] = (), img_hosts: Iterable[str] = ()) -
 CSP = page_csp()
 """The policy of a page without inline scripts."""
 _ALWAYS = [
+    (b"vary", b"Accept"),  # JSON or HTML by the Accept header, on the same URL
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
     (b"x-frame-options", b"DENY"),

@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn import zxcvbn
 
 from gridmap.errors import AuthenticationError, GridmapError
+from gridmap.identifiers import visible
 from gridmap.ratelimit import LoginThrottle
 from gridmap.security import Principal, Role
 from gridmap.store import Query, Store
@@ -369,18 +370,17 @@ def audit(
     request_id: str | None = None,
     detail: str | None = None,
 ) -> None:
-    """Append one entry to the audit log."""
-    store.audit_append(
-        {
-            "at": _now().isoformat(timespec="milliseconds"),
-            "username": principal.username or None,
-            "role": principal.role.value,
-            "action": action,
-            "object": object,
-            "grid_id": grid_id,
-            "result": result,
-            "source": source,
-            "request_id": request_id,
-            "detail": detail,
-        }
-    )
+    """Append one entry to the audit log (control and bidi characters written visibly)."""
+    entry = {
+        "at": _now().isoformat(timespec="milliseconds"),
+        "username": principal.username or None,
+        "role": principal.role.value,
+        "action": action,
+        "object": object,
+        "grid_id": grid_id,
+        "result": result,
+        "source": source,
+        "request_id": request_id,
+        "detail": detail,
+    }
+    store.audit_append({k: visible(v) if isinstance(v, str) else v for k, v in entry.items()})

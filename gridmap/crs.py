@@ -272,6 +272,13 @@ def axis_swapped(crs_uri: str) -> bool:
     return CRS.from_epsg(code).axis_info[0].direction.lower() in ("north", "south")
 
 
+@lru_cache(maxsize=64)
+def is_geographic(crs_uri: str) -> bool:
+    """True for longitude/latitude CRSs (degrees), False for projected ones (metres)."""
+    code = _epsg_of(normalize_crs(crs_uri))
+    return code is None or bool(CRS.from_epsg(code).is_geographic)
+
+
 def is_lat_lon_order(crs_uri: str) -> bool:
     """True for geographic CRSs whose axis order is latitude first (EPSG:4326, EPSG:4490)."""
     return crs_uri in _GEOGRAPHIC[1:]

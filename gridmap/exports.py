@@ -9,6 +9,7 @@ from typing import Any
 
 import shapely
 
+from gridmap.crs import CRS84, is_geographic, to_output
 from gridmap.store.base import FeatureSet
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -21,8 +22,9 @@ def neutralise(value: Any) -> Any:
     return value
 
 
-def to_csv(fs: FeatureSet, *, properties: Sequence[str] | None = None) -> bytes:
-    """Features as UTF-8 CSV (with BOM, for Excel): id, properties, WKT geometry (WGS84).
+def to_csv(fs: FeatureSet, *, properties: Sequence[str] | None = None, crs: str = CRS84) -> bytes:
+    """Features as UTF-8 CSV (with BOM, for Excel): id, properties, WKT geometry in ``crs``
+    (WGS84 lon/lat by default; a CRS's own axis order, as in GeoJSON output).
 
     Values are as the caller's scope returned them (masked where it says so), and every
     text cell that a spreadsheet would read as a formula is neutralised.
@@ -31,7 +33,9 @@ def to_csv(fs: FeatureSet, *, properties: Sequence[str] | None = None) -> bytes:
     out = io.StringIO()
     w = csv.writer(out)
     w.writerow(["id", *names, "geometry_wkt"])
-    wkt = shapely.to_wkt(fs.geometries, rounding_precision=7) if len(fs) else []
+    geoms = to_output(fs.geometries, crs) if len(fs) else fs.geometries
+    digits = 7 if is_geographic(crs) else 3  # about a centimetre either way
+    wkt = shapely.to_wkt(geoms, rounding_precision=digits) if len(fs) else []
     for fid, props, g in zip(fs.ids.tolist(), fs.properties, wkt, strict=True):
         row = []
         for n in names:

@@ -54,6 +54,12 @@ def check_text(value: str) -> str:
     return value
 
 
+def visible(value: str) -> str:
+    """``value`` with every character :func:`check_text` refuses written as ``\\uXXXX``
+    (for logs: an entry cannot fake a line break or run backwards)."""
+    return _FORBIDDEN.sub(lambda m: f"\\u{ord(m.group()):04x}", value)
+
+
 def normalise_phone(value: str, *, synthetic: bool = False) -> str:
     """A phone number in its stored form (``13812345678`` or ``0371-68812345``)."""
     text = unicodedata.normalize("NFKC", value).strip().translate(_SEPARATORS)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     )
     default_limit: int = Field(100, ge=1, description="Items per page when none is asked.")
     max_limit: int = Field(1000, ge=1, description="Largest page; larger requests are clamped.")
+    max_export: int = Field(
+        100_000, ge=1, description="Most features one CSV download holds (f=csv)."
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
     title: str = Field("中心路街道网格化管理", description="Service title on the landing page.")
     docs: bool = Field(True, description="Serve /docs (turn off in production if wished).")

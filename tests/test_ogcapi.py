@@ -969,3 +969,39 @@ def test_feature_ids_are_ascii_digits_only(public_client: TestClient, fid: str) 
     url = f"/collections/toilets/items/{quote(fid)}"
     for method in ("GET", "HEAD"):
         assert public_client.request(method, url).status_code == 404, (method, fid)
+
+
+def test_edits_that_change_nothing_keep_the_version(edit_client: TestClient) -> None:
+    url = "/collections/toilets/items/4"
+    cur = edit_client.get(url)
+    same = {"properties": {"name": cur.json()["properties"]["name"]}}
+    for body in ({}, {"properties": {}}, same, {"geometry": cur.json()["geometry"]}):
+        r = edit_client.patch(url, json=body, headers={"If-Match": cur.headers["etag"]})
+        assert r.status_code == 200 and r.headers["etag"] == cur.headers["etag"], body
+    r = edit_client.patch(url, json={"properties": {"units": 99}}, headers={"If-Match": "*"})
+    assert r.headers["etag"] != cur.headers["etag"]
+
+
+def test_html_and_json_of_one_url_are_told_apart(edit_client: TestClient) -> None:
+    url = "/collections/toilets/items/1"
+    tag = edit_client.get(url).headers["etag"]
+    r = edit_client.get(url, headers={"Accept": "text/html", "If-None-Match": tag})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "Accept" in r.headers["vary"] and "Accept" in edit_client.get(url).headers["vary"]
+
+
+def test_csv_export_holds_everything_asked_in_the_crs_asked(
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+) -> None:
+    from pyproj import Transformer
+
+    n = sample_store.count("households", Query(equals={"grid_id": 1}))
+    r = client.get("/collections/households/items?f=csv", headers=auth["grid_worker"])
+    rows = r.text.lstrip("\ufeff").splitlines()[1:]
+    assert len(rows) == n == int(r.headers["ogc-numbermatched"]) > 100
+    r = client.get("/collections/toilets/items?f=csv&crs=EPSG:4547", headers=auth["grid_worker"])
+    first = r.text.lstrip("\ufeff").splitlines()[1]
+    x, y = map(float, first.split("POINT (")[1].rstrip(")").split())
+    p = sample_store.get("toilets", int(first.split(",")[0])).geometry
+    want = Transformer.from_crs("EPSG:4326", "EPSG:4547").transform(p.y, p.x)
+    assert (x, y) == pytest.approx(want, abs=0.001)  # northing, easting

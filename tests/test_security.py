@@ -1171,3 +1171,37 @@ def test_community_admins_cannot_write_outside_their_community(edit_path: Path) 
             assert r.status_code == 404, layer
             assert c.delete(url, headers={**h, "If-Match": tag}).status_code == 404, layer
             assert c.get(url, headers=admin).headers["etag"] == tag  # nothing changed
+
+
+def test_audit_entries_cannot_be_faked_and_refused_reads_cost_no_reveal(edit_path: Path) -> None:
+    auth = tokens_for(edit_path)
+    store = GeoPackageStore.open(edit_path)
+    mine, other = _household(store, 1), _household(store, 2)
+    store.close()
+    h = auth["grid_worker"]
+    with TestClient(_app(edit_path, reveals_per_hour=1)) as c:
+        # a name with a line break and a bidi override: logged, visibly
+        c.post("/token", data={"username": "x\n2026-01-01 admin login ok\u202e", "password": "p"})
+        r = c.post(
+            f"/collections/households/items/{mine}/reveal",
+            headers=h,
+            json={"field": "phone", "reason": "核实身份信息\nforged line"},
+        )
+        assert r.status_code == 400
+        for _ in range(3):  # outside the grid: 404, and no reveal used up
+            r = c.post(
+                f"/collections/households/items/{other}/reveal",
+                headers=h,
+                json={"field": "phone", "reason": "核实身份信息"},
+            )
+            assert r.status_code == 404
+        r = c.post(
+            f"/collections/households/items/{mine}/reveal",
+            headers=h,
+            json={"field": "phone", "reason": "核实身份信息"},
+        )
+        assert r.status_code == 200
+        log = c.get("/audit?action=login&limit=10", headers=auth["auditor"]).json()["entries"]
+    names = [e["username"] for e in log]
+    assert "x\\u000a2026-01-01 admin login ok\\u202e" in names
+    assert not any("\n" in (n or "") or "\u202e" in (n or "") for n in names)

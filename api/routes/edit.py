@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from shapely.geometry.base import BaseGeometry
 from starlette.responses import Response
 
@@ -19,6 +19,7 @@ from api.routes.features import etag, feature_response, parse_fid
 from gridmap.crs import from_input
 from gridmap.errors import AuthenticationError, InvalidFeatureError, VersionConflictError
 from gridmap.geometry import from_geojson
+from gridmap.identifiers import check_text
 from gridmap.layers import Layer
 from gridmap.security import CAN_REVEAL, Principal
 from gridmap.settings import Settings
@@ -235,6 +236,12 @@ class RevealRequest(BaseModel):
     field: str = Field(max_length=40, description="e.g. id_number or phone")
     reason: str = Field(min_length=6, max_length=500, description="Why it is needed (audited).")
 
+    @field_validator("reason")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        check_text(v)  # no control or bidi characters in the audit log
+        return v
+
 
 @router.post(
     "/collections/{collection_id}/items/{feature_id}/reveal",
@@ -258,8 +265,9 @@ def reveal(
             f"{body.field[:40]!r} is not a personal field of {layer.id}; "
             f"personal fields: {', '.join(layer.sensitive) or 'none'}"
         )
-    request.app.state.reveal_limiter.hit(principal.username, "reveals")
+    # the feature first: a refused read (404, 429) does not use up a reveal
     feat = store.get(layer.id, fid, scope=dataclasses.replace(scope, masked=frozenset()))
+    request.app.state.reveal_limiter.hit(principal.username, "reveals")
     record(
         request,
         principal,

@@ -377,10 +377,15 @@ def items(
     out_crs = crs_param(crs, "crs")
     in_crs = crs_param(bbox_crs, "bbox-crs")
     fcrs = crs_param(filter_crs, "filter-crs")
-    n = min(limit or settings.default_limit, settings.max_limit)
     if f is not None and f.lower() not in ("json", "geojson", "html", "csv"):
         raise BadRequestError("f must be json, html or csv")
     csv_export = f is not None and f.lower() == "csv"
+    # a download holds everything asked for (up to max_export), a page up to max_limit
+    n = (
+        min(limit or settings.max_export, settings.max_export)
+        if csv_export
+        else min(limit or settings.default_limit, settings.max_limit)
+    )
 
     equals: dict[str, Any] = {}
     for key, raw in request.query_params.multi_items():
@@ -441,9 +446,13 @@ def items(
             )
         name = f"{layer.id}-{offset}-{offset + len(fs)}.csv"
         return Response(
-            exports.to_csv(fs, properties=selected),
+            exports.to_csv(fs, properties=selected, crs=out_crs),
             media_type="text/csv; charset=utf-8",
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+            headers={
+                "Content-Disposition": f'attachment; filename="{name}"',
+                "Content-Crs": f"<{out_crs}>",
+                "OGC-NumberMatched": str(fs.number_matched),
+            },
         )
     if selected is None and out_crs == CRS84 and not html:
         # the hot path: ids from the index, features from the encoded cache
@@ -576,9 +585,11 @@ def item(
     out_crs = crs_param(crs, "crs")
     feat = store.get(layer.id, parse_fid(layer, feature_id), scope=scope)
     tag = etag(layer.id, feat.id, feat.version)
-    if _none_match(request.headers.get("if-none-match"), tag):
+    html = wants_html(request)
+    # the ETag names the GeoJSON representation; the HTML view has none of its own
+    if not html and _none_match(request.headers.get("if-none-match"), tag):
         return Response(status_code=304, headers={"ETag": tag})
-    if wants_html(request):
+    if html:
         return render(
             "item.html",
             title=f"{layer.zh} {feat.id}",

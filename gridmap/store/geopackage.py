@@ -937,6 +937,12 @@ class GeoPackageStore:
             if scope.limits(layer) and not scope.allows_grid(clean[0].get("grid_id")):
                 msg = f"no feature {fid} in collection {layer_id}"
                 raise OutOfScopeError(msg)
+            if clean[0] == current.properties and shapely.equals_exact(
+                geo.promote(np.asarray([geom], dtype=object), layer.geometry_type)[0],
+                current.geometry,
+                tolerance=0,
+            ):  # nothing changes: no write, no new version (other editors' ETags hold)
+                return mask_feature(layer, current, scope)
             sets = ", ".join(["geom = ?", *(f"{_q(n)} = ?" for n in layer.names)])
             values = [blobs[0], *(_to_sql(p, clean[0][p.name]) for p in layer.properties)]
             c.execute(

@@ -20,7 +20,8 @@ def geometry_fragments(geoms: Any, crs: str = CRS84) -> list[orjson.Fragment]:
     arr = np.asarray(geoms, dtype=object)
     if crs != CRS84:
         arr = to_output(arr, crs)
-    return [orjson.Fragment(g) for g in shapely.to_geojson(arr).tolist()]
+    # a feature without geometry (written by another program) is "geometry": null
+    return [orjson.Fragment(g or "null") for g in shapely.to_geojson(arr).tolist()]
 
 
 def feature_dicts(

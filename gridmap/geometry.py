@@ -264,21 +264,34 @@ def _wkb_offset(blob: bytes) -> int:
 
 
 def from_gpkg_blobs(blobs: Sequence[bytes | None]) -> npt.NDArray[np.object_]:
-    """Decode GeoPackage geometry blobs to shapely geometries (None stays None). Vectorised."""
-    wkb = [None if b is None else memoryview(b)[_wkb_offset(b) :].tobytes() for b in blobs]
-    return shapely.from_wkb(np.asarray(wkb, dtype=object))
+    """Decode GeoPackage geometry blobs to shapely geometries. Vectorised.
+
+    None stays None, and so does anything that is not a geometry blob (another program may
+    have written one): reads never fail on it, and `gridmap check` reports it.
+    """
+    wkb = [_wkb_of(b) for b in blobs]
+    return shapely.from_wkb(np.asarray(wkb, dtype=object), on_invalid="ignore")
+
+
+def _wkb_of(blob: Any) -> bytes | None:
+    if not isinstance(blob, bytes | memoryview) or len(blob) < 8 or bytes(blob[:2]) != b"GP":
+        return None
+    try:
+        return memoryview(blob)[_wkb_offset(blob) :].tobytes()
+    except (IndexError, ValueError):
+        return None
 
 
 def blob_is_empty(blob: bytes | None) -> bool:
-    """ST_IsEmpty for a GeoPackage blob (flag bit 4), as the R-tree triggers need."""
-    if blob is None:
-        return True
-    return bool(blob[3] & 0b0001_0000) or bool(shapely.is_empty(from_gpkg_blobs([blob])[0]))
+    """ST_IsEmpty for a GeoPackage blob (flag bit 4), as the R-tree triggers need; an
+    unreadable blob counts as empty (it gets no R-tree entry; `gridmap check` reports it)."""
+    g = from_gpkg_blobs([blob])[0]
+    return g is None or bool(blob[3] & 0b0001_0000) or bool(shapely.is_empty(g))
 
 
 def blob_envelope(blob: bytes | None) -> tuple[float, float, float, float] | None:
     """(minx, maxx, miny, maxy) of a GeoPackage blob, from its header or its geometry."""
-    if blob is None:
+    if _wkb_of(blob) is None:
         return None
     env = (blob[3] >> 1) & 0b111
     if env != 0:

@@ -37,9 +37,10 @@ def check_store(store: Store) -> list[str]:
     before a rule existed, or by another program, is found. Each kind of problem lists
     its first cases and counts the rest.
     """
-    zones = store.query("zones")
-    comms = store.query("communities")
-    grids = store.query("grids")
+    # features without geometry are reported by _geometry_problems and left out here
+    zones = store.query("zones").with_geometry()
+    comms = store.query("communities").with_geometry()
+    grids = store.query("grids").with_geometry()
     zone_geom = dict(zip(zones.ids.tolist(), zones.geometries, strict=True))
     comm_geom = dict(zip(comms.ids.tolist(), comms.geometries, strict=True))
     problems: list[str] = []
@@ -81,7 +82,34 @@ def check_store(store: Store) -> list[str]:
         problems += _membership_problems(store, grids)
     problems += _reference_problems(store)
     problems += _value_problems(store)
+    problems += _geometry_problems(store)
     return problems
+
+
+def _geometry_problems(store: Store) -> list[str]:
+    """Geometries that are missing, empty, unreadable, of the wrong type, invalid, or
+    outside the service area (another program may have written them)."""
+    out: list[str] = []
+    area = store.service_area
+    for layer in LAYERS:
+        fs = store.query(layer.id)
+        found = []
+        for fid, g in zip(fs.ids.tolist(), fs.geometries, strict=True):
+            if g is None:
+                why = "has no (readable) geometry"
+            elif g.is_empty:
+                why = "has an empty geometry"
+            elif not layer.accepts_geometry(g.geom_type):
+                why = f"is a {g.geom_type}, which {layer.id} does not hold"
+            elif not shapely.is_valid(g):
+                why = f"has an invalid geometry ({shapely.is_valid_reason(g)})"
+            elif area is not None and not area.covers(g):
+                why = "lies outside the service area"
+            else:
+                continue
+            found.append(f"{layer.id} {fid} {why}")
+        out += _listed(f"{layer.id} geometries", found)
+    return out
 
 
 def _membership_problems(store: Store, grids) -> list[str]:  # type: ignore[no-untyped-def]
@@ -89,7 +117,7 @@ def _membership_problems(store: Store, grids) -> list[str]:  # type: ignore[no-u
     out: list[str] = []
     index = PolygonIndex(grids.geometries, cells=16_384)
     for layer in ("households", "buildings"):
-        fs = store.query(layer)
+        fs = store.query(layer).with_geometry()
         if not len(fs):
             continue
         pos = index.lookup_geometries(fs.geometries)
@@ -165,8 +193,14 @@ def _value_problems(store: Store) -> list[str]:
         for fid, q in zip(fs.ids.tolist(), fs.properties, strict=True):
             try:
                 clean = layer.validate_properties(q, allow_derived=True, synthetic=synthetic)
-            except InvalidFeatureError as exc:
-                found.append(f"{layer.id} {fid}: {exc}")
+            except InvalidFeatureError:  # name every property at fault, not the first only
+                for name, v in q.items():
+                    try:
+                        layer.validate_properties(
+                            {name: v}, allow_derived=True, partial=True, synthetic=synthetic
+                        )
+                    except InvalidFeatureError as exc:
+                        found.append(f"{layer.id} {fid}: {exc}")
                 continue
             for name, v in clean.items():
                 if v != q.get(name):

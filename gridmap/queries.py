@@ -110,11 +110,12 @@ def nearest(
             break
         radius *= 4
     fs = store.query(layer_id, Query(bbox=box(radius), equals=equals or {}), scope=scope)
+    fs = fs.with_geometry()
     dist = _distances(fs.geometries, pt)
     kth = float(np.sort(dist)[want - 1]) if len(dist) >= want else radius
     fs = store.query(
         layer_id, Query(bbox=box(kth * 1.001 + 0.01), equals=equals or {}), scope=scope
-    )
+    ).with_geometry()
     dist = _distances(fs.geometries, pt)
     order = np.lexsort((fs.ids, dist))[:want]
     chosen = fs.ids[order].tolist()
@@ -285,7 +286,7 @@ def _count_households(
             for p in props
         ]
         for j, t in enumerate(HOUSEHOLD_TAGS, start=3):
-            cols[:, j] = [t in (p.get("tags") or ()) for p in props]
+            cols[:, j] = [isinstance(p.get("tags"), list) and t in p["tags"] for p in props]
         keep = at >= 0
         np.add.at(table, at[keep], cols[keep])
     counts: dict[tuple[str, int], dict[str, int]] = {

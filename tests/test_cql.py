@@ -469,3 +469,34 @@ def test_hostile_like_patterns_answer_at_once(public_client: TestClient) -> None
         "/collections/toilets/items", params={"filter": f"'{'a' * 40}' LIKE '{pattern}'"}
     )
     assert r.status_code == 200 and r.json()["numberMatched"] == 0
+
+
+def test_the_parser_runs_apart_and_is_cut_off() -> None:
+    """cql2 crashes on thousands of nesting levels and backtracks exponentially on nested
+    parentheses: a parse that dies or runs long is refused, and the next one still works."""
+    from gridmap.cql.process import ParserProcess
+
+    parser = ParserProcess(timeout=0.05)
+    try:
+        assert parser.parse("cql2-text", "a = 1")[0] == "ok"
+        status, why = parser.parse("cql2-text", "(a=1 AND " * 15)  # ~0.2 s of backtracking
+        assert status == "error" and "takes more than" in why
+        assert parser.parse("cql2-text", "a = 1")[0] == "ok"  # a fresh parser took over
+        parser.timeout = 10
+        status, why = parser.parse("cql2-text", "(" * 6000 + "a=1" + ")" * 6000)  # stack overflow
+        assert status == "error" and "gave up" in why
+        assert parser.parse("cql2-text", "a = 2")[0] == "ok"
+    finally:
+        parser.close()
+
+
+def test_nested_parentheses_are_refused_before_parsing(public_client: TestClient) -> None:
+    import time
+
+    for text in ("(" * 23 + "name='x'", "NOT (" * 12 + "a=1", "a IN " + "(" * 11 + "1"):
+        started = time.monotonic()
+        r = public_client.get("/collections/toilets/items", params={"filter": text})
+        assert r.status_code == 400 and "parentheses" in r.json()["detail"]
+        assert time.monotonic() - started < 5  # was 21 s for 23 '(' (and doubling)
+    ok = "((((name = 'a' OR (units > 1 AND (units < 9 OR (grade = 'I')))))))"
+    assert public_client.get("/collections/toilets/items", params={"filter": ok}).status_code == 200

@@ -293,3 +293,76 @@ def test_locations_agree_with_what_they_name_on_both_sides(edit_store: GeoPackag
     assert edit_store.get("buildings", building.id).version == building.version
     assert edit_store.get("communities", community.id).version == community.version
     assert check_store(edit_store) == []
+
+
+def test_what_other_programs_store_never_breaks_a_read(
+    edit_path: Path, edit_client: TestClient
+) -> None:
+    """QGIS or a script may write anything into the file: every read and page still answers,
+    nothing stored is evaluated, and `gridmap check` names each problem."""
+    from gridmap import geometry as geo
+
+    store = GeoPackageStore.open(edit_path)
+    hh, _ = _household_in(store, 1)
+    store.close()
+    conn = external_connection(edit_path)
+    conn.execute("INSERT INTO toilets (name) VALUES ('无几何')")  # no geometry at all
+    empty = geo.to_gpkg_blobs([shapely.Point()])[0]
+    conn.execute("INSERT INTO toilets (geom, name) VALUES (?, '空几何')", (empty,))
+    conn.execute("INSERT INTO toilets (geom, name) VALUES (X'00010203', '坏几何')")
+    conn.execute("UPDATE toilets SET name = X'00ff41' WHERE fid = 2")  # a BLOB for text
+    conn.execute("UPDATE toilets SET version = 'v?' WHERE fid = 3")
+    conn.execute(
+        "UPDATE zones SET community_ids = ? WHERE fid = 2",
+        ('{"a": "{{\\"ev\\" ~ \\"al\\"}}"}',),  # an object, not a list, holding a template
+    )
+    for fid, tags in zip(range(hh, hh + 3), ("5", "true", b"\x00\x01"), strict=True):
+        conn.execute("UPDATE households SET tags = ? WHERE fid = ?", (tags, fid))
+    conn.commit()
+    conn.close()
+    for url in (
+        "/collections/toilets/items?limit=1000",
+        "/collections/toilets/items?limit=1000&crs=gcj02",
+        "/collections/toilets/items?limit=1000&f=html",
+        "/collections/toilets/items?f=csv",
+        "/collections/zones/items",
+        "/collections/households/items?filter=A_CONTAINS(tags, ('hardship'))",
+        f"/collections/households/items/{hh}",
+        "/nearest?collection=toilets&lon=113.29&lat=34.81&k=100",
+        "/map",
+        "/map?lang=en&measure=hardship",
+        "/map/grids/1",
+        "/stats/grids",
+        "/stats/zones",
+    ):
+        r = edit_client.get(url)
+        assert r.status_code == 200, (url, r.text[:300])
+        assert "eval" not in r.text, url
+    store = GeoPackageStore.open(edit_path)
+    text = "\n".join(check_store(store))
+    store.close()
+    for expected in (
+        "has no (readable) geometry",
+        "has an empty geometry",
+        "toilets 2: invalid properties for layer toilets: name",
+        "zones 2: invalid properties for layer zones: community_ids",
+        f"households {hh}: invalid properties for layer households: tags",
+    ):
+        assert expected in text, expected
+
+
+@pytest.mark.parametrize(
+    "path", ["/map/grids/1_0", "/map/grids/+10", "/map/grids/10.0", "/map/grids/%2010"]
+)
+def test_grid_sheet_ids_are_ascii_digits(public_client: TestClient, path: str) -> None:
+    assert public_client.get(path).status_code == 404
+
+
+def test_odd_digits_in_headers_and_parameters_are_client_errors(edit_client: TestClient) -> None:
+    r = edit_client.patch(
+        "/collections/toilets/items/3",
+        json={"properties": {"units": 3}},
+        headers={"If-Match": b'"toilets-3-v\xb2"'},  # a raw 0xB2 (superscript two in latin-1)
+    )
+    assert r.status_code == 412
+    assert edit_client.get("/collections/toilets/items?units=\u0661").status_code == 400

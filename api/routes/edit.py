@@ -72,7 +72,8 @@ def _expected_version(layer: Layer, fid: int, if_match: str | None) -> int | Non
     tags = [t.strip() for t in if_match.split(",")]
     prefix = f'"{layer.id}-{fid}-v'
     for t in tags:
-        if t.startswith(prefix) and t.endswith('"') and t[len(prefix) : -1].isdigit():
+        n = t[len(prefix) : -1]
+        if t.startswith(prefix) and t.endswith('"') and n.isascii() and n.isdigit():
             return int(t[len(prefix) : -1])
     msg = f"If-Match {if_match[:80]!r} does not match feature {fid}; GET it again for its ETag"
     raise VersionConflictError(msg)

@@ -267,6 +267,9 @@ def queryables(request: Request, layer: CollectionDep) -> Response:
 
 
 def _value_for(prop: Prop, raw: str) -> Any:
+    if prop.type in ("int", "float") and not raw.isascii():
+        msg = f"{prop.name} takes a number in ASCII digits, got {raw[:30]!r}"
+        raise BadRequestError(msg)
     try:
         if prop.type == "int":
             v = int(raw)
@@ -596,7 +599,7 @@ def item(
             layer_id=layer.id,
             f=feat,
             props=layer.properties,
-            geom_type=feat.geometry.geom_type,
+            geom_type=feat.geometry.geom_type if feat.geometry is not None else "",
         )
     return feature_response(
         request, layer, feat, crs=out_crs, properties=_select(layer, properties)

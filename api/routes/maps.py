@@ -11,8 +11,10 @@ from starlette.responses import HTMLResponse
 from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
 from api.errors import BadRequestError
 from api.middleware import page_csp
+from api.routes.features import parse_fid
 from gridmap import queries
 from gridmap.errors import PermissionDeniedError
+from gridmap.layers import get_layer
 from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map, render_page
 from gridmap.maps.cache import PageCache
 from gridmap.security import Principal, business_data_allowed, stats_scope
@@ -88,7 +90,7 @@ def grid_page(
     scope: ScopeDep,
     principal: PrincipalDep,
     settings: SettingsDep,
-    grid_id: Annotated[int, Path(ge=1, le=2**62, description="Grid id.")],
+    grid_id: Annotated[str, Path(max_length=40, description="Grid id (an integer).")],
     lang: Lang = "zh",
     basemap: BasemapParam = "none",
 ) -> HTMLResponse:
@@ -96,7 +98,8 @@ def grid_page(
     _business(principal)
     if basemap == "tianditu" and not settings.tianditu_key:
         raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
+    fid = parse_fid(get_layer("grids"), grid_id)  # ASCII digits only, like every feature id
     m = grid_sheet(
-        store, grid_id, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
+        store, fid, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
     )
     return _respond(_page(m, basemap))

@@ -3,48 +3,34 @@
 from __future__ import annotations
 
 import json
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import cql2
-
 from gridmap.cql.check import FilterError
+from gridmap.cql.process import PARSER
 
 MAX_TEXT = 20_000
 MAX_DEPTH = 20
 MAX_NODES = 500
+MAX_PARENS = 10
+"""Deepest nesting of parentheses in CQL2 text; cql2's parse time doubles with each level
+(see :mod:`gridmap.cql.process`)."""
 LANGS = ("cql2-text", "cql2-json")
-PARSER_STACK = 512 * 1024 * 1024
-"""Stack of the thread that runs cql2's recursive parser (virtual; touched pages only).
-
-cql2 (Rust) recurses once per nesting level and does not stop itself: a few thousand
-parentheses, NOTs or minus signs overflow an ordinary thread's stack and kill the
-process. On this stack every filter of up to MAX_TEXT characters parses, and the
-nesting limit is then applied to the result."""
-
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
 
 
-def _parser() -> ThreadPoolExecutor:
-    """The single worker thread with a deep stack (created on first use)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            old = threading.stack_size(PARSER_STACK)
-            try:
-                pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cql2-parser")
-                pool.submit(lambda: None).result()  # the thread starts now, on this stack size
-            finally:
-                threading.stack_size(old)
-            _pool = pool
-        return _pool
-
-
-def _to_json(lang: str, text: str) -> Any:
-    expr = cql2.parse_text(text) if lang == "cql2-text" else cql2.parse_json(text)
-    return expr.to_json()
+def _paren_depth(text: str) -> int:
+    """The deepest nesting of parentheses outside 'string literals'."""
+    depth = deepest = 0
+    quoted = False
+    for c in text:
+        if c == "'":
+            quoted = not quoted  # '' inside a literal toggles twice: still inside
+        elif not quoted:
+            if c == "(":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif c == ")":
+                depth -= 1
+    return deepest
 
 
 def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> Any:
@@ -64,16 +50,22 @@ def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> Any:
             if not isinstance(value, str):
                 msg = "a cql2-text filter must be text"
                 raise FilterError(msg)
+            if _paren_depth(text) > MAX_PARENS:
+                msg = f"filter nests parentheses more than {MAX_PARENS} deep"
+                raise FilterError(msg)
         else:
             _check_shape(json.loads(text) if isinstance(value, str) else value)
-        tree = _parser().submit(_to_json, lang, text).result()
     except FilterError:
         raise
-    except Exception as exc:  # cql2's ParseError/ValidationError, JSON errors, recursion
-        first = str(exc).strip().splitlines()
+    except (ValueError, RecursionError) as exc:  # JSON errors, too deep for json
+        msg = f"could not parse the {lang} filter: {str(exc)[:200]}"
+        raise FilterError(msg) from None
+    status, tree = PARSER.parse(lang, text)
+    if status != "ok":
+        first = str(tree).strip().splitlines()
         hint = " ".join(line.strip() for line in first[:4])[:300]
         msg = f"could not parse the {lang} filter: {hint}"
-        raise FilterError(msg) from None
+        raise FilterError(msg)
     _check_shape(tree)
     return tree
 

@@ -95,9 +95,14 @@ def _collection(
 
 
 def _shown_value(v: Any) -> Any:
+    """A value for map data: numbers, booleans and null as they are, everything else as
+    escaped text (whatever another program stored: a dict, bytes …). folium compiles its
+    output as a template, so no value may reach it unescaped."""
+    if v is None or isinstance(v, bool | int | float):
+        return v
     if isinstance(v, list):
         v = "、".join(map(str, v))
-    return html_text(v) if isinstance(v, str) else v
+    return html_text(v if isinstance(v, str) else str(v))
 
 
 def geojson_tooltip(fields: Sequence[str], aliases: Sequence[str]) -> folium.GeoJsonTooltip:

@@ -9,6 +9,7 @@ import folium
 import numpy as np
 import shapely
 
+from gridmap.errors import FeatureNotFoundError
 from gridmap.escape import html_text
 from gridmap.layers import FACILITY_KIND_ZH, RENOVATION_STATUS_ZH, VISIT_STATUS_ZH, get_layer
 from gridmap.maps.assets import ASSET_PREFIX
@@ -59,6 +60,11 @@ GROUPS = {
         "base": "Base",
     },
 }
+
+
+def _drawn(store: Store, layer_id: str, query: Query | None = None, *, scope: Scope) -> Any:
+    """The features of a layer that can be drawn (see :meth:`FeatureSet.with_geometry`)."""
+    return store.query(layer_id, query or Query(), scope=scope).with_geometry()
 
 
 def _name(group: str, label: str, lang: Lang) -> str:
@@ -125,18 +131,18 @@ def overview_map(
     if allowed("roads"):
         add_layer(
             frame,
-            store.query("roads", scope=scope),
+            _drawn(store, "roads", scope=scope),
             name=_name("base", title(get_layer("roads"), lang), lang),
         )
     if allowed("buildings"):
         add_layer(
             frame,
-            store.query("buildings", scope=scope),
+            _drawn(store, "buildings", scope=scope),
             show=False,
             name=_name("base", title(get_layer("buildings"), lang), lang),
         )
     if allowed("grids"):
-        grids = store.query("grids", scope=scope)
+        grids = _drawn(store, "grids", scope=scope)
         remember("grids", grids)
         if grid_stats is not None:
             zh_name, en_name, fmt = MEASURES[measure]
@@ -160,13 +166,13 @@ def overview_map(
         add_labels(frame, grids, field="name", name="grid labels", css_class="gm-label-small")
     for layer_id in ("communities", "zones"):
         if allowed(layer_id):
-            fs = store.query(layer_id, scope=scope)
+            fs = _drawn(store, layer_id, scope=scope)
             remember(layer_id, fs)
             add_layer(frame, fs, name=_name("areas", title(fs.layer, lang), lang))
             if layer_id == "communities":
                 add_labels(frame, fs, field="name", name="community labels")
     if allowed("old_neighbourhoods"):
-        fs = store.query("old_neighbourhoods", scope=scope)
+        fs = _drawn(store, "old_neighbourhoods", scope=scope)
         remember("old_neighbourhoods", fs)
         add_layer(frame, fs, name=_name("projects", title(fs.layer, lang), lang))
         add_legend(
@@ -179,7 +185,7 @@ def overview_map(
             position="bottomright",
         )
     if allowed("toilets"):
-        fs = store.query("toilets", scope=scope)
+        fs = _drawn(store, "toilets", scope=scope)
         remember("toilets", fs)
         add_toilet_service_areas(
             frame,
@@ -190,7 +196,7 @@ def overview_map(
         )
         add_layer(frame, fs, name=_name("sites", title(fs.layer, lang), lang))
     if allowed("facilities"):
-        fs = store.query("facilities", scope=scope)
+        fs = _drawn(store, "facilities", scope=scope)
         remember("facilities", fs)
         add_layer(frame, fs, name=_name("sites", title(fs.layer, lang), lang))
         add_legend(
@@ -203,13 +209,13 @@ def overview_map(
             position="bottomright",
         )
     if allowed("cameras"):
-        fs = store.query("cameras", scope=scope)
+        fs = _drawn(store, "cameras", scope=scope)
         add_camera_sectors(
             frame, fs, name=_name("sites", "监控视域" if zh else "Camera fields of view", lang)
         )
         add_layer(frame, fs, show=False, name=_name("sites", title(fs.layer, lang), lang))
     if allowed("households"):
-        fs = store.query("households", scope=scope)
+        fs = _drawn(store, "households", scope=scope)
         add_households(frame, fs, name=_name("people", title(fs.layer, lang), lang), prefix=prefix)
     if extent:
         corners = frame.to_display([shapely.box(*extent)])[0].bounds
@@ -236,6 +242,9 @@ def grid_sheet(
     and tags, nearby facilities and toilets, a header with the grid's figures; printable."""
     zh = lang == "zh"
     grid = store.get("grids", grid_id, scope=scope)  # FeatureNotFoundError outside the scope
+    if grid.geometry is None or grid.geometry.is_empty:
+        msg = f"grid {grid_id} has no geometry to draw; redraw it first"
+        raise FeatureNotFoundError(msg)
     minx, miny, maxx, maxy = grid.geometry.bounds
     frame = base_map(
         location=((miny + maxy) / 2, (minx + maxx) / 2),
@@ -246,7 +255,7 @@ def grid_sheet(
         prefix=prefix,
     )
     add_page_css(frame)
-    grids = store.query("grids", Query(ids=[grid_id]), scope=scope)
+    grids = _drawn(store, "grids", Query(ids=[grid_id]), scope=scope)
     add_layer(
         frame,
         grids,
@@ -257,20 +266,20 @@ def grid_sheet(
     if scope.allows_layer("roads"):
         add_layer(
             frame,
-            store.query("roads", Query(bbox=near.bounds), scope=scope),
+            _drawn(store, "roads", Query(bbox=near.bounds), scope=scope),
             name=_name("base", title(get_layer("roads"), lang), lang),
         )
     buildings = None
     if scope.allows_layer("buildings"):
-        buildings = store.query("buildings", Query(equals={"grid_id": grid_id}), scope=scope)
+        buildings = _drawn(store, "buildings", Query(equals={"grid_id": grid_id}), scope=scope)
         add_layer(frame, buildings, name=_name("base", title(buildings.layer, lang), lang))
     for layer_id in ("toilets", "facilities"):
         if scope.allows_layer(layer_id):
-            fs = store.query(layer_id, Query(geometry=near), scope=scope)
+            fs = _drawn(store, layer_id, Query(geometry=near), scope=scope)
             add_layer(frame, fs, name=_name("sites", title(fs.layer, lang), lang))
     visited = total = 0
     if scope.allows_layer("households"):
-        hh = store.query("households", Query(equals={"grid_id": grid_id}), scope=scope)
+        hh = _drawn(store, "households", Query(equals={"grid_id": grid_id}), scope=scope)
         total = len(hh)
         visited = sum(1 for p in hh.properties if p.get("last_visit_status") == "visited")
         _add_households_by_status(frame, hh, buildings)
@@ -336,7 +345,7 @@ def _add_households_by_status(frame: MapFrame, hh: Any, buildings: Any = None) -
     group = folium.FeatureGroup(name=_name("people", title(hh.layer, frame.lang), frame.lang))
     for pt, p in zip(shown, hh.properties, strict=True):
         status = p.get("last_visit_status")
-        tags = p.get("tags") or []
+        tags = p.get("tags") if isinstance(p.get("tags"), list) else []
         ring = "#000000" if {"hardship", "elderly_alone"} & set(tags) else "#ffffff"
         text = html_text(
             f"{p.get('room') or ''} · "

@@ -111,6 +111,25 @@ class FeatureSet:
                 int(self.ids[i]), self.geometries[i], self.properties[i], int(self.versions[i])
             )
 
+    def with_geometry(self) -> FeatureSet:
+        """The features that have a non-empty geometry (another program may have stored
+        rows without one: they are left out of maps and geometric checks)."""
+        import shapely
+
+        keep = np.flatnonzero(
+            ~shapely.is_missing(self.geometries) & ~shapely.is_empty(self.geometries)
+        )
+        if len(keep) == len(self):
+            return self
+        return FeatureSet(
+            self.layer,
+            self.ids[keep],
+            self.geometries[keep],
+            [self.properties[i] for i in keep],
+            self.versions[keep],
+            len(keep),
+        )
+
     def to_geodataframe(self):  # type: ignore[no-untyped-def]
         """The features as a GeoDataFrame indexed by feature id (CRS EPSG:4326)."""
         import geopandas as gpd

@@ -50,6 +50,7 @@ from gridmap.store.gpkg_sql import (
     _q,
     register_functions,
 )
+from gridmap.store.sqlite_filter import list_guard
 from gridmap.store.sqlite_filter import render as render_filter
 from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 
@@ -453,7 +454,11 @@ class GeoPackageStore:
             if value is None:
                 clauses.append(f"t.{_q(name)} IS NULL")
             elif prop.type == "list":
-                clauses.append(f"EXISTS (SELECT 1 FROM json_each(t.{_q(name)}) WHERE value = ?)")
+                col = f"t.{_q(name)}"
+                clauses.append(
+                    f"(CASE WHEN {list_guard(col)} THEN "
+                    f"EXISTS (SELECT 1 FROM json_each({col}) WHERE value = ?) END)"
+                )
                 params.append(value)
             else:
                 clauses.append(f"t.{_q(name)} = ?")
@@ -688,26 +693,26 @@ class GeoPackageStore:
         n = len(rows)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
         geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if n else np.empty(0, dtype=object)
-        versions = np.fromiter((r[-1] for r in rows), dtype=np.int64, count=n)
+        versions = np.fromiter(
+            (r[-1] if isinstance(r[-1], int) else 0 for r in rows), dtype=np.int64, count=n
+        )
         names = layer.names
         props = [dict(zip(names, r[2:-1], strict=True)) for r in rows]
         # Only lists (JSON text) and booleans (0/1) need converting; REAL columns
         # already come back as floats. A value another program stored that is neither is
-        # passed on as it is (no read fails on it; `gridmap check` reports it).
+        # passed on as text (no read fails on it; `gridmap check` reports it).
         for p in layer.properties:
-            if p.type == "list":
-                key = p.name
-                for d in props:
-                    v = d[key]
-                    if v is not None:
-                        with contextlib.suppress(orjson.JSONDecodeError, TypeError):
-                            d[key] = orjson.loads(v)
-            elif p.type == "bool":
-                key = p.name
-                for d in props:
-                    v = d[key]
-                    if v in (0, 1):
-                        d[key] = bool(v)
+            key = p.name
+            for d in props:
+                v = d[key]
+                if v is None:
+                    continue
+                if isinstance(v, bytes):  # a BLOB where text or a number belongs
+                    d[key] = v = v.decode("utf-8", "replace")
+                if p.type == "list":
+                    d[key] = _list_or_text(v)
+                elif p.type == "bool" and v in (0, 1):
+                    d[key] = bool(v)
         return FeatureSet(layer, ids, geoms, props, versions, matched)
 
     def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
@@ -855,7 +860,6 @@ class GeoPackageStore:
         geoms = np.asarray(
             list(geometries) if not isinstance(geometries, np.ndarray) else geometries, dtype=object
         )
-        blobs, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
         names = layer.names
         cols = ", ".join(["geom", *(_q(n) for n in names)])
         marks = ", ".join(["?"] * (len(names) + 1))
@@ -863,6 +867,8 @@ class GeoPackageStore:
         props_def = layer.properties
         ids: list[int] = []
         with self._write() as c:
+            # checked inside the transaction: a referenced feature cannot vanish meanwhile
+            blobs, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
             start = c.execute("SELECT coalesce(max(fid), 0) FROM " + _q(layer.id)).fetchone()[0]
             for lo in range(0, len(blobs), CHUNK):
                 rows = [
@@ -1036,6 +1042,16 @@ class _LayerIndex:
     fids: npt.NDArray[np.int64]
     tree: shapely.STRtree
     grid_ids: npt.NDArray[np.int64] | None
+
+
+def _list_or_text(v: Any) -> Any:
+    """A list column's JSON as a list of strings, or the stored text if it is not one."""
+    if isinstance(v, str):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            parsed = orjson.loads(v)
+            if isinstance(parsed, list) and all(isinstance(x, str) for x in parsed):
+                return parsed
+    return v if isinstance(v, str) else str(v)
 
 
 def _intersect_box(a: BBox, b: BBox) -> BBox:

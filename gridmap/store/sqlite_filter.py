@@ -184,7 +184,13 @@ class _Renderer:
             again = self.bind(self.params[-1])
             inner2 = f"SELECT value FROM json_each({again})"
             cond = f"NOT EXISTS ({inner} EXCEPT {mine}) AND NOT EXISTS ({mine} EXCEPT {inner2})"
-        return f"(CASE WHEN {col} IS NULL THEN NULL ELSE ({cond}) END)"
+        # a null list is unknown; so is text another program stored that is not a JSON list
+        return f"(CASE WHEN {list_guard(col)} THEN ({cond}) ELSE NULL END)"
+
+
+def list_guard(col: str) -> str:
+    """SQL that is true where ``col`` holds a JSON list (json_each fails on anything else)."""
+    return f"(json_valid({col}) AND json_type({col}) = 'array')"
 
 
 # ---------------------------------------------------------------------- SQLite functions

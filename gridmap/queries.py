@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import math
 import secrets
 from collections import defaultdict
@@ -15,7 +16,7 @@ import numpy as np
 import shapely
 
 from gridmap.crs import to_metric
-from gridmap.disclosure import Protected, protect
+from gridmap.disclosure import Protected, Table, protect
 from gridmap.errors import InvalidGeometryError, QueryError
 from gridmap.layers import HOUSEHOLD_TAGS, get_layer
 from gridmap.store.base import Feature, Query, Scope, Store
@@ -150,9 +151,11 @@ def household_stats(
 
     ``level`` is ``grids``, ``communities`` or ``zones``. Only households within ``scope``
     are counted, and only areas that hold grids of the scope are listed. With
-    ``small_cells`` the whole hierarchy (grid ⊂ community ⊂ zone) is protected at once by
-    :func:`gridmap.disclosure.protect`: counts below it show as ``"<N"``, counts withheld
-    to protect them as ``"x"``, and visit coverage only where both of its counts show.
+    ``small_cells`` every level, measure and visit window is protected at once by
+    :func:`gridmap.disclosure.protect` (sums between levels; tag and visit counts at most
+    the households; shorter windows at most longer ones): counts below it show as
+    ``"<N"``, counts withheld to protect them as ``"x"``, and visit coverage only where
+    both of its counts show. The window must then be one of :data:`PROTECTED_WINDOWS`.
     """
     if level not in LEVELS:
         msg = "level must be grids, communities or zones"
@@ -161,28 +164,26 @@ def household_stats(
         msg = f"days must be one of {', '.join(map(str, PROTECTED_WINDOWS))} for this role"
         raise QueryError(msg)
     today = today or dt.date.today()
-    since = (dt.datetime.combine(today, dt.time()) - dt.timedelta(days=days)).isoformat()
+    windows = sorted({days, *PROTECTED_WINDOWS}) if small_cells else [days]
     tree = _hierarchy(store, scope)
-    counts = _count_households(store, scope, tree, since)
-    measures = ["households", "population", "visited", *(f"tag:{t}" for t in HOUSEHOLD_TAGS)]
-    shown: dict[str, dict[tuple[str, int], int | str]] = {}
-    equations = tuple((up, tuple(kids)) for up, kids in tree.equations)
-    key = disclosure_key(store) if small_cells else b""
-    for m in measures:
-        values = {cell: row[m] for cell, row in counts.items()}
-        if small_cells:
-            prot = _protected(
-                tuple(sorted(values.items())), equations, small_cells, key + m.encode()
-            )
-            shown[m] = {c: prot.shown(c, v, small_cells) for c, v in values.items()}
-        else:
-            shown[m] = dict(values)
+    counts = _count_households(store, scope, tree, today, windows)
+    values = {(m, cell): v for cell, row in counts.items() for m, v in row.items()}
+    if small_cells:
+        prot = _protected(
+            tuple(sorted(values.items(), key=repr)),
+            tuple(_relations(tree, windows)),
+            small_cells,
+            disclosure_key(store),
+        )
+        shown = {k: prot.shown(k, v, small_cells) for k, v in values.items()}
+    else:
+        shown = dict(values)
     out = []
     for aid, name in tree.names[level]:
         if aid not in tree.in_scope[level]:
             continue
         cell = (level, aid)
-        hh, visited = shown["households"][cell], shown["visited"][cell]
+        hh, visited = shown[("households", cell)], shown[(f"visited:{days}", cell)]
         coverage = (
             round(visited / hh, 4)
             if isinstance(hh, int) and isinstance(visited, int) and hh
@@ -193,8 +194,8 @@ def household_stats(
                 "id": aid,
                 "name": name,
                 "households": hh,
-                "population": shown["population"][cell],
-                "tags": {t: shown[f"tag:{t}"][cell] for t in HOUSEHOLD_TAGS},
+                "population": shown[("population", cell)],
+                "tags": {t: shown[(f"tag:{t}", cell)] for t in HOUSEHOLD_TAGS},
                 f"visited_last_{days}_days": visited,
                 "visit_coverage": coverage,
             }
@@ -202,15 +203,45 @@ def household_stats(
     return out
 
 
-@lru_cache(maxsize=512)
+def _relations(tree: _Hierarchy, windows: list[int]) -> list[tuple[str, Any, Any]]:
+    """How the counts are related: ("sum", parent, children) and ("order", a, b) for a ≤ b."""
+    measures = _measures(windows)
+    out: list[tuple[str, Any, Any]] = [
+        ("sum", (m, up), tuple((m, k) for k in kids))
+        for m in measures
+        for up, kids in tree.equations
+    ]
+    cells = [(lv, i) for lv, rows in tree.names.items() for i, _ in rows]
+    for c in cells:
+        out += [("order", (f"tag:{t}", c), ("households", c)) for t in HOUSEHOLD_TAGS]
+        chain = [f"visited:{w}" for w in windows] + ["households"]
+        out += [("order", (a, c), (b, c)) for a, b in itertools.pairwise(chain)]
+    return out
+
+
+def _measures(windows: list[int]) -> list[str]:
+    return [
+        "households",
+        "population",
+        *(f"visited:{w}" for w in windows),
+        *(f"tag:{t}" for t in HOUSEHOLD_TAGS),
+    ]
+
+
+@lru_cache(maxsize=64)
 def _protected(
-    values: tuple[tuple[tuple[str, int], int], ...],
-    equations: tuple[tuple[tuple[str, int], tuple[tuple[str, int], ...]], ...],
+    values: tuple[tuple[Any, int], ...],
+    relations: tuple[tuple[str, Any, Any], ...],
     threshold: int,
     key: bytes,
 ) -> Protected:
     """:func:`gridmap.disclosure.protect`, remembered by the table itself (it is pure)."""
-    return protect(dict(values), equations, threshold=threshold, key=key)
+    table = Table(
+        dict(values),
+        equations=[(a, b) for kind, a, b in relations if kind == "sum"],
+        orders=[(a, b) for kind, a, b in relations if kind == "order"],
+    )
+    return protect(table, threshold=threshold, key=key)
 
 
 def disclosure_key(store: Store) -> bytes:
@@ -268,10 +299,10 @@ def _hierarchy(store: Store, scope: Scope) -> _Hierarchy:
 
 
 def _count_households(
-    store: Store, scope: Scope, tree: _Hierarchy, since: str
+    store: Store, scope: Scope, tree: _Hierarchy, today: dt.date, windows: list[int]
 ) -> dict[tuple[str, int], dict[str, int]]:
-    """Per cell of every level: households, population, visited since ``since``, tags."""
-    measures = ["households", "population", "visited", *(f"tag:{t}" for t in HOUSEHOLD_TAGS)]
+    """Per cell of every level: households, population, visited in each window, tags."""
+    measures = _measures(windows)
     grid_ids = [i for i, _ in tree.names["grids"]]
     pos = {g: k for k, g in enumerate(grid_ids)}
     table = np.zeros((len(grid_ids), len(measures)), dtype=np.int64)
@@ -280,12 +311,16 @@ def _count_households(
         at = np.array([pos.get(p.get("grid_id"), -1) for p in props], dtype=np.int64)
         cols = np.zeros((len(props), len(measures)), dtype=np.int64)
         cols[:, 0] = 1
-        cols[:, 1] = [p.get("members") or 0 for p in props]
-        cols[:, 2] = [
-            p.get("last_visit_status") == "visited" and (p.get("last_visit_at") or "") >= since
+        cols[:, 1] = [p.get("members") if isinstance(p.get("members"), int) else 0 for p in props]
+        visited = [
+            p.get("last_visit_at") if p.get("last_visit_status") == "visited" else None
             for p in props
         ]
-        for j, t in enumerate(HOUSEHOLD_TAGS, start=3):
+        start = dt.datetime.combine(today, dt.time())
+        for j, w in enumerate(windows, start=2):
+            since = (start - dt.timedelta(days=w)).isoformat()
+            cols[:, j] = [isinstance(v, str) and v >= since for v in visited]
+        for j, t in enumerate(HOUSEHOLD_TAGS, start=2 + len(windows)):
             cols[:, j] = [isinstance(p.get("tags"), list) and t in p["tags"] for p in props]
         keep = at >= 0
         np.add.at(table, at[keep], cols[keep])

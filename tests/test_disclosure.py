@@ -9,6 +9,8 @@ households of its area — for the smallest and largest value of every hidden co
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 from typing import Any
 
 import numpy as np
@@ -16,29 +18,31 @@ import pytest
 from fastapi.testclient import TestClient
 from scipy.optimize import linprog
 
-from gridmap.disclosure import SMALL, WITHHELD, protect
+from gridmap.disclosure import SMALL, WITHHELD, Table, protect
 
 LEVELS = ("grids", "communities", "zones")
-
-
-def _measures(row: dict[str, Any], days: int = 30) -> dict[str, Any]:
-    out = {
-        "households": row["households"],
-        "population": row["population"],
-        "visited": row[f"visited_last_{days}_days"],
-    }
-    out.update({f"tag:{t}": v for t, v in row["tags"].items()})
-    return out
+WINDOWS = (7, 30, 90, 180, 365)
 
 
 def _published(client: TestClient, headers: dict[str, str]) -> dict[tuple[str, int], Any]:
-    out = {}
+    """Every figure a role gets from /stats, per area: all levels, every visit window."""
+    out: dict[tuple[str, int], dict[str, Any]] = {}
     for level in LEVELS:
-        r = client.get(f"/stats/{level}", headers=headers)
-        assert r.status_code == 200
-        for row in r.json()["areas"]:
-            out[(level, row["id"])] = row
+        for days in WINDOWS:
+            r = client.get(f"/stats/{level}?days={days}", headers=headers)
+            assert r.status_code == 200
+            for row in r.json()["areas"]:
+                cell = out.setdefault((level, row["id"]), {})
+                cell["households"] = row["households"]
+                cell["population"] = row["population"]
+                cell.update({f"tag:{t}": v for t, v in row["tags"].items()})
+                cell[f"visited:{days}"] = row[f"visited_last_{days}_days"]
+                cell[f"coverage:{days}"] = row["visit_coverage"]
     return out
+
+
+def _counts(figures: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in figures.items() if not k.startswith("coverage:")}
 
 
 def _hierarchy(client: TestClient) -> list[tuple[tuple[str, int], list[tuple[str, int]]]]:
@@ -58,14 +62,16 @@ def _hierarchy(client: TestClient) -> list[tuple[tuple[str, int], list[tuple[str
 def attack(
     rows: dict[tuple[str, int], Any], equations: list[Any]
 ) -> dict[tuple[tuple[str, int], str], tuple[float, float]]:
-    """The feasible range of every hidden count, over all measures at once."""
+    """The feasible range of every hidden count, over all measures and windows at once:
+    sums between levels, the markers' ranges, tags and visits at most the households,
+    shorter windows at most longer ones, coverage × households = visits."""
     cells = sorted(rows)
-    measures = list(_measures(next(iter(rows.values()))))
+    measures = list(_counts(next(iter(rows.values()))))
     var: dict[tuple[tuple[str, int], str], int] = {}
     bounds: list[tuple[float, float | None]] = []
     known: dict[tuple[tuple[str, int], str], float] = {}
     for c in cells:
-        for m, v in _measures(rows[c]).items():
+        for m, v in _counts(rows[c]).items():
             if isinstance(v, int):
                 known[(c, m)] = v
             else:
@@ -81,6 +87,12 @@ def attack(
         return row, known[(c, m)]
 
     a_eq, b_eq, a_ub, b_ub = [], [], [], []
+
+    def at_most(a: tuple[np.ndarray, float], b: tuple[np.ndarray, float]) -> None:
+        if (a[0] - b[0]).any():  # a ≤ b
+            a_ub.append(a[0] - b[0])
+            b_ub.append(b[1] - a[1])
+
     for parent, children in equations:
         for m in measures:
             row, const = term(parent, m)
@@ -90,21 +102,24 @@ def attack(
             if row.any():
                 a_eq.append(row)
                 b_eq.append(-const)
+    visits = [f"visited:{w}" for w in WINDOWS if f"visited:{w}" in measures]
     for c in cells:
-        hh, hk = term(c, "households")
-        for m in [m for m in measures if m.startswith("tag:")] + ["visited"]:
-            r, k = term(c, m)  # count ≤ households
-            if (r - hh).any():
-                a_ub.append(r - hh)
-                b_ub.append(hk - k)
-        cov = rows[c]["visit_coverage"]
-        if cov is not None:  # coverage × households = visited (rounded to 4 places)
-            v, vk = term(c, "visited")
-            row = v - cov * hh
+        hh = term(c, "households")
+        for m in [m for m in measures if m.startswith("tag:")]:
+            at_most(term(c, m), hh)  # no tag count exceeds the households
+        for a, b in itertools.pairwise(visits):
+            at_most(term(c, a), term(c, b))  # a shorter window holds no more visits
+        at_most(term(c, visits[-1]), hh)
+        for w in WINDOWS:  # coverage × households = visited (rounded to 4 places)
+            cov = rows[c].get(f"coverage:{w}")
+            if cov is None:
+                continue
+            v, vk = term(c, f"visited:{w}")
+            row = v - cov * hh[0]
             if row.any():
                 for sign in (1, -1):
                     a_ub.append(sign * row)
-                    b_ub.append(sign * (cov * hk - vk) + 0.5)  # 4 decimals, households < 10⁴
+                    b_ub.append(sign * (cov * hh[1] - vk) + 0.5)  # 4 decimals, households < 10⁴
     out = {}
     for key, j in var.items():
         ends = []
@@ -136,20 +151,19 @@ def test_planner_cannot_recover_any_hidden_count(
     assert len(hidden) > 50  # there is something to protect
     recovered = []
     for (cell, m), (lo, hi) in ranges.items():
-        true = _measures(truth[cell])[m]
+        true = truth[cell][m]
         assert lo - 1e-6 <= true <= hi + 1e-6, (cell, m)  # the attack model is sound
         if hi - lo < 1 - 1e-6:
             recovered.append((cell, m, true))
     assert recovered == []
     # published figures are exact, and coverage shows only where both its counts show
     for cell, row in planner.items():
-        for m, v in _measures(row).items():
+        for m, v in _counts(row).items():
             if isinstance(v, int):
-                assert v == _measures(truth[cell])[m]
-        if row["visit_coverage"] is not None:
-            assert isinstance(row["households"], int) and isinstance(
-                row["visited_last_30_days"], int
-            )
+                assert v == truth[cell][m]
+        for w in WINDOWS:
+            if row[f"coverage:{w}"] is not None:
+                assert isinstance(row["households"], int) and isinstance(row[f"visited:{w}"], int)
 
 
 def test_planner_windows_are_fixed(client: TestClient, auth: dict[str, dict[str, str]]) -> None:
@@ -174,7 +188,7 @@ def _sums(rows: dict[str, int]) -> list[tuple[str, list[str]]]:
     ],
 )
 def test_protect_frees_every_small_cell(values: dict[str, int], case: str) -> None:
-    prot = protect(values, _sums(values), threshold=5)
+    prot = protect(Table(values, _sums(values)), threshold=5)
     shown = {c: prot.shown(c, v, 5) for c, v in values.items()}
     unknown = [c for c, v in shown.items() if not isinstance(v, int)]
     # brute force over every table consistent with what is shown
@@ -216,9 +230,10 @@ def test_complementary_choice_does_not_follow_the_counts() -> None:
         values = {k: rng.randint(5, 40) for k in kids}
         values["g0"] = rng.randint(1, 4)
         values["C"] = sum(values[k] for k in kids)
-        prot = protect(values, [("C", kids)], threshold=5, key=b"one")
-        again = protect(values, [("C", kids)], threshold=5, key=b"one")
-        other = protect(values, [("C", kids)], threshold=5, key=b"two")
+        table = Table(values, [("C", kids)])
+        prot = protect(table, threshold=5, key=b"one")
+        again = protect(table, threshold=5, key=b"one")
+        other = protect(table, threshold=5, key=b"two")
         assert prot == again  # the same table is always protected the same way
         differ += prot != other
         extra = [c for c, how in prot.hidden.items() if how == WITHHELD and values[c] >= 5]
@@ -229,3 +244,37 @@ def test_complementary_choice_does_not_follow_the_counts() -> None:
     assert chosen > 250
     assert smallest / chosen < 0.4  # about 1 in 5 by chance
     assert differ > 100  # another key, another choice
+
+
+def test_full_coverage_does_not_give_a_hidden_visit_count_away(edit_path) -> None:  # type: ignore[no-untyped-def]
+    """The review's case: four grids all visited, a fifth with exactly 4 visits. "Visits at
+    most households" plus the sums pinned it when each measure was protected alone."""
+    from api.app import create_app
+    from gridmap.settings import Settings
+    from tests.conftest import REFERENCE_DATE, external_connection, tokens_for
+
+    when = (REFERENCE_DATE - dt.timedelta(days=200)).isoformat() + "T10:00:00"
+    conn = external_connection(edit_path)
+    conn.execute("UPDATE households SET last_visit_status = NULL, last_visit_at = NULL")
+    conn.execute(
+        "UPDATE households SET last_visit_status = 'visited', last_visit_at = ? "
+        "WHERE grid_id IN (37, 38, 39, 40)",
+        (when,),
+    )
+    conn.execute(
+        "UPDATE households SET last_visit_status = 'visited', last_visit_at = ? WHERE fid IN "
+        "(SELECT fid FROM households WHERE grid_id = 36 ORDER BY fid LIMIT 4)",
+        (when,),
+    )
+    conn.commit()
+    conn.close()
+    auth = tokens_for(edit_path)
+    app = create_app(Settings(database=str(edit_path), household_reads_per_minute=10**6))
+    with TestClient(app) as c:
+        planner = _published(c, auth["planner"])
+        truth = _published(c, auth["subdistrict_admin"])
+        ranges = attack(planner, _hierarchy(c))
+    assert truth[("grids", 36)]["visited:365"] == 4
+    assert planner[("grids", 36)]["visited:365"] == "<5"
+    pinned = [(k, r) for k, r in ranges.items() if r[1] - r[0] < 1 - 1e-6]
+    assert pinned == []

@@ -1,0 +1,1 @@
+"""Visit routing: walking networks, distance matrices, the VRP solver adapter, campaigns."""

@@ -1,0 +1,125 @@
+"""Routes for any client: points in, a walking (or straight-line) matrix, the solver, routes
+out with clock times, lengths and geometries.
+
+Used by ``POST /routes/optimize`` and by the campaign plans. Coordinates are WGS84
+lon/lat here (the API converts); times are seconds since midnight of the first day.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import shapely
+
+from gridmap.routing import network as net_mod
+from gridmap.routing.matrix import Matrix, straight
+from gridmap.routing.solver import Problem, Result, Shift, Stop, solve
+from gridmap.store.base import Store
+
+MAX_STOPS = 2000
+
+
+@dataclass(frozen=True)
+class Place:
+    """A stop to route: an id, a WGS84 point, service seconds, windows, priority."""
+
+    id: str
+    lon: float
+    lat: float
+    service_s: int = 0
+    windows: tuple[tuple[int, int], ...] = ()
+    required: bool = True
+    prize: int = 0
+    demand: int = 0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to route: the places, where the workers start (and end), their shifts."""
+
+    places: Sequence[Place]
+    start: tuple[float, float]
+    end: tuple[float, float] | None = None
+    return_to_start: bool = True
+    workers: int = 1
+    shifts: Sequence[tuple[int, int]] = ((8 * 3600 + 1800, 17 * 3600 + 1800),)
+    """Each worker's shifts as [start, end] seconds: one per day part or day."""
+    mode: str = "walk"
+    time_limit_s: float = 1.0
+    seed: int = 0
+    capacity: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The solver's routes with geometries, the places left out, and how it was computed."""
+
+    result: Result
+    lines: list[shapely.LineString] = field(default_factory=list)
+    mode: str = "walk"
+    detour_note: str | None = None
+
+
+def optimize(req: Request, store: Store | None = None) -> Plan:
+    """Route ``req``; in walk mode on the store's walking network when it has one, else by
+    straight line × detour factor (the plan says so)."""
+    if not req.places:
+        msg = "no stops to route"
+        raise ValueError(msg)
+    ids = [p.id for p in req.places]
+    if len(set(ids)) != len(ids):
+        msg = "stop ids must be unique"
+        raise ValueError(msg)
+    end = req.start if req.return_to_start else req.end
+    points = [req.start, *([end] if end is not None else []), *((p.lon, p.lat) for p in req.places)]
+    lon = np.array([x for x, _ in points], dtype=float)
+    lat = np.array([y for _, y in points], dtype=float)
+    first = 2 if end is not None else 1  # node 0 the start, node 1 the end (if any)
+    matrix, att, pred, note = _matrix(req.mode, lon, lat, store)
+    stops = [
+        Stop(p.id, first + k, p.service_s, p.windows, p.required, p.prize, p.demand)
+        for k, p in enumerate(req.places)
+    ]
+    shifts = [
+        Shift(w, 0, (1 if end is not None else None), lo, hi, req.capacity, f"worker {w + 1}")
+        for w in range(req.workers)
+        for lo, hi in req.shifts
+    ]
+    result = solve(
+        Problem(matrix.distance, matrix.duration, stops, shifts),
+        time_limit_s=req.time_limit_s,
+        seed=req.seed,
+    )
+    node_of = {s.id: s.node for s in stops}
+    lines = []
+    for r in result.routes:
+        seq = [0, *(node_of[v.stop] for v in r.visits)] + ([1] if end is not None else [])
+        lines.append(_line(seq, lon, lat, att, pred))
+    return Plan(result, lines, matrix.mode, note)
+
+
+def _matrix(mode: str, lon, lat, store):  # type: ignore[no-untyped-def]
+    if mode == "walk" and store is not None:
+        net = net_mod.of_store(store)
+        if len(net.u):
+            m, att, pred = net_mod.walking_matrix(net, lon, lat)
+            return m, att, pred, None
+        note = "no walking network (no walkable roads): straight lines × detour factor"
+    elif mode == "walk":
+        note = "no walking network here: straight lines × detour factor"
+    else:
+        note = None
+    m: Matrix = straight(lon, lat)
+    return m, None, None, note
+
+
+def _line(seq: list[int], lon, lat, att, pred) -> shapely.LineString:  # type: ignore[no-untyped-def]
+    if att is None:
+        return shapely.linestrings(np.c_[lon[seq], lat[seq]])
+    parts = [net_mod.leg(att, pred, a, b) for a, b in itertools.pairwise(seq)]
+    if not parts:
+        return shapely.linestrings(np.c_[lon[seq], lat[seq]].repeat(2, axis=0))
+    return net_mod.to_wgs84_line(np.vstack(parts))

@@ -113,6 +113,8 @@ class Layer:
     """Name of the datetime property that gives the layer its time dimension, if any."""
     label: str = "name"
     """Property used as a feature's display label."""
+    append_only: bool = False
+    """Features are never changed or deleted once written (a ledger: corrections are new rows)."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.properties]
@@ -292,13 +294,16 @@ HOUSEHOLD_TAG_ZH = {
     "key_person": "重点人员",
     "disabled": "残疾人",
 }
-VISIT_STATUS = ("visited", "not_home", "refused", "follow_up")
+VISIT_STATUS = ("visited", "not_home", "refused", "follow_up", "moved_out")
 VISIT_STATUS_ZH = {
     "visited": "已走访",
     "not_home": "未遇",
     "refused": "拒访",
     "follow_up": "需跟进",
+    "moved_out": "已搬离",
 }
+FINAL_OUTCOMES = frozenset({"visited", "refused", "moved_out"})
+"""Outcomes that close a household in a campaign (the others roll into the next round)."""
 RENOVATION_STATUS = ("planned", "approved", "in_progress", "accepted")
 RENOVATION_STATUS_ZH = {
     "planned": "计划改造",
@@ -455,6 +460,44 @@ LAYERS: tuple[Layer, ...] = (
         restricted=True,
         temporal="last_visit_at",
         label="room",
+    ),
+    Layer(
+        "visits",
+        "走访记录",
+        "Visit ledger",
+        "Point",
+        (
+            _p(
+                "household_id",
+                "int",
+                "住户",
+                "Household",
+                required=True,
+                minimum=1,
+                ref="households",
+                same_grid=True,
+            ),
+            _p("grid_id", "int", "所属网格", "Grid", derived=True, ref="grids"),
+            _p("campaign_id", "int", "走访活动", "Campaign", minimum=1),
+            _p("visited_at", "datetime", "走访时间", "Visited at", required=True),
+            _p(
+                "outcome",
+                "enum",
+                "走访结果",
+                "Outcome",
+                required=True,
+                choices=VISIT_STATUS,
+            ),
+            _p("worker", "str", "走访人", "Visited by", max_length=40, derived=True),
+            _p("note", "str", "备注", "Note", sensitive=True, max_length=500),
+            _p("client_key", "str", "客户端编号", "Client key", max_length=64),
+            _p("recorded_at", "datetime", "录入时间", "Recorded at", derived=True),
+        ),
+        description_zh="千家万户大走访的走访台账：只增不改，更正即新增一条。",
+        restricted=True,
+        temporal="visited_at",
+        label="outcome",
+        append_only=True,
     ),
     Layer(
         "old_neighbourhoods",

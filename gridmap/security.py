@@ -31,19 +31,21 @@ ROLE_ZH = {
 
 _ALL = frozenset(REGISTRY)
 _NONE: frozenset[str] = frozenset()
+_LEDGERS = frozenset(lay.id for lay in REGISTRY.values() if lay.append_only)
+"""Append-only layers: written only through their own path (POST /visits), never edited."""
 
 READ: dict[Role, frozenset[str]] = {
     Role.SUBDISTRICT_ADMIN: _ALL,
     Role.COMMUNITY_ADMIN: _ALL,
     Role.GRID_WORKER: _ALL - {"cameras"},
-    Role.PLANNER: _ALL - {"households", "cameras"},
+    Role.PLANNER: _ALL - {"households", "visits", "cameras"},
     Role.AUDITOR: _NONE,
     Role.PUBLIC: frozenset({"zones", "communities", "grids", "toilets", "facilities"}),
 }
 """Layers each role may read (others are 404 for it, as if they did not exist)."""
 
 WRITE: dict[Role, frozenset[str]] = {
-    Role.SUBDISTRICT_ADMIN: _ALL,
+    Role.SUBDISTRICT_ADMIN: _ALL - _LEDGERS,
     Role.COMMUNITY_ADMIN: frozenset({"households", "buildings"}),
     Role.GRID_WORKER: frozenset({"households"}),
     Role.PLANNER: frozenset({"old_neighbourhoods", "toilets", "roads"}),

@@ -19,6 +19,7 @@ far above any route's cost, so the ones that fit are kept and the rest reported.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 import time
@@ -163,29 +164,42 @@ def _alone(problem: Problem, stop: Stop) -> Reason | None:
 # ---------------------------------------------------------------------------- solving
 
 
-def solve(problem: Problem, *, time_limit_s: float = 1.0, seed: int = 0) -> Result:
-    """Route the stops over the shifts; every stop is visited or returned with a reason."""
+def solve(
+    problem: Problem,
+    *,
+    time_limit_s: float = 1.0,
+    seed: int = 0,
+    no_improvement: int | None = None,
+) -> Result:
+    """Route the stops over the shifts; every stop is visited or returned with a reason.
+
+    The whole call keeps within ``time_limit_s`` (wall); ``no_improvement`` also stops
+    the search after that many iterations without a better solution (small problems).
+    """
     started = time.perf_counter()
-    deadline = started + time_limit_s
+    deadline = started + time_limit_s * 0.92  # the rest polishes (gridmap.routing.tour)
     reasons = {s.id: _alone(problem, s) for s in problem.stops}
     stops = [s for s in problem.stops if reasons[s.id] is None]
-    search = time_limit_s * 0.92  # the rest polishes the routes (gridmap.routing.tour)
     found: tuple[Route, ...] | None = ()
     if stops:
         found = None
-        if len(problem.shifts) == 1 and not any(s.windows for s in stops):
+        load = _load(problem, stops)
+        room = sum(sh.late - sh.early for sh in problem.shifts)
+        tight = load > 0.7 * room
+        run = functools.partial(_solve, problem, stops, seed=seed, no_improvement=no_improvement)
+        if len(problem.shifts) == 1 and not any(s.windows for s in stops) and not tight:
             # a tour: PyVRP searches better without time windows (even slack ones), so
             # try without the shift's, and keep the answer if it fits the shift anyway
-            found = _solve(problem, stops, search, seed, required_ok=True, timed=False)
+            found = run(_share(deadline, 1.0), required_ok=True, timed=False)
             sh = problem.shifts[0]
             if found is not None and any(r.start + r.duration_s > sh.late for r in found):
                 found = None
-        if found is None:
-            found = _solve(problem, stops, search, seed, required_ok=True)
+        if found is None and load <= room:
+            found = run(_share(deadline, 0.5 if tight else 1.0), required_ok=True)
         if found is None:  # must-visit stops do not all fit: keep what fits
-            found = _solve(problem, stops, search, seed, required_ok=False)
+            found = run(_share(deadline, 1.0), required_ok=False)
     assert found is not None
-    routes = tuple(_polished(problem, r, deadline) for r in found)
+    routes = tuple(_polished(problem, r, started + time_limit_s) for r in found)
     visited = {v.stop for r in routes for v in r.visits}
     unassigned = tuple(
         (s.id, reasons[s.id] or "capacity") for s in problem.stops if s.id not in visited
@@ -199,20 +213,41 @@ def solve(problem: Problem, *, time_limit_s: float = 1.0, seed: int = 0) -> Resu
     return Result(routes, unassigned, info)
 
 
+def _share(deadline: float, fraction: float) -> float:
+    """Seconds for one solver run: ``fraction`` of what is left (at least a little)."""
+    return max((deadline - time.perf_counter()) * fraction, 0.02)
+
+
+def _load(problem: Problem, stops: list[Stop]) -> int:
+    """A lower bound of the seconds the must-visit stops take: service plus the shortest
+    way into each."""
+    must = [s for s in stops if s.required]
+    if not must:
+        return 0
+    nodes = np.asarray([s.node for s in must])
+    d = problem.duration[:, nodes].astype(float)
+    d[nodes, np.arange(len(nodes))] = np.inf  # not from itself
+    d[d >= UNREACHABLE] = np.inf
+    into = d.min(axis=0)
+    into[~np.isfinite(into)] = 0
+    return int(sum(s.service_s for s in must) + into.sum())
+
+
 def _solve(
     problem: Problem,
     stops: list[Stop],
     time_limit_s: float,
-    seed: int,
     *,
+    seed: int,
     required_ok: bool,
     timed: bool = True,
+    no_improvement: int | None = None,
 ) -> tuple[Route, ...] | None:
     """One PyVRP run; None when must-visit stops are required and cannot all be served.
     ``timed=False`` leaves the shifts' time bounds out (the caller checks them)."""
     import pyvrp
     from pyvrp.search import NeighbourhoodParams
-    from pyvrp.stop import MaxRuntime
+    from pyvrp.stop import MaxRuntime, MultipleCriteria, NoImprovement
 
     depot_nodes = sorted(
         {sh.start for sh in problem.shifts}
@@ -287,9 +322,10 @@ def _solve(
     params = sys.modules["pyvrp.solve"].SolveParams(
         neighbourhood=NeighbourhoodParams(num_neighbours=NEIGHBOURS)
     )
-    result = pyvrp.solve(
-        data, stop=MaxRuntime(time_limit_s), seed=seed, display=False, params=params
-    )
+    stop = MaxRuntime(time_limit_s)
+    if no_improvement is not None:
+        stop = MultipleCriteria([stop, NoImprovement(no_improvement)])
+    result = pyvrp.solve(data, stop=stop, seed=seed, display=False, params=params)
     if not result.is_feasible():
         if required_ok and any(s.required for s in stops):
             return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
@@ -264,6 +265,34 @@ class Store(Protocol):
         self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
     ) -> tuple[list[dict[str, Any]], int]:
         """Audit entries, newest first, and how many match."""
+        ...
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """Group writes so that all or none happen (nested: a savepoint)."""
+        ...
+
+    def add_document(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        parent: int | None = None,
+        grid_id: int | None = None,
+        created_by: str | None = None,
+    ) -> int:
+        """Store a record that is no feature (a campaign, a plan); return its id."""
+        ...
+
+    def replace_document(self, kind: str, doc_id: int, body: Mapping[str, Any]) -> None:
+        """Replace a document's body."""
+        ...
+
+    def document(self, kind: str, doc_id: int) -> dict[str, Any] | None:
+        """One document (id, kind, parent, grid_id, created_at, created_by, body), or None."""
+        ...
+
+    def documents(self, kind: str, *, parent: int | None = None) -> list[dict[str, Any]]:
+        """The documents of a kind (of one parent), oldest first."""
         ...
 
     def close(self) -> None:

@@ -45,6 +45,7 @@ from gridmap.store.gpkg_sql import (
     APPLICATION_ID,
     AUDIT_FIELDS,
     CHUNK,
+    DOCUMENT_FIELDS,
     USER_FIELDS,
     USER_VERSION,
     _q,
@@ -58,6 +59,9 @@ SYNTHETIC = "synthetic_identifiers"
 """Meta key: "true" in a store of invented people (the sample), whose identifiers take the
 forms that can belong to nobody (see gridmap.identifiers)."""
 _ALL_ROWS = Query()
+_ADDED_LATER = frozenset({"visits"})
+"""Layers added by a release after the first: created when an older file is opened."""
+_APPEND_ONLY = "{} is append-only: record a correction as a new entry"
 _IN_GRIDS = 't."grid_id" IN (SELECT value FROM json_each(?))'
 
 
@@ -163,15 +167,33 @@ class GeoPackageStore:
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction; inside another (same thread) a savepoint of it."""
         conn = self._connect()
-        conn.execute("BEGIN IMMEDIATE")
+        depth = getattr(self._local, "depth", 0)
+        begin, commit, rollback = (
+            ("BEGIN IMMEDIATE", "COMMIT", "ROLLBACK")
+            if depth == 0
+            else (f"SAVEPOINT w{depth}", f"RELEASE w{depth}", f"ROLLBACK TO w{depth}")
+        )
+        conn.execute(begin)
+        self._local.depth = depth + 1
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute(rollback)
+            if depth:
+                conn.execute(commit)  # a rolled-back savepoint stays open until released
             raise
         else:
-            conn.execute("COMMIT")
+            conn.execute(commit)
+        finally:
+            self._local.depth = depth
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes (inserts, updates, deletes, documents) so that all or none happen."""
+        with self._write():
+            yield
 
     # ---------------------------------------------------------------- schema
 
@@ -233,7 +255,7 @@ class GeoPackageStore:
                 c.execute(stmt + "END;")
         self._create_stamps(c, layer)
         for p in layer.properties:
-            if p.name in ("grid_id", "building_id", "community_id", "zone_id"):
+            if p.ref is not None or p.name == "client_key":
                 c.execute(f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})")
 
     def _create_stamps(self, c: sqlite3.Connection, layer: Layer) -> None:
@@ -249,7 +271,15 @@ class GeoPackageStore:
                 "CREATE TABLE IF NOT EXISTS gridmap_changes "
                 "(layer TEXT PRIMARY KEY, stamp INTEGER NOT NULL)"
             )
+            tables = {
+                r[0]
+                for r in c.execute(
+                    "SELECT table_name FROM gpkg_contents WHERE data_type = 'features'"
+                )
+            }
             for layer in LAYERS:
+                if layer.id not in tables:  # a layer added by a later release
+                    self._create_layer_table(c, layer)
                 self._create_stamps(c, layer)
             for stmt in _ACCOUNTS_SQL.split(";\n"):
                 if stmt.strip():
@@ -334,6 +364,61 @@ class GeoPackageStore:
         ).fetchall()
         return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows], int(total)
 
+    # ---------------------------------------------------------------- documents
+
+    def add_document(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        parent: int | None = None,
+        grid_id: int | None = None,
+        created_by: str | None = None,
+    ) -> int:
+        """Store a record that is no feature (a campaign, a plan); return its id."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with self._write() as c:
+            cur = c.execute(
+                "INSERT INTO gridmap_documents (kind, parent, grid_id, created_at, created_by,"
+                " body) VALUES (?, ?, ?, ?, ?, ?)",
+                (kind, parent, grid_id, now, created_by, orjson.dumps(body).decode()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def replace_document(self, kind: str, doc_id: int, body: Mapping[str, Any]) -> None:
+        """Replace a document's body (FeatureNotFoundError if there is none)."""
+        with self._write() as c:
+            n = c.execute(
+                "UPDATE gridmap_documents SET body = ? WHERE kind = ? AND id = ?",
+                (orjson.dumps(body).decode(), kind, int(doc_id)),
+            ).rowcount
+        if not n:
+            msg = f"no {kind} {doc_id}"
+            raise FeatureNotFoundError(msg)
+
+    def document(self, kind: str, doc_id: int) -> dict[str, Any] | None:
+        """One document (its fields, ``body`` decoded), or None."""
+        row = (
+            self._connect()
+            .execute(
+                f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents"
+                " WHERE kind = ? AND id = ?",
+                (kind, int(doc_id)),
+            )
+            .fetchone()
+        )
+        return None if row is None else _document(row)
+
+    def documents(self, kind: str, *, parent: int | None = None) -> list[dict[str, Any]]:
+        """The documents of a kind (of one parent), oldest first."""
+        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents WHERE kind = ?"
+        params: list[Any] = [kind]
+        if parent is not None:
+            sql += " AND parent = ?"
+            params.append(int(parent))
+        rows = self._connect().execute(sql + " ORDER BY id", params).fetchall()
+        return [_document(r) for r in rows]
+
     def stamp(self, layer_id: str) -> int:
         """A number that changes whenever the layer changes (by any client)."""
         row = (
@@ -359,7 +444,7 @@ class GeoPackageStore:
         if app != APPLICATION_ID:
             msg = f"{self.path} is not a GeoPackage (application_id {app:#x})"
             raise StoreError(msg)
-        missing = [layer.id for layer in LAYERS if layer.id not in tables]
+        missing = [lay.id for lay in LAYERS if lay.id not in tables | _ADDED_LATER]
         if missing:
             msg = f"{self.path} lacks gridmap layers {missing}; rebuild it with `gridmap demo`"
             raise StoreError(msg)
@@ -920,6 +1005,7 @@ class GeoPackageStore:
         with self._write() as c:
             current = self._get_in(c, layer, fid, scope)
             require(scope.allows_write(layer.id), f"you may not edit {layer.id}")
+            require(not layer.append_only, _APPEND_ONLY.format(layer.id))
             if expected_version is not None and current.version != expected_version:
                 msg = (
                     f"feature {fid} of {layer_id} is at version {current.version}, "
@@ -990,6 +1076,7 @@ class GeoPackageStore:
         with self._write() as c:
             current = self._get_in(c, layer, fid, scope)
             require(scope.allows_delete(layer.id), f"you may not delete from {layer.id}")
+            require(not layer.append_only, _APPEND_ONLY.format(layer.id))
             if expected_version is not None and current.version != expected_version:
                 msg = (
                     f"feature {fid} of {layer_id} is at version {current.version}, "
@@ -1042,6 +1129,17 @@ class _LayerIndex:
     fids: npt.NDArray[np.int64]
     tree: shapely.STRtree
     grid_ids: npt.NDArray[np.int64] | None
+
+
+def _document(row: Sequence[Any]) -> dict[str, Any]:
+    rec = dict(zip(DOCUMENT_FIELDS, row, strict=True))
+    try:
+        rec["body"] = orjson.loads(rec["body"])
+    except orjson.JSONDecodeError:
+        rec["body"] = {}
+    if not isinstance(rec["body"], dict):
+        rec["body"] = {}
+    return rec
 
 
 def _list_or_text(v: Any) -> Any:

@@ -69,11 +69,23 @@ CREATE TRIGGER IF NOT EXISTS gridmap_users_stamp_update AFTER UPDATE ON gridmap_
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_users'; END;
 CREATE TRIGGER IF NOT EXISTS gridmap_users_stamp_delete AFTER DELETE ON gridmap_users
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_users'; END;
+CREATE TABLE IF NOT EXISTS gridmap_documents (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, parent INTEGER, grid_id INTEGER,
+  created_at TEXT NOT NULL, created_by TEXT, body TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS gridmap_documents_kind ON gridmap_documents (kind, parent);
+INSERT OR IGNORE INTO gridmap_changes VALUES ('gridmap_documents', 0);
+CREATE TRIGGER IF NOT EXISTS gridmap_documents_stamp_insert AFTER INSERT ON gridmap_documents
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_documents'; END;
+CREATE TRIGGER IF NOT EXISTS gridmap_documents_stamp_update AFTER UPDATE ON gridmap_documents
+BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_documents'; END;
+CREATE TRIGGER IF NOT EXISTS gridmap_documents_no_delete BEFORE DELETE ON gridmap_documents
+BEGIN SELECT RAISE(ABORT, 'campaigns and plans are kept; close a campaign instead'); END;
 """
 USER_FIELDS = (
     "username", "password_hash", "role", "grid_ids", "community_id", "disabled",
     "failed_logins", "locked_until", "created_at", "password_changed_at",
 )  # fmt: skip
+DOCUMENT_FIELDS = ("id", "kind", "parent", "grid_id", "created_at", "created_by", "body")
 AUDIT_FIELDS = (
     "id", "at", "username", "role", "action", "object", "grid_id", "result", "source",
     "request_id", "detail",

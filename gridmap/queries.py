@@ -17,7 +17,7 @@ import shapely
 
 from gridmap.crs import to_metric
 from gridmap.disclosure import Protected, Table, protect
-from gridmap.errors import InvalidGeometryError, QueryError
+from gridmap.errors import FeatureNotFoundError, InvalidGeometryError, QueryError
 from gridmap.layers import HOUSEHOLD_TAGS, get_layer
 from gridmap.store.base import Feature, Query, Scope, Store
 
@@ -146,8 +146,10 @@ def household_stats(
     today: dt.date | None = None,
     days: int = 30,
     small_cells: int | None = None,
+    campaign: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Households, population, tag counts and visits in the last ``days`` per area.
+    """Households, population, tag counts and visits in the last ``days`` per area, and
+    with ``campaign`` that campaign's households, those done and its coverage.
 
     ``level`` is ``grids``, ``communities`` or ``zones``. Only households within ``scope``
     are counted, and only areas that hold grids of the scope are listed. With
@@ -156,6 +158,9 @@ def household_stats(
     the households; shorter windows at most longer ones): counts below it show as
     ``"<N"``, counts withheld to protect them as ``"x"``, and visit coverage only where
     both of its counts show. The window must then be one of :data:`PROTECTED_WINDOWS`.
+    Campaign counts are protected with the rest, every campaign's at once whichever is
+    asked for, with the orderings their targets imply (done ≤ target ≤ households; a
+    target inside a tag's households at most that tag's count, and so on).
     """
     if level not in LEVELS:
         msg = "level must be grids, communities or zones"
@@ -166,18 +171,20 @@ def household_stats(
     today = today or dt.date.today()
     windows = sorted({days, *PROTECTED_WINDOWS}) if small_cells else [days]
     tree = _hierarchy(store, scope)
-    counts = _count_households(store, scope, tree, today, windows)
-    values = {(m, cell): v for cell, row in counts.items() for m, v in row.items()}
+    members = campaign_members(store, scope, campaign, protected=bool(small_cells))
+    counts, orders, aliases = _count_households(store, scope, tree, today, windows, members)
+    values = {(m, c): v for c, row in counts.items() for m, v in row.items() if m not in aliases}
     if small_cells:
         prot = _protected(
             tuple(sorted(values.items(), key=repr)),
-            tuple(_relations(tree, windows)),
+            tuple(_relations(tree, windows, members, orders, aliases)),
             small_cells,
             disclosure_key(store),
         )
         shown = {k: prot.shown(k, v, small_cells) for k, v in values.items()}
     else:
         shown = dict(values)
+    shown.update({(m, c): shown[(twin, c)] for m, twin in aliases.items() for c in counts})
     out = []
     for aid, name in tree.names[level]:
         if aid not in tree.in_scope[level]:
@@ -189,23 +196,103 @@ def household_stats(
             if isinstance(hh, int) and isinstance(visited, int) and hh
             else None
         )
-        out.append(
-            {
-                "id": aid,
-                "name": name,
-                "households": hh,
-                "population": shown[("population", cell)],
-                "tags": {t: shown[(f"tag:{t}", cell)] for t in HOUSEHOLD_TAGS},
-                f"visited_last_{days}_days": visited,
-                "visit_coverage": coverage,
+        row = {
+            "id": aid,
+            "name": name,
+            "households": hh,
+            "population": shown[("population", cell)],
+            "tags": {t: shown[(f"tag:{t}", cell)] for t in HOUSEHOLD_TAGS},
+            f"visited_last_{days}_days": visited,
+            "visit_coverage": coverage,
+        }
+        if campaign is not None:
+            target, done = shown[(f"campaign:{campaign}", cell)], shown[(f"done:{campaign}", cell)]
+            row["campaign"] = {
+                "id": campaign,
+                "households": target,
+                "done": done,
+                "coverage": _share(done, target),
             }
-        )
+        out.append(row)
     return out
 
 
-def _relations(tree: _Hierarchy, windows: list[int]) -> list[tuple[str, Any, Any]]:
+def _share(part: Any, whole: Any) -> float | None:
+    """part / whole when both are shown numbers and whole is not 0."""
+    ok = isinstance(part, int) and isinstance(whole, int) and whole
+    return round(part / whole, 4) if ok else None
+
+
+@dataclass(frozen=True)
+class Members:
+    """Campaigns counted in statistics: each one's target households and those done."""
+
+    ids: tuple[int, ...] = ()
+    target: tuple[frozenset[int], ...] = ()
+    done: tuple[frozenset[int], ...] = ()
+
+
+def campaign_members(
+    store: Store, scope: Scope, campaign: int | None, *, protected: bool
+) -> Members:
+    """The campaigns whose counts enter the table: the one asked for; when protected,
+    every campaign (so that asking for one changes nothing about what is withheld)."""
+    from gridmap import campaigns as camp
+
+    if campaign is not None:
+        c = camp.get(store, campaign)
+        if not camp.visible_to(c, scope):
+            raise FeatureNotFoundError(f"no campaign {campaign}")
+    if protected:
+        chosen = camp.all_campaigns(store)
+    else:
+        chosen = [camp.get(store, campaign)] if campaign is not None else []
+    ids, target, done = [], [], []
+    for c in chosen:
+        sc = camp.target_scope(c, scope)
+        members = store.query_ids("households", Query(filters=camp.target_filters(c)), scope=sc)
+        standing = camp.standings(store, c, scope=scope)
+        ids.append(c.id)
+        target.append(frozenset(members[0].tolist()))
+        done.append(frozenset(h for h, st in standing.items() if st.final))
+    return Members(tuple(ids), tuple(target), tuple(done))
+
+
+def _member_orders(
+    members: Members, everyone: frozenset[int], tag_sets: dict[str, frozenset[int]]
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """Orderings (a ≤ b, per cell) that the campaigns' memberships imply, and aliases: a
+    campaign whose target is exactly the households, a tag or an earlier campaign is that
+    measure (protected once: two copies withheld apart would give each other away)."""
+    out: list[tuple[str, str]] = []
+    aliases: dict[str, str] = {}
+    named = {"households": everyone, **{f"tag:{t}": s for t, s in tag_sets.items()}}
+    for cid, target in zip(members.ids, members.target, strict=True):
+        mine, me = target & everyone, f"campaign:{cid}"
+        twin = next((other for other, s in named.items() if s == mine), None)
+        if twin is not None:
+            aliases[me] = twin
+            out.append((f"done:{cid}", twin))
+            continue
+        out += [(f"done:{cid}", me), (me, "households")]
+        for other, s in named.items():
+            if mine <= s and other != "households":
+                out.append((me, other))
+            if s <= mine:
+                out.append((other, me))
+        named[me] = mine
+    return out, aliases
+
+
+def _relations(
+    tree: _Hierarchy,
+    windows: list[int],
+    members: Members,
+    orders: list[tuple[str, str]],
+    aliases: dict[str, str],
+) -> list[tuple[str, Any, Any]]:
     """How the counts are related: ("sum", parent, children) and ("order", a, b) for a ≤ b."""
-    measures = _measures(windows)
+    measures = [m for m in _measures(windows, members) if m not in aliases]
     out: list[tuple[str, Any, Any]] = [
         ("sum", (m, up), tuple((m, k) for k in kids))
         for m in measures
@@ -216,15 +303,17 @@ def _relations(tree: _Hierarchy, windows: list[int]) -> list[tuple[str, Any, Any
         out += [("order", (f"tag:{t}", c), ("households", c)) for t in HOUSEHOLD_TAGS]
         chain = [f"visited:{w}" for w in windows] + ["households"]
         out += [("order", (a, c), (b, c)) for a, b in itertools.pairwise(chain)]
+        out += [("order", (a, c), (b, c)) for a, b in orders]
     return out
 
 
-def _measures(windows: list[int]) -> list[str]:
+def _measures(windows: list[int], members: Members = Members()) -> list[str]:
     return [
         "households",
         "population",
         *(f"visited:{w}" for w in windows),
         *(f"tag:{t}" for t in HOUSEHOLD_TAGS),
+        *(m for cid in members.ids for m in (f"campaign:{cid}", f"done:{cid}")),
     ]
 
 
@@ -299,15 +388,24 @@ def _hierarchy(store: Store, scope: Scope) -> _Hierarchy:
 
 
 def _count_households(
-    store: Store, scope: Scope, tree: _Hierarchy, today: dt.date, windows: list[int]
-) -> dict[tuple[str, int], dict[str, int]]:
-    """Per cell of every level: households, population, visited in each window, tags."""
-    measures = _measures(windows)
+    store: Store,
+    scope: Scope,
+    tree: _Hierarchy,
+    today: dt.date,
+    windows: list[int],
+    members: Members = Members(),
+) -> tuple[dict[tuple[str, int], dict[str, int]], list[tuple[str, str]], dict[str, str]]:
+    """Per cell of every level: households, population, visited in each window, tags and
+    the campaigns' counts; the orderings and aliases the campaigns' memberships imply."""
+    measures = _measures(windows, members)
     grid_ids = [i for i, _ in tree.names["grids"]]
     pos = {g: k for k, g in enumerate(grid_ids)}
     table = np.zeros((len(grid_ids), len(measures)), dtype=np.int64)
+    orders: list[tuple[str, str]] = []
+    aliases: dict[str, str] = {}
     if scope.allows_layer("households") and grid_ids:
-        props = store.query("households", scope=scope).properties
+        fs = store.query("households", scope=scope)
+        props, fids = fs.properties, fs.ids.tolist()
         at = np.array([pos.get(p.get("grid_id"), -1) for p in props], dtype=np.int64)
         cols = np.zeros((len(props), len(measures)), dtype=np.int64)
         cols[:, 0] = 1
@@ -320,10 +418,19 @@ def _count_households(
         for j, w in enumerate(windows, start=2):
             since = (start - dt.timedelta(days=w)).isoformat()
             cols[:, j] = [isinstance(v, str) and v >= since for v in visited]
+        tag_sets = {}
         for j, t in enumerate(HOUSEHOLD_TAGS, start=2 + len(windows)):
             cols[:, j] = [isinstance(p.get("tags"), list) and t in p["tags"] for p in props]
+            tag_sets[t] = frozenset(f for f, x in zip(fids, cols[:, j], strict=True) if x)
+        j = 2 + len(windows) + len(HOUSEHOLD_TAGS)
+        for target, done in zip(members.target, members.done, strict=True):
+            cols[:, j] = [f in target for f in fids]
+            cols[:, j + 1] = [f in target and f in done for f in fids]
+            j += 2
         keep = at >= 0
         np.add.at(table, at[keep], cols[keep])
+        everyone = frozenset(f for f, k in zip(fids, keep.tolist(), strict=True) if k)
+        orders, aliases = _member_orders(members, everyone, tag_sets)
     counts: dict[tuple[str, int], dict[str, int]] = {
         (lv, i): dict.fromkeys(measures, 0) for lv, rows in tree.names.items() for i, _ in rows
     }
@@ -335,4 +442,4 @@ def _count_households(
                 for m, v in zip(measures, row, strict=True):
                     acc[m] += v
             cell = tree.parent.get(cell)
-    return counts
+    return counts, orders, aliases

@@ -204,6 +204,7 @@ class Sample:
 
     frame: Frame
     boundary: BaseGeometry
+    today: dt.date = dt.date(2026, 11, 24)
     layers: dict[str, tuple[list[BaseGeometry], list[dict[str, Any]]]] = field(default_factory=dict)
 
     def add(self, layer: str, geom: BaseGeometry, props: dict[str, Any]) -> int:
@@ -219,7 +220,7 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
     rng = np.random.default_rng(seed)
     today = today or dt.date.today()
     frame = Frame.at_seat()
-    s = Sample(frame=frame, boundary=shapely.Polygon())
+    s = Sample(frame=frame, boundary=shapely.Polygon(), today=today)
 
     v_lo, v_hi = -1300.0, 1500.0
     u_lo, u_hi = -1700.0, 1650.0
@@ -455,6 +456,7 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
                 hh_count += 1
 
     _assign_tags(s, rng, today)
+    _visit_ledger(s, rng, today)
     _place_facilities(s, rng, grid_rows, comm_geoms, comm_ids, ew, ns, today)
     return s
 
@@ -539,6 +541,47 @@ def _assign_tags(s: Sample, rng: np.random.Generator, today: dt.date) -> None:
             )
             p["last_visit_at"] = t.isoformat()
             p["last_visit_status"] = statuses[int(rng.integers(len(statuses)))]
+
+
+AUTUMN_DAYS = 60
+"""The sample's past campaign: the last 60 days, whose ledger the households' visits follow."""
+_NOTES = {
+    "not_home": ("敲门无人，已留联系卡", "家中无人，邻居称白天上班", None),
+    "refused": ("不愿登记，已说明政策", None),
+    "follow_up": ("反映楼道照明损坏，需跟进", "咨询取暖补贴申领，需回访", None),
+}
+
+
+def _visit_ledger(s: Sample, rng: np.random.Generator, today: dt.date) -> None:
+    """The ledger of the sample's autumn campaign: each household's last visit, and for
+    some a not-home attempt a few days before it."""
+    geoms, props = s.layers["households"]
+    workers = {i + 1: p["worker_id"] for i, p in enumerate(s.layers["grids"][1])}
+    start = today - dt.timedelta(days=AUTUMN_DAYS - 1)
+    for fid, (g, p) in enumerate(zip(geoms, props, strict=True), start=1):
+        if p.get("last_visit_at") is None:
+            continue
+        last = dt.datetime.fromisoformat(p["last_visit_at"])
+        entries = [(last, p["last_visit_status"])]
+        earlier = last - dt.timedelta(days=int(rng.integers(1, 8)), hours=int(rng.integers(0, 3)))
+        if rng.random() < 0.25 and earlier.date() >= start:
+            entries.insert(0, (earlier, "not_home"))
+        for when, outcome in entries:
+            notes = _NOTES.get(outcome, (None,))
+            s.add(
+                "visits",
+                g,
+                {
+                    "household_id": fid,
+                    "campaign_id": 1,
+                    "visited_at": when.isoformat(),
+                    "outcome": outcome,
+                    "worker": workers.get(p["_grid"]),
+                    "note": notes[int(rng.integers(len(notes)))],
+                    "client_key": None,
+                    "recorded_at": when.isoformat(),
+                },
+            )
 
 
 def _place_facilities(  # type: ignore[no-untyped-def]
@@ -728,7 +771,22 @@ _ORDER = [
     "toilets",
     "cameras",
     "facilities",
+    "visits",
 ]
+
+
+def _autumn_campaign(store: GeoPackageStore, today: dt.date) -> None:
+    from gridmap import campaigns
+
+    c = campaigns.create(
+        store,
+        name=f"{today.year}年秋季常态化入户走访",
+        starts=today - dt.timedelta(days=AUTUMN_DAYS - 1),
+        ends=today,
+        by="sample",
+    )
+    if c.id != 1:
+        raise IntegrityError("the sample's campaign must be the store's first document")
 
 
 def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) -> GeoPackageStore:
@@ -752,11 +810,14 @@ def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) 
             total = len(clean)
             if step:
                 step(layer, 0, total)
+            if layer == "visits":  # the ledger's campaign is document 1
+                _autumn_campaign(store, sample.today)
             store.insert(
                 layer,
                 geoms,
                 clean,
                 progress=(lambda done, _l=layer, _t=total: step(_l, done, _t)) if step else None,
+                trusted=layer == "visits",  # the ledger's worker and recording time
             )
         problems = check_store(store)
         if problems:

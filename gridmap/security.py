@@ -166,6 +166,6 @@ def stats_scope(principal: Principal, scope: Scope) -> tuple[Scope, int | None] 
     if principal.role not in HOUSEHOLD_AGGREGATES:
         return None
     if principal.role is Role.PLANNER:
-        layers = frozenset({"households", "grids", "communities", "zones"})
+        layers = frozenset({"households", "visits", "grids", "communities", "zones"})
         return Scope(layers=layers, reads=scope.reads), SMALL_CELL
     return scope, None

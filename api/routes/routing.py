@@ -27,7 +27,8 @@ PLANNERS = (Role.SUBDISTRICT_ADMIN, Role.COMMUNITY_ADMIN, Role.GRID_WORKER, Role
 _CLOCK = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
-def _seconds(hhmm: str) -> int:
+def clock_seconds(hhmm: str) -> int:
+    """HH:MM as seconds since midnight (ValueError if malformed)."""
     m = _CLOCK.match(hhmm)
     if m is None:
         msg = f"times are HH:MM (00:00–23:59), got {hhmm[:20]!r}"
@@ -72,7 +73,7 @@ class StopIn(BaseModel):
     @field_validator("time_window")
     @classmethod
     def _window(cls, v: tuple[str, str] | None) -> tuple[str, str] | None:
-        if v is not None and _seconds(v[0]) > _seconds(v[1]):
+        if v is not None and clock_seconds(v[0]) > clock_seconds(v[1]):
             msg = "a time window must not end before it starts"
             raise ValueError(msg)
         return v
@@ -97,7 +98,7 @@ class OptimizeIn(BaseModel):
     @field_validator("shift")
     @classmethod
     def _shift(cls, v: tuple[str, str]) -> tuple[str, str]:
-        if _seconds(v[0]) >= _seconds(v[1]):
+        if clock_seconds(v[0]) >= clock_seconds(v[1]):
             msg = "a shift must end after it starts"
             raise ValueError(msg)
         return v
@@ -127,7 +128,9 @@ async def route(body: OptimizeIn, principal: PrincipalDep, store: StoreDep) -> R
             float(xy[first + k, 0]),
             float(xy[first + k, 1]),
             s.service_s,
-            ((_seconds(s.time_window[0]), _seconds(s.time_window[1])),) if s.time_window else (),
+            ((clock_seconds(s.time_window[0]), clock_seconds(s.time_window[1])),)
+            if s.time_window
+            else (),
             s.priority == "must",
             s.prize if s.prize is not None else (1000 if s.priority == "optional" else 0),
             s.demand,
@@ -140,7 +143,7 @@ async def route(body: OptimizeIn, principal: PrincipalDep, store: StoreDep) -> R
         (float(xy[1, 0]), float(xy[1, 1])) if body.end else None,
         body.return_to_start,
         body.workers,
-        ((_seconds(body.shift[0]), _seconds(body.shift[1])),),
+        ((clock_seconds(body.shift[0]), clock_seconds(body.shift[1])),),
         body.mode,
         body.time_limit_s,
         body.seed,

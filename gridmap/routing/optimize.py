@@ -51,6 +51,10 @@ class Request:
     time_limit_s: float = 1.0
     seed: int = 0
     capacity: int = 0
+    labels: Sequence[str] = ()
+    """A name for each of ``shifts`` (e.g. its day and part)."""
+    no_improvement: int | None = None
+    """Stop searching after this many iterations without improvement (small problems)."""
 
 
 @dataclass(frozen=True)
@@ -83,15 +87,17 @@ def optimize(req: Request, store: Store | None = None) -> Plan:
         Stop(p.id, first + k, p.service_s, p.windows, p.required, p.prize, p.demand)
         for k, p in enumerate(req.places)
     ]
+    labels = list(req.labels) or [""] * len(req.shifts)
     shifts = [
-        Shift(w, 0, (1 if end is not None else None), lo, hi, req.capacity, f"worker {w + 1}")
+        Shift(w, 0, (1 if end is not None else None), lo, hi, req.capacity, f"{w + 1} {label}")
         for w in range(req.workers)
-        for lo, hi in req.shifts
+        for (lo, hi), label in zip(req.shifts, labels, strict=True)
     ]
     result = solve(
         Problem(matrix.distance, matrix.duration, stops, shifts),
         time_limit_s=req.time_limit_s,
         seed=req.seed,
+        no_improvement=req.no_improvement,
     )
     node_of = {s.id: s.node for s in stops}
     lines = []

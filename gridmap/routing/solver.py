@@ -23,6 +23,7 @@ import functools
 import itertools
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -38,8 +39,9 @@ NEIGHBOURS = 25
 """Size of PyVRP's granular neighbourhood. Measured here (benchmarks/bench_routing.py): 25
 reaches the TSPLIB optima up to 100 nodes within a second for every seed tried, where the
 default 50 is up to 1.3 % off."""
-MUST_PRIZE = 10**9
-"""The prize of a must-visit stop when must-visit stops cannot all fit (above any route)."""
+MIN_MAX_PENALTY = 100_000.0
+"""PyVRP's default ceiling of a penalty per unit of violation; raised to stay above the
+prizes (else a plan that breaks a shift by a second but takes a big prize wins)."""
 
 Reason = str  # "unreachable" | "outside_shift" | "time_window" | "capacity"
 
@@ -283,13 +285,17 @@ def _solve(
         )
         for sh in problem.shifts
     ]
+    finite = dist[dist < UNREACHABLE]
+    longest = int(finite.max()) if finite.size else 0
+    # a must-visit stop (when they cannot all fit) outweighs every optional one together
+    must_prize = 2 * longest + sum(s.prize for s in stops if not s.required) + 1
     clients: list[pyvrp.Client] = []
     owner: list[Stop] = []  # the stop of each PyVRP client
     groups: list[pyvrp.ClientGroup] = []
     for s in stops:
         windows = s.windows or ((0, pyvrp.Client(location=0).tw_late),)  # PyVRP's "any time"
         required = s.required and required_ok
-        prize = s.prize if not s.required else (0 if required_ok else MUST_PRIZE)
+        prize = s.prize if not s.required else (0 if required_ok else must_prize)
         group = len(groups) if len(windows) > 1 else None
         members = []
         for lo, hi in windows:
@@ -319,18 +325,21 @@ def _solve(
         duration_matrices=[np.ascontiguousarray(dur, dtype=np.int64)],
         groups=groups,
     )
+    top = max(must_prize * len(stops), *(s.prize for s in stops), 1)
     params = sys.modules["pyvrp.solve"].SolveParams(
-        neighbourhood=NeighbourhoodParams(num_neighbours=NEIGHBOURS)
+        penalty=pyvrp.PenaltyParams(max_penalty=max(MIN_MAX_PENALTY, 10.0 * top)),
+        neighbourhood=NeighbourhoodParams(num_neighbours=NEIGHBOURS),
     )
     stop = MaxRuntime(time_limit_s)
     if no_improvement is not None:
         stop = MultipleCriteria([stop, NoImprovement(no_improvement)])
-    result = pyvrp.solve(data, stop=stop, seed=seed, display=False, params=params)
+    with warnings.catch_warnings():  # penalty bounds reached: answered by feasibility below
+        warnings.simplefilter("ignore", category=pyvrp.exceptions.PenaltyBoundWarning)
+        result = pyvrp.solve(data, stop=stop, seed=seed, display=False, params=params)
     if not result.is_feasible():
         if required_ok and any(s.required for s in stops):
             return None
-        msg = "the solver found no feasible plan"
-        raise RuntimeError(msg)
+        return ()  # nothing feasible found in time: every stop comes back left out
     return _routes(result.best, problem, owner, shifted=not timed)
 
 

@@ -16,12 +16,13 @@ import shapely
 from fastapi.testclient import TestClient
 
 from api.app import create_app
+from gridmap import plans
 from gridmap.accounts import Accounts, WeakPasswordError, check_password_policy, token_secret
 from gridmap.errors import AuthenticationError
 from gridmap.security import Role, mask_id_number, mask_name, mask_phone
 from gridmap.settings import Settings
-from gridmap.store import GeoPackageStore, Query
-from tests.conftest import tokens_for
+from gridmap.store import GeoPackageStore, Query, Scope
+from tests.conftest import REFERENCE_DATE, tokens_for
 
 ROLES = ["public", "subdistrict_admin", "community_admin", "grid_worker", "planner", "auditor"]
 
@@ -272,6 +273,14 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("POST", "/logout", ""):                [303, 303, 303, 303, 303, 303],
     ("GET", "/users/me", ""):               [200, 200, 200, 200, 200, 200],
     ("GET", "/audit", ""):                  [401, 403, 403, 403, 403, 200],
+    ("POST", "/routes/optimize", ""):       [401, 200, 200, 200, 200, 403],
+    ("POST", "/campaigns", ""):             [401, 201, 201, 403, 403, 403],
+    ("GET", "/campaigns", ""):              [401, 200, 200, 200, 200, 403],
+    ("GET", "/campaigns/{campaign_id}", ""): [401, 200, 200, 200, 200, 403],
+    ("PATCH", "/campaigns/{campaign_id}", ""): [401, 200, 404, 403, 403, 403],
+    ("POST", "/campaigns/{campaign_id}/plans", ""): [401, 201, 201, 201, 403, 403],
+    ("GET", "/plans/{plan_id}", ""):        [401, 200, 200, 200, 403, 403],
+    ("POST", "/visits", ""):                [401, 201, 201, 201, 403, 403],
 }  # fmt: skip
 
 
@@ -315,6 +324,14 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("POST", "/logout", ""):                [N,   N,   N,   N,   N,   N],
     ("GET", "/users/me", ""):               [N,   N,   N,   N,   N,   N],
     ("GET", "/audit", ""):                  [D,   D,   D,   D,   D,   N],
+    ("POST", "/routes/optimize", ""):       [D,   N,   N,   N,   N,   D],
+    ("POST", "/campaigns", ""):             [D,   CRT, CRT, D,   D,   D],
+    ("GET", "/campaigns", ""):              [D,   N,   N,   N,   N,   D],
+    ("GET", "/campaigns/{campaign_id}", ""): [D,  R,   R,   R,   R,   D],
+    ("PATCH", "/campaigns/{campaign_id}", ""): [D, UPD, DS,  D,   D,   D],
+    ("POST", "/campaigns/{campaign_id}/plans", ""): [D, CR, CR, CR, D, D],
+    ("GET", "/plans/{plan_id}", ""):        [D,   R,   R,   R,   D,   D],
+    ("POST", "/visits", ""):                [D,   CR,  CR,  CR,  D,   D],
 }  # fmt: skip
 
 
@@ -332,14 +349,21 @@ def test_route_role_matrix(
     # distinct features per (method, role): households of grid 1 (the worker's, inside the
     # community admin's community) and toilets, so that a delete does not hide a later row
     methods = ["GET", "PUT", "PATCH", "DELETE", "POST"]
-    hh = store.query("households", Query(equals={"grid_id": 1}, limit=60)).ids.tolist()
+    grid1 = store.query("households", Query(equals={"grid_id": 1}))
+    # households without ledger entries (a household with visits cannot be deleted)
+    pairs = zip(grid1.ids.tolist(), grid1.properties, strict=True)
+    hh = [i for i, p in pairs if not p["last_visit_at"]][:60]
     tl = store.query("toilets").ids.tolist()
 
     def pick(pool: list[int], method: str, role: str) -> int:
         return int(pool[(methods.index(method) * len(ROLES) + ROLES.index(role)) % len(pool)])
 
     point = list(store.get("households", hh[0]).geometry.coords[0])
+    plan = plans.make(
+        store, plans.PlanRequest(1, 1, REFERENCE_DATE, time_limit_s=0.2), scope=Scope.ALL
+    )
     store.close()
+    bodies = _new_route_bodies(point, hh)
     app = _app(edit_path)
     got: dict[tuple[str, str, str], list[int]] = {}
     audited: dict[tuple[str, str, str], list[str]] = {k: [] for k in EXPECTED}
@@ -352,12 +376,15 @@ def test_route_role_matrix(
                 fid = pick(hh if coll == "households" else tl, method, role)
                 url = path.replace("{collection_id}", coll).replace("{feature_id}", str(fid))
                 url = url.replace("{level}", "grids").replace("{grid_id}", "1")
+                url = url.replace("{campaign_id}", "1").replace("{plan_id}", str(plan["id"]))
                 kw: dict[str, Any] = {}
+                if (method, path) in bodies:
+                    kw["json"] = bodies[(method, path)](role)
                 if url == "/nearest":
                     kw["params"] = {"collection": coll, "lon": point[0], "lat": point[1]}
                 if url == "/locate":
                     kw["params"] = {"lon": 113.29, "lat": 34.81}
-                if method in ("PUT", "PATCH", "DELETE"):
+                if method in ("PUT", "PATCH", "DELETE") and "{feature_id}" in path:
                     cur = c.get(f"/collections/{coll}/items/{fid}", headers=admin)
                     h["If-Match"] = cur.headers["etag"]
                     if method == "PUT":
@@ -395,6 +422,31 @@ def test_route_role_matrix(
     assert wrong == {}
     wrong = {k: (v, AUDITED[k]) for k, v in audited.items() if v != AUDITED[k]}
     assert wrong == {}
+
+
+def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str], Any]:
+    """Request bodies of the routing, campaign and visit routes (per role where needed)."""
+    day = REFERENCE_DATE.isoformat()
+    stop = {"lon": point[0], "lat": point[1]}
+    return {
+        ("POST", "/routes/optimize"): lambda role: {
+            "stops": [{"id": "a", **stop}], "start": stop, "time_limit_s": 0.1,
+        },
+        ("POST", "/campaigns"): lambda role: {"name": f"走访 {role}", "starts": day, "ends": day},
+        ("PATCH", "/campaigns/{campaign_id}"): lambda role: {"status": "open"},
+        ("POST", "/campaigns/{campaign_id}/plans"): lambda role: {
+            "grid_ids": [1], "date": day, "time_limit_s": 0.2,
+        },
+        ("POST", "/visits"): lambda role: {
+            "visits": [
+                {
+                    "household_id": hh[-1 - ROLES.index(role)], "outcome": "visited",
+                    "visited_at": f"{day}T10:00:00", "campaign_id": 1,
+                    "client_key": f"matrix-{role}",
+                }
+            ]
+        },
+    }  # fmt: skip
 
 
 def _actions(path: Path, response: Any) -> str:

@@ -16,7 +16,7 @@ from api.deps import PrincipalDep, ScopeDep, StoreDep
 from api.routes.routing import clock_seconds
 from gridmap import campaigns as camp
 from gridmap import plan_output, plans, queries, visits
-from gridmap.errors import FeatureNotFoundError, InvalidFeatureError
+from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, OutOfScopeError
 from gridmap.layers import LOCAL_TZ
 from gridmap.security import Role, stats_scope
 
@@ -155,9 +155,9 @@ async def set_campaign_status(
     def run() -> camp.Campaign:
         c = _visible(store, campaign_id, scope)
         if c.grid_ids is None and scope.grid_ids is not None:
-            raise FeatureNotFoundError(f"no campaign {campaign_id} you manage")
+            raise OutOfScopeError(f"no campaign {campaign_id} you manage")
         if scope.grid_ids is not None and c.grid_ids and not c.grid_ids <= scope.grid_ids:
-            raise FeatureNotFoundError(f"no campaign {campaign_id} you manage")
+            raise OutOfScopeError(f"no campaign {campaign_id} you manage")
         return camp.set_status(store, c.id, body.status)
 
     c = await run_in_threadpool(run)

@@ -2,7 +2,9 @@
 building entrance), routed for the grid's workers over one or several days, and stored.
 
 A stop is the households of one building's unit (单元: its own stairwell and door) still
-open in the campaign, at most :data:`MAX_STOP_MIN` minutes of visits; its service time is
+open in the campaign — the must-visit ones apart from the others, so that they can be
+seen first without the whole stairwell — at most :data:`MAX_STOP_MIN` minutes of visits;
+its service time is
 the campaign's set-up minutes plus its minutes per household. Households whose latest
 outcome is ``not_home`` (未遇) get evening and (when weekends are worked) weekend windows;
 the rest are visited in the daytime. Households with the campaign's first tags, or marked
@@ -123,7 +125,7 @@ def group_stops(
     """Open households as stops: by building, unit and day/evening, split to fit a stop."""
     per_stop = max(1, int((MAX_STOP_MIN - rules.setup_min) // rules.service_min))
     first = set(rules.first_tags)
-    keyed: dict[tuple[int, str | None, bool], list[tuple[str, int, bool]]] = defaultdict(list)
+    keyed: dict[tuple[int, str | None, bool, bool], list[str | int]] = defaultdict(list)
     for fid, p in zip(hh.ids.tolist(), hh.properties, strict=True):
         st = standing.get(fid)
         if st is not None and st.final:
@@ -136,17 +138,17 @@ def group_stops(
             st is not None and st.outcome == "follow_up"
         )
         room = p.get("room") if isinstance(p.get("room"), str) else ""
-        keyed[(b, _unit(room), evening)].append((room, fid, must))
+        keyed[(b, _unit(room), evening, must)].append((room, fid))  # type: ignore[arg-type]
     out = []
-    for (b, unit, evening), members in sorted(keyed.items(), key=lambda kv: repr(kv[0])):
+    for (b, unit, evening, must), members in sorted(keyed.items(), key=lambda kv: repr(kv[0])):
         members.sort()
         for k in range(0, len(members), per_stop):
             chunk = members[k : k + per_stop]
             sid = f"b{b}" + (f"-{unit}" if unit else "") + ("-evening" if evening else "")
-            sid += f"-{k // per_stop + 1}" if len(members) > per_stop else ""
-            out.append(
-                Group(sid, b, unit, [f for _, f, _ in chunk], evening, any(m for *_, m in chunk))
+            sid += ("-must" if must else "") + (
+                f"-{k // per_stop + 1}" if len(members) > per_stop else ""
             )
+            out.append(Group(sid, b, unit, [f for _, f in chunk], evening, must))  # type: ignore[misc]
     return out
 
 

@@ -214,6 +214,14 @@ def test_points_off_the_streets_walk_to_their_nearest_street() -> None:
     assert not att.attached[2] and m.distance[0, 2] == UNREACHABLE
 
 
+def test_no_point_near_any_street_leaves_every_stop_unreachable() -> None:
+    net = network.build(_lattice(2, 100.0))
+    ll = _lonlat(np.array([[5000.0, 5000.0], [6000.0, 5000.0]]))
+    m, att, _ = network.walking_matrix(net, ll[:, 0], ll[:, 1])
+    assert not att.attached.any()
+    assert m.distance[0, 1] == UNREACHABLE and m.distance[0, 0] == 0
+
+
 def test_unconnected_streets_make_stops_unreachable(store: GeoPackageStore) -> None:
     near = _lattice(2, 100.0)
     far = shapely.LineString(_lonlat(np.array([[3000.0, 0.0], [3100.0, 0.0]])).tolist())

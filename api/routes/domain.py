@@ -97,8 +97,12 @@ def stats(
     principal: PrincipalDep,
     level: Literal["grids", "communities", "zones"],
     days: Annotated[int, Query(ge=1, le=366, description="Window for recent visits.")] = 30,
+    campaign: Annotated[
+        int | None, Query(ge=1, le=2**53, description="Add this campaign's coverage.")
+    ] = None,
 ) -> Response:
-    """Households, population, tag counts and visits in the last `days` days, per area.
+    """Households, population, tag counts and visits in the last `days` days, per area;
+    with `campaign`, its households, those done and its coverage.
 
     Planners get counts below 5 as "<5"; grid workers and community admins their grids.
     """
@@ -108,5 +112,7 @@ def stats(
     if policy is None:
         raise PermissionDeniedError("this role may not see household statistics")
     scope, small = policy
-    rows = queries.household_stats(store, level, scope=scope, days=days, small_cells=small)
+    rows = queries.household_stats(
+        store, level, scope=scope, days=days, small_cells=small, campaign=campaign
+    )
     return Response(orjson.dumps({"level": level, "areas": rows}), media_type="application/json")

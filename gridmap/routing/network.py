@@ -122,6 +122,8 @@ def attach(net: Network, lon: npt.ArrayLike, lat: npt.ArrayLike) -> Attached:
         tree = shapely.STRtree(segs)
         which, dist = tree.query_nearest(pts, max_distance=MAX_ACCESS_M, return_distance=True)
         src, seg = which
+        if len(src) == 0:  # nothing within reach of the network
+            return _graph(net, xy, us, vs, ws, point_nodes, attached)
         first = np.unique(src, return_index=True)[1]  # one edge per point (ties: the first)
         src, seg, dist = src[first], seg[first], dist[first]
         attached[src] = True
@@ -144,12 +146,17 @@ def attach(net: Network, lon: npt.ArrayLike, lat: npt.ArrayLike) -> Attached:
         us.append(foot_o[ends])
         vs.append(net.v[seg_o[ends]])
         ws.append(net.length[seg_o[ends]] - off_o[ends])
+    return _graph(net, xy, us, vs, ws, point_nodes, attached)
+
+
+def _graph(net: Network, xy: list, us: list, vs: list, ws: list, nodes, attached) -> Attached:
+    """The undirected graph of the network's edges plus the access and split edges."""
     u = np.concatenate(us)
     v = np.concatenate(vs)
     w = np.maximum(np.concatenate(ws), 1e-3)  # csgraph reads 0 as "no edge"
     size = len(np.vstack(xy))
     graph = coo_matrix((np.r_[w, w], (np.r_[u, v], np.r_[v, u])), shape=(size, size)).tocsr()
-    return Attached(graph, point_nodes, np.vstack(xy), attached)
+    return Attached(graph, nodes, np.vstack(xy), attached)
 
 
 def walking_matrix(

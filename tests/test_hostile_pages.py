@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -122,6 +123,29 @@ def test_every_grid_sheet_keeps_hostile_values_as_text(hostile: Any, browser: An
         rooms = [t for t in out["shown"] if t.startswith("恶意") and "·" in t]
         assert rooms, gid  # household tooltips show the hostile room number as text
         assert all(PAYLOADS[1] in t and PAYLOADS[2] in t for t in rooms)
+
+
+@pytest.mark.parametrize("lang", ["zh", "en"])
+def test_a_plan_page_keeps_hostile_values_as_text(hostile: Any, browser: Any, lang: str) -> None:
+    url, auth, _ = hostile
+    admin = auth["subdistrict_admin"]
+    with httpx.Client(base_url=url, headers=admin, timeout=60) as c:
+        body = {"name": HOSTILE[:100], "starts": "2026-11-01", "ends": "2026-12-31"}
+        cid = c.post("/campaigns", json=body).json()["id"]
+        r = c.post(
+            f"/campaigns/{cid}/plans",
+            json={"grid_ids": [3], "date": "2026-11-24", "workers": 2, "time_limit_s": 1},
+        )
+        assert r.status_code == 201, r.text
+        pid = r.json()["plans"][0]["id"]
+    for role in ("subdistrict_admin", "community_admin"):
+        page, _ = open_page(browser, f"{url}/map/plans/{pid}?lang={lang}", auth[role])
+        sheet = page.inner_text("section.gm-sheet")
+        page.close()
+        assert PAYLOADS[2] in sheet and PAYLOADS[4] in sheet  # rooms and addresses, as text
+        out = _check_map(browser, f"{url}/map/plans/{pid}?lang={lang}", auth[role])
+        assert out["opened"] > 5
+        assert any(PAYLOADS[0] in t and PAYLOADS[1] in t for t in out["shown"]), role
 
 
 def test_html_views_keep_hostile_values_as_text(hostile: Any, browser: Any) -> None:

@@ -280,6 +280,7 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("PATCH", "/campaigns/{campaign_id}", ""): [401, 200, 404, 403, 403, 403],
     ("POST", "/campaigns/{campaign_id}/plans", ""): [401, 201, 201, 201, 403, 403],
     ("GET", "/plans/{plan_id}", ""):        [401, 200, 200, 200, 403, 403],
+    ("GET", "/map/plans/{plan_id}", ""):    [401, 200, 200, 200, 403, 403],
     ("POST", "/visits", ""):                [401, 201, 201, 201, 403, 403],
 }  # fmt: skip
 
@@ -331,6 +332,7 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("PATCH", "/campaigns/{campaign_id}", ""): [D, UPD, DS,  D,   D,   D],
     ("POST", "/campaigns/{campaign_id}/plans", ""): [D, CR, CR, CR, D, D],
     ("GET", "/plans/{plan_id}", ""):        [D,   R,   R,   R,   D,   D],
+    ("GET", "/map/plans/{plan_id}", ""):    [D,   R,   R,   R,   D,   D],
     ("POST", "/visits", ""):                [D,   CR,  CR,  CR,  D,   D],
 }  # fmt: skip
 

@@ -8,14 +8,16 @@ from fastapi import APIRouter, Path, Query, Request
 from folium import Map
 from starlette.responses import HTMLResponse
 
+from api.auth import require
 from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
 from api.errors import BadRequestError
 from api.middleware import page_csp
+from api.routes.campaigns import FIELD, Id
 from api.routes.features import parse_fid
-from gridmap import queries
+from gridmap import plans, queries
 from gridmap.errors import PermissionDeniedError
 from gridmap.layers import get_layer
-from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map, render_page
+from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map, plan_sheet, render_page
 from gridmap.maps.cache import PageCache
 from gridmap.security import Principal, business_data_allowed, stats_scope
 
@@ -101,5 +103,27 @@ def grid_page(
     fid = parse_fid(get_layer("grids"), grid_id)  # ASCII digits only, like every feature id
     m = grid_sheet(
         store, fid, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
+    )
+    return _respond(_page(m, basemap))
+
+
+@router.get("/map/plans/{plan_id}", response_class=HTMLResponse, summary="A visit plan's map")
+def plan_page(
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    plan_id: Id,
+    lang: Lang = "zh",
+    basemap: BasemapParam = "none",
+) -> HTMLResponse:
+    """A visit plan (走访路线图): routes, numbered stops with arrival times, households that
+    need care marked, and the run sheet under the map for printing."""
+    require(principal, *FIELD)
+    if basemap == "tianditu" and not settings.tianditu_key:
+        raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
+    doc = plans.get(store, plan_id, scope=scope)
+    m = plan_sheet(
+        store, doc, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
     )
     return _respond(_page(m, basemap))

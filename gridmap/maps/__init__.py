@@ -11,6 +11,7 @@ from gridmap.maps.layers import (
     add_toilet_service_areas,
 )
 from gridmap.maps.pages import MEASURES, grid_sheet, overview_map
+from gridmap.maps.plan_page import plan_sheet
 from gridmap.maps.render import Page, render_page
 from gridmap.maps.widgets import add_legend, add_tools
 
@@ -33,5 +34,6 @@ __all__ = [
     "base_map",
     "grid_sheet",
     "overview_map",
+    "plan_sheet",
     "render_page",
 ]

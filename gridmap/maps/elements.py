@@ -75,3 +75,27 @@ class Control(MacroElement):  # type: ignore[misc]
         self.position = js_string(position)
         self.css = js_string(f"gm-box {css}".strip())
         self.script = script
+
+
+class Sheet(MacroElement):  # type: ignore[misc]
+    """A section of the page under the map (a printable list) holding trusted markup."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        (function() {
+          var sec = document.createElement('section');
+          sec.className = {{ this.css }};
+          sec.innerHTML = {{ this.content }};
+          document.body.appendChild(sec);
+          window.addEventListener('beforeprint', function() {
+            {{ this._parent.get_name() }}.invalidateSize();
+          });
+        })();
+        {% endmacro %}"""
+    )
+
+    def __init__(self, html: str, *, css: str = "") -> None:
+        super().__init__()
+        self._name = "GmSheet"
+        self.content = js_string(html)
+        self.css = js_string(css)

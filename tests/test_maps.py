@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 
 import pytest
 import shapely
@@ -121,6 +122,24 @@ def test_choropleth_measures_and_legends(client, auth) -> None:  # type: ignore[
     public = client.get("/map", headers={"Authorization": ""}).text
     assert not has_text(public, "网格：户数")  # no household figures for the public
     assert has_text(public, "治理单元 · 网格")
+
+
+def test_a_campaign_colours_the_grids_by_its_share_done(client, auth) -> None:  # type: ignore[no-untyped-def]
+    """The sample's autumn campaign (id 1) as a measure: each grid's share equals /stats's
+    (itself checked against a direct count in test_campaigns), offered in the picker."""
+    rows = client.get("/stats/grids?campaign=1").json()["areas"]
+    want = Counter(f"{r['campaign']['coverage']:.0%}" for r in rows)
+    html = client.get("/map?measure=campaign:1").text
+    got = Counter(re.findall(r'"value": "(\d+%)"', html))
+    assert got == want and len(rows) == 40
+    assert has_text(html, "秋季常态化入户走访·完成率") and 'value=\\"campaign:1\\" selected' in html
+    en = client.get("/map?measure=campaign:1&lang=en").text
+    assert has_text(en, "done")
+    # planners see it too (protected figures); an unknown campaign is 404, a bad id 400
+    assert client.get("/map?measure=campaign:1", headers=auth["planner"]).status_code == 200
+    assert client.get("/map?measure=campaign:999").status_code == 404
+    assert client.get("/map?measure=campaign:x").status_code == 400
+    assert client.get("/map?measure=campaign:1", headers={"Authorization": ""}).status_code == 403
 
 
 def test_page_text_is_escaped(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]

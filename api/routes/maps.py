@@ -17,8 +17,9 @@ from api.routes.features import parse_fid
 from gridmap import plans, queries
 from gridmap.errors import PermissionDeniedError
 from gridmap.layers import get_layer
-from gridmap.maps import BASEMAPS, MEASURES, grid_sheet, overview_map, plan_sheet, render_page
+from gridmap.maps import BASEMAPS, grid_sheet, overview_map, plan_sheet, render_page
 from gridmap.maps.cache import PageCache
+from gridmap.maps.pages import measure_of
 from gridmap.security import Principal, business_data_allowed, stats_scope
 
 router = APIRouter(tags=["Maps"])
@@ -54,8 +55,12 @@ def overview(
     settings: SettingsDep,
     lang: Lang = "zh",
     measure: Annotated[
-        Literal["households", "visit_coverage", "hardship", "elderly_alone"],
-        Query(description="What colours the grids (for roles that may see household figures)."),
+        str,
+        Query(
+            pattern=r"^(households|visit_coverage|hardship|elderly_alone|campaign:[1-9][0-9]{0,14})$",
+            description="What colours the grids (for roles that may see household figures): "
+            "households, visit_coverage, hardship, elderly_alone, or campaign:ID (its share done).",
+        ),
     ] = "households",
     basemap: BasemapParam = "none",
 ) -> HTMLResponse:
@@ -64,12 +69,20 @@ def overview(
     if basemap == "tianditu" and not settings.tianditu_key:
         raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
     policy = stats_scope(principal, scope) if principal.authenticated else None
+    campaign = None
+    if measure.startswith("campaign:"):
+        if policy is None:
+            raise PermissionDeniedError("this role may not see campaign figures")
+        measure_of(store, measure, scope)  # 404 for a campaign the caller may not see
+        campaign = int(measure.partition(":")[2])
 
     def render() -> tuple[bytes, str]:
         rows = None
-        if policy is not None and measure in MEASURES:
+        if policy is not None:
             stats_scope_, small = policy
-            rows = queries.household_stats(store, "grids", scope=stats_scope_, small_cells=small)
+            rows = queries.household_stats(
+                store, "grids", scope=stats_scope_, small_cells=small, campaign=campaign
+            )
         m = overview_map(
             store,
             scope=scope,

@@ -9,6 +9,7 @@ import folium
 import numpy as np
 import shapely
 
+from gridmap import campaigns as camp
 from gridmap.errors import FeatureNotFoundError
 from gridmap.escape import html_text
 from gridmap.layers import FACILITY_KIND_ZH, RENOVATION_STATUS_ZH, VISIT_STATUS_ZH, get_layer
@@ -62,6 +63,35 @@ GROUPS = {
 }
 
 
+CAMPAIGN_MEASURES = 8
+"""How many campaigns (the latest the caller may see) the measure picker offers."""
+
+
+def campaign_measures(store: Store, scope: Scope) -> dict[str, tuple[str, str, str]]:
+    """Measures of the latest campaigns the scope may see: ``campaign:{id}`` → its share
+    of households done (the campaign's names are the labels)."""
+    seen = [c for c in camp.all_campaigns(store) if camp.visible_to(c, scope)]
+    return {
+        f"campaign:{c.id}": (f"{c.name}·完成率", f"{c.name}: done", "{:.0%}")
+        for c in seen[-CAMPAIGN_MEASURES:]
+    }
+
+
+def measure_of(store: Store, measure: str, scope: Scope) -> tuple[str, str, str]:
+    """A measure's labels and format: a fixed one, or any campaign the scope may see (else
+    FeatureNotFoundError); ValueError for what is neither."""
+    if measure in MEASURES:
+        return MEASURES[measure]
+    kind, _, cid = measure.partition(":")
+    if kind != "campaign" or not cid.isascii() or not cid.isdigit() or len(cid) > 15:
+        msg = f"unknown measure {measure[:30]!r}; use one of {', '.join(MEASURES)} or campaign:ID"
+        raise ValueError(msg)
+    c = camp.get(store, int(cid))
+    if not camp.visible_to(c, scope):
+        raise FeatureNotFoundError(f"no campaign {cid}")
+    return (f"{c.name}·完成率", f"{c.name}: done", "{:.0%}")
+
+
 def _drawn(store: Store, layer_id: str, query: Query | None = None, *, scope: Scope) -> Any:
     """The features of a layer that can be drawn (see :meth:`FeatureSet.with_geometry`)."""
     return store.query(layer_id, query or Query(), scope=scope).with_geometry()
@@ -79,7 +109,9 @@ def measure_values(rows: Sequence[Mapping[str, Any]], measure: str) -> dict[int,
 
     out: dict[int, float | None] = {}
     for r in rows:
-        if measure == "households":
+        if measure.startswith("campaign:"):
+            out[r["id"]] = num((r.get("campaign") or {}).get("coverage"))
+        elif measure == "households":
             out[r["id"]] = num(r["households"])
         elif measure == "visit_coverage":
             out[r["id"]] = num(r.get("visit_coverage"))
@@ -104,9 +136,7 @@ def overview_map(
     ``grid_stats`` (rows of :func:`gridmap.queries.household_stats` per grid) colour the
     grids by ``measure``; without them grids are drawn plain.
     """
-    if measure not in MEASURES:
-        msg = f"unknown measure {measure[:30]!r}; use one of {', '.join(MEASURES)}"
-        raise ValueError(msg)
+    zh_name, en_name, fmt = measure_of(store, measure, scope)
     zh = lang == "zh"
     extent = store.extent("grids") or store.extent("zones")
     centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
@@ -145,7 +175,6 @@ def overview_map(
         grids = _drawn(store, "grids", scope=scope)
         remember("grids", grids)
         if grid_stats is not None:
-            zh_name, en_name, fmt = MEASURES[measure]
             label = zh_name if zh else en_name
             entries = add_grid_choropleth(
                 frame,
@@ -222,7 +251,9 @@ def overview_map(
         frame.map.fit_bounds([[corners[1], corners[0]], [corners[3], corners[2]]])
     add_tools(frame, search)
     if grid_stats is not None:
-        add_measure_picker(frame, measure, {k: (v[0] if zh else v[1]) for k, v in MEASURES.items()})
+        offered = {**MEASURES, **campaign_measures(store, scope)}
+        offered.setdefault(measure, (zh_name, en_name, fmt))
+        add_measure_picker(frame, measure, {k: (v[0] if zh else v[1]) for k, v in offered.items()})
     folium.LayerControl(collapsed=False).add_to(frame.map)
     add_title(frame, "中心路街道网格化管理总览" if zh else "Zhongxinlu subdistrict overview")
     return frame.map

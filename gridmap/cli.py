@@ -308,3 +308,6 @@ def users_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+from gridmap import cli_campaigns  # noqa: E402, F401  (registers `campaign` and `plan`)

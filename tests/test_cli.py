@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sqlite3
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -114,3 +116,102 @@ def test_serve_answers_and_refuses_a_missing_database(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 1 and "gridmap demo" in r.stdout + r.stderr
+
+
+def test_campaign_and_plan_commands(tmp_path: Path) -> None:
+    """Create a campaign, plan two grids, write the GPX (read back by GDAL) and the roster,
+    see the status, close it; every step in the audit log as the shell user."""
+    import csv
+
+    import pyogrio
+
+    db = tmp_path / "demo.gpkg"
+    assert runner.invoke(app, ["demo", "-d", str(db), "--today", "2026-11-24"]).exit_code == 0
+    elderly = "A_CONTAINS(tags, ('elderly_alone'))"
+    r = runner.invoke(
+        app,
+        ["campaign", "create", "独居老人冬季走访", "--starts", "2026-11-24", "--ends",
+         "2026-12-31", "--target", elderly, "-d", str(db)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    cid = int(r.output.split("campaign ")[1].split()[0])
+    con = sqlite3.connect(db)
+    (n_target,) = con.execute(
+        "SELECT count(*) FROM households WHERE tags LIKE '%\"elderly_alone\"%'"
+    ).fetchone()
+    assert f"{n_target} households" in r.output
+    out = tmp_path / "plan.gpx"
+    r = runner.invoke(
+        app,
+        ["plan", "--campaign", str(cid), "--grid", "1", "--grid", "2", "--date", "2026-11-25",
+         "--workers", "2", "--time-limit", "0.5", "--out", str(out), "-d", str(db)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    plans = con.execute(
+        "SELECT id, grid_id, body FROM gridmap_documents WHERE kind = 'plan' ORDER BY id"
+    ).fetchall()
+    assert [g for _, g, _ in plans] == [1, 2]
+    for _, gid, body in plans:
+        b = json.loads(body)
+        stops = [s for route in b["routes"] for s in route["stops"]]
+        gpx = tmp_path / f"plan-{gid}.gpx"
+        waypoints = pyogrio.read_dataframe(gpx, layer="waypoints")
+        assert len(waypoints) == len(stops) > 0
+        assert len(pyogrio.read_dataframe(gpx, layer="tracks")) == len(b["routes"])
+        planned = {h for s in stops for h in s["households"]}
+        (in_grid,) = con.execute(
+            "SELECT count(*) FROM households WHERE grid_id = ? AND tags LIKE '%\"elderly_alone\"%'",
+            (gid,),
+        ).fetchone()
+        assert len(planned) + len(b["unassigned"]) == in_grid
+    roster = tmp_path / "roster.csv"
+    r = runner.invoke(
+        app,
+        ["plan", "--campaign", str(cid), "--grid", "3", "--date", "2026-11-25", "--out",
+         str(roster), "-d", str(db)],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(roster.read_text(encoding="utf-8-sig").splitlines()))
+    assert rows and {row["户主"] for row in rows} != {""}
+    (body,) = con.execute(
+        "SELECT body FROM gridmap_documents WHERE kind = 'plan' AND grid_id = 3"
+    ).fetchone()
+    assert len(rows) == sum(len(s["households"]) for rt in json.loads(body)["routes"]
+                            for s in rt["stops"])  # fmt: skip
+    r = runner.invoke(app, ["campaign", "status", str(cid), "-d", str(db)])
+    assert r.exit_code == 0 and f"done 0 of {n_target} households" in r.output, r.output
+    assert runner.invoke(app, ["campaign", "close", str(cid), "-d", str(db)]).exit_code == 0
+    r = runner.invoke(
+        app, ["plan", "--campaign", str(cid), "--grid", "4", "--date", "2026-11-25", "-d", str(db)]
+    )
+    assert r.exit_code == 1 and "closed" in r.output
+    audit = con.execute(
+        "SELECT action, object FROM gridmap_audit WHERE username LIKE 'cli:%' ORDER BY id"
+    ).fetchall()
+    assert ("create", f"campaigns/{cid}") in audit and ("update", f"campaigns/{cid}") in audit
+    assert sum(1 for a, o in audit if a == "create" and o.startswith("plans/")) == 3
+    assert sum(1 for a, _ in audit if a == "read") == 1  # the roster left the database
+    con.close()
+
+
+def test_campaign_commands_refuse_bad_input(tmp_path: Path) -> None:
+    db = tmp_path / "demo.gpkg"
+    assert runner.invoke(app, ["demo", "-d", str(db), "--today", "2026-11-24"]).exit_code == 0
+    bad = [
+        (["campaign", "create", "x", "--starts", "2026-12-01", "--ends", "2026-11-01"], "end"),
+        (["campaign", "create", "x", "--starts", "1.12", "--ends", "2026-11-01"], "YYYY-MM-DD"),
+        (["campaign", "create", "x", "--starts", "2026-11-24", "--ends", "2026-12-01",
+          "--target", "nonsense ((("], "filter"),
+        (["campaign", "status", "99"], "no campaign"),
+        (["plan", "--campaign", "1", "--grid", "1", "--date", "2026-11-24", "--out", "x.pdf"],
+         ".gpx"),
+        (["plan", "--campaign", "1", "--grid", "999", "--date", "2026-11-24"], "999"),
+        (["plan", "--campaign", "1", "--grid", "1", "--date", "2027-01-01"], "outside"),
+    ]  # fmt: skip
+    con = sqlite3.connect(db)
+    before = con.execute("SELECT count(*) FROM gridmap_documents").fetchone()
+    for args, said in bad:
+        r = runner.invoke(app, [*args, "-d", str(db)])
+        assert r.exit_code != 0 and said in r.output, (args, r.output)
+    assert con.execute("SELECT count(*) FROM gridmap_documents").fetchone() == before
+    con.close()

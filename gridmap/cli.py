@@ -310,4 +310,4 @@ if __name__ == "__main__":  # pragma: no cover
     app()
 
 
-from gridmap import cli_campaigns  # noqa: E402, F401  (registers `campaign` and `plan`)
+from gridmap import cli_field  # noqa: E402, F401  (registers `campaign`, `plan`, `import-osm`)

@@ -1,4 +1,4 @@
-"""The ``gridmap campaign`` and ``gridmap plan`` commands: visit campaigns from the shell.
+"""The field-work commands: ``gridmap campaign``, ``gridmap plan`` and ``gridmap import-osm``.
 
 The shell user holds the database file, so acts as the subdistrict admin; what they do
 is written to the audit log as ``cli:<login name>``.
@@ -279,3 +279,52 @@ def _render(store: Any, doc: dict[str, Any], suffix: str, plan_output: Any) -> b
     if suffix == ".csv":
         return plan_output.roster_csv(plan_output.roster(store, doc, scope))
     return orjson.dumps(plan_output.to_geojson(store, doc, scope))
+
+
+@app.command("import-osm")
+def import_osm(
+    extract: Annotated[Path, typer.Argument(help="OpenStreetMap extract (.osm or .pbf).")],
+    replace: Annotated[
+        bool, typer.Option(help="Replace the roads there are (else add to them).")
+    ] = False,
+    clip: Annotated[
+        bool, typer.Option(help="Keep only streets within ~500 m of the subdistrict.")
+    ] = True,
+    database: DbOption = Path(DEFAULT_DATABASE),
+) -> None:
+    """Import the streets of an OpenStreetMap extract into the roads (walking network)."""
+    from gridmap import osm
+    from gridmap.accounts import audit
+
+    store = _open(database)
+    try:
+        area = store.service_area if clip else None
+        with console.status(f"reading {extract.name}"):
+            streets = osm.read_streets(extract, clip=None if area is None else osm.clip_area(area))
+        with Progress(
+            TextColumn("{task.description:<16}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("writing roads", total=len(streets.geometries))
+            ids = osm.import_streets(
+                store,
+                streets,
+                replace=replace,
+                progress=lambda n: bar.update(task, completed=n),
+            )
+        audit(
+            store, _cli_principal(), "import", object="collections/roads", source="cli",
+            detail=f"{len(ids)} streets from {extract.name}" + (" (replaced)" if replace else ""),
+        )  # fmt: skip
+    except GridmapError as exc:
+        _fail(exc)
+    finally:
+        store.close()
+    walkable = sum(1 for p in streets.properties if p["walkable"])
+    console.print(
+        f"[green]imported[/] {len(ids)} streets ({walkable} walkable) from {extract}; "
+        f"{streets.skipped} other ways skipped"
+    )

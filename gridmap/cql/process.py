@@ -23,8 +23,13 @@ STARTUP_S = 60.0
 
 def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the child
     """The child: parse (lang, text) requests until the pipe closes."""
+    import signal
+
     import cql2
 
+    # Ctrl-C (or a notebook kernel's shutdown) interrupts the parent, which ends this
+    # child by closing the pipe; the child itself would only print a traceback
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send(("ready", None))
     while True:
         try:

@@ -159,7 +159,7 @@ def _entrances(store: Store, groups: list[Group], scope: Scope) -> dict[int, Fea
     fs = store.query("buildings", Query(ids=ids), scope=scope).with_geometry()
     buildings = {f.id: f for f in fs}
     net = net_mod.of_store(store)
-    tree = shapely.STRtree(net.segments) if len(net.u) else None
+    tree = net.tree if len(net.u) else None
     where: dict[int, tuple[float, float]] = {}
     for bid, f in buildings.items():
         lon, lat = f.properties.get("entrance_lon"), f.properties.get("entrance_lat")

@@ -12,6 +12,7 @@ import shapely
 from fastapi.testclient import TestClient
 
 from benchmarks.instances import read_tsp, tour_length, tsp_matrix, tsp_optimum
+from benchmarks.walking_anchor import spliced_matrix
 from gridmap.crs import from_metric, to_metric
 from gridmap.routing import network
 from gridmap.routing.matrix import DETOUR_FACTOR, WALK_SPEED_M_S
@@ -200,6 +201,27 @@ def test_walking_distances_on_a_street_lattice_are_manhattan_distances() -> None
     # the drawn leg follows streets: its length is the walking distance
     leg = shapely.LineString(network.leg(att, pred, 0, 1))
     assert leg.length == pytest.approx(m.distance[0, 1], abs=2)
+
+
+def test_walking_matrix_equals_the_textbook_spliced_graph(sample_store: GeoPackageStore) -> None:
+    """The sample's streets and 300 random points (some off the map): the same metres as
+    plain csgraph.dijkstra over the graph with every point spliced in as a node."""
+    net = network.of_store(sample_store)
+    minx, miny, maxx, maxy = sample_store.extent("roads")
+    rng = np.random.default_rng(3)
+    lon = rng.uniform(minx - 0.01, maxx + 0.01, 300)
+    lat = rng.uniform(miny - 0.01, maxy + 0.01, 300)
+    m, att, walks = network.walking_matrix(net, lon, lat)
+    want = spliced_matrix(net, lon, lat)
+    finite = np.isfinite(want)
+    assert np.array_equal(finite, m.distance < UNREACHABLE)
+    assert 0 < (~att.attached).sum() < 300
+    assert np.abs(m.distance[finite] - want[finite]).max() <= 1
+    # every drawn leg is as long as its walk
+    for i, j in rng.integers(0, 300, (40, 2)):
+        if finite[i, j] and i != j:
+            drawn = shapely.LineString(network.leg(att, walks, int(i), int(j))).length
+            assert drawn == pytest.approx(want[i, j], abs=1.5)
 
 
 def test_points_off_the_streets_walk_to_their_nearest_street() -> None:

@@ -239,7 +239,6 @@ def plan(
 def _compute_all(store: Any, reqs: list[Any]) -> list[dict[str, Any]]:
     from gridmap import plans
 
-    bodies = []
     with Progress(
         TextColumn("{task.description:<16}"),
         BarColumn(),
@@ -248,10 +247,7 @@ def _compute_all(store: Any, reqs: list[Any]) -> list[dict[str, Any]]:
         console=console,
     ) as bar:
         task = bar.add_task("planning grids", total=len(reqs))
-        for r in reqs:
-            bodies.append(plans.compute(store, r, scope=_all()))
-            bar.advance(task)
-    return bodies
+        return plans.compute_many(store, reqs, scope=_all(), on_done=lambda _: bar.advance(task))
 
 
 def _summarise(docs: list[dict[str, Any]]) -> None:

@@ -19,6 +19,7 @@ import datetime as dt
 import itertools
 import re
 from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,7 @@ from gridmap import campaigns as camp
 from gridmap.crs import from_metric, to_metric
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, OutOfScopeError
 from gridmap.routing import network as net_mod
-from gridmap.routing.optimize import Place, Request, optimize
+from gridmap.routing.optimize import Place, Plan, Request, optimize_many
 from gridmap.store.base import Feature, FeatureSet, Query, Scope, Store
 
 KIND = "plan"
@@ -37,10 +38,11 @@ MAX_STOP_MIN = 90
 """A stop holds at most this many minutes of visits (a big unit is split)."""
 PRIZE_PER_HOUSEHOLD = 20_000
 """What an optional household is worth, in metres of walking (visiting beats walking)."""
-NO_IMPROVEMENT = (2_000, 5_000)
-"""Iterations without a better plan after which a day's (a longer span's) search stops:
-on the sample's grids these reach what a full 2 s search reaches in a tenth of the time
-(a day) or 0.4–1.8 s (a week; see benchmarks/bench_routing.py)."""
+NO_IMPROVEMENT = (700, 5_000)
+"""Iterations without a better plan after which a day's (a longer span's) search stops.
+Measured on the sample with every household open (40 grids, two workers, one day):
+700 plans 2,381 households in 5.4 s on two cores, 2,000 plans 2,397 in 15.3 s — 0.7 %
+more for three times the wait (benchmarks/bench_routing.py)."""
 DAY = 86_400
 MAX_DAYS = 14
 MAX_WORKERS = 10
@@ -273,11 +275,44 @@ def check(store: Store, req: PlanRequest, *, scope: Scope) -> camp.Campaign:
 
 def compute(store: Store, req: PlanRequest, *, scope: Scope) -> dict[str, Any]:
     """A plan's body for one grid (nothing is written)."""
-    c = check(store, req, scope=scope)
-    grid = store.get("grids", req.grid_id, scope=scope)
-    built = build(store, c, req.grid_id, scope)
-    start = default_start(store, grid) if req.start is None else req.start
-    return route(store, req, c, built, start)
+    return compute_many(store, [req], scope=scope)[0]
+
+
+def compute_many(
+    store: Store,
+    reqs: Sequence[PlanRequest],
+    *,
+    scope: Scope,
+    on_done: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Plans' bodies for several grids (nothing is written): every request is checked
+    first, then each grid's stops are built and handed to the solvers, which run in
+    parallel on every core."""
+    campaigns = [check(store, req, scope=scope) for req in reqs]
+    staged: list[tuple[dict[str, Any], Request | None, dict[str, Group]]] = []
+    routed: list[int] = []
+
+    def requests() -> Iterator[Request]:
+        for k, (req, c) in enumerate(zip(reqs, campaigns, strict=True)):
+            grid = store.get("grids", req.grid_id, scope=scope)
+            built = build(store, c, req.grid_id, scope)
+            start = default_start(store, grid) if req.start is None else req.start
+            staged.append(_stage(req, c, built, start))
+            if staged[-1][1] is None:
+                if on_done is not None:
+                    on_done(k)
+                continue
+            routed.append(k)
+            yield staged[-1][1]
+
+    done = optimize_many(
+        requests(), store, on_done=None if on_done is None else lambda i: on_done(routed[i])
+    )
+    plans = dict(zip(routed, done, strict=True))
+    return [
+        _describe(body, routing, plans[k], groups) if routing is not None else body
+        for k, (body, routing, groups) in enumerate(staged)
+    ]
 
 
 def save(store: Store, bodies: list[dict[str, Any]], *, by: str | None) -> list[dict[str, Any]]:
@@ -293,14 +328,11 @@ def save(store: Store, bodies: list[dict[str, Any]], *, by: str | None) -> list[
     return [d for d in docs if d is not None]
 
 
-def route(
-    store: Store,
-    req: PlanRequest,
-    c: camp.Campaign,
-    built: Built,
-    start: tuple[float, float],
-) -> dict[str, Any]:
-    """Route the stops and describe the plan (seconds counted from the first day's 00:00)."""
+def _stage(
+    req: PlanRequest, c: camp.Campaign, built: Built, start: tuple[float, float]
+) -> tuple[dict[str, Any], Request | None, dict[str, Group]]:
+    """The plan's description so far, the routing request (None: nothing to route) and
+    the stops by id (seconds counted from the first day's 00:00)."""
     groups = built.groups
     any_evening = any(g.evening for g in groups)
     shifts, daytime, later = shifts_and_windows(req, any_evening)
@@ -342,27 +374,31 @@ def route(
         ]
         body.update(mode=req.mode, note="no working day in the planned days" if places else None)
         body["solver"] = None
-        return body
-    plan = optimize(
-        Request(
-            places,
-            start,
-            workers=req.workers,
-            shifts=[(a, b) for a, b, _ in shifts],
-            labels=[label for *_, label in shifts],
-            mode=req.mode,
-            time_limit_s=req.time_limit_s,
-            seed=req.seed,
-            no_improvement=NO_IMPROVEMENT[0] if req.days == 1 else NO_IMPROVEMENT[1],
-        ),
-        store,
+        return body, None, {}
+    routing = Request(
+        places,
+        start,
+        workers=req.workers,
+        shifts=[(a, b) for a, b, _ in shifts],
+        labels=[label for *_, label in shifts],
+        mode=req.mode,
+        time_limit_s=req.time_limit_s,
+        seed=req.seed,
+        no_improvement=NO_IMPROVEMENT[0] if req.days == 1 else NO_IMPROVEMENT[1],
     )
-    by_id = {g.id: g for g in groups}
+    return body, routing, {g.id: g for g in groups}
+
+
+def _describe(
+    body: dict[str, Any], routing: Request, plan: Plan, by_id: dict[str, Group]
+) -> dict[str, Any]:
+    """The plan's routes and who was left out, added to its description."""
+    labels = list(routing.labels)
     for r, line in zip(plan.result.routes, plan.lines, strict=True):
         body["routes"].append(
             {
                 "worker": r.worker + 1,
-                "shift": shifts[r.shift % len(shifts)][2],
+                "shift": labels[r.shift % len(labels)],
                 "depart": r.start,
                 "back": r.end,
                 "distance_m": r.distance_m,

@@ -17,6 +17,7 @@ from gridmap.crs import from_metric, to_metric
 from gridmap.routing import network
 from gridmap.routing.matrix import DETOUR_FACTOR, WALK_SPEED_M_S
 from gridmap.routing.optimize import Place, Request, optimize
+from gridmap.routing.pool import POOL, processes
 from gridmap.routing.solver import UNREACHABLE, Problem, Shift, Stop, solve
 from gridmap.store import GeoPackageStore
 
@@ -125,6 +126,45 @@ def test_optional_stops_are_dropped_before_must_visit_ones() -> None:
     assert {f"s{k}" for k in range(1, 9)} <= seen
     assert all(why == "capacity" for _, why in res.unassigned)
     assert len(seen) < 39
+
+
+def _brute_force_tour(d: np.ndarray) -> int:
+    """The shortest closed tour from node 0, by trying every order (small n only)."""
+    n = len(d)
+    return min(
+        int(d[0, p[0]] + sum(d[a, b] for a, b in itertools.pairwise(p)) + d[p[-1], 0])
+        for p in itertools.permutations(range(1, n))
+    )
+
+
+def test_many_problems_are_solved_on_every_core() -> None:
+    """Five 8-node tours handed to the solver processes: each the brute-force optimum."""
+    problems, want = [], []
+    for seed in range(5):
+        d, t = _square(8, 1000, seed=20 + seed)
+        stops = [Stop(f"s{k}", k, 0) for k in range(1, 8)]
+        problems.append(Problem(d, t, stops, [Shift(0, 0, 0, 0, 10 * 3600)]))
+        want.append(_brute_force_tour(d))
+    done: list[int] = []
+    results = POOL.solve_all(((p, {"time_limit_s": 0.5}) for p in problems), done.append)
+    assert [r.routes[0].distance_m for r in results] == want
+    assert sorted(done) == list(range(5))
+    if processes() > 1:
+        assert POOL._pool is not None  # they went to the processes
+
+
+def test_a_killed_solver_process_loses_no_plan() -> None:
+    d, t = _square(8, 1000, seed=4)
+    p = Problem(d, t, [Stop(f"s{k}", k, 0) for k in range(1, 8)], [Shift(0, 0, 0, 0, 36000)])
+    POOL.solve_all([(p, {"time_limit_s": 0.1})] * 2)  # the processes are up
+    pool = POOL._pool
+    if pool is None:  # one core: everything is solved in this process
+        assert processes() == 1
+        return
+    for proc in list(pool._processes.values()):
+        proc.kill()
+    results = POOL.solve_all([(p, {"time_limit_s": 0.3})] * 3)
+    assert [r.routes[0].distance_m for r in results] == [_brute_force_tour(d)] * 3
 
 
 def test_open_ended_routes_end_at_their_last_stop() -> None:

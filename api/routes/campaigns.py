@@ -226,7 +226,7 @@ async def create_plans(
     def run() -> list[dict[str, Any]]:
         for r in reqs:  # every grid checked before any is planned
             plans.check(store, r, scope=scope)
-        bodies = [plans.compute(store, r, scope=scope) for r in reqs]
+        bodies = plans.compute_many(store, reqs, scope=scope)
         return plans.save(store, bodies, by=principal.username)
 
     docs = await run_in_threadpool(run)

@@ -8,14 +8,17 @@ lon/lat here (the API converts); times are seconds since midnight of the first d
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import shapely
 
 from gridmap.routing import network as net_mod
 from gridmap.routing.matrix import Matrix, straight
+from gridmap.routing.pool import POOL
 from gridmap.routing.solver import Problem, Result, Shift, Stop, solve
 from gridmap.store.base import Store
 
@@ -67,9 +70,24 @@ class Plan:
     detour_note: str | None = None
 
 
-def optimize(req: Request, store: Store | None = None) -> Plan:
-    """Route ``req``; in walk mode on the store's walking network when it has one, else by
-    straight line × detour factor (the plan says so)."""
+@dataclass
+class Prepared:
+    """A request turned into a solver problem, with what drawing its routes needs."""
+
+    problem: Problem
+    options: dict[str, Any]
+    lon: npt.NDArray[np.float64]
+    lat: npt.NDArray[np.float64]
+    closed: bool
+    mode: str
+    att: Any
+    walks: Any
+    note: str | None
+
+
+def prepare(req: Request, store: Store | None = None) -> Prepared:
+    """The matrix (walking network when the store has one, else straight lines × detour
+    factor, and the note says so) and the solver problem of ``req``."""
     if not req.places:
         msg = "no stops to route"
         raise ValueError(msg)
@@ -82,7 +100,7 @@ def optimize(req: Request, store: Store | None = None) -> Plan:
     lon = np.array([x for x, _ in points], dtype=float)
     lat = np.array([y for _, y in points], dtype=float)
     first = 2 if end is not None else 1  # node 0 the start, node 1 the end (if any)
-    matrix, att, pred, note = _matrix(req.mode, lon, lat, store)
+    matrix, att, walks, note = _matrix(req.mode, lon, lat, store)
     stops = [
         Stop(p.id, first + k, p.service_s, p.windows, p.required, p.prize, p.demand)
         for k, p in enumerate(req.places)
@@ -93,18 +111,48 @@ def optimize(req: Request, store: Store | None = None) -> Plan:
         for w in range(req.workers)
         for (lo, hi), label in zip(req.shifts, labels, strict=True)
     ]
-    result = solve(
-        Problem(matrix.distance, matrix.duration, stops, shifts),
-        time_limit_s=req.time_limit_s,
-        seed=req.seed,
-        no_improvement=req.no_improvement,
-    )
-    node_of = {s.id: s.node for s in stops}
+    options = {
+        "time_limit_s": req.time_limit_s,
+        "seed": req.seed,
+        "no_improvement": req.no_improvement,
+    }
+    problem = Problem(matrix.distance, matrix.duration, stops, shifts)
+    return Prepared(problem, options, lon, lat, end is not None, matrix.mode, att, walks, note)
+
+
+def finish(prep: Prepared, result: Result) -> Plan:
+    """The solver's routes with their geometries."""
+    node_of = {s.id: s.node for s in prep.problem.stops}
     lines = []
     for r in result.routes:
-        seq = [0, *(node_of[v.stop] for v in r.visits)] + ([1] if end is not None else [])
-        lines.append(_line(seq, lon, lat, att, pred))
-    return Plan(result, lines, matrix.mode, note)
+        seq = [0, *(node_of[v.stop] for v in r.visits)] + ([1] if prep.closed else [])
+        lines.append(_line(seq, prep.lon, prep.lat, prep.att, prep.walks))
+    return Plan(result, lines, prep.mode, prep.note)
+
+
+def optimize(req: Request, store: Store | None = None) -> Plan:
+    """Route ``req`` (see :func:`prepare`)."""
+    prep = prepare(req, store)
+    return finish(prep, solve(prep.problem, **prep.options))
+
+
+def optimize_many(
+    reqs: Iterable[Request],
+    store: Store | None = None,
+    *,
+    on_done: Callable[[int], None] | None = None,
+) -> list[Plan]:
+    """Route independent requests, solved in parallel on every core (each handed to the
+    solvers as soon as its matrix is ready)."""
+    preps: list[Prepared] = []
+
+    def jobs() -> Iterator[tuple[Problem, dict[str, Any]]]:
+        for r in reqs:
+            preps.append(prepare(r, store))
+            yield preps[-1].problem, preps[-1].options
+
+    results = POOL.solve_all(jobs(), on_done)
+    return [finish(p, r) for p, r in zip(preps, results, strict=True)]
 
 
 def _matrix(mode: str, lon, lat, store):  # type: ignore[no-untyped-def]

@@ -65,3 +65,18 @@ def test_readme_examples_run_as_written(
         if "-X PATCH" in cmd:
             assert json.loads(out)["properties"]["open_hours"] == "24小时"
     assert (tmp_path / "hh.csv").read_text(encoding="utf-8-sig").startswith("id,")
+    # the campaign walk-through: files a phone, a spreadsheet and a browser open
+    import pyogrio
+
+    assert len(pyogrio.read_dataframe(tmp_path / "plan.gpx", layer="waypoints")) > 0
+    assert (tmp_path / "roster.csv").read_text(encoding="utf-8-sig").startswith("路线,")
+    assert "gm-stop" in (tmp_path / "plan.html").read_text(encoding="utf-8")
+    assert "完成率" in (tmp_path / "coverage.html").read_text(encoding="utf-8")
+    visits = next(json.loads(outputs[k]) for k, c in enumerate(commands) if "/visits" in c)
+    assert visits["new"] == 1 and not visits["recorded"][0]["duplicate"]
+    campaign = next(
+        json.loads(outputs[k]) for k, c in enumerate(commands) if '/campaigns/$CAMPAIGN"' in c
+    )
+    assert sum(r["done"] for r in campaign["coverage"]["grids"]) == 1
+    route = next(json.loads(outputs[k]) for k, c in enumerate(commands) if "/routes/optimize" in c)
+    assert route["mode"] == "walk" and route["routes"][0]["stops"]

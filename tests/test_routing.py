@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from gridmap.routing import network
 from gridmap.routing.matrix import DETOUR_FACTOR, WALK_SPEED_M_S
 from gridmap.routing.optimize import Place, Request, optimize
 from gridmap.routing.pool import POOL, processes
-from gridmap.routing.solver import UNREACHABLE, Problem, Shift, Stop, solve
+from gridmap.routing.solver import UNREACHABLE, Problem, Result, Route, Shift, Stop, rank, solve
 from gridmap.store import GeoPackageStore
 
 ORIGIN = (434_000.0, 3_851_500.0)  # EPSG:4547 metres: the south-west of the sample
@@ -151,6 +152,42 @@ def test_many_problems_are_solved_on_every_core() -> None:
     assert sorted(done) == list(range(5))
     if processes() > 1:
         assert POOL._pool is not None  # they went to the processes
+
+
+def test_rank_puts_must_visits_before_prizes_before_metres() -> None:
+    d, t = _square(4, 1000, seed=1)
+    stops = [Stop("m", 1, 0), Stop("o", 2, 0, required=False, prize=500), Stop("p", 3, 0)]
+    p = Problem(d, t, stops, [Shift(0, 0, 0, 0, 36000)])
+
+    def result(left: list[str], metres: int) -> Result:
+        r = Route(0, 0, (), 0, 0, metres, 0)
+        return Result((r,), tuple((x, "capacity") for x in left))
+
+    ordered = [result([], 9000), result(["o"], 100), result(["m"], 10), result(["m", "o"], 5)]
+    assert sorted(ordered, key=lambda r: rank(p, r)) == ordered
+
+
+def test_one_problem_is_solved_two_ways_side_by_side() -> None:
+    """Once the solver processes are up, a lone problem runs both variants and keeps the
+    better; the answer is a tour of every stop no longer than nearest-neighbour's."""
+    d, t = _square(30, 2000, seed=9)
+    p = Problem(d, t, [Stop(f"s{k}", k, 0) for k in range(1, 30)], [Shift(0, 0, 0, 0, 36000)])
+    POOL.warm_up()
+    for _ in range(200):
+        if POOL.ready():
+            break
+        time.sleep(0.05)
+    assert POOL.ready() or processes() == 1
+    res = POOL.solve_best(p, {"time_limit_s": 0.3})
+    (route,) = res.routes
+    assert sorted(int(v.stop[1:]) for v in route.visits) == list(range(1, 30))
+    tour, left = [0], set(range(1, 30))
+    while left:
+        nxt = min(left, key=lambda k: d[tour[-1], k])
+        tour.append(nxt)
+        left.remove(nxt)
+    greedy = sum(int(d[a, b]) for a, b in itertools.pairwise([*tour, 0]))
+    assert route.distance_m <= greedy
 
 
 def test_a_killed_solver_process_loses_no_plan() -> None:

@@ -19,7 +19,7 @@ import shapely
 from gridmap.routing import network as net_mod
 from gridmap.routing.matrix import Matrix, straight
 from gridmap.routing.pool import POOL
-from gridmap.routing.solver import Problem, Result, Shift, Stop, solve
+from gridmap.routing.solver import Problem, Result, Shift, Stop
 from gridmap.store.base import Store
 
 MAX_STOPS = 2000
@@ -133,7 +133,7 @@ def finish(prep: Prepared, result: Result) -> Plan:
 def optimize(req: Request, store: Store | None = None) -> Plan:
     """Route ``req`` (see :func:`prepare`)."""
     prep = prepare(req, store)
-    return finish(prep, solve(prep.problem, **prep.options))
+    return finish(prep, POOL.solve_best(prep.problem, prep.options))
 
 
 def optimize_many(

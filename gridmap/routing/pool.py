@@ -10,13 +10,17 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from gridmap.routing.solver import Problem, Result, solve
+from gridmap.routing.solver import Problem, Result, rank, solve
 
 MAX_PROCESSES = 8
+VARIANTS: tuple[dict[str, Any], ...] = ({}, {"neighbours": 50})
+"""One problem alone is solved this many ways side by side (the better result is kept)."""
+SIDE_BY_SIDE_MIN_STOPS = 20
+"""Smaller problems are solved here: the search finds their best quickly anyway."""
 
 
 def processes() -> int:
@@ -26,6 +30,10 @@ def processes() -> int:
     except AttributeError:  # not on Linux
         cores = os.cpu_count() or 1
     return max(1, min(cores, MAX_PROCESSES))
+
+
+def _idle() -> None:  # pragma: no cover - runs in the child
+    """Nothing: submitted to start a process."""
 
 
 def _warm() -> None:  # pragma: no cover - runs in the child
@@ -51,6 +59,19 @@ class SolverPool:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pool: ProcessPoolExecutor | None = None
+        self._warm: list[Future[None]] = []
+
+    def ready(self) -> bool:
+        """True once the processes are up and have imported the solver."""
+        return bool(self._warm) and all(f.done() and not f.exception() for f in self._warm)
+
+    def warm_up(self) -> None:
+        """Start the processes in the background (returns at once)."""
+        with self._lock:
+            if self._warm:
+                return
+        pool = self._get()
+        self._warm = [pool.submit(_idle) for _ in range(processes())]
 
     def _get(self) -> ProcessPoolExecutor:
         with self._lock:
@@ -61,17 +82,15 @@ class SolverPool:
             return self._pool
 
     def close(self) -> None:
-        """Stop the processes (at exit, or after one died); a search under way is ended."""
+        """Stop the processes (at exit, or after one died)."""
         with self._lock:
             pool, self._pool = self._pool, None
+            self._warm = []
         if pool is None:
             return
-        procs = list((getattr(pool, "_processes", None) or {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.join(timeout=5)
+        # a search under way ends within its time limit; waiting for it lets the
+        # processes and queues close cleanly
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def solve_all(
         self,
@@ -83,7 +102,12 @@ class SolverPool:
         overlaps solving this one. ``on_done(i)`` as each finishes."""
         jobs = iter(jobs)
         head = list(itertools.islice(jobs, 2))
-        if processes() == 1 or len(head) < 2:  # one problem: no process to hand it to
+        if len(head) == 1:
+            result = self.solve_best(*head[0])
+            if on_done is not None:
+                on_done(0)
+            return [result]
+        if processes() == 1 or not head:
             return [self._here(i, p, kw, on_done) for i, (p, kw) in enumerate([*head, *jobs])]
         jobs = itertools.chain(head, jobs)
         given: list[tuple[Problem, dict[str, Any]]] = []
@@ -104,6 +128,24 @@ class SolverPool:
         return [
             out[i] if i in out else self._here(i, p, kw, on_done) for i, (p, kw) in enumerate(given)
         ]
+
+    def solve_best(self, problem: Problem, options: dict[str, Any]) -> Result:
+        """One problem solved each of :data:`VARIANTS` ways side by side on the processes,
+        the best kept (:func:`rank`); here, the plain way, while they are not yet up (and
+        they are started for next time) or when the problem is small."""
+        if processes() == 1 or len(problem.stops) < SIDE_BY_SIDE_MIN_STOPS:
+            return solve(problem, **options)
+        if not self.ready():
+            self.warm_up()
+            return solve(problem, **options)
+        try:
+            pool = self._get()
+            futures = [pool.submit(solve, problem, **{**options, **v}) for v in VARIANTS]
+            results = [f.result() for f in futures]
+        except BrokenProcessPool:
+            self.close()
+            return solve(problem, **options)
+        return min(results, key=lambda r: rank(problem, r))
 
     @staticmethod
     def _here(

@@ -36,9 +36,11 @@ from gridmap.routing.tour import polish
 UNREACHABLE = 2**40
 """A distance or duration standing for "no path" (well above any real value)."""
 NEIGHBOURS = 25
-"""Size of PyVRP's granular neighbourhood. Measured here (benchmarks/bench_routing.py): 25
-reaches the TSPLIB optima up to 100 nodes within a second for every seed tried, where the
-default 50 is up to 1.3 % off."""
+"""Size of PyVRP's granular neighbourhood. Measured here on TSPLIB up to 100 nodes in a
+second (benchmarks/bench_routing.py), 25 and PyVRP's default 50 each fall into a different
+local optimum on some seeds (st70/eil76 with 25, kroA100 with 50); run side by side on two
+cores (:data:`gridmap.routing.pool.VARIANTS`) the better of the two is within 0.2 % of the
+optimum on every seed tried."""
 MIN_MAX_PENALTY = 100_000.0
 """PyVRP's default ceiling of a penalty per unit of violation; raised to stay above the
 prizes (else a plan that breaks a shift by a second but takes a big prize wins)."""
@@ -172,11 +174,13 @@ def solve(
     time_limit_s: float = 1.0,
     seed: int = 0,
     no_improvement: int | None = None,
+    neighbours: int = NEIGHBOURS,
 ) -> Result:
     """Route the stops over the shifts; every stop is visited or returned with a reason.
 
     The whole call keeps within ``time_limit_s`` (wall); ``no_improvement`` also stops
-    the search after that many iterations without a better solution (small problems).
+    the search after that many iterations without a better solution (small problems);
+    ``neighbours`` is the size of the search's granular neighbourhood.
     """
     started = time.perf_counter()
     deadline = started + time_limit_s * 0.92  # the rest polishes (gridmap.routing.tour)
@@ -188,7 +192,9 @@ def solve(
         load = _load(problem, stops)
         room = sum(sh.late - sh.early for sh in problem.shifts)
         tight = load > 0.7 * room
-        run = functools.partial(_solve, problem, stops, seed=seed, no_improvement=no_improvement)
+        run = functools.partial(
+            _solve, problem, stops, seed=seed, no_improvement=no_improvement, neighbours=neighbours
+        )
         if len(problem.shifts) == 1 and not any(s.windows for s in stops) and not tight:
             # a tour: PyVRP searches better without time windows (even slack ones), so
             # try without the shift's, and keep the answer if it fits the shift anyway
@@ -213,6 +219,15 @@ def solve(
         "seed": seed,
     }
     return Result(routes, unassigned, info)
+
+
+def rank(problem: Problem, result: Result) -> tuple[int, int, int]:
+    """How good a result is (smaller is better): must-visit stops left out, then the
+    prizes of optional stops left out, then the metres walked."""
+    left = {sid for sid, _ in result.unassigned}
+    must = sum(1 for s in problem.stops if s.required and s.id in left)
+    prizes = sum(s.prize for s in problem.stops if not s.required and s.id in left)
+    return must, prizes, sum(r.distance_m for r in result.routes)
 
 
 def _share(deadline: float, fraction: float) -> float:
@@ -244,6 +259,7 @@ def _solve(
     required_ok: bool,
     timed: bool = True,
     no_improvement: int | None = None,
+    neighbours: int = NEIGHBOURS,
 ) -> tuple[Route, ...] | None:
     """One PyVRP run; None when must-visit stops are required and cannot all be served.
     ``timed=False`` leaves the shifts' time bounds out (the caller checks them)."""
@@ -328,7 +344,7 @@ def _solve(
     top = max(must_prize * len(stops), *(s.prize for s in stops), 1)
     params = sys.modules["pyvrp.solve"].SolveParams(
         penalty=pyvrp.PenaltyParams(max_penalty=max(MIN_MAX_PENALTY, 10.0 * top)),
-        neighbourhood=NeighbourhoodParams(num_neighbours=NEIGHBOURS),
+        neighbourhood=NeighbourhoodParams(num_neighbours=neighbours),
     )
     stop = MaxRuntime(time_limit_s)
     if no_improvement is not None:

@@ -10,7 +10,7 @@ import shapely
 from gridmap.assign import PolygonIndex
 from gridmap.errors import InvalidFeatureError
 from gridmap.layers import LAYERS
-from gridmap.store.base import Store
+from gridmap.store.base import Query, Store
 
 # Tolerances in degrees (≈ 1 cm and ≈ 1 m² at 35° N).
 _EPS_DEG = 1e-7
@@ -83,6 +83,7 @@ def check_store(store: Store) -> list[str]:
     problems += _reference_problems(store)
     problems += _value_problems(store)
     problems += _geometry_problems(store)
+    problems += _ledger_problems(store)
     return problems
 
 
@@ -181,6 +182,38 @@ def _reference_problems(store: Store) -> list[str]:
                     )
             out += _listed(f"{layer.id} {p.name} references", found)
     return out
+
+
+def _ledger_problems(store: Store) -> list[str]:
+    """Households whose last visit is not their latest entry in the visit ledger (an edit
+    by another program), and ledger rows naming a campaign that does not exist."""
+    visits = store.query("visits")
+    latest: dict[int, tuple[str, set[str]]] = {}
+    campaigns = {d["id"] for d in store.documents("campaign")}
+    unknown = []
+    for fid, p in zip(visits.ids.tolist(), visits.properties, strict=True):
+        h, at, outcome = p.get("household_id"), str(p.get("visited_at")), p.get("outcome")
+        if p.get("campaign_id") is not None and p["campaign_id"] not in campaigns:
+            unknown.append(f"visits {fid}: names campaign {p['campaign_id']}, which does not exist")
+        if not isinstance(h, int):
+            continue
+        if h not in latest or at > latest[h][0]:
+            latest[h] = (at, {str(outcome)})
+        elif at == latest[h][0]:
+            latest[h][1].add(str(outcome))
+    hh = store.query("households", Query(ids=sorted(latest))) if latest else None
+    stale = []
+    for fid, p in zip(hh.ids.tolist() if hh else [], hh.properties if hh else [], strict=True):
+        at, outcomes = latest[fid]
+        if str(p.get("last_visit_at")) != at or p.get("last_visit_status") not in outcomes:
+            stale.append(
+                f"households {fid}: last visit {p.get('last_visit_at')} "
+                f"{p.get('last_visit_status')}, but the ledger's latest is {at} "
+                f"{'/'.join(sorted(outcomes))}"
+            )
+    return _listed("households behind their visit ledger", stale) + _listed(
+        "visits naming no campaign", unknown
+    )
 
 
 def _value_problems(store: Store) -> list[str]:

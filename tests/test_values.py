@@ -153,6 +153,13 @@ def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
     conn.execute("UPDATE households SET building_id = ? WHERE fid = ?", (other, b))
     conn.execute("UPDATE households SET phone = 'call me' WHERE fid = ?", (c,))
     conn.execute("UPDATE grids SET community_id = 77 WHERE fid = 5")
+    # a household's last visit edited by hand, away from its ledger
+    (d,) = conn.execute("SELECT household_id FROM visits ORDER BY fid LIMIT 1").fetchone()
+    conn.execute(
+        "UPDATE households SET last_visit_status = 'refused', last_visit_at = '2020-01-01T09:00:00'"
+        " WHERE fid = ?",
+        (d,),
+    )
     conn.commit()
     conn.close()
     store = GeoPackageStore.open(edit_path)
@@ -163,6 +170,8 @@ def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
     assert f"households {b} building_id: lies in grid 3 but its buildings {other} in grid 2" in text
     assert f"households {c}: invalid properties for layer households: phone" in text
     assert "grids 5 community_id: names communities 77" in text
+    stale = f"households {d}: last visit 2020-01-01T09:00:00 refused, but the ledger's latest"
+    assert stale in text
 
 
 def test_the_sample_is_synthetic_and_passes(sample_store: GeoPackageStore) -> None:

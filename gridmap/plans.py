@@ -77,6 +77,8 @@ class PlanRequest:
     mode: str = "walk"
     time_limit_s: float = 2.0
     seed: int = 0
+    planned_roads: bool = False
+    """Walk along planned roads too."""
 
     def __post_init__(self) -> None:
         if not 1 <= self.days <= MAX_DAYS:
@@ -358,6 +360,7 @@ def _stage(
         "shifts": [[_clock(a), _clock(b)] for a, b in req.shifts],
         "evening": [_clock(a) for a in req.evening] if req.evening else None,
         "weekend": req.weekend,
+        "planned_roads": req.planned_roads,
         "start": [round(start[0], 7), round(start[1], 7)],
         "routes": [],
         "unassigned": [
@@ -385,6 +388,7 @@ def _stage(
         time_limit_s=req.time_limit_s,
         seed=req.seed,
         no_improvement=NO_IMPROVEMENT[0] if req.days == 1 else NO_IMPROVEMENT[1],
+        planned_roads=req.planned_roads,
     )
     return body, routing, {g.id: g for g in groups}
 

@@ -3,6 +3,7 @@ published optima, hand-built cases and an evaluator written here (not the solver
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import time
@@ -340,6 +341,14 @@ def test_unconnected_streets_make_stops_unreachable(store: GeoPackageStore) -> N
     # a planned road is left out unless asked for; a road that is not walkable always
     store.insert("roads", [far], [{**road, "walkable": False}])
     assert len(network.of_store(store).u) == len(network.build([*near, far]).u)
+    bridge = shapely.LineString(_lonlat(np.array([[100.0, 0.0], [3000.0, 0.0]])).tolist())
+    store.insert("roads", [bridge], [{**road, "status": "planned"}])
+    plan = optimize(req, store)
+    assert dict(plan.result.unassigned) == {"island": "unreachable"}
+    plan = optimize(dataclasses.replace(req, planned_roads=True), store)
+    assert plan.result.unassigned == ()
+    (r,) = plan.result.routes  # out along the planned road to the island and back
+    assert r.distance_m >= 2 * 2950
 
 
 def test_no_roads_means_straight_lines_and_the_plan_says_so(store: GeoPackageStore) -> None:

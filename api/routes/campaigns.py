@@ -186,6 +186,7 @@ class PlanIn(BaseModel):
     mode: Literal["walk", "straight"] = "walk"
     time_limit_s: float = Field(2.0, gt=0, le=30, allow_inf_nan=False)
     seed: int = Field(0, ge=0, le=2**31)
+    planned_roads: bool = Field(False, description="Walk along planned roads too.")
 
 
 @router.post("/campaigns/{campaign_id}/plans", status_code=201, summary="Plan walking routes")
@@ -219,6 +220,7 @@ async def create_plans(
             mode=body.mode,
             time_limit_s=body.time_limit_s,
             seed=body.seed,
+            planned_roads=body.planned_roads,
         )
         for g in body.grid_ids
     ]

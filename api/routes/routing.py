@@ -94,6 +94,7 @@ class OptimizeIn(BaseModel):
     crs: str | None = Field(None, max_length=200, description="CRS of all coordinates.")
     seed: int = Field(0, ge=0, le=2**31)
     capacity: int = Field(0, ge=0, le=10**9, description="Demand a worker can take (0: any).")
+    planned_roads: bool = Field(False, description="Walk along planned roads too.")
 
     @field_validator("shift")
     @classmethod
@@ -148,6 +149,7 @@ async def route(body: OptimizeIn, principal: PrincipalDep, store: StoreDep) -> R
         body.time_limit_s,
         body.seed,
         body.capacity,
+        planned_roads=body.planned_roads,
     )
     try:
         plan = await run_in_threadpool(optimize, req, store)

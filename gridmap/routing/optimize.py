@@ -58,6 +58,8 @@ class Request:
     """A name for each of ``shifts`` (e.g. its day and part)."""
     no_improvement: int | None = None
     """Stop searching after this many iterations without improvement (small problems)."""
+    planned_roads: bool = False
+    """Walk along planned roads too (what a new road would change)."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def prepare(req: Request, store: Store | None = None) -> Prepared:
     lon = np.array([x for x, _ in points], dtype=float)
     lat = np.array([y for _, y in points], dtype=float)
     first = 2 if end is not None else 1  # node 0 the start, node 1 the end (if any)
-    matrix, att, walks, note = _matrix(req.mode, lon, lat, store)
+    matrix, att, walks, note = _matrix(req.mode, lon, lat, store, req.planned_roads)
     stops = [
         Stop(p.id, first + k, p.service_s, p.windows, p.required, p.prize, p.demand)
         for k, p in enumerate(req.places)
@@ -155,9 +157,9 @@ def optimize_many(
     return [finish(p, r) for p, r in zip(preps, results, strict=True)]
 
 
-def _matrix(mode: str, lon, lat, store):  # type: ignore[no-untyped-def]
+def _matrix(mode: str, lon, lat, store, planned: bool = False):  # type: ignore[no-untyped-def]
     if mode == "walk" and store is not None:
-        net = net_mod.of_store(store)
+        net = net_mod.of_store(store, include_planned=planned)
         if len(net.u):
             m, att, pred = net_mod.walking_matrix(net, lon, lat)
             return m, att, pred, None

@@ -38,6 +38,17 @@ DbOption = Annotated[
 ]
 
 
+def progress_bar(width: int = 16) -> Progress:
+    """A progress bar: what is being done, the bar, done of total, time so far."""
+    return Progress(
+        TextColumn(f"{{task.description:<{width}}}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
 def _fail(exc: Exception) -> NoReturn:
     err.print(f"[bold red]error:[/] {exc}")
     raise typer.Exit(code=1)
@@ -83,13 +94,7 @@ def demo(
             ref = dt.date.fromisoformat(today)
         except ValueError:
             _fail(GridmapError(f"--today must be YYYY-MM-DD, got {today!r}"))
-    with Progress(
-        TextColumn("{task.description:<20}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with progress_bar(20) as bar:
         tasks: dict[str, int] = {}
 
         def step(stage: str, done: int, total: int) -> None:

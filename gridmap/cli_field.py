@@ -13,10 +13,9 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gridmap.cli import DbOption, _fail, _open, app, console
+from gridmap.cli import DbOption, _fail, _open, app, console, progress_bar
 from gridmap.errors import GridmapError
 from gridmap.settings import DEFAULT_DATABASE
 
@@ -239,13 +238,7 @@ def plan(
 def _compute_all(store: Any, reqs: list[Any]) -> list[dict[str, Any]]:
     from gridmap import plans
 
-    with Progress(
-        TextColumn("{task.description:<16}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with progress_bar() as bar:
         task = bar.add_task("planning grids", total=len(reqs))
         return plans.compute_many(store, reqs, scope=_all(), on_done=lambda _: bar.advance(task))
 
@@ -297,13 +290,7 @@ def import_osm(
         area = store.service_area if clip else None
         with console.status(f"reading {extract.name}"):
             streets = osm.read_streets(extract, clip=None if area is None else osm.clip_area(area))
-        with Progress(
-            TextColumn("{task.description:<16}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
+        with progress_bar() as bar:
             task = bar.add_task("writing roads", total=len(streets.geometries))
             ids = osm.import_streets(
                 store,

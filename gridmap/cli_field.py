@@ -276,18 +276,16 @@ def import_osm(
     replace: Annotated[
         bool, typer.Option(help="Replace the roads there are (else add to them).")
     ] = False,
-    clip: Annotated[
-        bool, typer.Option(help="Keep only streets within ~500 m of the subdistrict.")
-    ] = True,
     database: DbOption = Path(DEFAULT_DATABASE),
 ) -> None:
-    """Import the streets of an OpenStreetMap extract into the roads (walking network)."""
+    """Import the streets of an OpenStreetMap extract into the roads (walking network), cut
+    to the subdistrict."""
     from gridmap import osm
     from gridmap.accounts import audit
 
     store = _open(database)
     try:
-        area = store.service_area if clip else None
+        area = store.service_area  # the roads layer holds nothing outside it
         with console.status(f"reading {extract.name}"):
             streets = osm.read_streets(extract, clip=None if area is None else osm.clip_area(area))
         with progress_bar() as bar:

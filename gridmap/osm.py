@@ -89,6 +89,8 @@ def read_streets(path: str | Path, *, clip: BaseGeometry | None = None) -> Stree
             skipped += 1
             continue
         parts = _parts(geom if clip is None else shapely.intersection(geom, clip))
+        if clip is not None:
+            parts = [g for g in parts if clip.covers(g)]
         if not parts:
             skipped += 1
             continue
@@ -148,8 +150,9 @@ def import_streets(
 
 
 def clip_area(service_area: BaseGeometry) -> BaseGeometry:
-    """Where streets are kept: the subdistrict and about 500 m around it."""
-    return shapely.buffer(service_area, 0.005)
+    """Where streets are kept: the subdistrict (the roads layer holds nothing outside it),
+    a hair inside its edge so that a street cut there still lies within it."""
+    return shapely.buffer(service_area, -1e-7)
 
 
 def import_osm(
@@ -157,10 +160,9 @@ def import_osm(
     path: str | Path,
     *,
     replace: bool = False,
-    clip_to_service_area: bool = True,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[int], Streets]:
-    """Read an extract's streets (clipped to the subdistrict, a little beyond) and import them."""
-    area = store.service_area if clip_to_service_area else None
+    """Read an extract's streets (clipped to the subdistrict) and import them."""
+    area = store.service_area
     streets = read_streets(path, clip=None if area is None else clip_area(area))
     return import_streets(store, streets, replace=replace, progress=progress), streets

@@ -136,6 +136,33 @@ def test_pbf_and_xml_give_the_same_streets(tmp_path: Path, extract: tuple[Path, 
     assert 0 < sum(walkable) < len(walkable)  # foot=no came through
 
 
+def test_a_street_leaving_the_subdistrict_is_cut_at_its_edge(
+    sample_path: Path, tmp_path: Path
+) -> None:
+    db = copy_database(sample_path, tmp_path / "cut.gpkg")
+    store = GeoPackageStore.open(db)
+    area = store.service_area
+    store.close()
+    inside = area.representative_point()
+    far = (area.bounds[2] + 0.01, inside.y)  # 1 km beyond the east edge
+    osm = tmp_path / "leaving.osm"
+    osm.write_text(
+        f'<osm version="0.6"><node id="1" lat="{inside.y}" lon="{inside.x}"/>'
+        f'<node id="2" lat="{far[1]}" lon="{far[0]}"/>'
+        '<way id="3"><nd ref="1"/><nd ref="2"/><tag k="highway" v="residential"/>'
+        '<tag k="name" v="出城路"/></way></osm>',
+        encoding="utf-8",
+    )
+    r = runner.invoke(app, ["import-osm", str(osm), "-d", str(db)])
+    assert r.exit_code == 0, r.output
+    roads = pyogrio.read_dataframe(db, layer="roads")
+    (cut,) = roads[roads["name"] == "出城路"].geometry
+    assert area.covers(cut) and cut.length > 0
+    # it ends at the edge: the way's crossing of the boundary (cut a centimetre inside)
+    crossing = shapely.intersection(shapely.LineString([inside, far]), area.boundary)
+    assert shapely.distance(shapely.Point(cut.coords[-1]), crossing) < 1e-6
+
+
 def test_clipping_keeps_the_part_near_the_subdistrict(tmp_path: Path) -> None:
     osm = tmp_path / "long.osm"
     osm.write_text(

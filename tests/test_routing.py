@@ -351,6 +351,28 @@ def test_unconnected_streets_make_stops_unreachable(store: GeoPackageStore) -> N
     assert r.distance_m >= 2 * 2950
 
 
+def test_points_the_roads_do_not_reach_walk_straight_and_the_plan_says_so(
+    store: GeoPackageStore,
+) -> None:
+    """Roads known only around the start (a partial import): the stop 3 km off is still
+    planned, by straight line × detour factor, and the plan says which points."""
+    road = {"name": "测试路", "walkable": True, "status": "existing"}
+    store.insert("roads", _lattice(3, 100.0), [road] * len(_lattice(3, 100.0)))
+    ll = _lonlat(np.array([[0.0, 0.0], [200.0, 200.0], [3000.0, 0.0]]))
+    req = Request(
+        [Place("near", ll[1, 0], ll[1, 1]), Place("far", ll[2, 0], ll[2, 1])],
+        (ll[0, 0], ll[0, 1]),
+        time_limit_s=0.2,
+    )
+    plan = optimize(req, store)
+    assert plan.result.unassigned == () and plan.mode == "walk"
+    assert (plan.detour_note or "").startswith("1 of 2 stops lie more than 500 m")
+    (r,) = plan.result.routes
+    walk_near = 400  # along the streets, corner to corner
+    straight_far = DETOUR_FACTOR * (np.hypot(3000 - 200, 200) + 3000)
+    assert r.distance_m == pytest.approx(walk_near + straight_far, rel=0.01)
+
+
 def test_no_roads_means_straight_lines_and_the_plan_says_so(store: GeoPackageStore) -> None:
     ll = _lonlat(np.array([[0.0, 0.0], [300.0, 400.0]]))
     req = Request([Place("a", ll[1, 0], ll[1, 1])], (ll[0, 0], ll[0, 1]), time_limit_s=0.1)

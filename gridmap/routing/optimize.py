@@ -17,7 +17,7 @@ import numpy.typing as npt
 import shapely
 
 from gridmap.routing import network as net_mod
-from gridmap.routing.matrix import Matrix, straight
+from gridmap.routing.matrix import DETOUR_FACTOR, Matrix, straight
 from gridmap.routing.pool import POOL
 from gridmap.routing.solver import Problem, Result, Shift, Stop
 from gridmap.store.base import Store
@@ -102,7 +102,7 @@ def prepare(req: Request, store: Store | None = None) -> Prepared:
     lon = np.array([x for x, _ in points], dtype=float)
     lat = np.array([y for _, y in points], dtype=float)
     first = 2 if end is not None else 1  # node 0 the start, node 1 the end (if any)
-    matrix, att, walks, note = _matrix(req.mode, lon, lat, store, req.planned_roads)
+    matrix, att, walks, note = _matrix(req.mode, lon, lat, store, req.planned_roads, first)
     stops = [
         Stop(p.id, first + k, p.service_s, p.windows, p.required, p.prize, p.demand)
         for k, p in enumerate(req.places)
@@ -157,19 +157,47 @@ def optimize_many(
     return [finish(p, r) for p, r in zip(preps, results, strict=True)]
 
 
-def _matrix(mode: str, lon, lat, store, planned: bool = False):  # type: ignore[no-untyped-def]
+def _matrix(mode: str, lon, lat, store, planned: bool, first: int):  # type: ignore[no-untyped-def]
     if mode == "walk" and store is not None:
         net = net_mod.of_store(store, include_planned=planned)
         if len(net.u):
-            m, att, pred = net_mod.walking_matrix(net, lon, lat)
-            return m, att, pred, None
-        note = "no walking network (no walkable roads): straight lines × detour factor"
+            m, att, walks = net_mod.walking_matrix(net, lon, lat)
+            off = ~att.attached
+            if not off.any():
+                return m, att, walks, None
+            if not off.all():  # the roads known cover only some of the points
+                return _patched(m, straight(lon, lat), off), att, walks, _off_note(off, first)
+        note = (
+            "no walking network (no walkable roads): straight lines × detour factor"
+            if not len(net.u)
+            else f"no walkable road within {net_mod.MAX_ACCESS_M:.0f} m of any point: "
+            "straight lines × detour factor"
+        )
     elif mode == "walk":
         note = "no walking network here: straight lines × detour factor"
     else:
         note = None
     m: Matrix = straight(lon, lat)
     return m, None, None, note
+
+
+def _patched(walk: Matrix, line: Matrix, off: npt.NDArray[np.bool_]) -> Matrix:
+    """The walking matrix with straight-line legs to and from the points ``off`` it."""
+    dist, dur = walk.distance.copy(), walk.duration.copy()
+    for m, s in ((dist, line.distance), (dur, line.duration)):
+        m[off, :] = s[off, :]
+        m[:, off] = s[:, off]
+    return Matrix(dist, dur, "walk")
+
+
+def _off_note(off: npt.NDArray[np.bool_], first: int) -> str:
+    """What the plan says of the points off the network (``first``: the first stop)."""
+    stops = off[first:]
+    what = f"{int(stops.sum())} of {len(stops)} stops" + (" and the start" if off[0] else "")
+    return (
+        f"{what} lie more than {net_mod.MAX_ACCESS_M:.0f} m from any walkable road: "
+        f"straight lines × {DETOUR_FACTOR} for their legs"
+    )
 
 
 def _line(seq: list[int], lon, lat, att, pred) -> shapely.LineString:  # type: ignore[no-untyped-def]

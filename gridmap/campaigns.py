@@ -27,6 +27,8 @@ from gridmap.store.base import FeatureSet, Query, Scope, Store
 
 KIND = "campaign"
 MAX_DAYS = 366
+FIRST_YEAR, LAST_YEAR = 2000, 2099
+"""Campaigns, plans and visits lie in these years (others are typing mistakes)."""
 STATUSES = ("open", "closed")
 
 
@@ -144,6 +146,8 @@ def create(
         check_text(name)
     except IdentifierError as exc:
         raise InvalidFeatureError(f"name {exc}") from None
+    if not (FIRST_YEAR <= starts.year <= LAST_YEAR and FIRST_YEAR <= ends.year <= LAST_YEAR):
+        raise InvalidFeatureError(f"campaign dates lie in {FIRST_YEAR}–{LAST_YEAR}")
     if ends < starts:
         raise InvalidFeatureError("a campaign must not end before it starts")
     if (ends - starts).days >= MAX_DAYS:

@@ -88,9 +88,14 @@ class PlanRequest:
         spans = [*self.shifts, *([self.evening] if self.evening else [])]
         if not self.shifts or any(not 0 <= a < b <= DAY for a, b in spans):
             raise InvalidFeatureError("each shift must end after it starts, within the day")
-        ordered = sorted(self.shifts)
+        if list(self.shifts) != sorted(self.shifts):
+            raise InvalidFeatureError("give a day's shifts in the order of the day")
+        ordered = list(self.shifts)
         if any(a[1] > b[0] for a, b in itertools.pairwise(ordered)):
             raise InvalidFeatureError("a day's shifts must not overlap")
+        if not camp.FIRST_YEAR <= self.date.year <= camp.LAST_YEAR:
+            msg = f"plan dates lie in {camp.FIRST_YEAR}–{camp.LAST_YEAR}"
+            raise InvalidFeatureError(msg)
         if self.evening and self.evening[0] < ordered[-1][1]:
             raise InvalidFeatureError("the evening must start after the day's last shift")
 

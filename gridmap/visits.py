@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gridmap import campaigns as camp
-from gridmap.errors import IntegrityError, InvalidFeatureError
+from gridmap.errors import FeatureNotFoundError, IntegrityError, InvalidFeatureError
 from gridmap.layers import get_layer
 from gridmap.store.base import Query, Scope, Store
 
@@ -60,7 +60,7 @@ def _checked(items: Sequence[Outcome]) -> list[dict[str, object]]:
             "campaign_id": o.campaign_id,
             "visited_at": when,
             "outcome": o.outcome,
-            "note": o.note,
+            "note": _one_line(o.note),
             "client_key": o.client_key,
         }
         try:
@@ -73,20 +73,33 @@ def _checked(items: Sequence[Outcome]) -> list[dict[str, object]]:
     return out
 
 
-def _check_times(rows: list[dict[str, object]], store: Store, now: dt.datetime) -> None:
-    """Campaigns exist, are open, and hold each visit's day; no visit lies in the future."""
+def _one_line(note: str | None) -> str | None:
+    """A note typed on a phone with line breaks or tabs, as one line (not refused: a whole
+    offline queue would be stuck behind it)."""
+    return None if note is None else " ".join(note.split()) or None
+
+
+def _check_times(
+    rows: list[dict[str, object]], store: Store, now: dt.datetime, scope: Scope
+) -> None:
+    """Campaigns exist for the caller, are open, and hold each visit's day; no visit lies
+    in the future or before FIRST_YEAR."""
     cache: dict[int, camp.Campaign] = {}
     for i, p in enumerate(rows):
         when = dt.datetime.fromisoformat(str(p["visited_at"]))
         if when > now + FUTURE_SLACK:
             msg = f"visit {i}: visited_at {when.isoformat()} lies in the future (Beijing time)"
             raise InvalidFeatureError(msg)
+        if when.year < camp.FIRST_YEAR:
+            raise InvalidFeatureError(f"visit {i}: visited_at {when.date()} is too long ago")
         cid = p["campaign_id"]
         if cid is None:
             continue
         c = cache.get(int(cid))  # type: ignore[call-overload]
         if c is None:
             c = cache[int(cid)] = camp.get(store, int(cid))  # type: ignore[call-overload]
+            if not camp.visible_to(c, scope):
+                raise FeatureNotFoundError(f"no campaign {c.id}")
         if c.status != "open":
             raise InvalidFeatureError(f"visit {i}: campaign {c.id} is closed")
         if not c.covers(when):
@@ -109,24 +122,26 @@ def record(
     """
     now = now or camp.local_now()
     rows = _checked(items)
-    _check_times(rows, store, now)
+    _check_times(rows, store, now, scope)
     ledger = dataclasses.replace(
         scope, writable=None if scope.writable is None else scope.writable | {"visits"}
     )
     with store.transaction():
+        households = {}  # the scope first: nothing is said of households outside it
+        for p in rows:
+            hid = int(p["household_id"])  # type: ignore[call-overload]
+            if hid not in households:
+                households[hid] = store.get("households", hid, scope=scope)
         out: list[Recorded | None] = [None] * len(rows)
         fresh: list[int] = []
         for i, p in enumerate(rows):
-            seen = _already(store, p)
+            seen = _already(store, p, worker[:40])
             if seen is not None:
                 out[i] = Recorded(seen, str(p["client_key"]), True)
             else:
                 fresh.append(i)
-        households = {}
         for i in fresh:
             hid = int(rows[i]["household_id"])  # type: ignore[call-overload]
-            if hid not in households:
-                households[hid] = store.get("households", hid, scope=scope)
             cid = rows[i]["campaign_id"]
             if cid is not None:
                 c = camp.get(store, int(cid))  # type: ignore[call-overload]
@@ -144,17 +159,19 @@ def record(
     return [r for r in out if r is not None]
 
 
-def _already(store: Store, p: dict[str, object]) -> int | None:
-    """The ledger id of an entry with the same client key and content (None: no such key);
-    IntegrityError when the key was used for something else."""
+def _already(store: Store, p: dict[str, object], worker: str) -> int | None:
+    """The ledger id of this worker's entry with the same client key and content (None: no
+    such key); IntegrityError when they used the key for something else. Keys are each
+    worker's own: another's key says nothing and blocks nothing."""
     key = p["client_key"]
     if key is None:
         return None
-    found = store.query("visits", Query(equals={"client_key": key}, limit=1))
+    found = store.query("visits", Query(equals={"client_key": key, "worker": worker}, limit=1))
     if not len(found):
         return None
     old = found.properties[0]
-    same = all(old.get(k) == p[k] for k in ("household_id", "campaign_id", "visited_at", "outcome"))
+    fields = ("household_id", "campaign_id", "visited_at", "outcome", "note")
+    same = all(old.get(k) == p[k] for k in fields)
     if not same:
         msg = f"client_key {str(key)[:64]!r} was already used for another visit; use a new key"
         raise IntegrityError(msg)

@@ -240,6 +240,86 @@ def test_offline_batches_are_recorded_once(edit_client: TestClient, edit_path: P
     assert _sql(edit_path, "SELECT count(*) FROM visits")[0][0] == before + 5
 
 
+def test_client_keys_are_each_workers_own_and_say_nothing_outside_the_scope(
+    edit_client: TestClient, edit_auth: dict[str, dict[str, str]], edit_path: Path
+) -> None:
+    """An admin's key on a household of grid 2 tells grid 1's worker nothing (404 as for
+    any household outside their grid, whatever the outcome tried) and does not block the
+    same key on their own household."""
+    c = _campaign(edit_client, dict(edit_client.headers))
+    worker = edit_auth["grid_worker"]
+    (h2,) = _sql(edit_path, "SELECT fid FROM households WHERE grid_id = 2 LIMIT 1")[0]
+    (h1,) = _sql(edit_path, "SELECT fid FROM households WHERE grid_id = 1 LIMIT 1")[0]
+    v = {
+        "household_id": h2,
+        "outcome": "refused",
+        "visited_at": f"{DAY}T09:00:00",
+        "campaign_id": c["id"],
+        "client_key": "phone9-0001",
+    }
+    assert edit_client.post("/visits", json={"visits": [v]}).status_code == 201
+    for outcome in ("refused", "visited"):
+        r = edit_client.post(
+            "/visits", json={"visits": [{**v, "outcome": outcome}]}, headers=worker
+        )
+        assert r.status_code == 404, r.text
+    mine = edit_client.post("/visits", json={"visits": [{**v, "household_id": h1}]}, headers=worker)
+    assert mine.status_code == 201 and mine.json()["new"] == 1
+    denied = _sql(
+        edit_path, "SELECT count(*) FROM gridmap_audit WHERE username = 'worker1'"
+        " AND action = 'denied_scope'",
+    )[0][0]  # fmt: skip
+    assert denied >= 2
+
+
+def test_visit_input_that_would_have_failed_later(
+    edit_client: TestClient, edit_auth: dict[str, dict[str, str]], edit_path: Path
+) -> None:
+    c = _campaign(edit_client, dict(edit_client.headers))
+    (h1,) = _sql(edit_path, "SELECT fid FROM households WHERE grid_id = 1 LIMIT 1")[0]
+    base = {"household_id": h1, "outcome": "visited", "visited_at": f"{DAY}T09:00:00"}
+    before = _sql(edit_path, "SELECT count(*) FROM visits")[0][0]
+    for bad in (
+        {"visited_at": "0001-01-01T00:00:00+14:00"},
+        {"visited_at": "9999-12-31T23:59:59-12:00"},
+        {"visited_at": -1},
+        {"visited_at": "1999-12-31T09:00:00"},
+    ):
+        r = edit_client.post("/visits", json={"visits": [{**base, **bad}]})
+        assert r.status_code in (400, 422), (bad, r.text)
+    assert _sql(edit_path, "SELECT count(*) FROM visits")[0][0] == before
+    # a note typed with line breaks is kept on one line; another note under the key: 409
+    keyed = {**base, "note": "第一行\n第二行\t完", "client_key": "phone3-0009"}
+    r = edit_client.post("/visits", json={"visits": [keyed]})
+    assert r.status_code == 201
+    assert _sql(edit_path, "SELECT note FROM visits WHERE client_key = 'phone3-0009'") == [
+        ("第一行 第二行 完",)
+    ]
+    r = edit_client.post("/visits", json={"visits": [{**keyed, "note": "别的"}]})
+    assert r.status_code == 409
+    # a campaign the caller cannot see is not described to them
+    other = _campaign(edit_client, dict(edit_client.headers), grid_ids=[5])
+    r = edit_client.post(
+        "/visits",
+        json={"visits": [{**base, "campaign_id": other["id"], "visited_at": "2020-01-01T09:00"}]},
+        headers=edit_auth["grid_worker"],
+    )
+    assert r.status_code == 404 and str(other["id"]) in r.text and "2020" not in r.text
+    # plans: shifts out of order, dates no campaign can hold
+    for body in (
+        {"shifts": [["14:30", "17:30"], ["08:30", "12:00"]]},
+        {"date": "9999-12-31", "days": 2},
+    ):
+        r = edit_client.post(
+            f"/campaigns/{c['id']}/plans", json={"grid_ids": [1], "date": DAY, **body}
+        )
+        assert r.status_code in (400, 422), (body, r.text)
+    r = edit_client.post(
+        "/campaigns", json={"name": "x", "starts": "9999-12-30", "ends": "9999-12-31"}
+    )
+    assert r.status_code in (400, 422)
+
+
 def test_last_visit_follows_the_latest_ledger_entry(
     edit_client: TestClient, edit_path: Path
 ) -> None:

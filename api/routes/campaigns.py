@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from api.auth import record, require
@@ -286,6 +286,20 @@ class VisitIn(BaseModel):
         None, min_length=8, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
         description="A key the phone makes once per outcome: a batch sent again is recorded once.",
     )  # fmt: skip
+
+    @field_validator("visited_at", mode="before")
+    @classmethod
+    def _iso(cls, v: Any) -> Any:
+        if not isinstance(v, str):  # pydantic would read a number as a Unix time
+            raise ValueError("visited_at is an ISO 8601 date and time, e.g. 2026-12-03T09:30:00")
+        return v
+
+    @field_validator("visited_at")
+    @classmethod
+    def _year(cls, v: dt.datetime) -> dt.datetime:
+        if not camp.FIRST_YEAR <= v.year <= camp.LAST_YEAR:
+            raise ValueError(f"visited_at lies in {camp.FIRST_YEAR}–{camp.LAST_YEAR}")
+        return v
 
 
 class VisitsIn(BaseModel):

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from gridmap.cql import Filter, FilterError, check_filter
+from gridmap.cql.tree import Prop
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, PermissionDeniedError
 from gridmap.identifiers import IdentifierError, check_text
 from gridmap.layers import FINAL_OUTCOMES, HOUSEHOLD_TAGS, LOCAL_TZ, get_layer
@@ -157,6 +158,14 @@ def create(
     if target is not None and target != "":
         lang = "cql2-text" if isinstance(target, str) else "cql2-json"
         flt = check_filter(target, get_layer("households"), lang=lang)
+        personal = sorted(_properties(flt) & set(get_layer("households").sensitive))
+        if personal:
+            msg = (
+                f"a campaign's households are chosen by tags, members, grid, building or visits,"
+                f" not by personal fields ({', '.join(personal)}): its target is shown to "
+                "everyone who works on it"
+            )
+            raise InvalidFeatureError(msg)
         store.count("households", Query(filters=[flt], limit=1), scope=scope)  # masked fields
         target_json = _parse_json(target)
         text = target if isinstance(target, str) else orjson.dumps(target).decode()
@@ -181,6 +190,17 @@ def _parse_json(target: str | dict[str, Any]) -> Any:
     from gridmap.cql import parse
 
     return parse(target, "cql2-text" if isinstance(target, str) else "cql2-json")
+
+
+def _properties(node: Any) -> set[str]:
+    """Names of the properties a checked filter reads."""
+    if isinstance(node, Prop):
+        return {node.name}
+    if dataclasses.is_dataclass(node) and not isinstance(node, type):
+        return set().union(*(_properties(getattr(node, f.name)) for f in dataclasses.fields(node)))
+    if isinstance(node, tuple | list):
+        return set().union(*(_properties(x) for x in node))
+    return set()
 
 
 def get(store: Store, campaign_id: int) -> Campaign:

@@ -545,7 +545,8 @@ def test_a_community_campaign_covers_its_grids(
     [
         ({"ends": "2026-01-01"}, 422),
         ({"target": "tags LIKE"}, 400),
-        ({"target": "phone LIKE '138%'"}, 403),  # masked for every role: no oracle on it
+        ({"target": "phone LIKE '138%'"}, 422),  # personal fields choose no campaign
+        ({"target": "head_name = '胡某甲'"}, 422),  # (its target is shown to all on it)
         ({"target": "nosuch = 1"}, 400),
         ({"name": ""}, 400),
         ({"grid_ids": [999]}, 422),

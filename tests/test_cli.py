@@ -203,6 +203,8 @@ def test_campaign_commands_refuse_bad_input(tmp_path: Path) -> None:
         (["campaign", "create", "x", "--starts", "2026-11-24", "--ends", "2026-12-01",
           "--target", "nonsense ((("], "filter"),
         (["campaign", "status", "99"], "no campaign"),
+        (["campaign", "create", "x", "--starts", "2026-11-24", "--ends", "2026-12-01",
+          "--target", "phone LIKE '%7'"], "personal fields"),
         (["plan", "--campaign", "1", "--grid", "1", "--date", "2026-11-24", "--out", "x.pdf"],
          ".gpx"),
         (["plan", "--campaign", "1", "--grid", "999", "--date", "2026-11-24"], "999"),

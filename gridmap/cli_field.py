@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from gridmap.cli import DbOption, _fail, _open, app, console, progress_bar
@@ -84,7 +85,9 @@ def campaign_create(
         _fail(exc)
     finally:
         store.close()
-    console.print(f"[green]created[/] campaign {c.id} 「{c.name}」: {n} households, {first}–{last}")
+    console.print(
+        f"[green]created[/] campaign {c.id} 「{escape(c.name)}」: {n} households, {first}–{last}"
+    )
     console.print(f"next: gridmap plan --campaign {c.id} --grid 1 --date {first} --out plan.gpx")
 
 
@@ -105,7 +108,8 @@ def campaign_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
         table.add_column(col)
     for c in camp.all_campaigns(store):
         grids = "all" if c.grid_ids is None else ",".join(map(str, sorted(c.grid_ids)))
-        table.add_row(str(c.id), c.name, f"{c.starts}–{c.ends}", c.status, grids, c.target or "all")
+        target = escape(c.target) if c.target else "all"
+        table.add_row(str(c.id), escape(c.name), f"{c.starts}–{c.ends}", c.status, grids, target)
     store.close()
     console.print(table)
 
@@ -134,7 +138,7 @@ def campaign_status(
     planned = {p["grid_id"]: 0 for p in made}
     for p in made:
         planned[p["grid_id"]] += 1
-    table = Table(title=f"{c.name} ({c.starts}–{c.ends}, {c.status})")
+    table = Table(title=f"{escape(c.name)} ({c.starts}–{c.ends}, {c.status})")
     for col in ("id", "name", "households", "done", "coverage", "plans"):
         table.add_column(col, justify="right" if col != "name" else "left")
     total = done = 0
@@ -145,7 +149,12 @@ def campaign_status(
         cov = "" if k["coverage"] is None else f"{k['coverage']:.0%}"
         plans_here = str(planned.get(r["id"], "")) if level == "grids" else ""
         table.add_row(
-            str(r["id"]), str(r["name"]), str(k["households"]), str(k["done"]), cov, plans_here
+            str(r["id"]),
+            escape(str(r["name"])),
+            str(k["households"]),
+            str(k["done"]),
+            cov,
+            plans_here,
         )
     console.print(table)
     share = f"{done / total:.1%}" if total else "–"
@@ -200,6 +209,8 @@ def plan(
     first = _date(date, "--date")
     if out is not None and out.suffix.lower() not in OUT_FORMATS:
         _fail(GridmapError(f"--out must end in {', '.join(OUT_FORMATS)}"))
+    if out is not None and not out.resolve().parent.is_dir():
+        _fail(GridmapError(f"no folder {out.resolve().parent} to write {out.name} into"))
     store = _open(database)
     who = _cli_principal()
     reqs = [
@@ -257,7 +268,7 @@ def _summarise(docs: list[dict[str, Any]]) -> None:
             str(len(b["unassigned"])), f"{km:.1f}",
         )  # fmt: skip
         if b.get("note"):
-            console.print(f"[yellow]grid {d['grid_id']}:[/] {b['note']}")
+            console.print(f"[yellow]grid {d['grid_id']}:[/] {escape(b['note'])}")
     console.print(table)
 
 

@@ -209,7 +209,18 @@ def test_campaign_commands_refuse_bad_input(tmp_path: Path) -> None:
          ".gpx"),
         (["plan", "--campaign", "1", "--grid", "999", "--date", "2026-11-24"], "999"),
         (["plan", "--campaign", "1", "--grid", "1", "--date", "2027-01-01"], "outside"),
+        (["plan", "--campaign", "1", "--grid", "1", "--date", "2026-11-24", "--out",
+          "/nonexistent/dir/plan.csv"], "no folder"),
     ]  # fmt: skip
+    # a name with console markup is shown as it is
+    r = runner.invoke(
+        app,
+        ["campaign", "create", "[/]oops[bold]", "--starts", "2026-11-24", "--ends", "2026-12-01",
+         "-d", str(db)],
+    )  # fmt: skip
+    assert r.exit_code == 0 and "[/]oops[bold]" in r.output, r.output
+    r = runner.invoke(app, ["campaign", "list", "-d", str(db)])
+    assert r.exit_code == 0 and "[/]oops[bold]" in r.output, r.output
     con = sqlite3.connect(db)
     before = con.execute("SELECT count(*) FROM gridmap_documents").fetchone()
     for args, said in bad:

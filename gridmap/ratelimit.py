@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from gridmap.errors import RateLimitedError
 
@@ -78,3 +80,35 @@ class LoginThrottle:
         """Clear the pair after a successful log-in."""
         with self._lock:
             self._state.pop((name.lower(), source), None)
+
+
+class Gate:
+    """Long work (route solving) held to one job per user and ``limit`` jobs at once."""
+
+    def __init__(self, limit: int, retry_after: int = 30) -> None:
+        self.limit = limit
+        self.retry_after = retry_after
+        self._busy: set[str] = set()
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def enter(self, user: str) -> Iterator[None]:
+        """Hold a place for ``user``'s job; RateLimitedError when they already have one
+        under way or the server is full."""
+        with self._lock:
+            if user in self._busy:
+                msg = "you have routes being computed already; wait for them, then ask again"
+                raise RateLimitedError(msg, self.retry_after)
+            if len(self._busy) >= self.limit:
+                msg = f"the route planner is busy; try again in {self.retry_after} s"
+                raise RateLimitedError(msg, self.retry_after)
+            self._busy.add(user)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy.discard(user)
+
+
+SOLVING = Gate(limit=4)
+"""Route solving in this server process: one job per user, four at once."""

@@ -320,6 +320,35 @@ def test_visit_input_that_would_have_failed_later(
     assert r.status_code in (400, 422)
 
 
+def test_route_solving_is_one_job_per_user_and_bounded(
+    edit_client: TestClient, edit_auth: dict[str, dict[str, str]]
+) -> None:
+    """While a user's routes are being computed, their next request waits its turn (429);
+    the server takes a few such jobs at once; a plan asks for a bounded search."""
+    from gridmap.ratelimit import SOLVING
+
+    c = _campaign(edit_client, dict(edit_client.headers))
+    body = {"stops": [{"id": "a", "lon": 113.2919, "lat": 34.8096}],
+            "start": {"lon": 113.2900, "lat": 34.8080}}  # fmt: skip
+    with SOLVING.enter("admin"):
+        r = edit_client.post("/routes/optimize", json=body)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+        r = edit_client.post(f"/campaigns/{c['id']}/plans", json={"grid_ids": [1], "date": DAY})
+        assert r.status_code == 429
+        # another user is not held up by it
+        r = edit_client.post("/routes/optimize", json=body, headers=edit_auth["community_admin"])
+        assert r.status_code == 200
+    with SOLVING.enter("x1"), SOLVING.enter("x2"), SOLVING.enter("x3"), SOLVING.enter("x4"):
+        r = edit_client.post("/routes/optimize", json=body)
+        assert r.status_code == 429 and "busy" in r.json()["detail"]
+    assert edit_client.post("/routes/optimize", json=body).status_code == 200
+    r = edit_client.post(
+        f"/campaigns/{c['id']}/plans",
+        json={"grid_ids": list(range(1, 6)), "date": DAY, "time_limit_s": 30},
+    )
+    assert r.status_code == 422 and "at most 4 grids" in r.json()["detail"]
+
+
 def test_last_visit_follows_the_latest_ledger_entry(
     edit_client: TestClient, edit_path: Path
 ) -> None:

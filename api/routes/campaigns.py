@@ -18,6 +18,7 @@ from gridmap import campaigns as camp
 from gridmap import plan_output, plans, queries, visits
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, OutOfScopeError
 from gridmap.layers import LOCAL_TZ
+from gridmap.ratelimit import SOLVING
 from gridmap.security import Role, stats_scope
 
 router = APIRouter(tags=["Visit campaigns"])
@@ -26,6 +27,8 @@ MANAGERS = (Role.SUBDISTRICT_ADMIN, Role.COMMUNITY_ADMIN)
 FIELD = (Role.SUBDISTRICT_ADMIN, Role.COMMUNITY_ADMIN, Role.GRID_WORKER)
 VIEWERS = (*FIELD, Role.PLANNER)
 MAX_GRIDS = 60
+MAX_PLAN_SECONDS = 120.0
+"""Grids × time_limit_s of one plan request (the search usually stops well before)."""
 
 Id = Annotated[int, Path(ge=1, le=2**53, description="An integer id.")]
 HHMM = Annotated[str, Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="HH:MM")]
@@ -225,13 +228,22 @@ async def create_plans(
         for g in body.grid_ids
     ]
 
+    if len(reqs) * body.time_limit_s > MAX_PLAN_SECONDS:
+        msg = (
+            f"at most {MAX_PLAN_SECONDS:.0f} s of search per request: plan at most "
+            f"{int(MAX_PLAN_SECONDS // body.time_limit_s)} grids at once with time_limit_s "
+            f"{body.time_limit_s:g}"
+        )
+        raise InvalidFeatureError(msg)
+
     def run() -> list[dict[str, Any]]:
         for r in reqs:  # every grid checked before any is planned
             plans.check(store, r, scope=scope)
         bodies = plans.compute_many(store, reqs, scope=scope)
         return plans.save(store, bodies, by=principal.username)
 
-    docs = await run_in_threadpool(run)
+    with SOLVING.enter(principal.username):
+        docs = await run_in_threadpool(run)
     for d in docs:
         await run_in_threadpool(
             record, request, principal, "create", object=f"plans/{d['id']}", grid_id=d["grid_id"]

@@ -18,6 +18,7 @@ from api.deps import PrincipalDep, StoreDep, crs_param
 from gridmap import geojson
 from gridmap.crs import CRS84, from_input, to_output
 from gridmap.errors import InvalidFeatureError
+from gridmap.ratelimit import SOLVING
 from gridmap.routing.optimize import MAX_STOPS, Place, Request, optimize
 from gridmap.security import Role
 
@@ -152,7 +153,8 @@ async def route(body: OptimizeIn, principal: PrincipalDep, store: StoreDep) -> R
         planned_roads=body.planned_roads,
     )
     try:
-        plan = await run_in_threadpool(optimize, req, store)
+        with SOLVING.enter(principal.username):
+            plan = await run_in_threadpool(optimize, req, store)
     except ValueError as exc:
         raise InvalidFeatureError(str(exc)) from None
     lines = to_output(plan.lines, crs) if plan.lines and crs != CRS84 else plan.lines

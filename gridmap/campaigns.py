@@ -28,6 +28,9 @@ from gridmap.store.base import FeatureSet, Query, Scope, Store
 
 KIND = "campaign"
 MAX_DAYS = 366
+MAX_OPEN = 10
+"""Campaigns open at once. Each enters every protected statistic: on the sample, a
+planner's first table after a change takes 2.5 s with 10 open, 9.5 s with 20."""
 FIRST_YEAR, LAST_YEAR = 2000, 2099
 """Campaigns, plans and visits lie in these years (others are typing mistakes)."""
 STATUSES = ("open", "closed")
@@ -149,6 +152,7 @@ def create(
         raise InvalidFeatureError(f"name {exc}") from None
     if not (FIRST_YEAR <= starts.year <= LAST_YEAR and FIRST_YEAR <= ends.year <= LAST_YEAR):
         raise InvalidFeatureError(f"campaign dates lie in {FIRST_YEAR}–{LAST_YEAR}")
+    _room_for_one_more(store)
     if ends < starts:
         raise InvalidFeatureError("a campaign must not end before it starts")
     if (ends - starts).days >= MAX_DAYS:
@@ -216,11 +220,21 @@ def all_campaigns(store: Store) -> list[Campaign]:
     return [_from_doc(d) for d in store.documents(KIND)]
 
 
+def _room_for_one_more(store: Store, but: int | None = None) -> None:
+    """InvalidFeatureError when MAX_OPEN campaigns are open already."""
+    n = sum(1 for c in all_campaigns(store) if c.status == "open" and c.id != but)
+    if n >= MAX_OPEN:
+        msg = f"{n} campaigns are open, the most there may be: close one that is done first"
+        raise InvalidFeatureError(msg)
+
+
 def set_status(store: Store, campaign_id: int, status: str) -> Campaign:
     """Open or close a campaign (a closed one takes no more visits or plans)."""
     if status not in STATUSES:
         raise InvalidFeatureError(f"status must be one of {', '.join(STATUSES)}")
     c = dataclasses.replace(get(store, campaign_id), status=status)
+    if status == "open":
+        _room_for_one_more(store, but=c.id)
     store.replace_document(KIND, c.id, _body(c))
     return c
 

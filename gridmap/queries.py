@@ -17,7 +17,12 @@ import shapely
 
 from gridmap.crs import to_metric
 from gridmap.disclosure import Protected, Table, protect
-from gridmap.errors import FeatureNotFoundError, InvalidGeometryError, QueryError
+from gridmap.errors import (
+    FeatureNotFoundError,
+    InvalidGeometryError,
+    PermissionDeniedError,
+    QueryError,
+)
 from gridmap.layers import HOUSEHOLD_TAGS, get_layer
 from gridmap.store.base import Feature, Query, Scope, Store
 
@@ -236,15 +241,20 @@ def campaign_members(
     store: Store, scope: Scope, campaign: int | None, *, protected: bool
 ) -> Members:
     """The campaigns whose counts enter the table: the one asked for; when protected,
-    every campaign (so that asking for one changes nothing about what is withheld)."""
+    every open campaign (so that asking for one changes nothing about what is withheld;
+    at most MAX_OPEN of them, so the protection stays quick). A closed campaign's
+    figures are not given under protection."""
     from gridmap import campaigns as camp
 
     if campaign is not None:
         c = camp.get(store, campaign)
         if not camp.visible_to(c, scope):
             raise FeatureNotFoundError(f"no campaign {campaign}")
+        if protected and c.status != "open":
+            msg = f"campaign {campaign} is closed: its figures are for roles that see households"
+            raise PermissionDeniedError(msg)
     if protected:
-        chosen = camp.all_campaigns(store)
+        chosen = [c for c in camp.all_campaigns(store) if c.status == "open"]
     else:
         chosen = [camp.get(store, campaign)] if campaign is not None else []
     ids, target, done = [], [], []

@@ -349,6 +349,29 @@ def test_route_solving_is_one_job_per_user_and_bounded(
     assert r.status_code == 422 and "at most 4 grids" in r.json()["detail"]
 
 
+def test_open_campaigns_are_bounded_and_closed_ones_leave_protected_statistics(
+    edit_client: TestClient, edit_auth: dict[str, dict[str, str]]
+) -> None:
+    from gridmap.campaigns import MAX_OPEN
+
+    admin = dict(edit_client.headers)
+    made = [_campaign(edit_client, admin, name=f"走访{k}") for k in range(MAX_OPEN - 1)]
+    # the sample's autumn campaign is open too: MAX_OPEN now
+    r = edit_client.post("/campaigns", json={"name": "再一个", "starts": DAY, "ends": DAY})
+    assert r.status_code == 422 and "close one" in r.json()["detail"]
+    last = made[-1]["id"]
+    assert edit_client.patch(f"/campaigns/{last}", json={"status": "closed"}).status_code == 200
+    r = edit_client.post("/campaigns", json={"name": "再一个", "starts": DAY, "ends": DAY})
+    assert r.status_code == 201
+    r = edit_client.patch(f"/campaigns/{last}", json={"status": "open"})
+    assert r.status_code == 422  # no room to reopen it
+    planner = edit_auth["planner"]
+    closed = edit_client.get(f"/campaigns/{last}", headers=planner).json()
+    assert closed["coverage"] is None and "closed" in closed["note"]
+    assert edit_client.get(f"/stats/grids?campaign={last}", headers=planner).status_code == 403
+    assert edit_client.get(f"/stats/grids?campaign={last}").status_code == 200  # admin: all
+
+
 def test_last_visit_follows_the_latest_ledger_entry(
     edit_client: TestClient, edit_path: Path
 ) -> None:

@@ -114,6 +114,11 @@ async def get_campaign(
 
     def build() -> dict[str, Any]:
         c = _visible(store, campaign_id, scope)
+        out = c.to_json()
+        if small and c.status != "open":
+            out["coverage"] = None
+            out["note"] = "a closed campaign's figures are for the roles that see households"
+            return out
         coverage = {}
         for level in queries.LEVELS:
             rows = queries.household_stats(
@@ -127,7 +132,6 @@ async def get_campaign(
                 }
                 for r in rows
             ]
-        out = c.to_json()
         out["coverage"] = coverage
         if principal.role is not Role.PLANNER:
             out["plans"] = plans.of_campaign(store, c.id, scope=scope)

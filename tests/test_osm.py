@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import xml.etree.ElementTree as ET
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -179,9 +180,14 @@ def test_clipping_keeps_the_part_near_the_subdistrict(tmp_path: Path) -> None:
     assert s.properties[0]["name"] == "长路" and s.properties[0]["road_class"] == "secondary"
 
 
+def _count_roads(db: Path) -> int:
+    with closing(sqlite3.connect(db)) as con:
+        return int(con.execute("SELECT count(*) FROM roads").fetchone()[0])
+
+
 def test_bad_extracts_are_refused_and_nothing_is_written(sample_path: Path, tmp_path: Path) -> None:
     db = copy_database(sample_path, tmp_path / "bad.gpkg")
-    (roads_before,) = sqlite3.connect(db).execute("SELECT count(*) FROM roads").fetchone()
+    roads_before = _count_roads(db)
     garbage = tmp_path / "garbage.osm"
     garbage.write_bytes(b"\x00\x01 not xml at all <<<")
     far = tmp_path / "far.osm"  # Beijing: nothing near the subdistrict
@@ -200,7 +206,7 @@ def test_bad_extracts_are_refused_and_nothing_is_written(sample_path: Path, tmp_
     for path, said in cases:
         r = runner.invoke(app, ["import-osm", str(path), "--replace", "-d", str(db)])
         assert r.exit_code == 1 and said in " ".join(r.output.split()), (path, r.output)
-    (roads_after,) = sqlite3.connect(db).execute("SELECT count(*) FROM roads").fetchone()
+    roads_after = _count_roads(db)
     assert roads_after == roads_before
     with pytest.raises(InvalidFeatureError):
         read_streets(garbage)

@@ -42,7 +42,8 @@ NO_IMPROVEMENT = (700, 5_000)
 """Iterations without a better plan after which a day's (a longer span's) search stops.
 Measured on the sample with every household open (40 grids, two workers, one day):
 700 plans 2,381 households in 5.4 s on two cores, 2,000 plans 2,397 in 15.3 s — 0.7 %
-more for three times the wait (benchmarks/bench_routing.py)."""
+more for three times the wait (a one-off comparison with this value changed;
+benchmarks/bench_routing.py measures the 700 case against the 10 s goal)."""
 DAY = 86_400
 MAX_DAYS = 14
 MAX_WORKERS = 10

@@ -132,9 +132,9 @@ def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:
         ]
     )
     # export from the GeoPackage with gridmap itself, load with COPY
-    from gridmap.store import GeoPackageStore
+    from gridmap.store import open_store
 
-    store = GeoPackageStore.open(gpkg)
+    store = open_store(gpkg)
     fs = store.query("households")
     store.close()
     rows = work / "households.csv"

@@ -379,9 +379,9 @@ def solomon_row(name: str, untimed_vroom: bool) -> None:
 
 def whole_sample(client: httpx.Client, db: Path) -> None:
     print("\n## The whole sample: a day's plan for all 40 grids through the API")
-    from gridmap.store import GeoPackageStore
+    from gridmap.store import open_store
 
-    store = GeoPackageStore.open(db)
+    store = open_store(db)
     grids = store.query_ids("grids")[0].tolist()
     buildings = store.count("buildings")
     store.close()
@@ -415,9 +415,9 @@ def walking_matrix(db: Path) -> None:
 
     from benchmarks._common import best_of
     from gridmap.routing import network
-    from gridmap.store import GeoPackageStore
+    from gridmap.store import open_store
 
-    store = GeoPackageStore.open(db)
+    store = open_store(db)
     net = network.of_store(store)
     store.close()
     con = sqlite3.connect(db)

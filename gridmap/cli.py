@@ -18,7 +18,7 @@ from gridmap.layers import LAYERS
 from gridmap.settings import DEFAULT_DATABASE
 
 if TYPE_CHECKING:
-    from gridmap.store import GeoPackageStore
+    from gridmap.store import FeatureStore
 
 app = typer.Typer(
     help="gridmap — grid management (网格化管理) for a subdistrict: data, API and maps.",
@@ -55,7 +55,7 @@ def _fail(exc: Exception) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _open(database: Path) -> GeoPackageStore:
+def _open(database: Path) -> FeatureStore:
     from gridmap.store import open_store
 
     try:

@@ -28,8 +28,7 @@ from gridmap.errors import IntegrityError
 from gridmap.identifiers import id_check_digit
 from gridmap.integrity import check_store
 from gridmap.layers import RENOVATION_WORKS
-from gridmap.store import GeoPackageStore
-from gridmap.store.geopackage import SYNTHETIC
+from gridmap.store import SYNTHETIC, FeatureStore, create_store
 
 SEAT_WGS84 = (113.2919, 34.8096)
 """District seat on 中心路 (DataV centre 113.298282, 34.808689 GCJ-02, converted)."""
@@ -775,7 +774,7 @@ _ORDER = [
 ]
 
 
-def _autumn_campaign(store: GeoPackageStore, today: dt.date) -> None:
+def _autumn_campaign(store: FeatureStore, today: dt.date) -> None:
     from gridmap import campaigns
 
     c = campaigns.create(
@@ -789,11 +788,11 @@ def _autumn_campaign(store: GeoPackageStore, today: dt.date) -> None:
         raise IntegrityError("the sample's campaign must be the store's first document")
 
 
-def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) -> GeoPackageStore:
+def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) -> FeatureStore:
     """Write a built sample to a new GeoPackage, then check its integrity (raises if broken)."""
     frame = sample.frame
     service_area = frame.to_wgs84([sample.boundary.buffer(30.0)])[0]
-    store = GeoPackageStore.create(path, service_area=service_area)
+    store = create_store(path, service_area=service_area)
     try:
         store.set_meta(SYNTHETIC, "true")  # invented people: identifiers nobody can own
         for layer in _ORDER:
@@ -841,7 +840,7 @@ def build_demo(
     seed: int = 20261124,
     today: dt.date | None = None,
     step: Step | None = None,
-) -> GeoPackageStore:
+) -> FeatureStore:
     """Build the sample subdistrict into a new GeoPackage at ``path`` and return the store."""
     if step:
         step("layout", 0, 1)

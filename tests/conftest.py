@@ -17,7 +17,7 @@ from gridmap.accounts import Accounts, seed_sample_users, token_secret
 from gridmap.sample import build_demo
 from gridmap.security import Role
 from gridmap.settings import Settings
-from gridmap.store import GeoPackageStore
+from gridmap.store import FeatureStore, create_store, open_store
 
 REFERENCE_DATE = dt.date(2026, 11, 24)
 SERVICE_AREA = shapely.box(113.25, 34.78, 113.33, 34.84)
@@ -51,7 +51,7 @@ def sample_path(sample_build: tuple[Path, dict[str, tuple[str, str]]]) -> Path:
 
 def tokens_for(path: Path) -> dict[str, dict[str, str]]:
     """Authorization headers per role for the sample users of a database (plus public)."""
-    store = GeoPackageStore.open(path)
+    store = open_store(path)
     accounts = Accounts(store, secret=token_secret(store), token_minutes=120)
     out: dict[str, dict[str, str]] = {"public": {}}
     for rec in store.users():
@@ -73,17 +73,17 @@ def admin_headers(auth: dict[str, dict[str, str]]) -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-def sample_store(sample_path: Path) -> Iterator[GeoPackageStore]:
+def sample_store(sample_path: Path) -> Iterator[FeatureStore]:
     """The sample opened read-only by convention."""
-    store = GeoPackageStore.open(sample_path)
+    store = open_store(sample_path)
     yield store
     store.close()
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[GeoPackageStore]:
+def store(tmp_path: Path) -> Iterator[FeatureStore]:
     """A new, empty store with a service area around the sample."""
-    s = GeoPackageStore.create(tmp_path / "t.gpkg", service_area=SERVICE_AREA)
+    s = create_store(tmp_path / "t.gpkg", service_area=SERVICE_AREA)
     yield s
     s.close()
 

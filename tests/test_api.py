@@ -6,7 +6,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gridmap.layers import LAYERS
-from gridmap.store import GeoPackageStore, Query
+from gridmap.store import FeatureStore, Query
 from tests.test_maps import ADMIN_LAYERS_EN, ADMIN_LAYERS_ZH, layer_control_names
 
 
@@ -27,7 +27,7 @@ def test_landing_links(client: TestClient) -> None:
     assert "http://www.opengis.net/spec/ogcapi-features-1/1.0/conf/core" in conf
 
 
-def test_collections_list_every_layer(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_collections_list_every_layer(client: TestClient, sample_store: FeatureStore) -> None:
     cols = client.get("/collections").json()["collections"]
     assert [c["id"] for c in cols] == [layer.id for layer in LAYERS]
     grids = client.get("/collections/grids").json()
@@ -37,7 +37,7 @@ def test_collections_list_every_layer(client: TestClient, sample_store: GeoPacka
 
 
 def test_paging_through_a_collection_returns_every_feature(
-    client: TestClient, sample_store: GeoPackageStore
+    client: TestClient, sample_store: FeatureStore
 ) -> None:
     seen: list[int] = []
     url: str | None = "/collections/buildings/items?limit=250"
@@ -54,7 +54,7 @@ def test_paging_through_a_collection_returns_every_feature(
     assert seen == sorted(sample_store.query("buildings").ids.tolist())
 
 
-def test_bbox_filter_matches_store(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_bbox_filter_matches_store(client: TestClient, sample_store: FeatureStore) -> None:
     bbox = (113.285, 34.80, 113.295, 34.81)
     r = client.get("/collections/toilets/items", params={"bbox": ",".join(map(str, bbox))})
     ids = sorted(f["id"] for f in r.json()["features"])
@@ -67,7 +67,7 @@ def test_limit_is_clamped_not_refused(client: TestClient) -> None:
     assert body["numberReturned"] == 1000
 
 
-def test_single_item_with_etag(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_single_item_with_etag(client: TestClient, sample_store: FeatureStore) -> None:
     r = client.get("/collections/grids/items/3")
     assert r.status_code == 200
     f = r.json()

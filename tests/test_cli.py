@@ -64,9 +64,9 @@ def test_users_commands(tmp_path: Path) -> None:
     assert r.exit_code == 1 and "no user" in r.output
     from gridmap.accounts import Accounts, token_secret
     from gridmap.errors import AuthenticationError
-    from gridmap.store import GeoPackageStore
+    from gridmap.store import open_store
 
-    store = GeoPackageStore.open(db)
+    store = open_store(db)
     rec = store.user("w7")
     assert rec["grid_ids"] == [8, 9] and rec["disabled"]
     accounts = Accounts(store, secret=token_secret(store))
@@ -79,7 +79,7 @@ def test_users_commands(tmp_path: Path) -> None:
         runner.invoke(app, ["users", "disable", "w7", "--enable", "--database", str(db)]).exit_code
         == 0
     )
-    store = GeoPackageStore.open(db)
+    store = open_store(db)
     accounts = Accounts(store, secret=token_secret(store))
     assert accounts.login("w7", new).access_token
     with pytest.raises(AuthenticationError):

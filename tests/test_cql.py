@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from gridmap.cql import FilterError, check_filter
 from gridmap.layers import get_layer
-from gridmap.store import GeoPackageStore, Query
+from gridmap.store import FeatureStore, Query, create_store
 from tests.conftest import SERVICE_AREA
 
 UTC8 = dt.timezone(dt.timedelta(hours=8))
@@ -49,9 +49,9 @@ T0, T1 = "2026-11-01T02:00:00Z", "2026-11-10T02:00:00Z"  # 10:00 local on both d
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GeoPackageStore]:
+def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeatureStore]:
     path = tmp_path_factory.mktemp("cql") / "cql.gpkg"
-    store = GeoPackageStore.create(path, service_area=SERVICE_AREA)
+    store = create_store(path, service_area=SERVICE_AREA)
     store.insert(
         "old_neighbourhoods",
         [a[0] for a in AREAS],
@@ -94,7 +94,7 @@ def _utc(local: str | None) -> str | None:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _independent(store: GeoPackageStore, layer: str, text: str) -> list[int]:
+def _independent(store: FeatureStore, layer: str, text: str) -> list[int]:
     """Ids matched by cql2-rs; an error (a null in the way) counts as no match."""
     expr = cql2.Expr(text)
     out = []
@@ -112,7 +112,7 @@ def _independent(store: GeoPackageStore, layer: str, text: str) -> list[int]:
     return out
 
 
-def _ours(store: GeoPackageStore, layer: str, text: str, lang: str = "cql2-text") -> list[int]:
+def _ours(store: FeatureStore, layer: str, text: str, lang: str = "cql2-text") -> list[int]:
     f = check_filter(text, get_layer(layer), lang=lang)
     return store.query(layer, Query(filters=[f])).ids.tolist()
 
@@ -185,11 +185,11 @@ VISIT_FILTERS = [
 
 
 @pytest.mark.parametrize("text", AREA_FILTERS)
-def test_agrees_with_cql2_rs_on_every_operator(data: GeoPackageStore, text: str) -> None:
+def test_agrees_with_cql2_rs_on_every_operator(data: FeatureStore, text: str) -> None:
     assert _ours(data, "old_neighbourhoods", text) == _independent(data, "old_neighbourhoods", text)
 
 
-def test_the_area_filters_tell_right_from_wrong(data: GeoPackageStore) -> None:
+def test_the_area_filters_tell_right_from_wrong(data: FeatureStore) -> None:
     """Every filter above selects some features and leaves some out (bar TRUE/FALSE/NULL
     cases), so a wrong implementation cannot pass by selecting all or none."""
     n = len(AREAS)
@@ -202,11 +202,11 @@ def test_the_area_filters_tell_right_from_wrong(data: GeoPackageStore) -> None:
 
 
 @pytest.mark.parametrize("text", VISIT_FILTERS)
-def test_agrees_with_cql2_rs_on_temporal_predicates(data: GeoPackageStore, text: str) -> None:
+def test_agrees_with_cql2_rs_on_temporal_predicates(data: FeatureStore, text: str) -> None:
     assert _ours(data, "households", text) == _independent(data, "households", text)
 
 
-def test_temporal_filters_tell_right_from_wrong(data: GeoPackageStore) -> None:
+def test_temporal_filters_tell_right_from_wrong(data: FeatureStore) -> None:
     """Each temporal operator selects a proper, non-empty part of the data in some form
     (bar T_OVERLAPS/T_OVERLAPPEDBY: an instant property never overlaps, by definition)."""
     for op in set(_TEMPORAL_OPS) - {"T_OVERLAPS", "T_OVERLAPPEDBY"}:
@@ -216,7 +216,7 @@ def test_temporal_filters_tell_right_from_wrong(data: GeoPackageStore) -> None:
         assert any(0 < n < len(VISITS) - 1 for n in sizes), op
 
 
-def test_json_and_text_agree(data: GeoPackageStore) -> None:
+def test_json_and_text_agree(data: FeatureStore) -> None:
     for text in AREA_FILTERS:
         as_json = cql2.parse_text(text).to_json()
         assert _ours(data, "old_neighbourhoods", as_json, "cql2-json") == _ours(

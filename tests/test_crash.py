@@ -12,13 +12,13 @@ import pyogrio
 import pytest
 import shapely
 
-from gridmap.store import GeoPackageStore
+from gridmap.store import create_store, open_store
 
 CHILD = textwrap.dedent(
     """
     import sys, numpy as np, shapely
-    from gridmap.store import GeoPackageStore
-    store = GeoPackageStore.open(sys.argv[1])
+    from gridmap.store import FeatureStore, create_store, open_store
+    store = open_store(sys.argv[1])
     n = int(sys.argv[2])
     rng = np.random.default_rng(0)
     pts = shapely.points(rng.uniform(113.26, 113.32, n), rng.uniform(34.79, 34.83, n))
@@ -33,7 +33,7 @@ CHILD = textwrap.dedent(
 @pytest.mark.slow
 def test_killed_bulk_insert_writes_nothing(tmp_path: Path) -> None:
     path = tmp_path / "crash.gpkg"
-    store = GeoPackageStore.create(path, service_area=shapely.box(113.2, 34.7, 113.4, 34.9))
+    store = create_store(path, service_area=shapely.box(113.2, 34.7, 113.4, 34.9))
     store.insert("cameras", [shapely.Point(113.3, 34.8)], [{"name": "before"}])
     store.close()
     proc = subprocess.Popen(
@@ -52,7 +52,7 @@ def test_killed_bulk_insert_writes_nothing(tmp_path: Path) -> None:
     proc.stdout.close()
     assert proc.returncode == -signal.SIGKILL
     assert "committed" not in seen
-    reopened = GeoPackageStore.open(path)
+    reopened = open_store(path)
     assert reopened.count("cameras") == 1
     assert [p["name"] for p in reopened.query("cameras").properties] == ["before"]
     reopened.close()
@@ -62,7 +62,7 @@ def test_killed_bulk_insert_writes_nothing(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_completed_bulk_insert_writes_everything(tmp_path: Path) -> None:
     path = tmp_path / "ok.gpkg"
-    GeoPackageStore.create(path, service_area=shapely.box(113.2, 34.7, 113.4, 34.9)).close()
+    create_store(path, service_area=shapely.box(113.2, 34.7, 113.4, 34.9)).close()
     out = subprocess.run(
         [sys.executable, "-c", CHILD, str(path), "5000"],
         capture_output=True,

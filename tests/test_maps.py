@@ -10,7 +10,7 @@ import pytest
 import shapely
 
 from gridmap.maps import asset_dirs, overview_map
-from gridmap.store import GeoPackageStore, Query, Scope
+from gridmap.store import FeatureStore, Query, Scope, open_store
 
 ADMIN_LAYERS_ZH = {
     "底图 · 道路", "底图 · 楼栋", "治理单元 · 网格", "治理单元 · 社区", "治理单元 · 联合片区",
@@ -36,7 +36,7 @@ def layer_control_names(html: str) -> set[str]:
     return {json.loads(k) for k in re.findall(r'("(?:[^"\\]|\\.)*")\s*:\s*\w+,', block)}
 
 
-def test_overview_has_every_layer_and_local_assets(sample_store: GeoPackageStore) -> None:
+def test_overview_has_every_layer_and_local_assets(sample_store: FeatureStore) -> None:
     html = overview_map(sample_store).get_root().render()
     names = layer_control_names(html)
     assert names == ADMIN_LAYERS_ZH
@@ -48,7 +48,7 @@ def test_overview_has_every_layer_and_local_assets(sample_store: GeoPackageStore
         assert (asset_dirs()[package] / name).is_file()
 
 
-def test_scope_hides_layers(sample_store: GeoPackageStore) -> None:
+def test_scope_hides_layers(sample_store: FeatureStore) -> None:
     public = Scope(layers=frozenset({"zones", "communities", "grids", "toilets", "facilities"}))
     html = overview_map(sample_store, scope=public).get_root().render()
     assert layer_control_names(html) == PUBLIC_LAYERS_ZH
@@ -69,7 +69,7 @@ def _points_in(html: str) -> list[tuple[float, float]]:
     ]
 
 
-def test_grid_sheet_for_its_worker(client, auth, sample_store: GeoPackageStore) -> None:  # type: ignore[no-untyped-def]
+def test_grid_sheet_for_its_worker(client, auth, sample_store: FeatureStore) -> None:  # type: ignore[no-untyped-def]
     r = client.get("/map/grids/1", headers=auth["grid_worker"])
     assert r.status_code == 200
     html = r.text
@@ -89,7 +89,7 @@ def test_grid_sheet_for_its_worker(client, auth, sample_store: GeoPackageStore) 
     assert has_text(en, "Households: ") and has_text(en, "Last visit")
 
 
-def test_amap_basemap_shifts_overlays_to_gcj02(sample_store: GeoPackageStore) -> None:
+def test_amap_basemap_shifts_overlays_to_gcj02(sample_store: FeatureStore) -> None:
     from gridmap.crs import wgs84_to_gcj02
     from gridmap.maps import overview_map
 
@@ -143,7 +143,7 @@ def test_a_campaign_colours_the_grids_by_its_share_done(client, auth) -> None:  
 
 
 def test_page_text_is_escaped(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     store.update("toilets", 1, properties={"name": "<img src=x onerror=alert(1)>"})
     store.close()
     html = edit_client.get("/map").text
@@ -171,7 +171,7 @@ def test_overview_pages_are_cached_until_an_edit(edit_client, edit_path) -> None
     second = edit_client.get("/map").text
     assert first == second  # the same page, not drawn again (folium ids would differ)
     assert edit_client.get("/map?lang=en").text != first
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     store.update("toilets", 1, properties={"name": "改名后的公厕"})
     store.close()
     third = edit_client.get("/map").text
@@ -201,7 +201,7 @@ def test_stored_template_syntax_stays_text(edit_client, edit_path) -> None:  # t
     assert title == "网格作战图 · " + html_text(payload)
 
 
-def test_page_policy_names_only_scripts_gridmap_wrote(sample_store: GeoPackageStore) -> None:
+def test_page_policy_names_only_scripts_gridmap_wrote(sample_store: FeatureStore) -> None:
     """Hashes come from the parts gridmap rendered, not from reading the page back: a script
     that slipped into the page (an escaping bug, simulated here) is not approved."""
     from branca.element import Element

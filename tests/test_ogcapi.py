@@ -19,7 +19,7 @@ from owslib.ogcapi.features import Features
 from api.routes.features import CONFORMANCE
 from gridmap import crs as gcrs
 from gridmap.layers import LAYERS
-from gridmap.store import GeoPackageStore, Query
+from gridmap.store import FeatureStore, Query
 from tests.conftest import external_connection
 
 M_PER_DEG = 111_320.0
@@ -37,7 +37,7 @@ def gdal_as_admin(admin_headers: dict[str, str]) -> Iterator[None]:
 
 
 def test_gdal_oapif_reads_every_collection(
-    live_server: str, sample_store: GeoPackageStore, gdal_as_admin: None
+    live_server: str, sample_store: FeatureStore, gdal_as_admin: None
 ) -> None:
     url = f"OAPIF:{live_server}"
     listed = dict(pyogrio.list_layers(url).tolist())
@@ -54,7 +54,7 @@ def test_gdal_oapif_reads_every_collection(
 
 
 def test_gdal_oapif_bbox_request(
-    live_server: str, sample_store: GeoPackageStore, gdal_as_admin: None
+    live_server: str, sample_store: FeatureStore, gdal_as_admin: None
 ) -> None:
     bbox = (113.28, 34.80, 113.30, 34.82)
     df = pyogrio.read_dataframe(f"OAPIF:{live_server}", layer="households", bbox=bbox)
@@ -62,7 +62,7 @@ def test_gdal_oapif_bbox_request(
 
 
 def test_owslib_pages_through_every_collection(
-    live_server: str, sample_store: GeoPackageStore, admin_headers: dict[str, str]
+    live_server: str, sample_store: FeatureStore, admin_headers: dict[str, str]
 ) -> None:
     w = Features(live_server, headers=admin_headers)
     assert {c["id"] for c in w.collections()["collections"]} == {la.id for la in LAYERS}
@@ -84,7 +84,7 @@ def test_owslib_pages_through_every_collection(
     assert "tags" in q["properties"]
 
 
-def test_qgis_style_requests(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_qgis_style_requests(client: TestClient, sample_store: FeatureStore) -> None:
     """bbox in EPSG:4326 (lat-first) + output EPSG:3857 + paging, as QGIS sends them."""
     bbox = (34.80, 113.28, 34.82, 113.30)  # lat, lon order for EPSG:4326
     expected = sample_store.query("households", Query(bbox=(113.28, 34.80, 113.30, 34.82)))
@@ -129,7 +129,7 @@ def test_conformance_declares_what_is_tested(client: TestClient) -> None:
     )
 
 
-def test_collection_metadata(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_collection_metadata(client: TestClient, sample_store: FeatureStore) -> None:
     c = client.get("/collections/households").json()
     assert c["itemType"] == "feature"
     assert c["storageCrs"] == gcrs.CRS84
@@ -140,7 +140,7 @@ def test_collection_metadata(client: TestClient, sample_store: GeoPackageStore) 
 
 
 def test_property_filters_selection_and_sorting(
-    client: TestClient, sample_store: GeoPackageStore
+    client: TestClient, sample_store: FeatureStore
 ) -> None:
     r = client.get("/collections/toilets/items?status=planned&properties=name,status&sortby=-name")
     body = r.json()
@@ -158,7 +158,7 @@ def test_property_filters_selection_and_sorting(
     assert r.json()["numberMatched"] == want
 
 
-def test_datetime_parameter(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_datetime_parameter(client: TestClient, sample_store: FeatureStore) -> None:
     props = sample_store.query("households").properties
     since = "2026-11-20T00:00:00"
     want = sum(1 for p in props if p["last_visit_at"] and p["last_visit_at"] >= since)
@@ -196,7 +196,7 @@ EPSG_OFFERED = [u for u in gcrs.SUPPORTED_CRS if "/EPSG/" in u]
 
 @pytest.mark.parametrize("crs_uri", EPSG_OFFERED)
 def test_coordinates_follow_each_crs_own_axis_order(
-    client: TestClient, sample_store: GeoPackageStore, crs_uri: str
+    client: TestClient, sample_store: FeatureStore, crs_uri: str
 ) -> None:
     """Absolute coordinates against PROJ in the authority's axis order (not always_xy):
     EPSG:4326/4490 lat, lon; EPSG:4547 northing, easting; EPSG:3857 x, y."""
@@ -296,7 +296,7 @@ def test_undeclared_gcj02_is_refused(edit_client: TestClient) -> None:
 
 @pytest.mark.parametrize("crs_uri", list(gcrs.SUPPORTED_CRS))
 def test_bbox_crs_selects_the_same_area(
-    client: TestClient, sample_store: GeoPackageStore, crs_uri: str
+    client: TestClient, sample_store: FeatureStore, crs_uri: str
 ) -> None:
     area = shapely.box(113.28, 34.80, 113.30, 34.82)
     ring = gcrs.to_output([shapely.segmentize(area, 0.0005)], crs_uri)[0]
@@ -423,7 +423,7 @@ def _python_filter(props: dict[str, Any], geom: shapely.Geometry, text: str) -> 
 
 @pytest.mark.parametrize(("text", "tree"), CQL_PAIRS, ids=[p[0][:40] for p in CQL_PAIRS])
 def test_cql2_text_and_json_agree(
-    client: TestClient, sample_store: GeoPackageStore, text: str, tree: dict[str, Any]
+    client: TestClient, sample_store: FeatureStore, text: str, tree: dict[str, Any]
 ) -> None:
     a = client.get("/collections/households/items", params={"filter": text, "limit": 1000})
     b = client.get(
@@ -661,7 +661,7 @@ TEMPORAL = [
 
 @pytest.mark.parametrize(("op", "rule"), TEMPORAL, ids=[t[0] for t in TEMPORAL])
 def test_temporal_functions_follow_cql2(
-    client: TestClient, sample_store: GeoPackageStore, op: str, rule: Any
+    client: TestClient, sample_store: FeatureStore, op: str, rule: Any
 ) -> None:
     """Against an interval (Beijing time = UTC+8) and both argument orders."""
     visits = sorted(
@@ -681,7 +681,7 @@ def test_temporal_functions_follow_cql2(
     assert r.json()["numberMatched"] == want
 
 
-def test_arithmetic_in_filters(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_arithmetic_in_filters(client: TestClient, sample_store: FeatureStore) -> None:
     members = [p["members"] for p in sample_store.query("households").properties]
     for text, rule in [
         ("members % 2 = 1", lambda m: m % 2 == 1),
@@ -801,7 +801,7 @@ BAD_QUERIES = [
 
 @pytest.mark.parametrize("query", BAD_QUERIES)
 def test_malformed_queries_are_400(
-    client: TestClient, sample_store: GeoPackageStore, query: str
+    client: TestClient, sample_store: FeatureStore, query: str
 ) -> None:
     before = sample_store.count("grids")
     r = client.get(f"/collections/grids/items?{query}")
@@ -824,7 +824,7 @@ def test_feature_not_found_paths(client: TestClient) -> None:
 # ----------------------------------------------------------------------------- domain queries
 
 
-def test_locate(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_locate(client: TestClient, sample_store: FeatureStore) -> None:
     r = client.get("/locate?lon=113.2919&lat=34.8096").json()
     assert r["zone"]["name"].endswith("联合片区")
     grid = sample_store.get("grids", r["grid"]["id"])
@@ -842,7 +842,7 @@ def test_locate(client: TestClient, sample_store: GeoPackageStore) -> None:
     assert client.get("/locate?lon=200&lat=1").status_code == 422
 
 
-def test_nearest_matches_brute_force(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_nearest_matches_brute_force(client: TestClient, sample_store: FeatureStore) -> None:
     r = client.get("/nearest?collection=toilets&lon=113.2919&lat=34.8096&k=4").json()
     got = [(f["id"], f["properties"]["distance_m"]) for f in r["features"]]
     fs = sample_store.query("toilets")
@@ -859,7 +859,7 @@ def test_nearest_matches_brute_force(client: TestClient, sample_store: GeoPackag
     assert client.get("/nearest?collection=toilets&lon=1&lat=2&k=0").status_code == 400
 
 
-def test_stats(client: TestClient, sample_store: GeoPackageStore) -> None:
+def test_stats(client: TestClient, sample_store: FeatureStore) -> None:
     hh = sample_store.query("households").properties
     for level in ("grids", "communities", "zones"):
         rows = client.get(f"/stats/{level}").json()["areas"]
@@ -939,7 +939,7 @@ def test_conditional_requests_and_head(edit_client: TestClient) -> None:
     assert edit_client.head("/collections/toilets/items/999999").status_code == 404
 
 
-def test_feature_cache_serves_whole_pages_at_any_size(sample_store: GeoPackageStore) -> None:
+def test_feature_cache_serves_whole_pages_at_any_size(sample_store: FeatureStore) -> None:
     """A page crossing the cache's limit, or a cache of size 0 (always cold), still holds
     every feature asked for, in order, encoded as the store returns it."""
     import orjson
@@ -991,7 +991,7 @@ def test_html_and_json_of_one_url_are_told_apart(edit_client: TestClient) -> Non
 
 
 def test_csv_export_holds_everything_asked_in_the_crs_asked(
-    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: FeatureStore
 ) -> None:
     from pyproj import Transformer
 

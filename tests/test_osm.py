@@ -19,7 +19,7 @@ from gridmap.cli import app
 from gridmap.errors import InvalidFeatureError
 from gridmap.osm import other_tags, read_streets
 from gridmap.routing import network
-from gridmap.store import GeoPackageStore
+from gridmap.store import open_store
 from tests.conftest import copy_database
 
 runner = CliRunner()
@@ -85,7 +85,7 @@ def extract(sample_path: Path, tmp_path: Path) -> tuple[Path, int]:
 
 
 def _matrix(path: Path) -> np.ndarray:
-    store = GeoPackageStore.open(path)
+    store = open_store(path)
     con = sqlite3.connect(path)
     pts = con.execute(
         "SELECT entrance_lon, entrance_lat FROM buildings WHERE entrance_lon IS NOT NULL"
@@ -141,7 +141,7 @@ def test_a_street_leaving_the_subdistrict_is_cut_at_its_edge(
     sample_path: Path, tmp_path: Path
 ) -> None:
     db = copy_database(sample_path, tmp_path / "cut.gpkg")
-    store = GeoPackageStore.open(db)
+    store = open_store(db)
     area = store.service_area
     store.close()
     inside = area.representative_point()

@@ -21,7 +21,7 @@ from gridmap.routing.matrix import DETOUR_FACTOR, WALK_SPEED_M_S
 from gridmap.routing.optimize import Place, Request, optimize
 from gridmap.routing.pool import POOL, processes
 from gridmap.routing.solver import UNREACHABLE, Problem, Result, Route, Shift, Stop, rank, solve
-from gridmap.store import GeoPackageStore
+from gridmap.store import FeatureStore
 
 ORIGIN = (434_000.0, 3_851_500.0)  # EPSG:4547 metres: the south-west of the sample
 
@@ -281,7 +281,7 @@ def test_walking_distances_on_a_street_lattice_are_manhattan_distances() -> None
     assert leg.length == pytest.approx(m.distance[0, 1], abs=2)
 
 
-def test_walking_matrix_equals_the_textbook_spliced_graph(sample_store: GeoPackageStore) -> None:
+def test_walking_matrix_equals_the_textbook_spliced_graph(sample_store: FeatureStore) -> None:
     """The sample's streets and 300 random points (some off the map): the same metres as
     plain csgraph.dijkstra over the graph with every point spliced in as a node."""
     net = network.of_store(sample_store)
@@ -322,7 +322,7 @@ def test_no_point_near_any_street_leaves_every_stop_unreachable() -> None:
     assert m.distance[0, 1] == UNREACHABLE and m.distance[0, 0] == 0
 
 
-def test_unconnected_streets_make_stops_unreachable(store: GeoPackageStore) -> None:
+def test_unconnected_streets_make_stops_unreachable(store: FeatureStore) -> None:
     near = _lattice(2, 100.0)
     far = shapely.LineString(_lonlat(np.array([[3000.0, 0.0], [3100.0, 0.0]])).tolist())
     road = {"name": "测试路", "walkable": True, "status": "existing"}
@@ -352,7 +352,7 @@ def test_unconnected_streets_make_stops_unreachable(store: GeoPackageStore) -> N
 
 
 def test_points_the_roads_do_not_reach_walk_straight_and_the_plan_says_so(
-    store: GeoPackageStore,
+    store: FeatureStore,
 ) -> None:
     """Roads known only around the start (a partial import): the stop 3 km off is still
     planned, by straight line × detour factor, and the plan says which points."""
@@ -373,7 +373,7 @@ def test_points_the_roads_do_not_reach_walk_straight_and_the_plan_says_so(
     assert r.distance_m == pytest.approx(walk_near + straight_far, rel=0.01)
 
 
-def test_no_roads_means_straight_lines_and_the_plan_says_so(store: GeoPackageStore) -> None:
+def test_no_roads_means_straight_lines_and_the_plan_says_so(store: FeatureStore) -> None:
     ll = _lonlat(np.array([[0.0, 0.0], [300.0, 400.0]]))
     req = Request([Place("a", ll[1, 0], ll[1, 1])], (ll[0, 0], ll[0, 1]), time_limit_s=0.1)
     plan = optimize(req, store)

@@ -22,7 +22,7 @@ from gridmap.sample import (
     id_check_digit,
     write_sample,
 )
-from gridmap.store import GeoPackageStore
+from gridmap.store import FeatureStore
 from tests.conftest import REFERENCE_DATE, copy_database
 
 
@@ -36,7 +36,7 @@ def gdal_copy(path: Path, tmp_path: Path) -> Path:
 
 
 def test_gdal_lists_every_layer_with_counts_and_types(
-    sample_path: Path, sample_store: GeoPackageStore, tmp_path: Path
+    sample_path: Path, sample_store: FeatureStore, tmp_path: Path
 ) -> None:
     sample_path = gdal_copy(sample_path, tmp_path)
     listed = dict(pyogrio.list_layers(sample_path).tolist())
@@ -47,7 +47,7 @@ def test_gdal_lists_every_layer_with_counts_and_types(
         assert info["crs"] == "EPSG:4326"
 
 
-def test_sizes_are_as_specified(sample_store: GeoPackageStore) -> None:
+def test_sizes_are_as_specified(sample_store: FeatureStore) -> None:
     assert sample_store.count("zones") == 4
     assert sample_store.count("communities") == 8
     assert 30 <= sample_store.count("grids") <= 50
@@ -61,7 +61,7 @@ def test_sizes_are_as_specified(sample_store: GeoPackageStore) -> None:
     }
 
 
-def test_grids_hold_300_to_500_households(sample_store: GeoPackageStore) -> None:
+def test_grids_hold_300_to_500_households(sample_store: FeatureStore) -> None:
     per_grid = Counter(p["grid_id"] for p in sample_store.query("households").properties)
     grids = sample_store.query("grids")
     assert set(per_grid) == set(grids.ids.tolist())
@@ -71,7 +71,7 @@ def test_grids_hold_300_to_500_households(sample_store: GeoPackageStore) -> None
         assert p["worker_name"] and p["worker_phone"].startswith("0371-0000")
 
 
-def test_tags_in_realistic_proportions(sample_store: GeoPackageStore) -> None:
+def test_tags_in_realistic_proportions(sample_store: FeatureStore) -> None:
     hh = sample_store.query("households")
     tags = Counter(t for p in hh.properties for t in p["tags"])
     both = sum(1 for p in hh.properties if {"hardship", "heating_subsidy"} <= set(p["tags"]))
@@ -106,7 +106,7 @@ def test_tags_in_realistic_proportions(sample_store: GeoPackageStore) -> None:
             assert p["members"] == 1
 
 
-def test_personal_data_is_visibly_synthetic(sample_store: GeoPackageStore) -> None:
+def test_personal_data_is_visibly_synthetic(sample_store: FeatureStore) -> None:
     for p in sample_store.query("households").properties:
         assert re.fullmatch(r".某[甲乙丙丁戊己庚辛壬癸]", p["head_name"])
         assert re.fullmatch(r"100\d{8}", p["phone"])
@@ -115,7 +115,7 @@ def test_personal_data_is_visibly_synthetic(sample_store: GeoPackageStore) -> No
         assert id_check_digit(idn[:17]) != idn[17]  # fails the GB 11643 check: nobody's number
 
 
-def test_facilities_and_projects(sample_store: GeoPackageStore) -> None:
+def test_facilities_and_projects(sample_store: FeatureStore) -> None:
     fac = sample_store.query("facilities").properties
     kinds = Counter(p["kind"] for p in fac)
     assert kinds["mediation_room"] == 15
@@ -134,11 +134,11 @@ def test_facilities_and_projects(sample_store: GeoPackageStore) -> None:
     assert all(0 <= c["direction_deg"] <= 360 and c["fov_deg"] > 0 for c in cams)
 
 
-def test_integrity_holds(sample_store: GeoPackageStore) -> None:
+def test_integrity_holds(sample_store: FeatureStore) -> None:
     assert check_store(sample_store) == []
 
 
-def test_layout_lies_inside_the_real_district(sample_store: GeoPackageStore) -> None:
+def test_layout_lies_inside_the_real_district(sample_store: FeatureStore) -> None:
     district = district_boundary_wgs84()
     for layer in ("zones", "households", "roads"):
         geoms = sample_store.query(layer).geometries
@@ -178,7 +178,7 @@ def test_broken_sample_fails_loudly_and_leaves_no_file(tmp_path: Path) -> None:
     assert not (tmp_path / "broken.gpkg").exists()
 
 
-def test_visit_dates_are_recent(sample_store: GeoPackageStore) -> None:
+def test_visit_dates_are_recent(sample_store: FeatureStore) -> None:
     dates = [
         p["last_visit_at"]
         for p in sample_store.query("households").properties
@@ -191,7 +191,7 @@ def test_visit_dates_are_recent(sample_store: GeoPackageStore) -> None:
 
 
 def test_gdal_reads_the_same_households_the_store_wrote(
-    sample_path: Path, sample_store: GeoPackageStore, tmp_path: Path
+    sample_path: Path, sample_store: FeatureStore, tmp_path: Path
 ) -> None:
     gdf = pyogrio.read_dataframe(
         gdal_copy(sample_path, tmp_path), layer="households", fid_as_index=True

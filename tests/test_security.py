@@ -21,7 +21,7 @@ from gridmap.accounts import Accounts, WeakPasswordError, check_password_policy,
 from gridmap.errors import AuthenticationError
 from gridmap.security import Role, mask_id_number, mask_name, mask_phone
 from gridmap.settings import Settings
-from gridmap.store import GeoPackageStore, Query, Scope
+from gridmap.store import FeatureStore, Query, Scope, open_store
 from tests.conftest import REFERENCE_DATE, tokens_for
 
 ROLES = ["public", "subdistrict_admin", "community_admin", "grid_worker", "planner", "auditor"]
@@ -38,7 +38,7 @@ def test_mask_formats() -> None:
 
 
 def test_roles_see_masked_fields(
-    auth: dict[str, dict[str, str]], sample_app: Any, sample_store: GeoPackageStore
+    auth: dict[str, dict[str, str]], sample_app: Any, sample_store: FeatureStore
 ) -> None:
     fid = int(sample_store.query("households", Query(equals={"grid_id": 1}, limit=1)).ids[0])
     raw = sample_store.get("households", fid).properties
@@ -72,7 +72,7 @@ def test_login_tells_nothing_and_cannot_lock_others_out(
 ) -> None:
     user, pw = credentials["subdistrict_admin"]
     planner, planner_pw = credentials["planner"]
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     Accounts(store, secret=token_secret(store)).set_disabled(planner)
     store.close()
     app = _app(edit_path)
@@ -105,7 +105,7 @@ def test_login_tells_nothing_and_cannot_lock_others_out(
         # the browser form answers the same way
         page = office.post("/login", data={"username": "ghost", "password": "Wrong-password-1"})
         assert page.status_code == 401 and "wrong username or password" in page.text
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     denied = store.audit_entries(limit=1000, equals={"action": "login", "result": "denied"})[1]
     store.close()
     assert denied >= 19  # every refused attempt is in the audit log
@@ -138,7 +138,7 @@ def _forged(secret: str, pv: str = "", **claims: Any) -> str:
 def test_bad_tokens_are_refused(edit_path: Path) -> None:
     from gridmap.accounts import password_version
 
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     secret = token_secret(store)
     pv = password_version(store.user("admin")["password_hash"])
     planner_pv = password_version(store.user("planner")["password_hash"])
@@ -185,7 +185,7 @@ def test_a_new_password_ends_every_older_token(edit_path: Path) -> None:
     headers = tokens_for(edit_path)["community_admin"]
     with TestClient(_app(edit_path)) as c:
         assert c.get("/collections/households/items?limit=1", headers=headers).status_code == 200
-        store = GeoPackageStore.open(edit_path)
+        store = open_store(edit_path)
         Accounts(store, secret=token_secret(store)).reset_password("community1")
         store.close()
         r = c.get("/collections/households/items?limit=1", headers=headers)
@@ -196,14 +196,14 @@ def test_disabled_user_loses_access_at_once(edit_path: Path) -> None:
     headers = tokens_for(edit_path)["grid_worker"]
     with TestClient(_app(edit_path)) as c:
         assert c.get("/users/me", headers=headers).status_code == 200
-        store = GeoPackageStore.open(edit_path)
+        store = open_store(edit_path)
         Accounts(store, secret=token_secret(store)).set_disabled("worker1")
         store.close()
         assert c.get("/users/me", headers=headers).status_code == 401
 
 
 def test_accounts_refuse_bad_input(edit_path: Path) -> None:
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     accounts = Accounts(store, secret=token_secret(store))
     with pytest.raises(ValueError, match="grid worker needs"):
         accounts.add_user("w9", "Qw7#kLp9@vB2x", Role.GRID_WORKER)
@@ -219,7 +219,7 @@ def test_accounts_refuse_bad_input(edit_path: Path) -> None:
 # ----------------------------------------------------------------------------- route × role
 
 
-def _household(store: GeoPackageStore, grid: int, k: int = 0) -> int:
+def _household(store: FeatureStore, grid: int, k: int = 0) -> int:
     return int(store.query("households", Query(equals={"grid_id": grid}, limit=k + 1)).ids[k])
 
 
@@ -347,7 +347,7 @@ def test_every_route_is_in_the_permission_table(client: TestClient) -> None:
 def test_route_role_matrix(
     edit_path: Path, edit_auth: dict[str, dict[str, str]], credentials: dict[str, tuple[str, str]]
 ) -> None:
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     # distinct features per (method, role): households of grid 1 (the worker's, inside the
     # community admin's community) and toilets, so that a delete does not hide a later row
     methods = ["GET", "PUT", "PATCH", "DELETE", "POST"]
@@ -453,7 +453,7 @@ def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str]
 
 def _actions(path: Path, response: Any) -> str:
     """The audit actions one response left (by its request id), e.g. "read+update"."""
-    store = GeoPackageStore.open(path)
+    store = open_store(path)
     rid = response.headers["x-request-id"]
     rows = store.audit_entries(limit=100, equals={"request_id": rid})[0]
     store.close()
@@ -465,7 +465,7 @@ def _actions(path: Path, response: Any) -> str:
 
 def test_grid_workers_never_see_other_grids(edit_path: Path) -> None:
     """For grid workers of many grids: every read path and every method, zero leaks."""
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     accounts = Accounts(store, secret=token_secret(store))
     grids = store.query("grids").ids.tolist()
     every = store.query("households")
@@ -588,7 +588,7 @@ CANARY_PHONE = "10070707077"
 
 def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """Canary personal data in grid 2: every non-admin role exercises the whole API."""
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     grid2 = store.get("grids", 2)
     pt = shapely.Point(*store.get("households", _household(store, 2)).geometry.coords[0])
     (canary,) = store.insert(
@@ -607,7 +607,7 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
     )
     store.close()
     auth = tokens_for(edit_path)
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     accounts = Accounts(store, secret=token_secret(store))
     accounts.add_user("worker2", "Qw7#kLp9@vB2x", Role.GRID_WORKER, grid_ids=[2])
     auth["grid_worker_2"] = {
@@ -680,7 +680,7 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
         "auditor": {404},
     }
     assert CANARY_ID not in text and CANARY_PHONE not in text
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     audit_text = str(store.audit_entries(limit=100_000)[0])
     store.close()
     assert CANARY_ID not in audit_text and CANARY_PHONE not in audit_text
@@ -702,7 +702,7 @@ def test_filters_cannot_probe_masked_fields(
 def test_masked_values_sent_back_keep_the_stored_ones(
     edit_client: TestClient, edit_path: Path
 ) -> None:
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     fid = _household(store, 1)
     before = store.get("households", fid).properties
     store.close()
@@ -716,7 +716,7 @@ def test_masked_values_sent_back_keep_the_stored_ones(
         headers={"If-Match": cur.headers["etag"]},
     )
     assert r.status_code == 200
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     after = store.get("households", fid).properties
     store.close()
     assert after["id_number"] == before["id_number"] and after["phone"] == before["phone"]
@@ -728,7 +728,7 @@ def test_masked_values_sent_back_keep_the_stored_ones(
 
 def test_reveal_needs_a_reason_is_audited_and_rate_limited(edit_path: Path) -> None:
     auth = tokens_for(edit_path)
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     fid = _household(store, 1)
     raw = store.get("households", fid).properties["id_number"]
     store.close()
@@ -771,7 +771,7 @@ def test_audit_records_logins_reads_writes_exports_and_denials(
         h = auth["community_admin"]
         c.get("/collections/households/items?limit=5", headers=h)
         c.get("/collections/households/items?limit=5&f=csv", headers=h)
-        store = GeoPackageStore.open(edit_path)
+        store = open_store(edit_path)
         fid = _household(store, 1)
         store.close()
         cur = c.get(f"/collections/households/items/{fid}", headers=h)
@@ -823,7 +823,7 @@ def test_planner_sees_small_counts_suppressed(
 
 
 def test_csv_export_neutralises_formulas(edit_client: TestClient, edit_path: Path) -> None:
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     pt = store.get("households", _household(store, 3)).geometry
     (fid,) = store.insert(
         "households", [pt], [{"room": '=HYPERLINK("http://x")', "head_name": "+A1", "members": 1}]
@@ -953,7 +953,7 @@ def test_every_personal_read_is_audited_and_limited_whatever_the_route(edit_path
             rids.append((url, r.headers["x-request-id"]))
         r = c.get("/nearest", headers=h, params=near)
         rids.append(("/nearest", r.headers["x-request-id"]))
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     n_households = store.count("households")
     grid3 = store.count("households", Query(equals={"grid_id": 3}))
     for url, rid in rids:
@@ -972,7 +972,7 @@ def test_every_personal_read_is_audited_and_limited_whatever_the_route(edit_path
 
 def test_refusals_are_audited_with_method_path_and_query(edit_path: Path) -> None:
     auth = tokens_for(edit_path)
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     other = _household(store, 2)
     store.close()
     h = auth["grid_worker"]
@@ -995,7 +995,7 @@ def test_refusals_are_audited_with_method_path_and_query(edit_path: Path) -> Non
         forbidden = c.get("/audit?action=read", headers=h)
         assert forbidden.status_code == 403
         log = {r.headers["x-request-id"]: r for r in (missing, hidden, patch, cams, forbidden)}
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     entries = {rid: store.audit_entries(equals={"request_id": rid})[0] for rid in log}
     store.close()
     assert entries[missing.headers["x-request-id"]] == []  # a missing id is not an attempt
@@ -1013,7 +1013,7 @@ def test_refusals_are_audited_with_method_path_and_query(edit_path: Path) -> Non
 def test_scope_follows_grid_and_user_changes_at_once(edit_path: Path) -> None:
     """A token issued before a grid moved community reads by the new assignment at once."""
     auth = tokens_for(edit_path)
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     grid = next(
         int(i)
         for i, p in zip(*(lambda fs: (fs.ids, fs.properties))(store.query("grids")), strict=True)
@@ -1059,14 +1059,14 @@ def test_scope_follows_grid_and_user_changes_at_once(edit_path: Path) -> None:
             ).json()["features"]
         }
         assert ids == set()
-        store = GeoPackageStore.open(edit_path)
+        store = open_store(edit_path)
         Accounts(store, secret=token_secret(store)).reassign("community1", community_id=target)
         store.close()
         assert c.get(url, headers=com).status_code == 200  # a user's new assignment too
 
 
 def test_masking_is_decided_by_layer_field_and_role(
-    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: FeatureStore
 ) -> None:
     """A community's public phone is not a household's phone: it filters and sorts."""
     phone = sample_store.get("communities", 3).properties["phone"]
@@ -1086,7 +1086,7 @@ def test_masking_is_decided_by_layer_field_and_role(
 
 
 def test_collection_metadata_stays_in_scope(
-    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: FeatureStore
 ) -> None:
     mine = sample_store.query("households", Query(equals={"grid_id": 1}))
     times = sorted(p["last_visit_at"] for p in mine.properties if p["last_visit_at"])
@@ -1113,7 +1113,7 @@ def test_collection_metadata_stays_in_scope(
 
 
 def test_a_worker_sees_at_least_what_the_public_sees(
-    client: TestClient, auth: dict[str, dict[str, str]], sample_store: GeoPackageStore
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: FeatureStore
 ) -> None:
     grid2 = sample_store.get("grids", 2).geometry.representative_point()
     where = {"lon": grid2.x, "lat": grid2.y}
@@ -1175,7 +1175,7 @@ _PATCH = {"grids": {"name": "改名"}, "buildings": {"address": "改址"}, "hous
 
 def test_every_role_writes_exactly_its_layers(edit_path: Path) -> None:
     auth = tokens_for(edit_path)
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     inside = store.get("grids", 1).geometry.representative_point()
     store.close()
     admin = auth["subdistrict_admin"]
@@ -1207,7 +1207,7 @@ def test_every_role_writes_exactly_its_layers(edit_path: Path) -> None:
 def test_community_admins_cannot_write_outside_their_community(edit_path: Path) -> None:
     auth = tokens_for(edit_path)
     h, admin = auth["community_admin"], auth["subdistrict_admin"]
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     theirs = {int(i) for i in store.query("grids", Query(equals={"community_id": 1})).ids}
     other = next(int(i) for i in store.query("grids").ids if int(i) not in theirs)
     where = store.get("grids", other).geometry.representative_point()
@@ -1229,7 +1229,7 @@ def test_community_admins_cannot_write_outside_their_community(edit_path: Path) 
 
 def test_audit_entries_cannot_be_faked_and_refused_reads_cost_no_reveal(edit_path: Path) -> None:
     auth = tokens_for(edit_path)
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     mine, other = _household(store, 1), _household(store, 2)
     store.close()
     h = auth["grid_worker"]

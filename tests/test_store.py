@@ -22,13 +22,13 @@ from gridmap.errors import (
     VersionConflictError,
 )
 from gridmap.layers import LAYERS
-from gridmap.store import GeoPackageStore, Query, Scope
+from gridmap.store import FeatureStore, Query, Scope, create_store, open_store
 from tests.conftest import external_connection
 
 P = shapely.Point
 
 
-def _grid(store: GeoPackageStore) -> list[int]:
+def _grid(store: FeatureStore) -> list[int]:
     """Two grids side by side in one community (which the grids must name)."""
     (community,) = store.insert(
         "communities", [shapely.box(113.26, 34.79, 113.30, 34.81)], [{"name": "社区"}]
@@ -43,7 +43,7 @@ def _grid(store: GeoPackageStore) -> list[int]:
     )
 
 
-def test_new_file_is_a_geopackage_with_every_layer(store: GeoPackageStore) -> None:
+def test_new_file_is_a_geopackage_with_every_layer(store: FeatureStore) -> None:
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA application_id").fetchone()[0] == 0x47504B47
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -61,7 +61,7 @@ def test_new_file_is_a_geopackage_with_every_layer(store: GeoPackageStore) -> No
     assert (store.path.stat().st_mode & 0o777) == 0o600
 
 
-def test_insert_get_and_gdal_reads_the_same(store: GeoPackageStore) -> None:
+def test_insert_get_and_gdal_reads_the_same(store: FeatureStore) -> None:
     geoms = [P(113.28 + i * 0.001, 34.80 + i * 0.0005) for i in range(50)]
     props = [
         {"name": f"厕{i}", "status": "existing", "units": i, "accessible": i % 2 == 0}
@@ -80,7 +80,7 @@ def test_insert_get_and_gdal_reads_the_same(store: GeoPackageStore) -> None:
     assert list(gdf["units"]) == list(range(50))
 
 
-def test_polygons_round_trip_through_gdal(store: GeoPackageStore) -> None:
+def test_polygons_round_trip_through_gdal(store: FeatureStore) -> None:
     ring = shapely.Polygon(
         [(113.27, 34.79), (113.29, 34.79), (113.29, 34.81), (113.27, 34.81)],
         [[(113.275, 34.795), (113.28, 34.795), (113.28, 34.80), (113.275, 34.795)]],
@@ -92,7 +92,7 @@ def test_polygons_round_trip_through_gdal(store: GeoPackageStore) -> None:
     assert store.get("zones", 1).properties["community_ids"] == ["1", "2"]
 
 
-def test_bbox_query_uses_rtree_and_paging(store: GeoPackageStore) -> None:
+def test_bbox_query_uses_rtree_and_paging(store: FeatureStore) -> None:
     rng = np.random.default_rng(3)
     xs = rng.uniform(113.26, 113.32, 500)
     ys = rng.uniform(34.79, 34.83, 500)
@@ -108,7 +108,7 @@ def test_bbox_query_uses_rtree_and_paging(store: GeoPackageStore) -> None:
     assert store.count("cameras", Query(bbox=bbox)) == len(expected)
 
 
-def test_exact_spatial_predicates(store: GeoPackageStore) -> None:
+def test_exact_spatial_predicates(store: FeatureStore) -> None:
     store.insert(
         "toilets",
         [P(113.28, 34.80), P(113.2899, 34.8099), P(113.30, 34.82)],
@@ -121,7 +121,7 @@ def test_exact_spatial_predicates(store: GeoPackageStore) -> None:
     assert store.count("toilets", Query(geometry=tri)) == 1
 
 
-def test_equality_filters_and_ordering(store: GeoPackageStore) -> None:
+def test_equality_filters_and_ordering(store: FeatureStore) -> None:
     store.insert(
         "toilets",
         [P(113.28, 34.80)] * 3,
@@ -139,7 +139,7 @@ def test_equality_filters_and_ordering(store: GeoPackageStore) -> None:
         store.query("toilets", Query(order_by=["x; DROP TABLE toilets"]))
 
 
-def test_update_bumps_version_and_checks_expected(store: GeoPackageStore) -> None:
+def test_update_bumps_version_and_checks_expected(store: FeatureStore) -> None:
     store.insert("toilets", [P(113.28, 34.80)], [{"name": "a", "units": 3}])
     f = store.update("toilets", 1, properties={"units": 4}, expected_version=1)
     assert f.version == 2 and f.properties == {**f.properties, "name": "a", "units": 4}
@@ -157,7 +157,7 @@ def test_update_bumps_version_and_checks_expected(store: GeoPackageStore) -> Non
     assert len(store.query("toilets", Query(bbox=(113.279, 34.799, 113.281, 34.801)))) == 0
 
 
-def test_delete(store: GeoPackageStore) -> None:
+def test_delete(store: FeatureStore) -> None:
     store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
     with pytest.raises(VersionConflictError):
         store.delete("toilets", 1, expected_version=5)
@@ -169,7 +169,7 @@ def test_delete(store: GeoPackageStore) -> None:
         store.delete("toilets", 1)
 
 
-def test_household_grid_id_is_derived_from_location(store: GeoPackageStore) -> None:
+def test_household_grid_id_is_derived_from_location(store: FeatureStore) -> None:
     g1, g2 = _grid(store)
     ids = store.insert(
         "households", [P(113.27, 34.80), P(113.29, 34.80)], [{"room": "1"}, {"room": "2"}]
@@ -184,7 +184,7 @@ def test_household_grid_id_is_derived_from_location(store: GeoPackageStore) -> N
     assert store.count("households") == 2
 
 
-def test_scope_limits_reads_and_writes(store: GeoPackageStore) -> None:
+def test_scope_limits_reads_and_writes(store: FeatureStore) -> None:
     g1, _g2 = _grid(store)
     store.insert("households", [P(113.27, 34.80), P(113.29, 34.80)], [{"room": "1"}, {"room": "2"}])
     mine = Scope(grid_ids=frozenset({g1}))
@@ -211,7 +211,7 @@ def test_scope_limits_reads_and_writes(store: GeoPackageStore) -> None:
     assert store.count("households") == 2
 
 
-def test_personal_rows_read_under_a_scope_are_noted(store: GeoPackageStore) -> None:
+def test_personal_rows_read_under_a_scope_are_noted(store: FeatureStore) -> None:
     """Every way of reading personal rows notes them in the scope's read log; other layers
     and counts do not."""
     from gridmap.access import ReadLog
@@ -258,7 +258,7 @@ BAD_GEOMETRIES = [
     ("case", "layer", "geom", "message"), BAD_GEOMETRIES, ids=[b[0] for b in BAD_GEOMETRIES]
 )
 def test_bad_geometry_raises_and_writes_nothing(
-    store: GeoPackageStore, case: str, layer: str, geom: object, message: str
+    store: FeatureStore, case: str, layer: str, geom: object, message: str
 ) -> None:
     good = P(113.28, 34.80) if layer == "toilets" else shapely.box(113.27, 34.79, 113.28, 34.80)
     with pytest.raises(InvalidGeometryError, match=message):
@@ -279,26 +279,26 @@ def test_bad_geometry_raises_and_writes_nothing(
     ],
 )
 def test_bad_properties_raise_and_write_nothing(
-    store: GeoPackageStore, props: dict, message: str
+    store: FeatureStore, props: dict, message: str
 ) -> None:
     with pytest.raises(InvalidFeatureError, match=message):
         store.insert("toilets", [P(113.28, 34.80), P(113.28, 34.80)], [{"name": "ok"}, props])
     assert store.count("toilets") == 0
 
 
-def test_feature_appended_by_gdal_is_indexed(store: GeoPackageStore) -> None:
+def test_feature_appended_by_gdal_is_indexed(store: FeatureStore) -> None:
     store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
     store.close()
     new = gpd.GeoDataFrame({"name": ["gdal"], "units": [3]}, geometry=[P(113.30, 34.82)], crs=4326)
     pyogrio.write_dataframe(new, store.path, layer="toilets", append=True)
-    reopened = GeoPackageStore.open(store.path)
+    reopened = open_store(store.path)
     hit = reopened.query("toilets", Query(bbox=(113.299, 34.819, 113.301, 34.821)))
     assert hit.ids.tolist() == [2]
     assert hit.properties[0]["name"] == "gdal" and hit.versions.tolist() == [1]
     reopened.close()
 
 
-def test_external_update_keeps_index_and_bumps_version(store: GeoPackageStore) -> None:
+def test_external_update_keeps_index_and_bumps_version(store: FeatureStore) -> None:
     """An UPDATE from another SQLite client (as QGIS issues it) fires the GeoPackage triggers."""
     from gridmap import geometry as geo
 
@@ -318,16 +318,16 @@ def test_external_update_keeps_index_and_bumps_version(store: GeoPackageStore) -
 
 def test_open_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="gridmap demo"):
-        GeoPackageStore.open(tmp_path / "none.gpkg")
+        open_store(tmp_path / "none.gpkg")
     junk = tmp_path / "junk.gpkg"
     junk.write_bytes(b"not a database at all" * 100)
     with pytest.raises(StoreError, match="not a GeoPackage"):
-        GeoPackageStore.open(junk)
+        open_store(junk)
     with pytest.raises(StoreError, match="already exists"):
-        GeoPackageStore.create(junk)
+        create_store(junk)
 
 
-def test_moving_a_grid_boundary_rederives_grid_ids(store: GeoPackageStore) -> None:
+def test_moving_a_grid_boundary_rederives_grid_ids(store: FeatureStore) -> None:
     g1, g2 = _grid(store)
     ids = store.insert(
         "households", [P(113.275, 34.80), P(113.285, 34.80)], [{"room": "1"}, {"room": "2"}]

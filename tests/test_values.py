@@ -18,7 +18,7 @@ from gridmap.identifiers import (
     normalise_phone,
 )
 from gridmap.integrity import check_store
-from gridmap.store import GeoPackageStore, Query
+from gridmap.store import FeatureStore, Query, open_store
 from tests.conftest import copy_database, external_connection
 
 
@@ -87,18 +87,18 @@ def test_id_numbers_are_checked_by_gb11643() -> None:
 
 
 @pytest.fixture
-def edit_store(edit_path: Path) -> GeoPackageStore:
-    s = GeoPackageStore.open(edit_path)
+def edit_store(edit_path: Path) -> FeatureStore:
+    s = open_store(edit_path)
     yield s
     s.close()
 
 
-def _household_in(store: GeoPackageStore, grid: int) -> tuple[int, dict]:
+def _household_in(store: FeatureStore, grid: int) -> tuple[int, dict]:
     fs = store.query("households", Query(equals={"grid_id": grid}, limit=1))
     return int(fs.ids[0]), fs.properties[0]
 
 
-def test_references_must_exist_and_agree_with_the_location(edit_store: GeoPackageStore) -> None:
+def test_references_must_exist_and_agree_with_the_location(edit_store: FeatureStore) -> None:
     fid, p = _household_in(edit_store, 1)
     other = edit_store.query("buildings", Query(equals={"grid_id": 2}, limit=1)).ids[0]
     for bad in (999_999, int(other)):
@@ -117,7 +117,7 @@ def test_references_must_exist_and_agree_with_the_location(edit_store: GeoPackag
 
 
 def test_text_and_identifiers_over_the_api(
-    edit_client: TestClient, edit_store: GeoPackageStore
+    edit_client: TestClient, edit_store: FeatureStore
 ) -> None:
     fid, _ = _household_in(edit_store, 1)
     url = f"/collections/households/items/{fid}"
@@ -141,7 +141,7 @@ def test_text_and_identifiers_over_the_api(
 
 
 def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     assert check_store(store) == []
     a, _ = _household_in(store, 1)
     b, _ = _household_in(store, 3)
@@ -162,7 +162,7 @@ def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
     )
     conn.commit()
     conn.close()
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     problems = check_store(store)
     store.close()
     text = "\n".join(problems)
@@ -174,12 +174,12 @@ def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
     assert stale in text
 
 
-def test_the_sample_is_synthetic_and_passes(sample_store: GeoPackageStore) -> None:
+def test_the_sample_is_synthetic_and_passes(sample_store: FeatureStore) -> None:
     assert sample_store.synthetic and sample_store.meta("synthetic_identifiers") == "true"
     assert check_store(sample_store) == []
 
 
-def test_a_real_store_refuses_the_synthetic_forms(store: GeoPackageStore) -> None:
+def test_a_real_store_refuses_the_synthetic_forms(store: FeatureStore) -> None:
     assert not store.synthetic
     area = [shapely.box(113.27, 34.79, 113.29, 34.81)]
     with pytest.raises(InvalidFeatureError, match="phone"):
@@ -203,7 +203,7 @@ def _move(path: Path, layer: str, fid: int, geom: shapely.Geometry) -> None:
 def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
     """Break one rule at a time on a copy of the sample; the check names exactly it."""
 
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     g1, g2 = store.get("grids", 1), store.get("grids", 2)
     comm = store.get("communities", g1.properties["community_id"])
     hh, _ = _household_in(store, 1)
@@ -226,7 +226,7 @@ def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
         copy = edit_path.with_name(f"case-{layer}-{fid}.gpkg")
         copy_database(edit_path, copy)
         _move(copy, layer, fid, geom)
-        store = GeoPackageStore.open(copy)
+        store = open_store(copy)
         problems = check_store(store)
         store.close()
         assert any(first in p and second in p for p in problems), (first, problems)
@@ -234,7 +234,7 @@ def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
 
 def test_check_reads_through_garbage_and_counts_everything(edit_path: Path) -> None:
     """Values another program stored are reported, not fatal; every case is counted."""
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     hh = store.query("households", Query(equals={"grid_id": 1}, limit=16)).ids.tolist()
     store.close()
     conn = external_connection(edit_path)
@@ -248,7 +248,7 @@ def test_check_reads_through_garbage_and_counts_everything(edit_path: Path) -> N
         conn.execute("UPDATE households SET room = 'a' || char(7) WHERE fid = ?", (fid,))
     conn.commit()
     conn.close()
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     assert store.get("households", hh[0]).properties["tags"] == "not json"  # read, not crashed
     problems = check_store(store)
     store.close()
@@ -261,9 +261,7 @@ def test_check_reads_through_garbage_and_counts_everything(edit_path: Path) -> N
     assert "… and 6 more: invalid households values" in text  # 16 bad households in all
 
 
-def test_times_are_stored_as_local_time(
-    edit_client: TestClient, edit_store: GeoPackageStore
-) -> None:
+def test_times_are_stored_as_local_time(edit_client: TestClient, edit_store: FeatureStore) -> None:
     fid, _ = _household_in(edit_store, 1)
     url = f"/collections/households/items/{fid}"
     r = edit_client.patch(
@@ -275,7 +273,7 @@ def test_times_are_stored_as_local_time(
     assert edit_store.get("households", fid).properties["last_visit_at"] == "2026-11-01T10:00:00"
 
 
-def test_locations_agree_with_what_they_name_on_both_sides(edit_store: GeoPackageStore) -> None:
+def test_locations_agree_with_what_they_name_on_both_sides(edit_store: FeatureStore) -> None:
     """A grid lies inside the community it names, a community inside its zone, a household in
     its building's grid; a move on either side that would break it is refused."""
     g = edit_store.get("grids", 5)
@@ -311,7 +309,7 @@ def test_what_other_programs_store_never_breaks_a_read(
     nothing stored is evaluated, and `gridmap check` names each problem."""
     from gridmap import geometry as geo
 
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     hh, _ = _household_in(store, 1)
     store.close()
     conn = external_connection(edit_path)
@@ -347,7 +345,7 @@ def test_what_other_programs_store_never_breaks_a_read(
         r = edit_client.get(url)
         assert r.status_code == 200, (url, r.text[:300])
         assert "eval" not in r.text, url
-    store = GeoPackageStore.open(edit_path)
+    store = open_store(edit_path)
     text = "\n".join(check_store(store))
     store.close()
     for expected in (

@@ -1,15 +1,71 @@
-"""Storage behind one Store interface; the GeoPackage backend is the embedded default."""
+"""Storage: the feature service (:mod:`.core`) over one backend, picked by URL.
 
+``open_store("data/zhongxinlu.gpkg")`` opens the embedded GeoPackage backend;
+``open_store("postgresql://…")`` the PostGIS backend. Both move rows only; every rule is in
+:class:`~gridmap.store.core.FeatureStore`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from shapely.geometry.base import BaseGeometry
+
+from gridmap.errors import StoreError
+from gridmap.store.backend import Backend
 from gridmap.store.base import BBox, Feature, FeatureSet, Query, Scope, Store
-from gridmap.store.geopackage import GeoPackageStore, open_store
+from gridmap.store.core import SYNTHETIC, FeatureStore
 
 __all__ = [
+    "SYNTHETIC",
     "BBox",
     "Feature",
     "FeatureSet",
-    "GeoPackageStore",
+    "FeatureStore",
     "Query",
     "Scope",
     "Store",
+    "create_store",
+    "is_server_url",
     "open_store",
 ]
+
+
+def is_server_url(url: str | os.PathLike[str]) -> bool:
+    """True if ``url`` names a database server (postgresql://…) rather than a file."""
+    return str(url).startswith(("postgresql://", "postgres://"))
+
+
+def _backend(url: str | os.PathLike[str], *, create: bool) -> Backend:
+    text = str(url)
+    if is_server_url(text):
+        from gridmap.store.postgis import PostGISBackend
+
+        return PostGISBackend.create(text) if create else PostGISBackend.open(text)
+    if "://" in text:
+        msg = f"unknown store {text[:60]!r}: give a GeoPackage path or a postgresql:// URL"
+        raise StoreError(msg)
+    from gridmap.store.geopackage import GeoPackageBackend
+
+    return GeoPackageBackend.create(text) if create else GeoPackageBackend.open(text)
+
+
+def open_store(url: str | os.PathLike[str]) -> FeatureStore:
+    """Open the store named by a setting: ``data/zhongxinlu.gpkg`` or ``postgresql://…``."""
+    return FeatureStore(_backend(url, create=False))
+
+
+def create_store(
+    url: str | os.PathLike[str], *, service_area: BaseGeometry | None = None
+) -> FeatureStore:
+    """Create a new, empty store with every registered layer (a new GeoPackage file, or the
+    schema in an empty PostgreSQL database)."""
+    backend = _backend(url, create=True)
+    try:
+        store = FeatureStore(backend)
+        if service_area is not None:
+            store.set_service_area(service_area)
+    except BaseException:
+        backend.close()
+        raise
+    return store

@@ -1,43 +1,53 @@
-"""The relations the layer registry declares, kept true by every write of the GeoPackage store.
+"""The relations the layer registry declares, kept true by every write, on any backend.
 
 A reference (``Prop.ref``) names an existing feature; ``same_grid`` adds that both lie in
 one grid (a household and its building), ``inside`` that the feature lies inside the one
-it names (a grid in its community, a community in its zone). Checked on the side that
+it names (a grid in its community, a community in its zone); a ``derived`` reference is
+computed from the location (the grid a household lies in). Checked on the side that
 names (insert, update) and on the side that is named (a move, a delete), inside the
 write's transaction, so nothing is half-written. No layer is named here: everything is
-read from the registry.
+read from the registry, and rows are read through the backend's :class:`Rows`.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from shapely.geometry.base import BaseGeometry
 
-from gridmap import geometry as geo
 from gridmap.errors import IntegrityError, InvalidFeatureError
 from gridmap.layers import LAYERS, Layer, Prop, get_layer
-from gridmap.store.gpkg_sql import _q
+from gridmap.store.backend import Rows, Selection
 
 INSIDE_TOLERANCE_DEG = 1e-7
 """About a centimetre: shared boundaries drawn apart by rounding still count as inside."""
+GRID_KEY = "grid_id"
+"""The property by which a feature belongs to a grid (``Layer.grid_scoped``)."""
 
 
 def _covers(outer: BaseGeometry, inner: BaseGeometry) -> bool:
     return bool(outer.buffer(INSIDE_TOLERANCE_DEG).covers(inner))
 
 
-def _naming(layer_id: str) -> list[tuple[Layer, Prop]]:
+def naming(layer_id: str) -> list[tuple[Layer, Prop]]:
     """(layer, property) pairs that name features of ``layer_id``."""
     return [(other, p) for other in LAYERS for p in other.references if p.ref == layer_id]
 
 
+def derived_references(layer: Layer) -> list[Prop]:
+    """The layer's references computed from its features' locations."""
+    return [p for p in layer.references if p.derived]
+
+
+def located_by(layer_id: str) -> list[tuple[Layer, Prop]]:
+    """(layer, property) pairs whose value is derived from where features of ``layer_id`` lie."""
+    return [(other, p) for other, p in naming(layer_id) if p.derived]
+
+
 def check_references(
-    c: sqlite3.Connection,
+    rows: Rows,
     layer: Layer,
     clean: Sequence[Mapping[str, Any]],
     geoms: Sequence[BaseGeometry] | np.ndarray,
@@ -52,27 +62,21 @@ def check_references(
         if not wanted:
             continue
         target = get_layer(p.ref or "")
-        grid_col = "grid_id" if target.grid_scoped else "NULL"
-        rows = c.execute(
-            f"SELECT fid, {grid_col}, geom FROM {_q(target.id)} "
-            "WHERE fid IN (SELECT value FROM json_each(?))",
-            (json.dumps(wanted),),
-        ).fetchall()
-        grid_of = {r[0]: r[1] for r in rows}
-        shape_of = (
-            dict(zip((r[0] for r in rows), geo.from_gpkg_blobs([r[2] for r in rows]), strict=True))
-            if (p.inside and rows)
-            else {}
-        )
+        found = rows.select(target, Selection(ids=wanted), count=False)
+        grid_of = {
+            int(i): (props.get(GRID_KEY) if target.grid_scoped else None)
+            for i, props in zip(found.ids, found.properties, strict=True)
+        }
+        shape_of = dict(zip(found.ids.tolist(), found.geometries, strict=True))
         for i, d in enumerate(clean):
             v = d.get(p.name)
             if v is None:
                 continue
-            if v not in grid_of or (p.same_grid and grid_of[v] != d.get("grid_id")):
+            if v not in grid_of or (p.same_grid and grid_of[v] != d.get(GRID_KEY)):
                 where = " in this feature's grid" if p.same_grid else ""
                 msg = f"feature {i}: {p.name} {v} names no feature of {target.id}{where}"
                 raise InvalidFeatureError(msg)
-            if p.inside and not _covers(shape_of[v], geoms[i]):
+            if p.inside and not (shape_of[v] is not None and _covers(shape_of[v], geoms[i])):
                 msg = (
                     f"feature {i} does not lie inside {target.id} {v} ({p.name}); redraw "
                     f"{target.id} {v} to take it in first, or name the one it lies in"
@@ -81,27 +85,23 @@ def check_references(
 
 
 def check_named_by(
-    c: sqlite3.Connection, layer: Layer, fid: int, geometry: BaseGeometry, grid_id: Any
+    rows: Rows, layer: Layer, fid: int, geometry: BaseGeometry, grid_id: Any
 ) -> None:
     """Features that name this one still agree with it after it moved (IntegrityError)."""
-    for other, p in _naming(layer.id):
+    for other, p in naming(layer.id):
+        if not (p.inside or p.same_grid):
+            continue
+        found = rows.select(other, Selection(equals={p.name: int(fid)}), count=False)
         if p.inside:
-            rows = c.execute(
-                f"SELECT fid, geom FROM {_q(other.id)} WHERE {_q(p.name)} = ?", (int(fid),)
-            ).fetchall()
-            shapes = geo.from_gpkg_blobs([r[1] for r in rows]) if rows else []
-            for (ofid, _), g in zip(rows, shapes, strict=True):
-                if not _covers(geometry, g):
+            for ofid, g in zip(found.ids.tolist(), found.geometries, strict=True):
+                if g is not None and not _covers(geometry, g):
                     msg = (
                         f"{other.id} {ofid} would no longer lie inside {layer.id} {fid}; "
                         f"move {other.id} {ofid} (or name another {layer.id}) first"
                     )
                     raise IntegrityError(msg)
         if p.same_grid:
-            n = c.execute(
-                f"SELECT count(*) FROM {_q(other.id)} WHERE {_q(p.name)} = ? AND grid_id IS NOT ?",
-                (int(fid), grid_id),
-            ).fetchone()[0]
+            n = sum(1 for props in found.properties if props.get(GRID_KEY) != grid_id)
             if n:
                 msg = (
                     f"{n} {other.id} naming {layer.id} {fid} would lie in another grid than "
@@ -110,30 +110,55 @@ def check_named_by(
                 raise IntegrityError(msg)
 
 
-def check_same_grid(c: sqlite3.Connection) -> None:
-    """After grid ids were derived again (a grid moved): every same-grid pair still agrees."""
-    for layer in LAYERS:
-        for p in layer.references:
-            if not p.same_grid:
-                continue
-            row = c.execute(
-                f"SELECT t.fid, r.fid FROM {_q(layer.id)} AS t JOIN {_q(p.ref or '')} AS r "
-                f"ON t.{_q(p.name)} = r.fid WHERE t.grid_id IS NOT r.grid_id LIMIT 1"
-            ).fetchone()
-            if row is not None:
-                msg = (
-                    f"this grid edit would put {layer.id} {row[0]} in another grid than "
-                    f"{p.ref} {row[1]} it belongs to; a grid boundary may not cut through it"
-                )
-                raise IntegrityError(msg)
+def check_same_grid(rows: Rows, layer: Layer, moved: Mapping[int, int]) -> None:
+    """After the grids of some features of ``layer`` were derived again (fid → new grid):
+    every same-grid pair they take part in still agrees (IntegrityError otherwise)."""
+    if not moved:
+        return
+    fids = sorted(moved)
+    for p in layer.references:  # what the moved features name
+        if not p.same_grid:
+            continue
+        mine = rows.select(layer, Selection(ids=fids), count=False)
+        refs = {
+            int(i): props.get(p.name) for i, props in zip(mine.ids, mine.properties, strict=True)
+        }
+        wanted = sorted({v for v in refs.values() if v is not None})
+        target = get_layer(p.ref or "")
+        theirs = rows.select(target, Selection(ids=wanted), count=False) if wanted else None
+        grid_of = (
+            {}
+            if theirs is None
+            else {
+                int(i): props.get(GRID_KEY)
+                for i, props in zip(theirs.ids, theirs.properties, strict=True)
+            }
+        )
+        for fid, ref in refs.items():
+            if ref is not None and grid_of.get(ref) != moved[fid]:
+                _split(layer.id, fid, target.id, ref)
+    for other, p in naming(layer.id):  # what names the moved features
+        if not p.same_grid:
+            continue
+        found = rows.select(other, Selection(within=(p.name, frozenset(moved))), count=False)
+        for ofid, props in zip(found.ids.tolist(), found.properties, strict=True):
+            ref = props.get(p.name)
+            if ref in moved and props.get(GRID_KEY) != moved[ref]:
+                _split(other.id, ofid, layer.id, ref)
 
 
-def refuse_if_named(c: sqlite3.Connection, layer: Layer, fid: int) -> None:
+def _split(layer_id: str, fid: int, target_id: str, ref: int) -> None:
+    msg = (
+        f"this grid edit would put {layer_id} {fid} in another grid than "
+        f"{target_id} {ref} it belongs to; a grid boundary may not cut through it"
+    )
+    raise IntegrityError(msg)
+
+
+def refuse_if_named(rows: Rows, layer: Layer, fid: int) -> None:
     """IntegrityError (409) if a feature of any layer still names this one."""
-    for other, p in _naming(layer.id):
-        n = c.execute(
-            f"SELECT count(*) FROM {_q(other.id)} WHERE {_q(p.name)} = ?", (int(fid),)
-        ).fetchone()[0]
+    for other, p in naming(layer.id):
+        n = rows.count(other, Selection(equals={p.name: int(fid)}))
         if n:
             hint = (
                 "redraw the neighbouring grids over them first"

@@ -1,0 +1,556 @@
+"""The feature service: every rule of reading and writing features, once, over any backend.
+
+Reads: layer visible → query checked (names, masked fields, foreign filters) → the scope's
+grid restriction added → rows from the backend → noted in the read log → masked. Writes:
+validate → derive located references (the grid) → check scope → check references →
+check version → write, all inside one backend transaction. The backend only moves rows.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import shapely
+from shapely.geometry.base import BaseGeometry
+
+from gridmap import geometry as geo
+from gridmap.assign import PolygonIndex
+from gridmap.errors import (
+    FeatureNotFoundError,
+    HiddenLayerError,
+    IntegrityError,
+    InvalidFeatureError,
+    InvalidGeometryError,
+    OutOfScopeError,
+    PermissionDeniedError,
+    VersionConflictError,
+)
+from gridmap.layers import LAYERS, Layer, get_layer
+from gridmap.store import relations
+from gridmap.store.backend import Backend, Order, Selection
+from gridmap.store.base import BBox, Feature, FeatureSet, Progress, Query, Scope
+from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
+
+SYNTHETIC = "synthetic_identifiers"
+"""Setting: "true" in a store of invented people (the sample), whose identifiers take the
+forms that can belong to nobody (see gridmap.identifiers)."""
+SERVICE_AREA = "service_area"
+"""Setting: WKT of the area every feature must lie inside."""
+_ALL_ROWS = Query()
+_APPEND_ONLY = "{} is append-only: record a correction as a new entry"
+_GEOMETRY_TYPES = ("Point", "LineString", "Polygon", "MultiPolygon")
+
+
+class FeatureStore:
+    """A Store: the rules of :mod:`gridmap.store.core` over one backend.
+
+    Accounts, audit, documents, settings and stamps pass straight to the backend (their
+    policy lives in :mod:`gridmap.accounts`, :mod:`gridmap.campaigns` …).
+    """
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._lock = threading.Lock()
+        self._located: dict[str, tuple[int, PolygonIndex, npt.NDArray[np.int64]] | None] = {}
+        self._service_area: BaseGeometry | None = None
+        self.synthetic = False
+        self._load_settings()
+
+    # ---------------------------------------------------------------- lifecycle, settings
+
+    @property
+    def url(self) -> str:
+        """Where the data lives (a GeoPackage path or a postgresql:// URL)."""
+        return self.backend.url
+
+    @property
+    def path(self) -> Any:
+        """The GeoPackage file (None for a database server)."""
+        return getattr(self.backend, "path", None)
+
+    def close(self) -> None:
+        """Release the backend's connections."""
+        self.backend.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _load_settings(self) -> None:
+        wkt = self.backend.meta(SERVICE_AREA)
+        area = shapely.from_wkt(wkt) if wkt else None
+        if area is not None:
+            shapely.prepare(area)
+        self._service_area = area
+        self.synthetic = self.backend.meta(SYNTHETIC) == "true"
+
+    @property
+    def service_area(self) -> BaseGeometry | None:
+        """Where features may lie (WGS84), if set."""
+        return self._service_area
+
+    def set_service_area(self, area: BaseGeometry) -> None:
+        """Set the area every feature must lie inside (WGS84 polygon)."""
+        geo.check_geometries([area], accepted_types=frozenset({"Polygon", "MultiPolygon"}))
+        self.backend.set_meta(SERVICE_AREA, shapely.to_wkt(area, rounding_precision=-1))
+        self._load_settings()
+
+    def meta(self, key: str) -> str | None:
+        """A stored setting of the service."""
+        return self.backend.meta(key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a setting of the service."""
+        self.backend.set_meta(key, value)
+        self._load_settings()
+
+    def layers(self) -> list[Layer]:
+        """The layers this store holds (all registered layers)."""
+        return list(LAYERS)
+
+    def stamp(self, layer_id: str) -> int:
+        """A number that changes whenever the layer changes, by any client."""
+        return self.backend.stamp(layer_id)
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes (features, documents) so that all or none happen."""
+        with self.backend.transaction():
+            yield
+
+    # ---------------------------------------------------------------- passed through
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        """A user record, or None."""
+        return self.backend.user(username)
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user record, without password hashes."""
+        return self.backend.users()
+
+    def save_user(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace a user record."""
+        self.backend.save_user(record)
+
+    def audit_append(self, entry: Mapping[str, Any]) -> None:
+        """Append one entry to the append-only audit log."""
+        self.backend.audit_append(entry)
+
+    def audit_entries(
+        self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Audit entries, newest first, and how many match."""
+        return self.backend.audit_entries(limit=limit, offset=offset, equals=equals)
+
+    def add_document(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        parent: int | None = None,
+        grid_id: int | None = None,
+        created_by: str | None = None,
+    ) -> int:
+        """Store a record that is no feature (a campaign, a plan); return its id."""
+        return self.backend.add_document(
+            kind, body, parent=parent, grid_id=grid_id, created_by=created_by
+        )
+
+    def replace_document(self, kind: str, doc_id: int, body: Mapping[str, Any]) -> None:
+        """Replace a document's body."""
+        self.backend.replace_document(kind, doc_id, body)
+
+    def document(self, kind: str, doc_id: int) -> dict[str, Any] | None:
+        """One document, or None."""
+        return self.backend.document(kind, doc_id)
+
+    def documents(self, kind: str, *, parent: int | None = None) -> list[dict[str, Any]]:
+        """The documents of a kind (of one parent), oldest first."""
+        return self.backend.documents(kind, parent=parent)
+
+    # ---------------------------------------------------------------- reading
+
+    def _layer(self, layer_id: str, scope: Scope) -> Layer:
+        layer = get_layer(layer_id)
+        if not scope.allows_layer(layer_id):
+            msg = f"no collection {layer_id[:60]!r}"
+            raise HiddenLayerError(msg)
+        return layer
+
+    def _selection(self, layer: Layer, query: Query, scope: Scope) -> Selection:
+        """The query checked against the layer and the scope, as a backend selection."""
+        hidden = scope.masked_in(layer) & (
+            set(query.equals)
+            | {k.lstrip("+-") for k in query.order_by}
+            | {p for f in query.filters for p in f.properties}
+        )
+        foreign = [f.layer_id for f in query.filters if f.layer_id != layer.id]
+        if foreign:
+            msg = f"a filter checked for {foreign[0]} cannot select from {layer.id}"
+            raise InvalidFeatureError(msg)
+        if hidden:
+            msg = f"{', '.join(sorted(hidden))} cannot be used to filter or sort (masked for you)"
+            raise PermissionDeniedError(msg)
+        for name in query.equals:
+            if name not in layer.by_name:
+                known = ", ".join(layer.names)
+                msg = f"unknown property {name[:40]!r} for layer {layer.id}; known: {known}"
+                raise InvalidFeatureError(msg)
+        if query.predicate not in ("intersects", "within", "contains"):
+            msg = (
+                f"unknown spatial predicate {query.predicate!r}; use intersects, within or contains"
+            )
+            raise InvalidFeatureError(msg)
+        within = None
+        if scope.limits(layer):
+            within = (relations.GRID_KEY, frozenset(scope.grid_ids or ()))
+        return Selection(
+            bbox=query.bbox,
+            geometry=query.geometry,
+            predicate=query.predicate,
+            equals=dict(query.equals),
+            filters=tuple(query.filters),
+            ids=None if query.ids is None else [int(i) for i in query.ids],
+            within=within,
+        )
+
+    @staticmethod
+    def _order(layer: Layer, order_by: Sequence[str]) -> Order:
+        out = []
+        for key in order_by:
+            name = key.lstrip("+-")
+            if name not in layer.by_name and name != "id":
+                msg = f"cannot sort by {name[:40]!r}; sortable: id, {', '.join(layer.names)}"
+                raise InvalidFeatureError(msg)
+            out.append((name, key.startswith("-")))
+        return out
+
+    def _seen(self, layer: Layer, fs: FeatureSet, scope: Scope) -> FeatureSet:
+        """Masked for the scope, and noted in its read log when the layer is personal."""
+        if scope.reads is not None and layer.personal:
+            keys = [p.get(relations.GRID_KEY) for p in fs.properties]
+            scope.reads.saw(layer.id, fs.ids.tolist(), keys)
+        return mask(fs, scope)
+
+    def query(
+        self, layer_id: str, query: Query = _ALL_ROWS, *, scope: Scope = Scope.ALL
+    ) -> FeatureSet:
+        """Features matching ``query`` within ``scope``, with ``number_matched`` set."""
+        layer = self._layer(layer_id, scope)
+        sel = self._selection(layer, query, scope)
+        fs = self.backend.select(
+            layer,
+            sel,
+            order=self._order(layer, query.order_by),
+            limit=query.limit,
+            offset=query.offset,
+        )
+        return self._seen(layer, fs, scope)
+
+    def query_ids(
+        self, layer_id: str, query: Query = _ALL_ROWS, *, scope: Scope = Scope.ALL
+    ) -> tuple[npt.NDArray[np.int64], int]:
+        """Ids of one page of ``query`` (in its order) and the number matched, no rows read."""
+        layer = self._layer(layer_id, scope)
+        sel = self._selection(layer, query, scope)
+        personal = scope.reads is not None and layer.personal
+        ids, keys, matched = self.backend.select_ids(
+            layer,
+            sel,
+            order=self._order(layer, query.order_by),
+            limit=query.limit,
+            offset=query.offset,
+            column=relations.GRID_KEY if personal and layer.grid_scoped else None,
+        )
+        if personal and scope.reads is not None:
+            scope.reads.saw(layer.id, ids.tolist(), keys or [None] * len(ids))
+        return ids, matched
+
+    def count(self, layer_id: str, query: Query = _ALL_ROWS, *, scope: Scope = Scope.ALL) -> int:
+        """Number of features matching ``query`` within ``scope``."""
+        layer = self._layer(layer_id, scope)
+        return self.backend.count(layer, self._selection(layer, query, scope))
+
+    def count_by(
+        self, layer_id: str, column: str, query: Query = _ALL_ROWS, *, scope: Scope = Scope.ALL
+    ) -> dict[Any, int]:
+        """Features matching ``query`` within ``scope`` per value of one property."""
+        layer = self._layer(layer_id, scope)
+        if column not in layer.by_name:
+            msg = f"unknown property {column[:40]!r} for layer {layer.id}"
+            raise InvalidFeatureError(msg)
+        require(column not in scope.masked_in(layer), f"{column} is masked for you")
+        return self.backend.group_count(layer, column, self._selection(layer, query, scope))
+
+    def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
+        """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""
+        layer = self._layer(layer_id, scope)
+        f = self._current(layer, fid, scope)
+        if scope.reads is not None and layer.personal:
+            scope.reads.saw(layer.id, [f.id], [f.properties.get(relations.GRID_KEY)])
+        return mask_feature(layer, f, scope)
+
+    def _current(self, layer: Layer, fid: int, scope: Scope) -> Feature:
+        """The stored feature, unmasked (OutOfScopeError if it exists outside the scope)."""
+        sel = self._selection(layer, Query(ids=[int(fid)]), scope)
+        fs = self.backend.select(layer, sel, count=False)
+        if not len(fs):
+            msg = f"no feature {fid} in collection {layer.id}"
+            if scope.limits(layer) and self.backend.count(layer, Selection(ids=[int(fid)])):
+                raise OutOfScopeError(msg)
+            raise FeatureNotFoundError(msg)
+        return next(iter(fs))
+
+    def extent(self, layer_id: str, *, scope: Scope = Scope.ALL) -> BBox | None:
+        """Bounding box of the layer's features within ``scope`` (None when empty)."""
+        layer = self._layer(layer_id, scope)
+        return self.backend.envelope(layer, self._selection(layer, _ALL_ROWS, scope))
+
+    def time_extent(self, layer_id: str, *, scope: Scope = Scope.ALL) -> tuple[str, str] | None:
+        """(earliest, latest) value of the layer's temporal property within ``scope``."""
+        layer = self._layer(layer_id, scope)
+        if layer.temporal is None:
+            return None
+        found = self.backend.min_max(
+            layer, layer.temporal, self._selection(layer, _ALL_ROWS, scope)
+        )
+        return None if found is None else (str(found[0]), str(found[1]))
+
+    # ---------------------------------------------------------------- locating
+
+    def _locator(self, target: Layer) -> tuple[PolygonIndex, npt.NDArray[np.int64]] | None:
+        """Polygon index over the target layer's features (rebuilt when it changes)."""
+        stamp = self.backend.stamp(target.id)
+        cached = self._located.get(target.id)
+        if cached is not None and cached[0] == stamp and stamp >= 0:
+            return cached[1], cached[2]
+        fs = self.backend.select(target, count=False, order=[("id", False)]).with_geometry()
+        if not len(fs):
+            self._located.pop(target.id, None)
+            return None
+        built = (stamp, PolygonIndex(fs.geometries, cells=16_384), fs.ids)
+        with self._lock:
+            self._located[target.id] = built
+        return built[1], built[2]
+
+    def locate(self, target_id: str, geoms: npt.ArrayLike) -> npt.NDArray[np.int64] | None:
+        """Id of the feature of ``target_id`` each geometry lies in (-1: none); None if the
+        target layer is empty."""
+        lookup = self._locator(get_layer(target_id))
+        if lookup is None:
+            return None
+        index, ids = lookup
+        pos = index.lookup_geometries(geoms)
+        return np.where(pos >= 0, ids[np.maximum(pos, 0)], -1)
+
+    def derive_grid_ids(self, geoms: npt.ArrayLike) -> npt.NDArray[np.int64] | None:
+        """Grid id of each geometry's location (-1 where in no grid); None if no grids exist."""
+        grid_ref = next(
+            (p.ref for lay in LAYERS for p in relations.derived_references(lay) if p.ref), None
+        )
+        return None if grid_ref is None else self.locate(grid_ref, geoms)
+
+    # ---------------------------------------------------------------- writing
+
+    def _prepare(
+        self,
+        layer: Layer,
+        geoms: npt.NDArray[np.object_],
+        props: Sequence[Mapping[str, Any]],
+        scope: Scope,
+        *,
+        trusted: bool,
+    ) -> tuple[npt.NDArray[np.object_], list[dict[str, Any]]]:
+        """Validate geometries and properties and derive located references; raise before
+        any write. Returns the geometries promoted to the layer's type and clean values."""
+        if len(geoms) != len(props):
+            msg = f"{len(geoms)} geometries but {len(props)} property sets"
+            raise InvalidFeatureError(msg)
+        geo.check_geometries(
+            geoms,
+            accepted_types=frozenset(t for t in _GEOMETRY_TYPES if layer.accepts_geometry(t)),
+            service_area=self._service_area,
+            layer_id=layer.id,
+        )
+        geoms = geo.promote(geoms, layer.geometry_type)
+        clean: list[dict[str, Any]] = []
+        for i, p in enumerate(props):
+            try:
+                clean.append(
+                    layer.validate_properties(p, allow_derived=trusted, synthetic=self.synthetic)
+                )
+            except InvalidFeatureError as exc:
+                msg = f"feature {i}: {exc}"
+                raise InvalidFeatureError(msg) from None
+        for p in relations.derived_references(layer):
+            found = self.locate(p.ref or "", geoms)
+            if found is None:
+                continue
+            outside = np.flatnonzero(found < 0)
+            if outside.size:
+                i = int(outside[0])
+                x, y = shapely.get_coordinates(geoms[i])[0]
+                msg = (
+                    f"feature {i}: location ({x:.6f}, {y:.6f}) lies in no {_one(p.ref)}; "
+                    f"every feature of this layer must lie inside one {_one(p.ref)}"
+                )
+                raise InvalidGeometryError(msg)
+            for d, v in zip(clean, found.tolist(), strict=True):
+                d[p.name] = v
+        if scope.limits(layer):
+            for i, d in enumerate(clean):
+                if not scope.allows_grid(d.get(relations.GRID_KEY)):
+                    msg = f"feature {i}: outside the grids you may edit"
+                    raise OutOfScopeError(msg)
+        relations.check_references(self.backend, layer, clean, geoms)
+        return geoms, clean
+
+    def insert(
+        self,
+        layer_id: str,
+        geometries: Sequence[BaseGeometry] | npt.NDArray[np.object_],
+        properties: Sequence[Mapping[str, Any]],
+        *,
+        scope: Scope = Scope.ALL,
+        progress: Progress | None = None,
+        trusted: bool = False,
+    ) -> list[int]:
+        """Insert features in one transaction: all are written or none.
+
+        Everything is validated before the first row is written. ``trusted=True`` lets a
+        bulk loader set derived properties itself (they are still validated). ``progress``
+        is called with the running count after each chunk of rows.
+        """
+        layer = self._layer(layer_id, scope)
+        require(scope.allows_write(layer.id), f"you may not add features to {layer.id}")
+        geoms = np.asarray(
+            list(geometries) if not isinstance(geometries, np.ndarray) else geometries, dtype=object
+        )
+        with self.backend.transaction():
+            # checked inside the transaction: a referenced feature cannot vanish meanwhile
+            geoms, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
+            return self.backend.insert_rows(layer, geoms, clean, progress=progress)
+
+    def update(
+        self,
+        layer_id: str,
+        fid: int,
+        *,
+        geometry: BaseGeometry | None = None,
+        properties: Mapping[str, Any] | None = None,
+        replace: bool = False,
+        expected_version: int | None = None,
+        scope: Scope = Scope.ALL,
+    ) -> Feature:
+        """Update one feature and bump its version; nothing changes if any check fails.
+
+        ``replace=True`` replaces every property (absent ones become null) and requires a
+        geometry; otherwise ``properties`` are merged (a None value clears one).
+        ``expected_version`` guards against lost updates (VersionConflictError).
+        """
+        layer = self._layer(layer_id, scope)
+        with self.backend.transaction():
+            current = self._current(layer, fid, scope)
+            require(scope.allows_write(layer.id), f"you may not edit {layer.id}")
+            require(not layer.append_only, _APPEND_ONLY.format(layer.id))
+            _check_version(layer, fid, current.version, expected_version)
+            properties = unmask_unchanged(layer, properties, current, scope)
+            if replace and geometry is None:
+                msg = "a replacement needs a geometry"
+                raise InvalidFeatureError(msg)
+            derived = {p.name for p in layer.properties if p.derived}
+            if replace:
+                merged = dict(properties or {})
+            else:
+                merged = {k: v for k, v in current.properties.items() if k not in derived}
+                merged.update(properties or {})
+            geom = geometry if geometry is not None else current.geometry
+            geoms, clean = self._prepare(
+                layer, np.asarray([geom], dtype=object), [merged], scope, trusted=False
+            )
+            if scope.limits(layer) and not scope.allows_grid(clean[0].get(relations.GRID_KEY)):
+                msg = f"no feature {fid} in collection {layer_id}"
+                raise OutOfScopeError(msg)
+            if clean[0] == current.properties and shapely.equals_exact(
+                geoms[0], current.geometry, tolerance=0
+            ):  # nothing changes: no write, no new version (other editors' ETags hold)
+                return mask_feature(layer, current, scope)
+            if not self.backend.update_row(layer, fid, geoms[0], clean[0], current.version):
+                _check_version(layer, fid, current.version + 1, current.version)
+            if geometry is not None:
+                relations.check_named_by(
+                    self.backend, layer, fid, geoms[0], clean[0].get(relations.GRID_KEY)
+                )
+                if relations.located_by(layer.id):
+                    self._relocate(layer, shapely.union(current.geometry, geoms[0]).bounds)
+            return mask_feature(layer, self._current(layer, fid, Scope.ALL), scope)
+
+    def delete(
+        self,
+        layer_id: str,
+        fid: int,
+        *,
+        expected_version: int | None = None,
+        scope: Scope = Scope.ALL,
+    ) -> None:
+        """Delete one feature (FeatureNotFoundError / VersionConflictError as for update)."""
+        layer = self._layer(layer_id, scope)
+        with self.backend.transaction():
+            current = self._current(layer, fid, scope)
+            require(scope.allows_delete(layer.id), f"you may not delete features of {layer.id}")
+            require(not layer.append_only, _APPEND_ONLY.format(layer.id))
+            _check_version(layer, fid, current.version, expected_version)
+            relations.refuse_if_named(self.backend, layer, fid)
+            if not self.backend.delete_row(layer, fid, current.version):
+                _check_version(layer, fid, current.version + 1, current.version)
+
+    def _relocate(self, target: Layer, bounds: tuple[float, ...]) -> None:
+        """After a feature of ``target`` (a grid) moved: derive again the references of the
+        features around it that are located in ``target``; a feature left in none refuses
+        the edit. Runs inside the caller's transaction."""
+        self._located.pop(target.id, None)
+        box = (bounds[0], bounds[1], bounds[2], bounds[3])
+        moved_by_layer: list[tuple[Layer, dict[int, int]]] = []
+        for other, p in relations.located_by(target.id):
+            found = self.backend.select(other, Selection(bbox=box), count=False).with_geometry()
+            if not len(found):
+                continue
+            new = self.locate(target.id, found.geometries)
+            if new is None or (new < 0).any():
+                k = 0 if new is None else int(np.flatnonzero(new < 0)[0])
+                msg = (
+                    f"this edit would leave {other.id} {int(found.ids[k])} in no "
+                    f"{_one(target.id)}; each must lie in exactly one {_one(target.id)}"
+                )
+                raise IntegrityError(msg)
+            changed = [
+                (int(i), int(g))
+                for i, props, g in zip(found.ids, found.properties, new.tolist(), strict=True)
+                if props.get(p.name) != g
+            ]
+            if changed:
+                self.backend.set_values(other, p.name, changed)
+                moved_by_layer.append((other, dict(changed)))
+        for other, moved in moved_by_layer:
+            relations.check_same_grid(self.backend, other, moved)
+
+
+def _one(layer_id: str | None) -> str:
+    """A layer's id as the name of one of its features ("grids" → "grid")."""
+    return (layer_id or "").removesuffix("s")
+
+
+def _check_version(layer: Layer, fid: int, current: int, expected: int | None) -> None:
+    if expected is not None and current != expected:
+        msg = (
+            f"feature {fid} of {layer.id} is at version {current}, "
+            f"not {expected}; fetch it again and reapply your change"
+        )
+        raise VersionConflictError(msg)

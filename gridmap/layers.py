@@ -54,6 +54,8 @@ class Prop:
     ref: str | None = None
     same_grid: bool = False
     inside: bool = False
+    indexed: bool = False
+    """Looked up by value often enough to deserve a database index (references always are)."""
 
     @property
     def sql_type(self) -> str:
@@ -490,7 +492,7 @@ LAYERS: tuple[Layer, ...] = (
             ),
             _p("worker", "str", "走访人", "Visited by", max_length=40, derived=True),
             _p("note", "str", "备注", "Note", sensitive=True, max_length=500),
-            _p("client_key", "str", "客户端编号", "Client key", max_length=64),
+            _p("client_key", "str", "客户端编号", "Client key", max_length=64, indexed=True),
             _p("recorded_at", "datetime", "录入时间", "Recorded at", derived=True),
         ),
         description_zh="千家万户大走访的走访台账：只增不改，更正即新增一条。",

@@ -1,11 +1,19 @@
-"""Shared fixtures: the sample subdistrict built once per session, empty stores, API clients."""
+"""Shared fixtures: the sample subdistrict built once per session, empty stores, API clients.
+
+``GRIDMAP_TEST_BACKEND=postgis`` runs the same tests over the PostGIS backend (a throw-away
+cluster, see tests/postgres.py): the sample is copied into a template database and every
+test that edits gets its own copy. Tests marked ``gpkg_only`` (they open the file with
+GDAL or SQLite) are left out of that run.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import shapely
@@ -18,21 +26,96 @@ from gridmap.sample import build_demo
 from gridmap.security import Role
 from gridmap.settings import Settings
 from gridmap.store import FeatureStore, create_store, open_store
+from tests import postgres
 
 REFERENCE_DATE = dt.date(2026, 11, 24)
 SERVICE_AREA = shapely.box(113.25, 34.78, 113.33, 34.84)
+BACKEND = os.environ.get("GRIDMAP_TEST_BACKEND", "gpkg")
+if BACKEND not in ("gpkg", "postgis"):
+    raise pytest.UsageError(f"GRIDMAP_TEST_BACKEND={BACKEND!r}: use gpkg or postgis")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In the PostGIS run, leave out the tests of the GeoPackage file itself."""
+    if BACKEND != "postgis":
+        return
+    keep = [i for i in items if i.get_closest_marker("gpkg_only") is None]
+    dropped = [i for i in items if i.get_closest_marker("gpkg_only") is not None]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
+def require_postgis() -> None:
+    """Skip when no PostGIS server can be had here, but fail under CI (CI=true)."""
+    reason = postgres.unavailable()
+    if reason is None:
+        return
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"PostGIS is required in CI: {reason}")
+    pytest.skip(f"PostGIS tests skipped: {reason}")
 
 
 @pytest.fixture(scope="session")
-def sample_build(
+def pg_cluster() -> Iterator[postgres.Cluster]:
+    """A PostgreSQL + PostGIS server for this test process."""
+    require_postgis()
+    c = postgres.start()
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_gpkg(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> tuple[Path, dict[str, tuple[str, str]]]:
-    """The sample subdistrict with its users, built once; (path, role → (username, password))."""
+    """The sample subdistrict as a GeoPackage with its users; (path, role → credentials)."""
     path = tmp_path_factory.mktemp("sample") / "zhongxinlu.gpkg"
     store = build_demo(path, today=REFERENCE_DATE)
     creds = seed_sample_users(store)
     store.close()
     return path, {role.value: (name, pw) for name, (role, pw) in creds.items()}
+
+
+@pytest.fixture(scope="session")
+def sample_template(
+    sample_gpkg: tuple[Path, dict[str, tuple[str, str]]], pg_cluster: postgres.Cluster
+) -> str:
+    """The sample copied into a PostGIS database that serves as a template (never opened
+    after: PostgreSQL copies a database only while no one is connected to it)."""
+    from gridmap.transfer import copy_store
+
+    url = pg_cluster.new_database("gm_sample_template")
+    copy_store(sample_gpkg[0], url)
+    return str(psycopg_dbname(url))
+
+
+def psycopg_dbname(url: str) -> str:
+    import psycopg
+
+    return str(psycopg.conninfo.conninfo_to_dict(url)["dbname"])
+
+
+def copy_of_sample(request: pytest.FixtureRequest, dst: Path) -> Path | str:
+    """A private copy of the sample on the backend under test."""
+    if BACKEND == "postgis":
+        cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
+        template: str = request.getfixturevalue("sample_template")
+        return cluster.new_database("gm_edit", template=template)
+    src: Path = request.getfixturevalue("sample_gpkg")[0]
+    return copy_database(src, dst)
+
+
+@pytest.fixture(scope="session")
+def sample_build(
+    request: pytest.FixtureRequest,
+    sample_gpkg: tuple[Path, dict[str, tuple[str, str]]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path | str, dict[str, tuple[str, str]]]:
+    """The sample on the backend under test: (path or URL, role → (username, password))."""
+    if BACKEND == "gpkg":
+        return sample_gpkg
+    return copy_of_sample(request, tmp_path_factory.mktemp("s")), sample_gpkg[1]
 
 
 @pytest.fixture(scope="session")
@@ -49,7 +132,7 @@ def sample_path(sample_build: tuple[Path, dict[str, tuple[str, str]]]) -> Path:
     return sample_build[0]
 
 
-def tokens_for(path: Path) -> dict[str, dict[str, str]]:
+def tokens_for(path: Path | str) -> dict[str, dict[str, str]]:
     """Authorization headers per role for the sample users of a database (plus public)."""
     store = open_store(path)
     accounts = Accounts(store, secret=token_secret(store), token_minutes=120)
@@ -81,9 +164,13 @@ def sample_store(sample_path: Path) -> Iterator[FeatureStore]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[FeatureStore]:
-    """A new, empty store with a service area around the sample."""
-    s = create_store(tmp_path / "t.gpkg", service_area=SERVICE_AREA)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FeatureStore]:
+    """A new, empty store with a service area around the sample (backend under test)."""
+    if BACKEND == "postgis":
+        url = request.getfixturevalue("pg_cluster").new_database("gm_empty")
+        s = create_store(url, service_area=SERVICE_AREA)
+    else:
+        s = create_store(tmp_path / "t.gpkg", service_area=SERVICE_AREA)
     yield s
     s.close()
 
@@ -126,9 +213,9 @@ def copy_database(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture
-def edit_path(sample_path: Path, tmp_path: Path) -> Path:
-    """A private copy of the sample, for tests that write."""
-    return copy_database(sample_path, tmp_path / "edit.gpkg")
+def edit_path(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """A private copy of the sample, for tests that write (a URL on PostGIS)."""
+    return copy_of_sample(request, tmp_path / "edit.gpkg")
 
 
 @pytest.fixture
@@ -158,6 +245,37 @@ def live_server(sample_path: Path) -> Iterator[str]:
     """A real uvicorn server over the sample on a free loopback port (for real clients)."""
     with gridmap_server(sample_path, household_reads_per_minute="100000") as url:
         yield url
+
+
+def raw_sql(target: Path | str, query: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run SQL on a store's database as another client would (QGIS, psql), not through
+    gridmap: SQLite with the functions GDAL registers, or psycopg. ``?`` marks parameters.
+    Returns the rows of a query (none for a statement); writes are committed."""
+    if str(target).startswith("postgresql://"):
+        import psycopg
+
+        sql = query.replace("%", "%%").replace("?", "%s") if args else query
+        with psycopg.connect(str(target), autocommit=True) as pg:
+            cur = pg.execute(sql, args or None)
+            rows = cur.fetchall() if cur.description else []
+        # times as the ISO text SQLite holds, so one assertion serves both backends
+        return [tuple(v.isoformat() if isinstance(v, dt.date) else v for v in row) for row in rows]
+    conn = external_connection(Path(target))
+    try:
+        cur = conn.execute(query, args)
+        rows = cur.fetchall()
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
+def refused_by_database(target: Path | str, query: str, match: str) -> None:
+    """The database itself refuses ``query`` with a message matching ``match``."""
+    import psycopg
+
+    with pytest.raises((sqlite3.DatabaseError, psycopg.Error), match=match):
+        raw_sql(target, query)
 
 
 def external_connection(path: Path) -> sqlite3.Connection:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
-import sqlite3
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from gridmap.layers import FINAL_OUTCOMES
 from gridmap.routing.matrix import WALK_SPEED_M_S
-from tests.conftest import REFERENCE_DATE
+from tests.conftest import REFERENCE_DATE, raw_sql
 
 DAY = REFERENCE_DATE.isoformat()
 COAL = "A_CONTAINS(tags, ('coal_user'))"
@@ -45,11 +44,7 @@ def _stops(plan: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _sql(path: Path, query: str, *args: Any) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(path)
-    try:
-        return con.execute(query, args).fetchall()
-    finally:
-        con.close()
+    return raw_sql(path, query, *args)
 
 
 # ----------------------------------------------------------------------------- plans
@@ -92,7 +87,7 @@ def test_a_day_plan_keeps_every_rule(edit_client: TestClient, edit_path: Path) -
         for r in _sql(
             edit_path,
             "SELECT fid FROM households WHERE grid_id = 1 AND "
-            "(tags LIKE '%hardship%' OR tags LIKE '%elderly_alone%')",
+            "(CAST(tags AS TEXT) LIKE '%hardship%' OR CAST(tags AS TEXT) LIKE '%elderly_alone%')",
         )
     }
     assert must and must <= set(hh)
@@ -475,7 +470,10 @@ def test_bad_visits_get_a_clear_4xx_and_nothing_is_written(
 
 def test_coverage_equals_a_direct_count(edit_client: TestClient, edit_path: Path) -> None:
     c = _campaign(edit_client, dict(edit_client.headers), target=COAL)
-    coal = _sql(edit_path, "SELECT fid, grid_id FROM households WHERE tags LIKE '%\"coal_user\"%'")
+    coal = _sql(
+        edit_path,
+        "SELECT fid, grid_id FROM households WHERE CAST(tags AS TEXT) LIKE '%\"coal_user\"%'",
+    )
     outcomes = ["visited", "not_home", "refused", "moved_out", "follow_up"]
     batch = [
         {

@@ -251,23 +251,22 @@ def test_full_coverage_does_not_give_a_hidden_visit_count_away(edit_path) -> Non
     most households" plus the sums pinned it when each measure was protected alone."""
     from api.app import create_app
     from gridmap.settings import Settings
-    from tests.conftest import REFERENCE_DATE, external_connection, tokens_for
+    from tests.conftest import REFERENCE_DATE, raw_sql, tokens_for
 
     when = (REFERENCE_DATE - dt.timedelta(days=200)).isoformat() + "T10:00:00"
-    conn = external_connection(edit_path)
-    conn.execute("UPDATE households SET last_visit_status = NULL, last_visit_at = NULL")
-    conn.execute(
+    raw_sql(edit_path, "UPDATE households SET last_visit_status = NULL, last_visit_at = NULL")
+    raw_sql(
+        edit_path,
         "UPDATE households SET last_visit_status = 'visited', last_visit_at = ? "
         "WHERE grid_id IN (37, 38, 39, 40)",
-        (when,),
+        when,
     )
-    conn.execute(
+    raw_sql(
+        edit_path,
         "UPDATE households SET last_visit_status = 'visited', last_visit_at = ? WHERE fid IN "
         "(SELECT fid FROM households WHERE grid_id = 36 ORDER BY fid LIMIT 4)",
-        (when,),
+        when,
     )
-    conn.commit()
-    conn.close()
     auth = tokens_for(edit_path)
     app = create_app(Settings(database=str(edit_path), household_reads_per_minute=10**6))
     with TestClient(app) as c:

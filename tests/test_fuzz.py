@@ -10,16 +10,17 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from api.server import gridmap_server
-from tests.conftest import copy_database, tokens_for
+from tests.conftest import copy_of_sample, tokens_for
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def fuzz_server(sample_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def fuzz_server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
     """A real server over a private copy of the sample (the fuzzer writes too)."""
-    db = tmp_path_factory.mktemp("fuzz") / "fuzz.gpkg"
-    copy_database(sample_path, db)
+    db = copy_of_sample(request, tmp_path_factory.mktemp("fuzz") / "fuzz.gpkg")
     limits = {
         "household_reads_per_minute": "1000000",
         "reveals_per_hour": "1000000",

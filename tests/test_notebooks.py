@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.conftest import copy_database
+from tests.conftest import copy_of_sample
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -25,11 +25,15 @@ pytestmark = pytest.mark.slow
     ],
 )
 def test_notebook_runs(
-    name: str, artifact: str, sample_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    name: str,
+    artifact: str,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # the kernel gets its own copy: when another process closes its last connection to the
     # shared sample, it may check-point and delete the write-ahead log others still use
-    db = copy_database(sample_path, tmp_path / "notebook.gpkg")
+    db = copy_of_sample(request, tmp_path / "notebook.gpkg")
     monkeypatch.setenv("GRIDMAP_DATABASE", str(db))
     monkeypatch.setenv("GRIDMAP_NOTEBOOK_OUT", str(tmp_path))
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)

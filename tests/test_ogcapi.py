@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from api.routes.features import CONFORMANCE
 from gridmap import crs as gcrs
 from gridmap.layers import LAYERS
 from gridmap.store import FeatureStore, Query
-from tests.conftest import external_connection
+from tests.conftest import raw_sql
 
 M_PER_DEG = 111_320.0
 
@@ -473,9 +472,7 @@ def test_queryables(client: TestClient) -> None:
 
 
 def _version(path: Path, layer: str) -> tuple[int, int]:
-    conn = sqlite3.connect(path)
-    row = conn.execute(f'SELECT count(*), coalesce(sum(version), 0) FROM "{layer}"').fetchone()
-    conn.close()
+    (row,) = raw_sql(path, f'SELECT count(*), coalesce(sum(version), 0) FROM "{layer}"')
     return int(row[0]), int(row[1])
 
 
@@ -887,10 +884,8 @@ def test_cached_pages_follow_every_write(edit_client: TestClient, edit_path: Pat
     )
     assert r.status_code == 200
     assert names()[fid] == "甲"
-    conn = external_connection(edit_path)  # another client, e.g. QGIS editing the file
-    conn.execute("UPDATE toilets SET name = '乙' WHERE fid = ?", (fid,))
-    conn.commit()
-    conn.close()
+    # another client, e.g. QGIS editing the file or the database
+    raw_sql(edit_path, "UPDATE toilets SET name = '乙' WHERE fid = ?", fid)
     assert names()[fid] == "乙"
     tag = edit_client.get(f"/collections/toilets/items/{fid}").headers["etag"]
     assert tag == f'"toilets-{fid}-v3"'  # the outside edit moved the version too

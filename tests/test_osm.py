@@ -27,6 +27,10 @@ runner = CliRunner()
 HIGHWAY = {"arterial": "primary", "secondary": "secondary", "lane": "residential"}
 HOSTILE_NAME = '恶意</script>${x}"=>"{{7*7}}'
 
+pytestmark = (
+    pytest.mark.gpkg_only
+)  # imports into a copy of the GeoPackage read back with GDAL and SQLite
+
 
 def write_osm(roads: pyogrio.raw, path: Path) -> int:  # type: ignore[valid-type]
     """The roads (a GeoDataFrame read by GDAL) as OSM XML, nodes shared where ways meet."""

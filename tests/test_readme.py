@@ -24,6 +24,7 @@ def _commands() -> list[str]:
     return [ln for ln in lines if BASE in ln and "curl " in ln and not ln.lstrip().startswith("#")]
 
 
+@pytest.mark.gpkg_only  # the README runs the embedded GeoPackage
 def test_readme_examples_run_as_written(
     sample_path: Path, tmp_path: Path, credentials: dict[str, tuple[str, str]]
 ) -> None:

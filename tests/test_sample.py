@@ -35,6 +35,7 @@ def gdal_copy(path: Path, tmp_path: Path) -> Path:
     return copy_database(path, tmp_path / f"gdal-{path.name}")
 
 
+@pytest.mark.gpkg_only
 def test_gdal_lists_every_layer_with_counts_and_types(
     sample_path: Path, sample_store: FeatureStore, tmp_path: Path
 ) -> None:
@@ -190,6 +191,7 @@ def test_visit_dates_are_recent(sample_store: FeatureStore) -> None:
     assert 0.6 < len(dates) / sample_store.count("households") < 0.85
 
 
+@pytest.mark.gpkg_only
 def test_gdal_reads_the_same_households_the_store_wrote(
     sample_path: Path, sample_store: FeatureStore, tmp_path: Path
 ) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from gridmap.errors import AuthenticationError
 from gridmap.security import Role, mask_id_number, mask_name, mask_phone
 from gridmap.settings import Settings
 from gridmap.store import FeatureStore, Query, Scope, open_store
-from tests.conftest import REFERENCE_DATE, tokens_for
+from tests.conftest import REFERENCE_DATE, refused_by_database, tokens_for
 
 ROLES = ["public", "subdistrict_admin", "community_admin", "grid_worker", "planner", "auditor"]
 
@@ -792,12 +791,8 @@ def test_audit_records_logins_reads_writes_exports_and_denials(
     assert ("denied", "403", "community1") in seen
     assert ("denied", "401", None) in seen
     assert all(e["source"] and e["request_id"] and e["at"] for e in log)
-    conn = sqlite3.connect(edit_path)
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        conn.execute("UPDATE gridmap_audit SET result = 'ok'")
-    with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-        conn.execute("DELETE FROM gridmap_audit")
-    conn.close()
+    refused_by_database(edit_path, "UPDATE gridmap_audit SET result = 'ok'", "append-only")
+    refused_by_database(edit_path, "DELETE FROM gridmap_audit", "append-only")
 
 
 def test_planner_sees_small_counts_suppressed(
@@ -871,6 +866,7 @@ def test_household_reads_are_rate_limited(edit_path: Path) -> None:
     assert codes == [200, 200, 200, 429]
 
 
+@pytest.mark.gpkg_only
 def test_database_file_is_owner_only(sample_path: Path) -> None:
     assert (sample_path.stat().st_mode & 0o777) == 0o600
 

@@ -27,6 +27,10 @@ from tests.conftest import external_connection
 
 P = shapely.Point
 
+pytestmark = (
+    pytest.mark.gpkg_only
+)  # the GeoPackage file itself (GDAL, SQLite); test_contract.py runs the shared rules on both
+
 
 def _grid(store: FeatureStore) -> list[int]:
     """Two grids side by side in one community (which the grids must name)."""

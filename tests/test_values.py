@@ -140,6 +140,7 @@ def test_text_and_identifiers_over_the_api(
     assert edit_store.get("households", fid).properties["phone"] == "13803715678"
 
 
+@pytest.mark.gpkg_only
 def test_integrity_check_finds_old_violations(edit_path: Path) -> None:
     store = open_store(edit_path)
     assert check_store(store) == []
@@ -200,6 +201,7 @@ def _move(path: Path, layer: str, fid: int, geom: shapely.Geometry) -> None:
     conn.close()
 
 
+@pytest.mark.gpkg_only
 def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
     """Break one rule at a time on a copy of the sample; the check names exactly it."""
 
@@ -232,6 +234,7 @@ def test_each_structural_rule_is_caught_when_broken(edit_path: Path) -> None:
         assert any(first in p and second in p for p in problems), (first, problems)
 
 
+@pytest.mark.gpkg_only
 def test_check_reads_through_garbage_and_counts_everything(edit_path: Path) -> None:
     """Values another program stored are reported, not fatal; every case is counted."""
     store = open_store(edit_path)
@@ -302,6 +305,7 @@ def test_locations_agree_with_what_they_name_on_both_sides(edit_store: FeatureSt
     assert check_store(edit_store) == []
 
 
+@pytest.mark.gpkg_only
 def test_what_other_programs_store_never_breaks_a_read(
     edit_path: Path, edit_client: TestClient
 ) -> None:

@@ -30,7 +30,8 @@ class Selection:
     ``bbox``: the geometry intersects the box (exactly); ``geometry``/``predicate``: an
     exact spatial relation; ``equals``: column = value (None: IS NULL; on a list column:
     the list holds the value); ``filters``: checked CQL2 trees; ``ids``: feature ids;
-    ``within``: (column, allowed values), the value must be one of them.
+    ``within``: (column, allowed values), the value must be one of them; ``after``: ids
+    greater than this (keyset paging for streaming).
     """
 
     bbox: BBox | None = None
@@ -40,6 +41,7 @@ class Selection:
     filters: Sequence[Filter] = ()
     ids: Sequence[int] | None = None
     within: tuple[str, frozenset[int]] | None = None
+    after: int | None = None
 
 
 EVERY_ROW = Selection()
@@ -130,6 +132,37 @@ class Rows(Protocol):
         ...
 
 
+class Loading(Protocol):
+    """Writing rows as they are, ids and versions kept (copying a whole store)."""
+
+    def load_rows(
+        self,
+        layer: Layer,
+        ids: Sequence[int],
+        geometries: npt.NDArray[np.object_],
+        rows: Sequence[Mapping[str, Any]],
+        versions: Sequence[int],
+    ) -> None:
+        """Insert rows with the given ids and versions (checked by the core beforehand)."""
+        ...
+
+    def load_documents(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Insert documents with their ids and creation fields."""
+        ...
+
+    def all_documents(self) -> list[dict[str, Any]]:
+        """Every document of every kind, by id."""
+        ...
+
+    def load_audit(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Append audit entries with their ids (oldest first)."""
+        ...
+
+    def all_meta(self) -> dict[str, str]:
+        """Every stored setting."""
+        ...
+
+
 class Stamps(Protocol):
     """Change stamps: a number per table that moves whenever the table changes."""
 
@@ -208,7 +241,7 @@ class Settings(Protocol):
         ...
 
 
-class Backend(Rows, Stamps, Accounts, AuditLog, Documents, Settings, Protocol):
+class Backend(Rows, Loading, Stamps, Accounts, AuditLog, Documents, Settings, Protocol):
     """Everything a backend implements; :func:`gridmap.store.open_store` picks one by URL."""
 
     url: str

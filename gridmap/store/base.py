@@ -148,7 +148,8 @@ class Query:
     ``equals`` holds property=value filters (names checked against the layer);
     ``filters`` checked CQL2 / datetime conditions (neutral trees, :mod:`gridmap.cql`);
     ``geometry``/``predicate`` an exact spatial filter; ``order_by`` property names with
-    an optional leading ``-`` for descending.
+    an optional leading ``-`` for descending; ``after`` only ids greater than this (keyset
+    paging through a whole layer).
     """
 
     bbox: BBox | None = None
@@ -160,6 +161,7 @@ class Query:
     order_by: Sequence[str] = ()
     limit: int | None = None
     offset: int = 0
+    after: int | None = None
 
 
 class Store(Protocol):

@@ -219,6 +219,7 @@ class FeatureStore:
             filters=tuple(query.filters),
             ids=None if query.ids is None else [int(i) for i in query.ids],
             within=within,
+            after=None if query.after is None else int(query.after),
         )
 
     @staticmethod
@@ -437,6 +438,25 @@ class FeatureStore:
             # checked inside the transaction: a referenced feature cannot vanish meanwhile
             geoms, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
             return self.backend.insert_rows(layer, geoms, clean, progress=progress)
+
+    def load(
+        self,
+        layer_id: str,
+        ids: Sequence[int],
+        geometries: npt.NDArray[np.object_],
+        properties: Sequence[Mapping[str, Any]],
+        versions: Sequence[int],
+    ) -> None:
+        """Write features as another store holds them, ids and versions kept (a copy).
+
+        Checked as a trusted bulk load is; located references are derived again, so a
+        copy agrees with its own grids. Call inside :meth:`transaction`.
+        """
+        layer = get_layer(layer_id)
+        geoms, clean = self._prepare(
+            layer, np.asarray(geometries, dtype=object), properties, Scope.ALL, trusted=True
+        )
+        self.backend.load_rows(layer, ids, geoms, clean, versions)
 
     def update(
         self,

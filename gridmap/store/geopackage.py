@@ -232,7 +232,7 @@ class GeoPackageBackend:
                 c.execute(stmt + "END;")
         self._create_stamps(c, layer)
         for p in layer.properties:
-            if p.ref is not None or p.name == "client_key":
+            if p.ref is not None or p.indexed:
                 c.execute(f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})")
 
     def _create_stamps(self, c: sqlite3.Connection, layer: Layer) -> None:
@@ -474,6 +474,9 @@ class GeoPackageBackend:
         if sel.ids is not None:
             clauses.append("t.fid IN (SELECT value FROM json_each(?))")
             params.append(json.dumps([int(i) for i in sel.ids]))
+        if sel.after is not None:
+            clauses.append("t.fid > ?")
+            params.append(int(sel.after))
         if sel.geometry is not None:
             gb = shapely.bounds(sel.geometry)
             own = (float(gb[0]), float(gb[1]), float(gb[2]), float(gb[3]))
@@ -680,7 +683,14 @@ class GeoPackageBackend:
         spatial = sel.bbox is not None or (
             sel.geometry is not None and sel.predicate == "intersects"
         )
-        if not spatial or sel.equals or sel.filters or sel.ids is not None or order:
+        if (
+            not spatial
+            or sel.equals
+            or sel.filters
+            or sel.ids is not None
+            or sel.after is not None
+            or order
+        ):
             return None
         column = None if sel.within is None else sel.within[0]
         idx = self._layer_index(layer, column)
@@ -785,6 +795,65 @@ class GeoPackageBackend:
             ]
             self._touch(c, layer)
         return ids
+
+    def load_rows(
+        self,
+        layer: Layer,
+        ids: Sequence[int],
+        geometries: npt.NDArray[np.object_],
+        rows: Sequence[Mapping[str, Any]],
+        versions: Sequence[int],
+    ) -> None:
+        """Insert rows with the given ids and versions."""
+        names = layer.names
+        cols = ", ".join(["fid", "geom", *(_q(n) for n in names), "version"])
+        marks = ", ".join(["?"] * (len(names) + 3))
+        blobs = geo.to_gpkg_blobs(geometries)
+        data = [
+            (int(ids[i]), blobs[i], *(_to_sql(p, rows[i].get(p.name)) for p in layer.properties),
+             int(versions[i]))
+            for i in range(len(rows))
+        ]  # fmt: skip
+        with self._write() as c:
+            c.executemany(f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks})", data)
+            self._touch(c, layer)
+
+    def load_documents(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Insert documents with their ids."""
+        with self._write() as c:
+            c.executemany(
+                f"INSERT INTO gridmap_documents ({', '.join(DOCUMENT_FIELDS)}) "
+                f"VALUES ({', '.join('?' * len(DOCUMENT_FIELDS))})",
+                [
+                    [
+                        orjson.dumps(r["body"]).decode() if f == "body" else r.get(f)
+                        for f in DOCUMENT_FIELDS
+                    ]
+                    for r in records
+                ],
+            )
+
+    def load_audit(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Append audit entries with their ids."""
+        with self._write() as c:
+            c.executemany(
+                f"INSERT INTO gridmap_audit ({', '.join(AUDIT_FIELDS)}) "
+                f"VALUES ({', '.join('?' * len(AUDIT_FIELDS))})",
+                [[e.get(f) for f in AUDIT_FIELDS] for e in entries],
+            )
+
+    def _rows(self, sql: str) -> list[Any]:
+        return self._connect().execute(sql).fetchall()
+
+    def all_documents(self) -> list[dict[str, Any]]:
+        """Every document of every kind, by id."""
+        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents ORDER BY id"
+        return [_document(r) for r in self._rows(sql)]
+
+    def all_meta(self) -> dict[str, str]:
+        """Every stored setting."""
+        rows = self._connect().execute("SELECT key, value FROM gridmap_meta").fetchall()
+        return {str(k): str(v) for k, v in rows}
 
     def _touch(self, c: sqlite3.Connection, layer: Layer) -> None:
         """Refresh gpkg_contents' extent and last_change for a layer."""

@@ -1,0 +1,807 @@
+"""The server backend: every layer a table in PostgreSQL + PostGIS, reached through a pool.
+
+It moves rows (:class:`gridmap.store.backend.Backend`); every rule is in
+:mod:`gridmap.store.core`. Spatial work runs in the database (GiST indexes,
+``ST_Intersects``, ``ST_DWithin`` in a metric projection), as do counts and aggregates.
+The schema is ``sql/postgis_*.sql``; every value is a bound parameter and every
+identifier comes from the layer registry, quoted. The database keeps the registry's
+relations as deferred foreign keys and refuses to change the audit log, as a second
+line behind the core's checks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+import psycopg
+import shapely
+from psycopg import errors as pg
+from psycopg.types.json import Json, Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+from shapely.geometry.base import BaseGeometry
+
+from gridmap.errors import (
+    FeatureNotFoundError,
+    IntegrityError,
+    InvalidFeatureError,
+    QueryError,
+    StoreError,
+)
+from gridmap.layers import LAYERS, Layer, Prop
+from gridmap.store.backend import EVERY_ROW, Order, Selection
+from gridmap.store.base import BBox, FeatureSet, Progress
+from gridmap.store.gpkg_sql import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, USER_FIELDS, _q
+from gridmap.store.pg_filter import list_contains, one_item
+from gridmap.store.pg_filter import render as render_filter
+
+SCHEMA_VERSION = "1"
+WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transaction())
+STATEMENT_TIMEOUT_MS = 30_000
+_PG_TYPES = {
+    "str": 'text COLLATE "C"',
+    "enum": 'text COLLATE "C"',
+    "list": "jsonb",
+    "int": "bigint",
+    "float": "double precision",
+    "bool": "boolean",
+    "date": "date",
+    "datetime": "timestamp",
+}
+_PREDICATES = {
+    "intersects": "ST_Intersects(t.geom, {g})",
+    "within": "ST_Within(t.geom, {g})",
+    "contains": "ST_Contains(t.geom, {g})",
+}
+
+
+def _sql(name: str) -> str:
+    """A packaged SQL file, without its comment lines (they name the placeholders)."""
+    text = resources.files("gridmap.store").joinpath("sql", name).read_text(encoding="utf-8")
+    return "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+
+
+def _lit(text: str) -> str:
+    """A SQL string literal (for DDL, where parameters cannot go)."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _marks() -> str:
+    """A regex bracket expression of every nonspacing mark (category Mn), as ranges."""
+    ranges: list[tuple[int, int]] = []
+    for cp in range(0x110000):
+        if unicodedata.category(chr(cp)) == "Mn":
+            if ranges and ranges[-1][1] == cp - 1:
+                ranges[-1] = (ranges[-1][0], cp)
+            else:
+                ranges.append((cp, cp))
+
+    def esc(cp: int) -> str:
+        return f"\\U{cp:08X}"
+
+    return "[" + "".join(esc(a) if a == b else f"{esc(a)}-{esc(b)}" for a, b in ranges) + "]"
+
+
+def redact(url: str) -> str:
+    """A connection URL without its password (for messages and logs)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://…"
+    host = info.get("host", "localhost")
+    port = info.get("port", "5432")
+    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
+
+
+class PostGISBackend:
+    """Rows in a PostgreSQL database with PostGIS, through a thread-safe connection pool.
+
+    Use :meth:`create` on an empty database and :meth:`open` on one that holds gridmap's
+    schema. A transaction holds one pooled connection for its thread.
+    """
+
+    def __init__(self, url: str, *, _create: bool = False) -> None:
+        self.url = url
+        self.path = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._pool: ConnectionPool[Any] | None = None
+        self._get_pool()
+        try:
+            if _create:
+                self._init_schema()
+            else:
+                self._check_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def create(cls, url: str) -> PostGISBackend:
+        """Create gridmap's schema in an empty database (PostGIS installed if missing)."""
+        return cls(url, _create=True)
+
+    @classmethod
+    def open(cls, url: str) -> PostGISBackend:
+        """Open a database that holds gridmap's schema."""
+        return cls(url)
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        """The connection pool, opened on first use (and again after :meth:`close`, as the
+        GeoPackage backend reconnects)."""
+        pool = self._pool
+        if pool is not None:
+            return pool
+        with self._lock:
+            if self._pool is not None:
+                return self._pool
+            size = int(os.environ.get("GRIDMAP_PG_POOL", "8"))
+            pool = ConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=max(size, 1),
+                timeout=30.0,
+                kwargs={
+                    "autocommit": True,
+                    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c TimeZone=UTC",
+                    "application_name": "gridmap",
+                },
+                open=False,
+                name="gridmap",
+            )
+            try:
+                pool.open(wait=True, timeout=15.0)
+            except PoolTimeout:
+                pool.close()
+                msg = (
+                    f"cannot reach PostgreSQL at {redact(self.url)}; check that the server "
+                    "runs and that the URL (user, password, database) is right"
+                )
+                raise StoreError(msg) from None
+            self._pool = pool
+            return pool
+
+    def close(self) -> None:
+        """Close the pool's connections (a later use opens a new pool)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # ---------------------------------------------------------------- connections
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection[Any]]:
+        """This thread's transaction connection, or one from the pool; errors mapped."""
+        current = getattr(self._local, "conn", None)
+        try:
+            if current is not None:
+                yield current
+            else:
+                with self._get_pool().connection() as c:
+                    yield c
+        except psycopg.Error as exc:
+            raise _mapped(exc) from None
+        except PoolTimeout:
+            msg = "the database is busy (no free connection); try again shortly"
+            raise StoreError(msg) from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """All or nothing; nested: a savepoint. Writers take turns (an advisory lock held
+        to the end of the transaction), so a check and the write it allows are never
+        separated by another writer's change, as in the GeoPackage backend."""
+        current = getattr(self._local, "conn", None)
+        if current is not None:
+            with self._conn() as c, c.transaction():
+                yield
+            return
+        try:
+            with self._get_pool().connection() as c:
+                self._local.conn = c
+                try:
+                    with c.transaction():
+                        c.execute("SELECT pg_advisory_xact_lock(%s)", (WRITE_LOCK,))
+                        yield
+                finally:
+                    self._local.conn = None
+        except psycopg.Error as exc:
+            raise _mapped(exc) from None
+
+    # ---------------------------------------------------------------- schema
+
+    def _init_schema(self) -> None:
+        with self.transaction(), self._conn() as c:
+            if c.execute("SELECT to_regclass('gridmap_meta')").fetchone()[0] is not None:
+                msg = f"{redact(self.url)} already holds a gridmap store; open it instead"
+                raise StoreError(msg)
+            c.execute(_sql("postgis_schema.sql"))
+            c.execute(_sql("postgis_accenti.sql").replace("{marks}", _marks()))
+            c.execute("INSERT INTO gridmap_meta VALUES ('schema_version', %s)", (SCHEMA_VERSION,))
+        self._upgrade()
+
+    def _check_schema(self) -> None:
+        with self._conn() as c:
+            found = c.execute("SELECT to_regclass('gridmap_meta')").fetchone()[0]
+        if found is None:
+            msg = (
+                f"{redact(self.url)} holds no gridmap store; build one with "
+                "`gridmap demo --database URL` or `gridmap copy FILE.gpkg URL`"
+            )
+            raise StoreError(msg)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Create what the database lacks (a layer added by a later release, its indexes and
+        relations); idempotent."""
+        with self.transaction(), self._conn() as c:
+            for layer in LAYERS:
+                c.execute(_layer_sql(layer))
+            for layer in LAYERS:
+                for p in layer.properties:
+                    if p.ref is not None or p.indexed:
+                        name = _q(f"idx_{layer.id}_{p.name}")
+                        c.execute(
+                            f"CREATE INDEX IF NOT EXISTS {name} ON {_q(layer.id)} ({_q(p.name)})"
+                        )
+                    if p.ref is not None:
+                        c.execute(_foreign_key_sql(layer, p))
+
+    # ---------------------------------------------------------------- settings, stamps
+
+    def meta(self, key: str) -> str | None:
+        """A value from the gridmap_meta table."""
+        with self._conn() as c:
+            row = c.execute("SELECT value FROM gridmap_meta WHERE key = %s", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Store a value in the gridmap_meta table."""
+        with self._conn() as c:
+            c.execute(
+                "INSERT INTO gridmap_meta VALUES (%s, %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    def stamp(self, table: str) -> int:
+        """A number that changes whenever the table changes (by any client)."""
+        with self._conn() as c:
+            row = c.execute(
+                "SELECT stamp FROM gridmap_changes WHERE layer = %s", (table,)
+            ).fetchone()
+        return int(row[0]) if row else -1
+
+    # ---------------------------------------------------------------- accounts, audit
+
+    def user(self, username: str) -> dict[str, Any] | None:
+        """A user record (``grid_ids`` as a list), or None."""
+        with self._conn() as c:
+            row = c.execute(
+                f"SELECT {', '.join(USER_FIELDS)} FROM gridmap_users WHERE username = %s",
+                (username,),
+            ).fetchone()
+        return None if row is None else _user(row)
+
+    def users(self) -> list[dict[str, Any]]:
+        """Every user record, without password hashes."""
+        with self._conn() as c:
+            rows = c.execute(
+                f'SELECT {", ".join(USER_FIELDS)} FROM gridmap_users ORDER BY username COLLATE "C"'
+            ).fetchall()
+        out = []
+        for row in rows:
+            rec = _user(row)
+            rec.pop("password_hash")
+            out.append(rec)
+        return out
+
+    def save_user(self, record: Mapping[str, Any]) -> None:
+        """Insert or replace a user record (all of ``USER_FIELDS``)."""
+        rec = dict(record)
+        rec["grid_ids"] = Jsonb(sorted(int(g) for g in rec.get("grid_ids") or []))
+        rec["disabled"] = bool(rec.get("disabled"))
+        rec["failed_logins"] = int(rec.get("failed_logins") or 0)
+        values = [rec.get(f) for f in USER_FIELDS]
+        updates = ", ".join(f"{f} = excluded.{f}" for f in USER_FIELDS[1:])
+        with self._conn() as c:
+            c.execute(
+                f"INSERT INTO gridmap_users ({', '.join(USER_FIELDS)}) "
+                f"VALUES ({', '.join(['%s'] * len(USER_FIELDS))}) "
+                f"ON CONFLICT (username) DO UPDATE SET {updates}",
+                values,
+            )
+
+    def audit_append(self, entry: Mapping[str, Any]) -> None:
+        """Append one entry to the audit log (the table refuses updates and deletes)."""
+        fields = [f for f in AUDIT_FIELDS if f != "id"]
+        with self._conn() as c:
+            c.execute(
+                f"INSERT INTO gridmap_audit ({', '.join(fields)}) "
+                f"VALUES ({', '.join(['%s'] * len(fields))})",
+                [entry.get(f) for f in fields],
+            )
+
+    def audit_entries(
+        self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Audit entries, newest first, with the number matched."""
+        clauses = []
+        params: list[Any] = []
+        for k, v in (equals or {}).items():
+            if k not in AUDIT_FIELDS:
+                msg = f"audit entries have no field {k[:40]!r}"
+                raise InvalidFeatureError(msg)
+            clauses.append(f"{_q(k)} = %s")
+            params.append(v)
+        where = " WHERE " + " AND ".join(clauses) if clauses else ""
+        with self._conn() as c:
+            total = c.execute("SELECT count(*) FROM gridmap_audit" + where, params).fetchone()[0]
+            rows = c.execute(
+                f"SELECT {', '.join(AUDIT_FIELDS)} FROM gridmap_audit{where} "
+                "ORDER BY id DESC LIMIT %s OFFSET %s",
+                [*params, int(limit), int(offset)],
+            ).fetchall()
+        return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows], int(total)
+
+    # ---------------------------------------------------------------- documents
+
+    def add_document(
+        self,
+        kind: str,
+        body: Mapping[str, Any],
+        *,
+        parent: int | None = None,
+        grid_id: int | None = None,
+        created_by: str | None = None,
+    ) -> int:
+        """Store a record that is no feature (a campaign, a plan); return its id."""
+        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        with self._conn() as c:
+            row = c.execute(
+                "INSERT INTO gridmap_documents (kind, parent, grid_id, created_at, created_by,"
+                " body) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
+                (kind, parent, grid_id, now, created_by, _json(body)),
+            ).fetchone()
+        return int(row[0])
+
+    def replace_document(self, kind: str, doc_id: int, body: Mapping[str, Any]) -> None:
+        """Replace a document's body (FeatureNotFoundError if there is none)."""
+        with self._conn() as c:
+            n = c.execute(
+                "UPDATE gridmap_documents SET body = %s WHERE kind = %s AND id = %s",
+                (_json(body), kind, int(doc_id)),
+            ).rowcount
+        if not n:
+            msg = f"no {kind} {doc_id}"
+            raise FeatureNotFoundError(msg)
+
+    def document(self, kind: str, doc_id: int) -> dict[str, Any] | None:
+        """One document (its fields, ``body`` decoded), or None."""
+        with self._conn() as c:
+            row = c.execute(
+                f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents"
+                " WHERE kind = %s AND id = %s",
+                (kind, int(doc_id)),
+            ).fetchone()
+        return None if row is None else _document(row)
+
+    def documents(self, kind: str, *, parent: int | None = None) -> list[dict[str, Any]]:
+        """The documents of a kind (of one parent), oldest first."""
+        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents WHERE kind = %s"
+        params: list[Any] = [kind]
+        if parent is not None:
+            sql += " AND parent = %s"
+            params.append(int(parent))
+        with self._conn() as c:
+            rows = c.execute(sql + " ORDER BY id", params).fetchall()
+        return [_document(r) for r in rows]
+
+    # ---------------------------------------------------------------- reading
+
+    def _where(self, layer: Layer, sel: Selection) -> tuple[str, list[Any]]:
+        """SQL WHERE clause over alias ``t`` with its parameters."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if sel.within is not None:
+            col, allowed = sel.within
+            clauses.append(f"t.{_q(col)} = ANY(%s)")
+            params.append(sorted(allowed))
+        for name, value in sel.equals.items():
+            prop = layer.by_name[name]
+            col = f"t.{_q(name)}"
+            if value is None:
+                clauses.append(f"{col} IS NULL")
+            elif prop.type == "list":
+                clauses.append(list_contains(col))
+                params.append(one_item(value))
+            else:
+                clauses.append(f"{col} = %s")
+                params.append(_to_pg(prop, value))
+        for f in sel.filters:
+            c = render_filter(f)
+            clauses.append(c.sql)
+            params.extend(c.params)
+        if sel.ids is not None:
+            clauses.append("t.fid = ANY(%s)")
+            params.append([int(i) for i in sel.ids])
+        if sel.after is not None:
+            clauses.append("t.fid > %s")
+            params.append(int(sel.after))
+        if sel.bbox is not None:
+            clauses.append("ST_Intersects(t.geom, ST_MakeEnvelope(%s, %s, %s, %s, 4326))")
+            params.extend(float(v) for v in sel.bbox)
+        if sel.geometry is not None:
+            clauses.append(_PREDICATES[sel.predicate].format(g="ST_GeomFromWKB(%s, 4326)"))
+            params.append(shapely.to_wkb(sel.geometry))
+        return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+    @staticmethod
+    def _order(order: Order) -> str:
+        # NULLS FIRST ascending, as SQLite sorts (both backends give one order)
+        parts = [
+            f"t.{_q('fid' if name == 'id' else name)} "
+            + ("DESC NULLS LAST" if desc else "ASC NULLS FIRST")
+            for name, desc in order
+        ]
+        parts.append("t.fid ASC")
+        return " ORDER BY " + ", ".join(parts)
+
+    def select(
+        self,
+        layer: Layer,
+        sel: Selection = EVERY_ROW,
+        *,
+        order: Order = (),
+        limit: int | None = None,
+        offset: int = 0,
+        count: bool = True,
+    ) -> FeatureSet:
+        """One page of rows; filtering, ordering and paging in the database."""
+        where, params = self._where(layer, sel)
+        cols = ", ".join(["t.fid", "ST_AsBinary(t.geom)", *(f"t.{_q(n)}" for n in layer.names)])
+        sql = f"SELECT {cols}, t.version FROM {_q(layer.id)} AS t{where}{self._order(order)}"
+        page = list(params)
+        if limit is not None:
+            sql += " LIMIT %s"
+            page.append(int(limit))
+        if offset:
+            sql += " OFFSET %s"
+            page.append(int(offset))
+        with self._conn() as c:
+            rows = c.execute(sql, page).fetchall()
+            matched = None
+            if count:
+                if limit is None and not offset:
+                    matched = len(rows)
+                else:
+                    q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
+                    matched = int(c.execute(q, params).fetchone()[0])
+        return _rows_to_set(layer, rows, matched)
+
+    def select_ids(
+        self,
+        layer: Layer,
+        sel: Selection = EVERY_ROW,
+        *,
+        order: Order = (),
+        limit: int | None = None,
+        offset: int = 0,
+        column: str | None = None,
+    ) -> tuple[npt.NDArray[np.int64], list[Any] | None, int]:
+        """Ids of one page (in its order), the page's values of ``column``, number matched."""
+        where, params = self._where(layer, sel)
+        extra = "" if column is None else f", t.{_q(column)}"
+        sql = f"SELECT t.fid{extra} FROM {_q(layer.id)} AS t{where}{self._order(order)}"
+        page = list(params)
+        if limit is not None:
+            sql += " LIMIT %s"
+            page.append(int(limit))
+        if offset:
+            sql += " OFFSET %s"
+            page.append(int(offset))
+        with self._conn() as c:
+            rows = c.execute(sql, page).fetchall()
+            q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
+            matched = int(c.execute(q, params).fetchone()[0])
+        ids = np.array([r[0] for r in rows], dtype=np.int64)
+        return ids, None if column is None else [r[1] for r in rows], matched
+
+    def count(self, layer: Layer, sel: Selection = EVERY_ROW) -> int:
+        """How many rows match (counted in the database)."""
+        where, params = self._where(layer, sel)
+        with self._conn() as c:
+            row = c.execute(f"SELECT count(*) FROM {_q(layer.id)} AS t{where}", params).fetchone()
+        return int(row[0])
+
+    def group_count(self, layer: Layer, column: str, sel: Selection = EVERY_ROW) -> dict[Any, int]:
+        """Rows per value of ``column`` (GROUP BY in the database)."""
+        where, params = self._where(layer, sel)
+        col = f"t.{_q(column)}"
+        sql = f"SELECT {col}, count(*) FROM {_q(layer.id)} AS t{where} GROUP BY {col}"
+        prop = layer.by_name[column]
+        with self._conn() as c:
+            rows = c.execute(sql, params).fetchall()
+        return {_from_pg(prop, r[0]): int(r[1]) for r in rows}
+
+    def envelope(self, layer: Layer, sel: Selection = EVERY_ROW) -> BBox | None:
+        """Bounding box of the matching rows' geometries."""
+        where, params = self._where(layer, sel)
+        sql = (  # exact doubles (ST_Extent would round to 32-bit floats)
+            "SELECT min(ST_XMin(t.geom)), min(ST_YMin(t.geom)), max(ST_XMax(t.geom)), "
+            f"max(ST_YMax(t.geom)) FROM {_q(layer.id)} AS t{where}"
+        )
+        with self._conn() as c:
+            row = c.execute(sql, params).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
+
+    def min_max(
+        self, layer: Layer, column: str, sel: Selection = EVERY_ROW
+    ) -> tuple[Any, Any] | None:
+        """Smallest and largest non-null value of a column among the matching rows."""
+        where, params = self._where(layer, sel)
+        col = f"t.{_q(column)}"
+        with self._conn() as c:
+            row = c.execute(
+                f"SELECT min({col}), max({col}) FROM {_q(layer.id)} AS t{where}", params
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        prop = layer.by_name[column]
+        return _from_pg(prop, row[0]), _from_pg(prop, row[1])
+
+    # ---------------------------------------------------------------- writing
+
+    def insert_rows(
+        self,
+        layer: Layer,
+        geometries: npt.NDArray[np.object_],
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        progress: Progress | None = None,
+    ) -> list[int]:
+        """Insert rows in chunks inside one transaction; their new ids, in order."""
+        names = layer.names
+        cols = ", ".join(["geom", *(_q(n) for n in names)])
+        marks = ", ".join(["ST_GeomFromWKB(%s, 4326)", *(["%s"] * len(names))])
+        sql = f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks}) RETURNING fid"
+        wkb = shapely.to_wkb(geometries) if len(geometries) else []
+        ids: list[int] = []
+        with self.transaction(), self._conn() as c, c.cursor() as cur:
+            for lo in range(0, len(rows), CHUNK):
+                hi = min(lo + CHUNK, len(rows))
+                chunk = [
+                    (wkb[i], *(_to_pg(p, rows[i].get(p.name)) for p in layer.properties))
+                    for i in range(lo, hi)
+                ]
+                cur.executemany(sql, chunk, returning=True)
+                while True:
+                    got = cur.fetchone()
+                    if got is not None:
+                        ids.append(int(got[0]))
+                    if not cur.nextset():
+                        break
+                if progress is not None:
+                    progress(hi)
+        return ids
+
+    def load_rows(
+        self,
+        layer: Layer,
+        ids: Sequence[int],
+        geometries: npt.NDArray[np.object_],
+        rows: Sequence[Mapping[str, Any]],
+        versions: Sequence[int],
+    ) -> None:
+        """Insert rows with the given ids and versions (the id sequence moved past them)."""
+        names = layer.names
+        cols = ", ".join(["fid", "geom", *(_q(n) for n in names), "version"])
+        marks = ", ".join(["%s", "ST_GeomFromWKB(%s, 4326)", *(["%s"] * len(names)), "%s"])
+        wkb = shapely.to_wkb(geometries) if len(geometries) else []
+        data = [
+            (int(ids[i]), wkb[i], *(_to_pg(p, rows[i].get(p.name)) for p in layer.properties),
+             int(versions[i]))
+            for i in range(len(rows))
+        ]  # fmt: skip
+        with self.transaction(), self._conn() as c, c.cursor() as cur:
+            cur.executemany(f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks})", data)
+            _advance(c, layer.id, "fid")
+
+    def load_documents(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Insert documents with their ids."""
+        with self.transaction(), self._conn() as c, c.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO gridmap_documents ({', '.join(DOCUMENT_FIELDS)}) "
+                f"OVERRIDING SYSTEM VALUE VALUES ({', '.join(['%s'] * len(DOCUMENT_FIELDS))})",
+                [
+                    [_json(r["body"]) if f == "body" else r.get(f) for f in DOCUMENT_FIELDS]
+                    for r in records
+                ],
+            )
+            _advance(c, "gridmap_documents", "id")
+
+    def load_audit(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Append audit entries with their ids."""
+        with self.transaction(), self._conn() as c, c.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO gridmap_audit ({', '.join(AUDIT_FIELDS)}) "
+                f"OVERRIDING SYSTEM VALUE VALUES ({', '.join(['%s'] * len(AUDIT_FIELDS))})",
+                [[e.get(f) for f in AUDIT_FIELDS] for e in entries],
+            )
+            _advance(c, "gridmap_audit", "id")
+
+    def _rows(self, sql: str) -> list[Any]:
+        with self._conn() as c:
+            return c.execute(sql).fetchall()
+
+    def all_documents(self) -> list[dict[str, Any]]:
+        """Every document of every kind, by id."""
+        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents ORDER BY id"
+        return [_document(r) for r in self._rows(sql)]
+
+    def all_meta(self) -> dict[str, str]:
+        """Every stored setting."""
+        with self._conn() as c:
+            rows = c.execute("SELECT key, value FROM gridmap_meta").fetchall()
+        return {str(k): str(v) for k, v in rows}
+
+    def update_row(
+        self, layer: Layer, fid: int, geometry: BaseGeometry, row: Mapping[str, Any], version: int
+    ) -> bool:
+        """Replace a row if it is still at ``version``, adding one to its version."""
+        sets = ", ".join(
+            ["geom = ST_GeomFromWKB(%s, 4326)", *(f"{_q(n)} = %s" for n in layer.names)]
+        )
+        values = [shapely.to_wkb(geometry), *(_to_pg(p, row.get(p.name)) for p in layer.properties)]
+        with self._conn() as c:
+            n = c.execute(
+                f"UPDATE {_q(layer.id)} SET {sets}, version = version + 1 "
+                "WHERE fid = %s AND version = %s",
+                [*values, int(fid), int(version)],
+            ).rowcount
+        return bool(n)
+
+    def set_values(self, layer: Layer, column: str, pairs: Sequence[tuple[int, Any]]) -> None:
+        """Set one column of some rows (the version trigger moves their versions on)."""
+        prop = layer.by_name[column]
+        with self._conn() as c, c.cursor() as cur:
+            cur.executemany(
+                f"UPDATE {_q(layer.id)} SET {_q(column)} = %s WHERE fid = %s",
+                [(_to_pg(prop, v), int(fid)) for fid, v in pairs],
+            )
+
+    def delete_row(self, layer: Layer, fid: int, version: int) -> bool:
+        """Delete a row if it is still at ``version``."""
+        with self._conn() as c:
+            n = c.execute(
+                f"DELETE FROM {_q(layer.id)} WHERE fid = %s AND version = %s",
+                (int(fid), int(version)),
+            ).rowcount
+        return bool(n)
+
+
+# -------------------------------------------------------------------- helpers
+
+
+def _layer_sql(layer: Layer) -> str:
+    columns = ",\n  ".join(f"{_q(p.name)} {_PG_TYPES[p.type]}" for p in layer.properties)
+    return (
+        _sql("postgis_layer.sql")
+        .replace("{table}", _q(layer.id))
+        .replace("{columns}", columns)
+        .replace("{geometry_type}", layer.geometry_type)
+        .replace("{geom_index}", _q(f"{layer.id}_geom_gist"))
+        .replace("{name}", _lit(layer.id))
+        .replace("{stamp_trigger}", _lit(f"gridmap_{layer.id}_stamp"))
+        .replace("{stamp_trigger_id}", _q(f"gridmap_{layer.id}_stamp"))
+        .replace("{version_trigger_id}", _q(f"gridmap_{layer.id}_version"))
+    )
+
+
+def _foreign_key_sql(layer: Layer, p: Prop) -> str:
+    name = f"fk_{layer.id}_{p.name}"
+    return (
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = "
+        f"{_lit(name)}) THEN ALTER TABLE {_q(layer.id)} ADD CONSTRAINT {_q(name)} "
+        f"FOREIGN KEY ({_q(p.name)}) REFERENCES {_q(p.ref or '')} (fid) "
+        "DEFERRABLE INITIALLY DEFERRED; END IF; END $$"
+    )
+
+
+def _advance(c: psycopg.Connection[Any], table: str, column: str) -> None:
+    """Move a table's id sequence past its largest id (after ids were given explicitly)."""
+    c.execute(
+        f"SELECT setval(pg_get_serial_sequence(%s, %s), "
+        f"coalesce((SELECT max({_q(column)}) FROM {_q(table)}), 0) + 1, false)",
+        (_q(table), column),
+    )
+
+
+def _to_pg(p: Prop, v: Any) -> Any:
+    if v is None:
+        return None
+    if p.type == "list":
+        return Jsonb(v)
+    if p.type == "bool":
+        return bool(v)
+    return v
+
+
+def _from_pg(p: Prop, v: Any) -> Any:
+    """A database value as the GeoPackage backend returns it (ISO text for times)."""
+    if v is None:
+        return None
+    if isinstance(v, dt.date):  # date and datetime
+        return v.isoformat()
+    if p.type == "list":
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return v
+        return orjson.dumps(v).decode()
+    return v
+
+
+def _rows_to_set(layer: Layer, rows: list[tuple[Any, ...]], matched: int | None) -> FeatureSet:
+    n = len(rows)
+    ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+    geoms = shapely.from_wkb([r[1] for r in rows]) if n else np.empty(0, dtype=object)
+    versions = np.fromiter((r[-1] for r in rows), dtype=np.int64, count=n)
+    convert = [
+        (i + 2, p) for i, p in enumerate(layer.properties) if p.type in ("list", "date", "datetime")
+    ]
+    names = layer.names
+    props = []
+    for r in rows:
+        d = dict(zip(names, r[2:-1], strict=True))
+        for i, p in convert:
+            if r[i] is not None:
+                d[p.name] = _from_pg(p, r[i])
+        props.append(d)
+    return FeatureSet(layer, ids, np.asarray(geoms, dtype=object), props, versions, matched)
+
+
+def _json(body: Mapping[str, Any]) -> Json:
+    return Json(body, dumps=lambda o: orjson.dumps(o).decode())
+
+
+def _user(row: Sequence[Any]) -> dict[str, Any]:
+    rec = dict(zip(USER_FIELDS, row, strict=True))
+    rec["grid_ids"] = list(rec["grid_ids"] or [])
+    rec["disabled"] = bool(rec["disabled"])
+    return rec
+
+
+def _document(row: Sequence[Any]) -> dict[str, Any]:
+    rec = dict(zip(DOCUMENT_FIELDS, row, strict=True))
+    if not isinstance(rec["body"], dict):
+        rec["body"] = {}
+    return rec
+
+
+def _mapped(exc: psycopg.Error) -> Exception:
+    """A database error as the gridmap error that says what to do."""
+    text = (exc.diag.message_primary or str(exc)).strip()
+    if isinstance(exc, pg.QueryCanceled):
+        return QueryError(
+            f"the query ran longer than {STATEMENT_TIMEOUT_MS // 1000} s and was stopped; "
+            "narrow it (a smaller area, a simpler filter)"
+        )
+    if isinstance(exc, psycopg.DataError):
+        return QueryError(f"the query could not be evaluated: {text}")
+    if exc.sqlstate == "23000":  # gridmap_refuse(): the audit log, kept documents
+        return IntegrityError(text)
+    if isinstance(exc, psycopg.IntegrityError):
+        return IntegrityError(f"the database refused the change: {text}")
+    if isinstance(exc, psycopg.OperationalError):
+        return StoreError(f"the database is unavailable: {text}; try again shortly")
+    return StoreError(f"database error: {text}")

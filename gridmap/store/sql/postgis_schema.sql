@@ -1,0 +1,74 @@
+-- gridmap's tables and functions in PostgreSQL + PostGIS (run once, in one transaction, on
+-- an empty database; every statement is idempotent so a newer release can run it again).
+-- Layer tables are made from postgis_layer.sql, one per layer of the registry.
+
+CREATE EXTENSION IF NOT EXISTS postgis;
+
+CREATE TABLE IF NOT EXISTS gridmap_meta (key text PRIMARY KEY, value text NOT NULL);
+
+-- Change stamps: every write to a table, by gridmap or any other client (QGIS, psql),
+-- moves the table's stamp, so every process's caches know when to rebuild.
+CREATE TABLE IF NOT EXISTS gridmap_changes (layer text PRIMARY KEY, stamp bigint NOT NULL);
+
+CREATE OR REPLACE FUNCTION gridmap_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = TG_TABLE_NAME;
+  RETURN NULL;
+END $$;
+
+-- A row changed without its version moving (an edit by another client) gets the next one.
+CREATE OR REPLACE FUNCTION gridmap_next_version() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.version IS NOT DISTINCT FROM OLD.version THEN
+    NEW.version := OLD.version + 1;
+  END IF;
+  RETURN NEW;
+END $$;
+
+CREATE OR REPLACE FUNCTION gridmap_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation', MESSAGE = TG_ARGV[0];
+END $$;
+
+-- CQL2 CASEI: lower case over all of Unicode (ICU's root locale, not the database's).
+CREATE OR REPLACE FUNCTION gm_casei(text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  AS $$ SELECT lower($1 COLLATE "und-x-icu") $$;
+
+CREATE TABLE IF NOT EXISTS gridmap_users (
+  username text PRIMARY KEY, password_hash text NOT NULL, role text NOT NULL,
+  grid_ids jsonb NOT NULL DEFAULT '[]', community_id bigint,
+  disabled boolean NOT NULL DEFAULT false, failed_logins integer NOT NULL DEFAULT 0,
+  locked_until text, created_at text NOT NULL, password_changed_at text NOT NULL);
+
+CREATE TABLE IF NOT EXISTS gridmap_audit (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, at text NOT NULL, username text,
+  role text, action text NOT NULL, object text, grid_id bigint, result text NOT NULL,
+  source text, request_id text, detail text);
+
+CREATE TABLE IF NOT EXISTS gridmap_documents (
+  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind text NOT NULL, parent bigint,
+  grid_id bigint, created_at text NOT NULL, created_by text, body jsonb NOT NULL);
+CREATE INDEX IF NOT EXISTS gridmap_documents_kind ON gridmap_documents (kind, parent);
+
+INSERT INTO gridmap_changes VALUES ('gridmap_users', 0), ('gridmap_documents', 0)
+  ON CONFLICT DO NOTHING;
+
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'gridmap_audit_append_only') THEN
+    CREATE TRIGGER gridmap_audit_append_only BEFORE UPDATE OR DELETE ON gridmap_audit
+      FOR EACH ROW EXECUTE FUNCTION gridmap_refuse('the audit log is append-only');
+    CREATE TRIGGER gridmap_audit_no_truncate BEFORE TRUNCATE ON gridmap_audit
+      FOR EACH STATEMENT EXECUTE FUNCTION gridmap_refuse('the audit log is append-only');
+    CREATE TRIGGER gridmap_documents_kept BEFORE DELETE ON gridmap_documents
+      FOR EACH ROW EXECUTE FUNCTION
+      gridmap_refuse('campaigns and plans are kept; close a campaign instead');
+    CREATE TRIGGER gridmap_documents_no_truncate BEFORE TRUNCATE ON gridmap_documents
+      FOR EACH STATEMENT EXECUTE FUNCTION
+      gridmap_refuse('campaigns and plans are kept; close a campaign instead');
+    CREATE TRIGGER gridmap_users_stamp AFTER INSERT OR UPDATE OR DELETE ON gridmap_users
+      FOR EACH STATEMENT EXECUTE FUNCTION gridmap_touch();
+    CREATE TRIGGER gridmap_documents_stamp AFTER INSERT OR UPDATE ON gridmap_documents
+      FOR EACH STATEMENT EXECUTE FUNCTION gridmap_touch();
+  END IF;
+END $$;

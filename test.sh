@@ -6,4 +6,13 @@ bash scripts/bootstrap.sh
 venv="${GRIDMAP_VENV:-.venv}"
 "$venv/bin/ruff" check gridmap api tests benchmarks
 "$venv/bin/ruff" format --check gridmap api tests benchmarks
-exec "$venv/bin/python" -m pytest "$@"
+"$venv/bin/python" -m pytest "$@"
+# The same suite over the PostGIS backend (tests of the GeoPackage file itself left out).
+# Without PostgreSQL + PostGIS installed this pass is skipped, except in CI (CI=true).
+why=$("$venv/bin/python" -c 'from tests.postgres import unavailable; print(unavailable() or "")')
+if [ -n "$why" ] && [ "${CI:-}" != "true" ]; then
+  echo "» PostGIS pass skipped: $why"
+  exit 0
+fi
+echo "» the suite again over PostGIS (GRIDMAP_TEST_BACKEND=postgis)"
+GRIDMAP_TEST_BACKEND=postgis exec "$venv/bin/python" -m pytest "$@"

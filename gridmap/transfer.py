@@ -91,6 +91,7 @@ def copy_store(
         raise
     report = CopyReport()
     try:
+        _refuse_foreign(dst)
         _copy_settings(src, dst)
         parts: list[tuple[str, Part]] = [(lay.id, _layer_copier(lay)) for lay in layer_order()]
         parts += [
@@ -104,6 +105,23 @@ def copy_store(
         src.close()
         dst.close()
     return report
+
+
+def _refuse_foreign(dst: FeatureStore) -> None:
+    """StoreError if the destination holds anything this copy did not write (before any
+    write: a copy never mixes two stores)."""
+    for layer in LAYERS:
+        if dst.meta(DONE + layer.id) is None:
+            held = dst.count(layer.id)
+            if held:
+                msg = (
+                    f"the destination already holds {held} {layer.id} it did not copy; "
+                    "copy into a new store (or one an earlier copy began)"
+                )
+                raise StoreError(msg)
+    if dst.meta(DONE + "gridmap_documents") is None and dst.backend.all_documents():
+        msg = "the destination already holds campaigns or plans it did not copy"
+        raise StoreError(msg)
 
 
 def _copy_settings(src: FeatureStore, dst: FeatureStore) -> None:
@@ -141,13 +159,6 @@ def _layer_copier(layer: Layer) -> Part:
 
 def _layer(src: FeatureStore, dst: FeatureStore, layer: Layer, step: Step, batch: int) -> int:
     """Stream one layer in id order (keyset pages), each page checked and loaded."""
-    held = dst.count(layer.id)
-    if held:
-        msg = (
-            f"the destination already holds {held} {layer.id} it did not copy; "
-            "copy into a new store (or one an earlier copy began)"
-        )
-        raise StoreError(msg)
     total = src.count(layer.id)
     step(0, total)
     done, after = 0, 0
@@ -173,9 +184,6 @@ def _layer(src: FeatureStore, dst: FeatureStore, layer: Layer, step: Step, batch
 
 def _documents(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> int:
     records = src.backend.all_documents()
-    if dst.backend.all_documents():
-        msg = "the destination already holds campaigns or plans it did not copy"
-        raise StoreError(msg)
     dst.backend.load_documents(records)
     step(len(records), len(records))
     return len(records)

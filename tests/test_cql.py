@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from gridmap.cql import FilterError, check_filter
 from gridmap.layers import get_layer
 from gridmap.store import FeatureStore, Query, create_store
-from tests.conftest import SERVICE_AREA
+from tests.conftest import BACKEND, SERVICE_AREA
 
 UTC8 = dt.timezone(dt.timedelta(hours=8))
 B = shapely.box
@@ -49,8 +49,14 @@ T0, T1 = "2026-11-01T02:00:00Z", "2026-11-10T02:00:00Z"  # 10:00 local on both d
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FeatureStore]:
-    path = tmp_path_factory.mktemp("cql") / "cql.gpkg"
+def data(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FeatureStore]:
+    """The data on the backend under test (so both backends answer to cql2-rs)."""
+    if BACKEND == "postgis":
+        path: Any = request.getfixturevalue("pg_cluster").new_database("gm_cql")
+    else:
+        path = tmp_path_factory.mktemp("cql") / "cql.gpkg"
     store = create_store(path, service_area=SERVICE_AREA)
     store.insert(
         "old_neighbourhoods",

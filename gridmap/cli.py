@@ -29,12 +29,12 @@ console = Console()
 err = Console(stderr=True)
 
 DbOption = Annotated[
-    Path,
+    str,
     typer.Option(
         "--database",
         "-d",
         envvar="GRIDMAP_DATABASE",
-        help="GeoPackage file (env GRIDMAP_DATABASE).",
+        help="GeoPackage file or postgresql:// URL (env GRIDMAP_DATABASE).",
     ),
 ]
 
@@ -55,7 +55,7 @@ def _fail(exc: Exception) -> NoReturn:
     raise typer.Exit(code=1)
 
 
-def _open(database: Path) -> FeatureStore:
+def _open(database: str) -> FeatureStore:
     from gridmap.store import open_store
 
     try:
@@ -66,7 +66,7 @@ def _open(database: Path) -> FeatureStore:
 
 @app.command()
 def demo(
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing file.")] = False,
     if_missing: Annotated[
         bool, typer.Option("--if-missing", help="Do nothing if the file already exists.")
@@ -76,15 +76,22 @@ def demo(
         str | None, typer.Option(help="Reference date for visits (YYYY-MM-DD; default today).")
     ] = None,
 ) -> None:
-    """Build the sample subdistrict 中心路街道 (synthetic households) into a GeoPackage."""
-    from gridmap.accounts import seed_sample_users
-    from gridmap.sample import build_demo
+    """Build the sample subdistrict 中心路街道 (synthetic households) into a GeoPackage, or
+    into an empty PostgreSQL + PostGIS database (``--database postgresql://…``)."""
     from gridmap.security import ROLE_ZH
+    from gridmap.store import is_server_url
 
-    if database.exists():
+    if _holds_store(database):
         if if_missing:
-            console.print(f"{database} exists; keeping it (use --force to rebuild)")
+            console.print(f"{_shown(database)} exists; keeping it (use --force to rebuild)")
             return
+        if is_server_url(database):
+            _fail(
+                GridmapError(
+                    f"{_shown(database)} already holds a gridmap store; drop and create the "
+                    "database again (dropdb, createdb) to rebuild it"
+                )
+            )
         if not force:
             _fail(GridmapError(f"{database} exists; pass --force to rebuild it"))
         for suffix in ("", "-wal", "-shm"):
@@ -104,14 +111,11 @@ def demo(
             bar.update(tasks[stage], completed=done, total=max(total, 1))
 
         try:
-            store = build_demo(database, seed=seed, today=ref, step=step)
+            counts, creds = _build_demo(database, seed, ref, step)
         except GridmapError as exc:
             _fail(exc)
-    counts = {layer.id: store.count(layer.id) for layer in LAYERS}
-    creds = seed_sample_users(store)
-    store.close()
     console.print(
-        f"[green]built[/] {database}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+        f"[green]built[/] {_shown(database)}: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
     console.print(
         "All names, phone numbers and ID numbers are synthetic (phones start 100, "
@@ -125,11 +129,95 @@ def demo(
     console.print(table)
 
 
+def _build_demo(database: str, seed: int, ref: dt.date | None, step):  # type: ignore[no-untyped-def]
+    """Build the sample (through a GeoPackage, then copied, for a server); counts, users."""
+    import tempfile
+
+    from gridmap.accounts import seed_sample_users
+    from gridmap.sample import build_demo
+    from gridmap.store import is_server_url
+    from gridmap.transfer import copy_store
+
+    if not is_server_url(database):
+        store = build_demo(database, seed=seed, today=ref, step=step)
+        creds = seed_sample_users(store)
+    else:
+        with tempfile.TemporaryDirectory(prefix="gridmap-demo-") as tmp:
+            local = Path(tmp) / "sample.gpkg"
+            built = build_demo(local, seed=seed, today=ref, step=step)
+            creds = seed_sample_users(built)
+            built.close()
+            copy_store(local, database, progress=lambda part, done, total: step(part, done, total))
+        store = _open(database)
+    counts = {layer.id: store.count(layer.id) for layer in LAYERS}
+    store.close()
+    return counts, creds
+
+
+def _holds_store(database: str) -> bool:
+    """True if a store already lives at ``database`` (a file, or gridmap's tables)."""
+    from gridmap.errors import StoreError
+    from gridmap.store import is_server_url, open_store
+
+    if not is_server_url(database):
+        return Path(database).exists()
+    try:
+        open_store(database).close()
+    except StoreError as exc:
+        if "holds no gridmap store" in str(exc):
+            return False
+        _fail(exc)
+    return True
+
+
+def _shown(database: str) -> str:
+    """A database setting fit to print (a URL without its password)."""
+    from gridmap.store import is_server_url
+
+    if is_server_url(database):
+        from gridmap.store.postgis import redact
+
+        return redact(database)
+    return database
+
+
 @app.command()
-def info(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+def copy(
+    source: Annotated[str, typer.Argument(help="GeoPackage file or postgresql:// URL.")],
+    destination: Annotated[
+        str, typer.Argument(help="New GeoPackage file, or an empty (or half-copied) database.")
+    ],
+    batch: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per batch.")] = 2_000,
+) -> None:
+    """Copy a whole store between GeoPackage and PostGIS, either way: every layer (ids and
+    versions kept), campaigns and plans, accounts, the audit log and settings. Each layer is
+    copied in one transaction; run the same command again to resume an interrupted copy."""
+    from gridmap.transfer import copy_store
+
+    with progress_bar(20) as bar:
+        tasks: dict[str, int] = {}
+
+        def step(part: str, done: int, total: int) -> None:
+            if part not in tasks:
+                tasks[part] = bar.add_task(part, total=max(total, 1))
+            bar.update(tasks[part], completed=done, total=max(total, 1))
+
+        try:
+            report = copy_store(source, destination, batch=batch, progress=step)
+        except GridmapError as exc:
+            _fail(exc)
+    rows = sum(report.rows.values())
+    console.print(
+        f"[green]copied[/] {rows} rows into {escape(_shown(destination))}"
+        + (f" (already there: {', '.join(report.skipped)})" if report.skipped else "")
+    )
+
+
+@app.command()
+def info(database: DbOption = DEFAULT_DATABASE) -> None:
     """List the layers with their feature counts, geometry types and extent."""
     store = _open(database)
-    table = Table(title=f"{database}")
+    table = Table(title=escape(_shown(database)))
     for col in ("collection", "图层", "geometry", "features", "extent (WGS84)"):
         table.add_column(col)
     for layer in LAYERS:
@@ -146,7 +234,7 @@ def info(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
 
 
 @app.command()
-def check(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+def check(database: DbOption = DEFAULT_DATABASE) -> None:
     """Check integrity: grids in communities, no overlaps, households in exactly one grid."""
     from gridmap.integrity import check_store
 
@@ -163,7 +251,7 @@ def check(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
 
 @app.command()
 def serve(
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
@@ -171,13 +259,15 @@ def serve(
     """Serve the OGC API and the maps (http://127.0.0.1:8000 by default)."""
     import uvicorn
 
-    if not database.exists():
-        _fail(GridmapError(f"no database at {database}; build the sample with `gridmap demo`"))
+    if not _holds_store(database):
+        _fail(GridmapError(f"no store at {_shown(database)}; build the sample with `gridmap demo`"))
     os.environ["GRIDMAP_DATABASE"] = str(database)
     from gridmap.settings import Settings
 
     proxies = Settings().forwarded_allow_ips
-    console.print(f"serving {database} on http://{host}:{port}/  (map: http://{host}:{port}/map)")
+    console.print(
+        f"serving {_shown(database)} on http://{host}:{port}/  (map: http://{host}:{port}/map)"
+    )
     # X-Forwarded-For names the client only behind a proxy we were told of: otherwise
     # anyone could pick the address the log-in throttle and the audit log see
     uvicorn.run(
@@ -195,7 +285,7 @@ users_app = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 app.add_typer(users_app, name="users")
 
 
-def _accounts(database: Path):  # type: ignore[no-untyped-def]
+def _accounts(database: str):  # type: ignore[no-untyped-def]
     from gridmap.accounts import Accounts, token_secret
 
     store = _open(database)
@@ -218,7 +308,7 @@ def users_add(
         typer.Option(help="Password (prompted when omitted; --generate for a random one)."),
     ] = None,
     generate: Annotated[bool, typer.Option(help="Generate a random password.")] = False,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Add a user (the password must pass the policy)."""
     from gridmap.accounts import generate_password
@@ -246,7 +336,7 @@ def users_assign(
         list[int] | None, typer.Option(help="New grid id(s) of a grid worker (repeat).")
     ] = None,
     community: Annotated[int | None, typer.Option(help="New community of an admin.")] = None,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Give a grid worker other grids or a community admin another community (at once)."""
     store, accounts = _accounts(database)
@@ -263,7 +353,7 @@ def users_assign(
 def users_disable(
     username: str,
     enable: Annotated[bool, typer.Option(help="Enable instead.")] = False,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Disable a user (their tokens stop working at once), or enable again."""
     store, accounts = _accounts(database)
@@ -280,7 +370,7 @@ def users_disable(
 def users_reset(
     username: str,
     password: Annotated[str | None, typer.Option(help="New password (default: generated).")] = None,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Set a new password; prints a generated one."""
     store, accounts = _accounts(database)
@@ -294,7 +384,7 @@ def users_reset(
 
 
 @users_app.command("list")
-def users_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+def users_list(database: DbOption = DEFAULT_DATABASE) -> None:
     """List users, their roles, grids and state."""
     store = _open(database)
     table = Table()

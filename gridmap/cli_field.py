@@ -58,7 +58,7 @@ def campaign_create(
     grid: Annotated[list[int] | None, typer.Option(help="Limit to these grids (repeat).")] = None,
     service_min: Annotated[float, typer.Option(help="Minutes with each household.")] = 10.0,
     setup_min: Annotated[float, typer.Option(help="Minutes to enter a stairwell.")] = 3.0,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Start a visit campaign over some or all households."""
     from gridmap import campaigns as camp
@@ -98,7 +98,7 @@ def _all() -> Any:
 
 
 @campaign_app.command("list")
-def campaign_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
+def campaign_list(database: DbOption = DEFAULT_DATABASE) -> None:
     """Every campaign with its days and status."""
     from gridmap import campaigns as camp
 
@@ -118,7 +118,7 @@ def campaign_list(database: DbOption = Path(DEFAULT_DATABASE)) -> None:
 def campaign_status(
     campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
     level: Annotated[str, typer.Option(help="grids, communities or zones.")] = "grids",
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Households done per grid (or community, zone), and the plans made."""
     from gridmap import campaigns as camp
@@ -165,7 +165,7 @@ def campaign_status(
 def campaign_close(
     campaign_id: Annotated[int, typer.Argument(help="Campaign id.")],
     reopen: Annotated[bool, typer.Option(help="Open it again instead.")] = False,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Close a campaign (no more plans or visits), or reopen it."""
     from gridmap import campaigns as camp
@@ -200,7 +200,7 @@ def plan(
             "grid when several (name-GRID.ext)."
         ),
     ] = None,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Plan walking routes for a campaign's open households, grid by grid, and store them."""
     from gridmap import plan_output, plans
@@ -287,7 +287,7 @@ def import_osm(
     replace: Annotated[
         bool, typer.Option(help="Replace the roads there are (else add to them).")
     ] = False,
-    database: DbOption = Path(DEFAULT_DATABASE),
+    database: DbOption = DEFAULT_DATABASE,
 ) -> None:
     """Import the streets of an OpenStreetMap extract into the roads (walking network), cut
     to the subdistrict."""

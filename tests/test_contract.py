@@ -32,7 +32,7 @@ from gridmap.layers import LAYERS, get_layer
 from gridmap.store import FeatureStore, Query, Scope, create_store, open_store
 from gridmap.transfer import copy_store
 from tests import postgres
-from tests.conftest import SERVICE_AREA, raw_sql, refused_by_database
+from tests.conftest import SERVICE_AREA, copy_database, raw_sql, refused_by_database
 
 P = shapely.Point
 
@@ -510,7 +510,9 @@ def test_a_copy_there_and_back_is_exact(request: pytest.FixtureRequest, tmp_path
 
     require_postgis()
     cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
-    src: Path = request.getfixturevalue("sample_gpkg")[0]
+    # a private file: GDAL (its own SQLite) closing the shared sample would drop this
+    # process's locks on it (see conftest.copy_database)
+    src = copy_database(request.getfixturevalue("sample_gpkg")[0], tmp_path / "src.gpkg")
     url = cluster.new_database("gm_copy")
     seen: list[tuple[str, int, int]] = []
     there = copy_store(src, url, batch=997, progress=lambda p, d, t: seen.append((p, d, t)))

@@ -83,7 +83,10 @@ def to_pbf(osm: Path, pbf: Path) -> None:
 
 @pytest.fixture
 def extract(sample_path: Path, tmp_path: Path) -> tuple[Path, int]:
-    roads = pyogrio.read_dataframe(sample_path, layer="roads")
+    # GDAL reads a private copy: closing the shared sample with its own SQLite would drop
+    # this process's locks on it (see conftest.copy_database)
+    own = copy_database(sample_path, tmp_path / "roads-source.gpkg")
+    roads = pyogrio.read_dataframe(own, layer="roads")
     path = tmp_path / "zhongxinlu.osm"
     return path, write_osm(roads, path)
 

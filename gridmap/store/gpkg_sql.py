@@ -8,12 +8,18 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
+from gridmap.store.records import (  # noqa: F401 - the backends' shared names
+    AUDIT_FIELDS,
+    CHUNK,
+    DOCUMENT_FIELDS,
+    USER_FIELDS,
+    _q,
+)
 from gridmap.store.sqlite_filter import FUNCTIONS
 
 APPLICATION_ID = 0x47504B47  # "GPKG"
 USER_VERSION = 10300  # GeoPackage 1.3
 GEOM = "geom"
-CHUNK = 2_000
 
 _WGS84_WKT = (
     'GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,'
@@ -81,16 +87,6 @@ BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_docume
 CREATE TRIGGER IF NOT EXISTS gridmap_documents_no_delete BEFORE DELETE ON gridmap_documents
 BEGIN SELECT RAISE(ABORT, 'campaigns and plans are kept; close a campaign instead'); END;
 """
-USER_FIELDS = (
-    "username", "password_hash", "role", "grid_ids", "community_id", "disabled",
-    "failed_logins", "locked_until", "created_at", "password_changed_at",
-)  # fmt: skip
-DOCUMENT_FIELDS = ("id", "kind", "parent", "grid_id", "created_at", "created_by", "body")
-AUDIT_FIELDS = (
-    "id", "at", "username", "role", "action", "object", "grid_id", "result", "source",
-    "request_id", "detail",
-)  # fmt: skip
-
 # Every change to a layer, by gridmap or by any other SQLite client (QGIS, GDAL), bumps the
 # layer's stamp, so in-process caches know when to rebuild.
 _STAMP_TRIGGERS = """
@@ -128,11 +124,6 @@ BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; END;
 CREATE TRIGGER "gridmap_{t}_version" AFTER UPDATE ON "{t}" WHEN NEW.version = OLD.version
 BEGIN UPDATE "{t}" SET version = OLD.version + 1 WHERE fid = NEW.fid; END;
 """
-
-
-def _q(name: str) -> str:
-    """Quote an identifier (all come from the layer registry, never from requests)."""
-    return '"' + name.replace('"', '""') + '"'
 
 
 def _envelope_part(i: int):  # type: ignore[no-untyped-def]

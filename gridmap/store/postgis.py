@@ -40,9 +40,9 @@ from gridmap.errors import (
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store.backend import EVERY_ROW, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
-from gridmap.store.gpkg_sql import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, USER_FIELDS, _q
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
+from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, USER_FIELDS, _q
 
 SCHEMA_VERSION = "1"
 WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transaction())

@@ -93,11 +93,12 @@ def audit_reads(scope: AsgiScope, status: int) -> None:
     log: ReadLog | None = state.get("reads")
     if log is None:
         return
-    summary = log.summary()
-    if not summary:
+    summary, counts = log.summary(), log.counts()
+    if not summary and not counts:
         return
     request = Request(scope)
     principal = state.get("principal") or PUBLIC
+    result = "ok" if status < 400 else str(status)
     for layer_id, ids, grid_id in summary:
         record(
             request,
@@ -105,9 +106,20 @@ def audit_reads(scope: AsgiScope, status: int) -> None:
             log.action,
             object=f"{layer_id}: {len(ids)} features",
             grid_id=grid_id,
-            result="ok" if status < 400 else str(status),
+            result=result,
             detail=f"{what_was_asked(request)[:300]} ids {id_ranges(ids)}",
         )
+    for layer_id, rows, grid_id in counts:
+        if layer_id not in {s[0] for s in summary}:
+            record(
+                request,
+                principal,
+                log.action,
+                object=f"{layer_id}: {rows} features counted",
+                grid_id=grid_id,
+                result=result,
+                detail=f"{what_was_asked(request)[:300]} counted in the database",
+            )
 
 
 @router.post("/token", summary="Log in (OAuth2 password flow)")

@@ -1,23 +1,34 @@
-"""Serve the sample households from gridmap and from pygeoapi (PostgreSQL provider) and compare.
+"""Serve the sample households from gridmap (GeoPackage and PostGIS), TiPG and pygeoapi.
 
-Everything the anchor needs is set up by this script, in a scratch folder:
+One run, the same 15,024 households everywhere, one uvicorn worker (uvloop, httptools)
+per server:
 
-* a throw-away PostgreSQL + PostGIS cluster from Debian's packages (``apt-get install
-  postgresql postgis`` once; the script runs ``initdb`` as the ``postgres`` user on a free
-  port and removes the cluster at the end), loaded with the same 15,024 households;
-* pygeoapi in its own virtual environment (``pip install pygeoapi psycopg2-binary
-  sqlalchemy geoalchemy2 uvicorn[standard] starlette``), configured as a user would for this
-  data: its PostgreSQL provider over that table, served by uvicorn (Starlette app);
-* gridmap over the GeoPackage, twice: as it runs (its encoded-feature cache warms up with
-  the first requests) and with the cache off (``GRIDMAP_FEATURE_CACHE=0``: every feature
-  read from SQLite and encoded for every request, the "cold" row).
+* gridmap over the built sample GeoPackage, as it runs (its encoded-feature cache warms up
+  with the first requests) and "cold" (``GRIDMAP_FEATURE_CACHE=0``: every feature read
+  and encoded for every request);
+* gridmap over PostGIS, the same two ways: the GeoPackage copied with
+  ``gridmap.transfer.copy_store`` into a new database of a throw-away PostgreSQL + PostGIS
+  cluster (``tests.postgres``; Debian's ``postgresql postgis`` packages);
+* TiPG (developmentseed) over that same database and table (``public.households``), in
+  its own scratch virtual environment (``pip install tipg uvicorn[standard]``), run as
+  ``uvicorn tipg.main:app``;
+* pygeoapi's PostgreSQL provider over that same table, in its own scratch virtual
+  environment (``pip install pygeoapi psycopg2-binary sqlalchemy geoalchemy2
+  uvicorn[standard] starlette``), served by uvicorn (Starlette app).
 
-Every server runs on the same stack: one uvicorn worker with uvloop and httptools. The same
-requests go to each, sequentially over a keep-alive connection and with 4 concurrent
-clients (each with its own bboxes): ``items?bbox=…&limit=100`` for one bbox and for a list
-of varying bboxes, and a single item. Before timing, every request of every case is asked
-of both and must return the same features. Printed: requests/s, p50 and p99 latency, and
-each gridmap row as a multiple of pygeoapi's.
+The same requests go to each, sequentially over a keep-alive connection and with 4
+concurrent clients (each with its own bboxes): ``items?bbox=…&limit=100`` for one bbox
+and for a list of varying bboxes, and a single item. Every client asks for an
+uncompressed answer (``Accept-Encoding: identity``: TiPG would otherwise spend time
+compressing, the others do not compress). Before timing, every request of every case is
+asked of every server, and all must return the same features (ids and numberMatched of
+each page; id, coordinates and the properties gridmap does not mask for the single
+item); each client then warms up before its timed requests. gridmap is asked as its
+subdistrict admin (every household read is checked and audited, so the figures include
+the audit write); the anchors have no access control.
+
+Printed: requests/s, p50 and p99 latency, answer bytes, and each gridmap row's
+requests/s as a multiple of TiPG's and of pygeoapi's.
 
 Run: ``.venv/bin/python -m benchmarks.bench_ogcapi [--requests 300]``.
 """
@@ -27,165 +38,81 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import contextlib
-import csv
+import dataclasses
 import datetime as dt
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
-import shapely
+import psycopg
 
 from api.server import UVICORN_STACK, free_port, gridmap_server, running
 from gridmap.accounts import Accounts, seed_sample_users, token_secret
 from gridmap.sample import build_demo
 from gridmap.security import Role
+from gridmap.transfer import copy_store
+from tests import postgres
 
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
 BBOX = "113.285,34.805,113.295,34.815"
 HOUSEHOLD = 1234
+WARM_UP = 10  # untimed requests per client before the timed ones
+IDENTITY = {"Accept-Encoding": "identity"}
 
 
-def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
+@dataclasses.dataclass(frozen=True)
+class Server:
+    """One service under test: where it is, its households collection, how to ask it."""
+
+    name: str
+    base: str
+    collection: str = "households"
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` (relative to the households collection)."""
+        return f"{self.base}/collections/{self.collection}/{path}"
+
+
+def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(cmd, check=True, **kw)
 
 
-def as_postgres(cmd: list[str], **kw) -> subprocess.CompletedProcess:  # type: ignore[no-untyped-def,type-arg]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    return run(cmd, **kw)
+def scratch_venv(folder: Path, packages: list[str]) -> Path:
+    """A new virtual environment in ``folder`` with ``packages``; its bin folder."""
+    run([sys.executable, "-m", "venv", str(folder)])
+    pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q"]
+    run([*pip, "--disable-pip-version-check", *packages], stdout=subprocess.DEVNULL)
+    return folder / "bin"
 
 
-def start_postgis(work: Path, gpkg: Path) -> tuple[subprocess.Popen, int, Path]:  # type: ignore[type-arg]
-    if not (PG_BIN / "initdb").exists():
-        sys.exit("PostgreSQL 15 is not installed: apt-get install postgresql postgis")
-    data = work / "pgdata"
-    sock = work / "pgsock"
-    data.mkdir()
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(work, "postgres")
-        shutil.chown(data, "postgres")
-        shutil.chown(sock, "postgres")
-    as_postgres(
-        [str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
-        stdout=subprocess.DEVNULL,
+def version(bindir: Path, package: str) -> str:
+    code = f"import importlib.metadata as m; print(m.version({package!r}))"
+    out = subprocess.run(
+        [str(bindir / "python"), "-c", code], check=True, capture_output=True, text=True
     )
-    port = free_port()
-    cmd = [
-        str(PG_BIN / "postgres"),
-        "-D",
-        str(data),
-        "-p",
-        str(port),
-        "-k",
-        str(sock),
-        "-c",
-        "listen_addresses=127.0.0.1",
-        "-c",
-        "fsync=off",
-    ]
-    if os.geteuid() == 0:
-        cmd = ["runuser", "-u", "postgres", "--", *cmd]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        if (
-            subprocess.run(
-                ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-c", "select 1"],
-                capture_output=True,
-            ).returncode
-            == 0
-        ):
-            break
-        time.sleep(0.2)
-    psql = [
-        "psql",
-        "-q",
-        "-h",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-U",
-        "postgres",
-        "-v",
-        "ON_ERROR_STOP=1",
-    ]
-    run([*psql, "-c", "CREATE DATABASE bench"])
-    psql = [*psql, "-d", "bench"]
-    run([*psql, "-c", "CREATE EXTENSION postgis"])
-    run(
-        [
-            *psql,
-            "-c",
-            textwrap.dedent("""
-        CREATE TABLE households (
-          fid integer PRIMARY KEY, building_id integer, grid_id integer, room text,
-          head_name text, phone text, id_number text, members integer, tags text,
-          last_visit_at timestamp, last_visit_status text, geom geometry(Point, 4326));
-    """),
-        ]
-    )
-    # export from the GeoPackage with gridmap itself, load with COPY
-    from gridmap.store import open_store
-
-    store = open_store(gpkg)
-    fs = store.query("households")
-    store.close()
-    rows = work / "households.csv"
-    with rows.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        for fid, p, g in zip(fs.ids.tolist(), fs.properties, fs.geometries, strict=True):
-            w.writerow(
-                [
-                    fid,
-                    p["building_id"],
-                    p["grid_id"],
-                    p["room"],
-                    p["head_name"],
-                    p["phone"],
-                    p["id_number"],
-                    p["members"],
-                    ",".join(p["tags"]),
-                    p["last_visit_at"] or "",
-                    p["last_visit_status"] or "",
-                    "SRID=4326;" + shapely.to_wkt(g, rounding_precision=-1),
-                ]
-            )
-    run([*psql, "-c", f"\\copy households FROM '{rows}' WITH (FORMAT csv, NULL '')"])
-    run([*psql, "-c", "CREATE INDEX ON households USING gist (geom); ANALYZE households"])
-    return proc, port, sock
+    return out.stdout.strip()
 
 
-def pygeoapi_command(work: Path, pg_port: int) -> tuple[list[str], str, dict[str, str]]:
-    """Install and configure pygeoapi; return its server command, URL and environment."""
-    venv = work / "pygeoapi-venv"
-    run([sys.executable, "-m", "venv", str(venv)])
-    pip = [
-        str(venv / "bin" / "python"),
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--disable-pip-version-check",
-    ]
-    run(
-        [
-            *pip,
-            "pygeoapi",
-            "psycopg2-binary",
-            "sqlalchemy",
-            "geoalchemy2",
-            "uvicorn[standard]",
-            "starlette",
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+def pygeoapi_command(work: Path, database: str) -> tuple[list[str], str, dict[str, str], str]:
+    """Install and configure pygeoapi over gridmap's households table in ``database``;
+    return its server command, URL, environment and version."""
+    bindir = scratch_venv(
+        work / "pygeoapi-venv",
+        ["pygeoapi", "psycopg2-binary", "sqlalchemy", "geoalchemy2", "uvicorn[standard]",
+         "starlette"],
+    )  # fmt: skip
+    db = psycopg.conninfo.conninfo_to_dict(database)
+    password = db.get("password", "unused")  # the throw-away cluster trusts local users
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     config = work / "pygeoapi.yml"
@@ -231,8 +158,8 @@ def pygeoapi_command(work: Path, pg_port: int) -> tuple[list[str], str, dict[str
             providers:
               - type: feature
                 name: PostgreSQL
-                data: {{host: 127.0.0.1, port: {pg_port}, dbname: bench, user: postgres,
-                        password: postgres, search_path: [public]}}
+                data: {{host: '{db["host"]}', port: {db["port"]}, dbname: '{db["dbname"]}',
+                        user: '{db["user"]}', password: '{password}', search_path: [public]}}
                 id_field: fid
                 table: households
                 geom_field: geom
@@ -241,51 +168,72 @@ def pygeoapi_command(work: Path, pg_port: int) -> tuple[list[str], str, dict[str
     openapi = work / "pygeoapi-openapi.yml"
     env = {"PYGEOAPI_CONFIG": str(config), "PYGEOAPI_OPENAPI": str(openapi)}
     run(
-        [
-            str(venv / "bin" / "pygeoapi"),
-            "openapi",
-            "generate",
-            str(config),
-            "--output-file",
-            str(openapi),
-        ],
+        [str(bindir / "pygeoapi"), "openapi", "generate", str(config), "--output-file",
+         str(openapi)],
         env={**os.environ, **env},
         stdout=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     command = [
-        str(venv / "bin" / "uvicorn"), "pygeoapi.starlette_app:APP",
+        str(bindir / "uvicorn"), "pygeoapi.starlette_app:APP",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *UVICORN_STACK,
     ]  # fmt: skip
-    return command, url, env
+    return command, url, env, version(bindir, "pygeoapi")
+
+
+def tipg_command(work: Path, database: str) -> tuple[list[str], str, dict[str, str], str]:
+    """Install and configure TiPG over gridmap's households table in ``database``; return
+    its server command, URL, environment and version.
+
+    Settings (environment, as TiPG reads them): ``DATABASE_URL``; only the households
+    table is published (``TIPG_DB_SCHEMAS``, ``TIPG_DB_TABLES``; gridmap's other tables
+    are not part of the comparison); ``TIPG_CATALOG_TTL=0`` so that it does not re-read
+    the database catalog every 5 minutes in the middle of a timed run. Its primary key
+    (``fid``) is found in the catalog and is the feature id; ``limit=100`` is within its
+    ``TIPG_MAX_FEATURES_PER_QUERY`` (10,000).
+    """
+    bindir = scratch_venv(work / "tipg-venv", ["tipg", "uvicorn[standard]"])
+    port = free_port()
+    env = {
+        "DATABASE_URL": database,
+        "TIPG_DB_SCHEMAS": '["public"]',
+        "TIPG_DB_TABLES": '["public.households"]',
+        "TIPG_CATALOG_TTL": "0",
+    }
+    command = [
+        str(bindir / "uvicorn"), "tipg.main:app",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *UVICORN_STACK,
+    ]  # fmt: skip
+    return command, f"http://127.0.0.1:{port}", env, version(bindir, "tipg")
 
 
 def varying_bboxes(n: int, seed: int = 7) -> list[str]:
-    """``n`` bbox paths of 300–1,000 m boxes spread over the subdistrict (fixed seed)."""
+    """``n`` items paths with 300–1,000 m bboxes spread over the subdistrict (fixed seed)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         w = rng.uniform(0.003, 0.011)
         x = rng.uniform(113.275, 113.31 - w)
         y = rng.uniform(34.795, 34.825 - w)
-        out.append(
-            f"/collections/households/items?bbox={x:.5f},{y:.5f},{x + w:.5f},{y + w:.5f}&limit=100"
-        )
+        out.append(f"items?bbox={x:.5f},{y:.5f},{x + w:.5f},{y + w:.5f}&limit=100")
     return out
 
 
 def measure(
-    base: str, paths: list[str], n: int, clients: int, headers: dict[str, str]
+    server: Server, paths: list[str], n: int, clients: int
 ) -> tuple[float, float, float, int]:
-    """(requests/s, p50 ms, p99 ms, bytes of the last answer) for ``n`` GETs cycling ``paths``."""
+    """(requests/s, p50 ms, p99 ms, bytes of the last answer) for ``n`` GETs cycling
+    ``paths``, after a few untimed ones per client."""
 
     def worker(client: int) -> tuple[list[float], int]:
         lat = []
         size = 0
         first = client * per  # each client walks its own part of ``paths``
-        with httpx.Client(timeout=30, headers=headers) as c:
-            c.get(base + "/conformance")  # open the connection
-            for k in range(per):
-                url = base + paths[(first + k) % len(paths)]
+        urls = [server.url(paths[(first + k) % len(paths)]) for k in range(per)]
+        with httpx.Client(timeout=30, headers={**IDENTITY, **server.headers}) as c:
+            for url in urls[:WARM_UP]:
+                c.get(url).raise_for_status()
+            barrier.wait()
+            for url in urls:
                 t = time.perf_counter()
                 r = c.get(url)
                 lat.append(time.perf_counter() - t)
@@ -295,9 +243,12 @@ def measure(
         return lat, size
 
     per = n // clients
-    start = time.perf_counter()
+    barrier = threading.Barrier(clients + 1, timeout=600)  # warm-ups done: timing starts
     with cf.ThreadPoolExecutor(clients) as pool:
-        results = list(pool.map(worker, range(clients)))
+        futures = [pool.submit(worker, k) for k in range(clients)]
+        barrier.wait()
+        start = time.perf_counter()
+        results = [f.result() for f in futures]
     wall = time.perf_counter() - start
     lat = np.concatenate([np.array(r[0]) for r in results]) * 1000
     return (
@@ -308,12 +259,102 @@ def measure(
     )
 
 
+# gridmap masks these for its admin (phone and id number shown in part)
+_MASKED = {"phone", "id_number"}
+
+
+def _canonical(value: Any) -> Any:
+    """A property value as both sides mean it: timestamps parsed (gridmap writes UTC with
+    an offset, the anchors the database's naive timestamp), everything else as is."""
+    if isinstance(value, str) and len(value) >= 19 and value[4] == "-" and value[10] == "T":
+        with contextlib.suppress(ValueError):
+            t = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
+    return value
+
+
+def essence(answer: dict[str, Any]) -> Any:
+    """What must be equal between servers: ids (as integers) and numberMatched for a
+    page; id, coordinates and unmasked properties for a single feature."""
+    if "features" in answer:
+        ids = sorted(int(f["id"]) for f in answer["features"])
+        return ("page", ids, answer.get("numberMatched"))
+    props = answer["properties"]
+    return (
+        "feature",
+        int(answer["id"]),
+        [round(c, 9) for c in answer["geometry"]["coordinates"]],
+        {k: _canonical(v) for k, v in props.items() if k not in _MASKED},
+    )
+
+
+def same_answers(servers: list[Server], paths: list[str]) -> int:
+    """Ask every server every path; exit unless all return the same features as the
+    first (gridmap). Only gridmap's properties are compared (the anchors may publish more
+    columns, e.g. ``version``), except those gridmap masks."""
+    with contextlib.ExitStack() as stack:
+        clients = [
+            stack.enter_context(httpx.Client(timeout=120, headers={**IDENTITY, **s.headers}))
+            for s in servers
+        ]
+        for path in paths:
+            answers = []
+            for s, c in zip(servers, clients, strict=True):
+                r = c.get(s.url(path))
+                if r.status_code != 200:
+                    sys.exit(f"{s.name} {path}: {r.status_code} {r.text[:300]}")
+                answers.append(essence(r.json()))
+            ref = answers[0]
+            for s, got in zip(servers[1:], answers[1:], strict=True):
+                if ref[0] == "feature":
+                    got = (*got[:3], {k: got[3].get(k) for k in ref[3]})
+                if got != ref:
+                    sys.exit(
+                        f"{path}: {s.name} answers differently from {servers[0].name}:\n"
+                        f"  {servers[0].name}: {json.dumps(ref, default=str)[:600]}\n"
+                        f"  {s.name}: {json.dumps(got, default=str)[:600]}"
+                    )
+    return len(paths)
+
+
+ANCHORS = ("TiPG", "pygeoapi")
+
+
+def compare(servers: list[Server], requests: int) -> None:
+    """Check the servers answer alike, then measure and print the table."""
+    cases = [
+        ("items, one bbox", ["items?bbox=" + BBOX + "&limit=100"]),
+        ("items, varying bbox", varying_bboxes(requests)),
+        ("single item", [f"items/{HOUSEHOLD}"]),
+    ]
+    checked = sum(same_answers(servers, paths) for _, paths in cases)
+    print(f"same features from all {len(servers)} servers for all {checked} distinct requests")
+    head = (
+        f"{'request':<21}{'clients':>8}  {'server':<19}{'req/s':>8}{'p50 ms':>8}"
+        f"{'p99 ms':>8}{'bytes':>8}{'×TiPG':>8}{'×pygeoapi':>10}"
+    )
+    print(head)
+    print("-" * len(head))
+    for label, paths in cases:
+        for clients in (1, 4):
+            rows = {s.name: measure(s, paths, requests, clients) for s in servers}
+            for name, m in rows.items():
+                ratios = ["" if name in ANCHORS else f"{m[0] / rows[a][0]:.1f}×" for a in ANCHORS]
+                print(
+                    f"{label:<21}{clients:>8}  {name:<19}{m[0]:>8.1f}{m[1]:>8.1f}{m[2]:>8.1f}"
+                    f"{m[3]:>8}{ratios[0]:>8}{ratios[1]:>10}",
+                    flush=True,
+                )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=300)
     args = ap.parse_args()
+    if (reason := postgres.unavailable()) is not None:
+        sys.exit(reason)
     work = Path(tempfile.mkdtemp(prefix="gridmap-bench-"))
-    pg: subprocess.Popen | None = None  # type: ignore[type-arg]
+    cluster: postgres.Cluster | None = None
     try:
         with contextlib.ExitStack() as stack:
             gpkg = work / "zhongxinlu.gpkg"
@@ -322,94 +363,49 @@ def main() -> None:
             accounts = Accounts(store, secret=token_secret(store), token_minutes=24 * 60)
             token = accounts.issue("admin", Role.SUBDISTRICT_ADMIN).access_token
             store.close()
-            if os.geteuid() == 0:
-                shutil.chown(gpkg, "postgres")
-            pg, pg_port, _ = start_postgis(work, gpkg)
-            print("starting pygeoapi (installing it into a scratch venv) …", flush=True)
-            command, url, env = pygeoapi_command(work, pg_port)
-            py_url = stack.enter_context(running(command, url=url, env=env, probe="/conformance"))
-            gm_url = stack.enter_context(
-                gridmap_server(gpkg, household_reads_per_minute="100000000")
+            print("starting PostgreSQL + PostGIS, copying the sample into it …", flush=True)
+            cluster = postgres.start()
+            database = cluster.new_database("bench")
+            t = time.perf_counter()
+            copy_store(gpkg, database)
+            print(f"  copied in {time.perf_counter() - t:.1f} s", flush=True)
+            with psycopg.connect(database, autocommit=True) as c:
+                c.execute("VACUUM ANALYZE")  # as a loaded database would be
+            print("installing TiPG and pygeoapi into scratch venvs …", flush=True)
+            with cf.ThreadPoolExecutor(2) as pool:
+                tipg = pool.submit(tipg_command, work, database)
+                pygeoapi = pool.submit(pygeoapi_command, work, database)
+                tipg_cmd, tipg_url, tipg_env, tipg_version = tipg.result()
+                py_cmd, py_url, py_env, py_version = pygeoapi.result()
+            print(f"TiPG {tipg_version}, pygeoapi {py_version}", flush=True)
+            tipg_url = stack.enter_context(
+                running(tipg_cmd, url=tipg_url, env=tipg_env, probe="/conformance")
             )
-            cold_url = stack.enter_context(
-                gridmap_server(gpkg, household_reads_per_minute="100000000", feature_cache="0")
+            py_url = stack.enter_context(
+                running(py_cmd, url=py_url, env=py_env, probe="/conformance")
             )
-            servers = {"gridmap": gm_url, "gridmap cold": cold_url}
-            compare(py_url, servers, args.requests, {"Authorization": f"Bearer {token}"})
-    finally:
-        if pg is not None:
-            pg.terminate()
-            pg.wait(timeout=30)
-        shutil.rmtree(work, ignore_errors=True)
-
-
-# Fields the two servers write differently: masked for gridmap's admin, a JSON list
-# against pygeoapi's text column, a timestamp format.
-_DIFFERENT = {"phone", "id_number", "tags", "last_visit_at"}
-
-
-def same_answers(py_url: str, gm_url: str, paths: list[str], auth: dict[str, str]) -> int:
-    """Ask every path of both servers; exit unless each returns the same features."""
-    with httpx.Client(timeout=60) as c:
-        for path in paths:
-            a = c.get(gm_url + path, headers=auth).json()
-            b = c.get(py_url + path + ("&" if "?" in path else "?") + "f=json").json()
-            if "features" in a:
-                same = sorted(f["id"] for f in a["features"]) == sorted(
-                    int(f["id"]) for f in b["features"]
-                ) and a["numberMatched"] == b.get("numberMatched")
-            else:
-                same = (
-                    a["id"] == int(b["id"])
-                    and _rounded(a["geometry"]["coordinates"])
-                    == _rounded(b["geometry"]["coordinates"])
-                    and all(
-                        str(b["properties"].get(k)) == str(v)
-                        for k, v in a["properties"].items()
-                        if k not in _DIFFERENT
-                    )
+            reads = {"household_reads_per_minute": "100000000"}
+            auth = {"Authorization": f"Bearer {token}"}
+            gridmap = [
+                Server(
+                    name, stack.enter_context(gridmap_server(db, **reads, **extra)), headers=auth
                 )
-            if not same:
-                sys.exit(f"{path}: the two servers answer differently; fix the configuration")
-    return len(paths)
-
-
-def _rounded(coords: list[float]) -> list[float]:
-    return [round(c, 9) for c in coords]
-
-
-def compare(py_url: str, servers: dict[str, str], requests: int, auth: dict[str, str]) -> None:
-    """Check the servers answer alike, then measure and print the table.
-
-    gridmap is asked as its subdistrict admin (households are not public there; every
-    household read is audited, so the figures include the audit write); pygeoapi has no
-    access control. "gridmap" answers from its encoded-feature cache once warm;
-    "gridmap cold" has the cache off.
-    """
-    cases = [
-        ("items, one bbox", ["/collections/households/items?bbox=" + BBOX + "&limit=100"]),
-        ("items, varying bbox", varying_bboxes(requests)),
-        ("single item", [f"/collections/households/items/{HOUSEHOLD}"]),
-    ]
-    checked = sum(same_answers(py_url, servers["gridmap"], paths, auth) for _, paths in cases)
-    print(f"same features from both for all {checked} distinct requests")
-    print(
-        f"{'request':<22}{'clients':>8}{'server':>14}{'req/s':>10}{'p50 ms':>9}"
-        f"{'p99 ms':>9}{'bytes':>9}{'ratio':>8}"
-    )
-    for label, paths in cases:
-        for clients in (1, 4):
-            anchor = measure(py_url, paths, requests, clients, {})
-            rows = [("pygeoapi", anchor)] + [
-                (name, measure(url, paths, requests, clients, auth))
-                for name, url in servers.items()
+                for name, db, extra in [
+                    ("gridmap gpkg", gpkg, {}),
+                    ("gridmap gpkg cold", gpkg, {"feature_cache": "0"}),
+                    ("gridmap PostGIS", database, {}),
+                    ("gridmap PostGIS cold", database, {"feature_cache": "0"}),
+                ]
             ]
-            for name, m in rows:
-                ratio = f"{m[0] / anchor[0]:7.1f}x" if name != "pygeoapi" else ""
-                print(
-                    f"{label:<22}{clients:>8}{name:>14}{m[0]:>10.1f}{m[1]:>9.1f}{m[2]:>9.1f}"
-                    f"{m[3]:>9}{ratio:>8}"
-                )
+            anchors = [
+                Server("TiPG", tipg_url, collection="public.households"),
+                Server("pygeoapi", py_url),
+            ]
+            compare([*gridmap, *anchors], args.requests)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

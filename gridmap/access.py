@@ -13,8 +13,10 @@ import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-Note = tuple[str, tuple[int, ...], tuple[int | None, ...]]
-"""(layer id, feature ids, their grid ids) of one store read."""
+Note = tuple[str, tuple[int, ...], tuple[int | None, ...], int]
+"""(layer id, feature ids, their grid ids, rows counted) of one store read: rows returned
+(ids and grids), or rows counted in the database by an aggregate (their grids and number,
+no ids)."""
 
 
 @dataclass
@@ -34,6 +36,14 @@ class ReadLog:
 
     def saw(self, layer_id: str, ids: Iterable[int], grid_ids: Iterable[int | None]) -> None:
         """Note that rows of ``layer_id`` were read (called by the store)."""
+        self._note((layer_id, tuple(int(i) for i in ids), tuple(grid_ids), 0))
+
+    def counted(self, layer_id: str, rows: int, grid_ids: Iterable[int | None]) -> None:
+        """Note that the database counted ``rows`` rows of ``layer_id`` for a statistic (no
+        row left it; still a use of personal data, limited and audited like a read)."""
+        self._note((layer_id, (), tuple(grid_ids), int(rows)))
+
+    def _note(self, note: Note) -> None:
         with self._lock:
             first = not self._started
             self._started = True
@@ -44,7 +54,6 @@ class ReadLog:
                 with self._lock:
                     self._started = False
                 raise
-        note = (layer_id, tuple(int(i) for i in ids), tuple(grid_ids))
         with self._lock:
             self._notes.append(note)
 
@@ -60,21 +69,37 @@ class ReadLog:
 
     def replay(self, notes: Iterable[Note]) -> None:
         """Note again what an earlier request read, when its result is served from a cache."""
-        for layer_id, ids, grids in notes:
-            self.saw(layer_id, ids, grids)
+        for note in notes:
+            self._note(note)
 
     def summary(self) -> list[tuple[str, list[int], int | None]]:
         """Per layer: the distinct ids read, and their grid when all lie in one."""
         with self._lock:
             notes = list(self._notes)
         by_layer: dict[str, tuple[set[int], set[int | None]]] = {}
-        for layer_id, ids, grids in notes:
+        for layer_id, ids, grids, counted in notes:
+            if counted and not ids:
+                continue
             seen, in_grids = by_layer.setdefault(layer_id, (set(), set()))
             seen.update(ids)
             in_grids.update(grids)
         return [
             (layer_id, sorted(ids), next(iter(grids)) if len(grids) == 1 else None)
             for layer_id, (ids, grids) in by_layer.items()
+        ]
+
+    def counts(self) -> list[tuple[str, int, int | None]]:
+        """Per layer: the rows counted by aggregates, and their grid when all lie in one."""
+        with self._lock:
+            notes = list(self._notes)
+        by_layer: dict[str, tuple[int, set[int | None]]] = {}
+        for layer_id, _ids, grids, counted in notes:
+            if counted:
+                n, in_grids = by_layer.get(layer_id, (0, set()))
+                by_layer[layer_id] = (n + counted, in_grids | set(grids))
+        return [
+            (layer_id, n, next(iter(grids)) if len(grids) == 1 else None)
+            for layer_id, (n, grids) in by_layer.items()
         ]
 
 

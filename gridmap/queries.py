@@ -13,8 +13,11 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import shapely
 
+from gridmap.cql import Filter
+from gridmap.cql import tree as ct
 from gridmap.crs import to_metric
 from gridmap.disclosure import Protected, Table, protect
 from gridmap.errors import (
@@ -24,6 +27,7 @@ from gridmap.errors import (
     QueryError,
 )
 from gridmap.layers import HOUSEHOLD_TAGS, get_layer
+from gridmap.store.backend import Measure
 from gridmap.store.base import Feature, Query, Scope, Store
 
 _M_PER_DEG = 111_320.0
@@ -397,6 +401,68 @@ def _hierarchy(store: Store, scope: Scope) -> _Hierarchy:
     return _Hierarchy(names, parent, equations, in_scope)
 
 
+def _household_measures(today: dt.date, windows: list[int]) -> dict[str, Measure]:
+    """The base measures of a grid's households, as conditions the database counts."""
+    start = dt.datetime.combine(today, dt.time())
+    status = ct.Compare("=", ct.Prop("last_visit_status", "str"), ct.Lit("visited", "str"))
+    out = {"households": Measure(), "population": Measure("sum", "members")}
+    for w in windows:
+        since = (start - dt.timedelta(days=w)).isoformat()
+        recent = ct.Compare(">=", ct.Prop("last_visit_at", "datetime"), ct.Lit(since, "datetime"))
+        out[f"visited:{w}"] = Measure(where=_household_filter(ct.And((status, recent))))
+    for t in HOUSEHOLD_TAGS:
+        out[f"tag:{t}"] = Measure(
+            where=_household_filter(ct.Array("contains", ct.Prop("tags", "list"), (t,)))
+        )
+    return out
+
+
+def _household_filter(root: ct.Node) -> Filter:
+    return Filter("households", root, frozenset(_props_of(root)))
+
+
+def _props_of(node: Any) -> set[str]:
+    """The property names a checked tree reads."""
+    if isinstance(node, ct.Prop):
+        return {node.name}
+    if dataclasses.is_dataclass(node):
+        out: set[str] = set()
+        for f in dataclasses.fields(node):
+            v = getattr(node, f.name)
+            for x in v if isinstance(v, tuple) else (v,):
+                if dataclasses.is_dataclass(x):
+                    out |= _props_of(x)
+        return out
+    return set()
+
+
+def _count_members(
+    store: Store,
+    scope: Scope,
+    members: Members,
+    pos: dict[int, int],
+    table: npt.NDArray[np.int64],
+    first: int,
+) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """The campaigns' target and done counts per grid (columns from ``first``), and the
+    orderings and aliases their memberships imply."""
+    grid_of = store.values("households", "grid_id", scope=scope)
+    tags_of = store.values("households", "tags", scope=scope)
+    everyone = frozenset(f for f, g in grid_of.items() if g in pos)
+    tag_sets = {
+        t: frozenset(f for f in everyone if isinstance(tags_of.get(f), list) and t in tags_of[f])
+        for t in HOUSEHOLD_TAGS
+    }
+    j = first
+    for target, done in zip(members.target, members.done, strict=True):
+        for f in target & everyone:
+            table[pos[grid_of[f]], j] += 1
+            if f in done:
+                table[pos[grid_of[f]], j + 1] += 1
+        j += 2
+    return _member_orders(members, everyone, tag_sets)
+
+
 def _count_households(
     store: Store,
     scope: Scope,
@@ -414,33 +480,13 @@ def _count_households(
     orders: list[tuple[str, str]] = []
     aliases: dict[str, str] = {}
     if scope.allows_layer("households") and grid_ids:
-        fs = store.query("households", scope=scope)
-        props, fids = fs.properties, fs.ids.tolist()
-        at = np.array([pos.get(p.get("grid_id"), -1) for p in props], dtype=np.int64)
-        cols = np.zeros((len(props), len(measures)), dtype=np.int64)
-        cols[:, 0] = 1
-        cols[:, 1] = [p.get("members") if isinstance(p.get("members"), int) else 0 for p in props]
-        visited = [
-            p.get("last_visit_at") if p.get("last_visit_status") == "visited" else None
-            for p in props
-        ]
-        start = dt.datetime.combine(today, dt.time())
-        for j, w in enumerate(windows, start=2):
-            since = (start - dt.timedelta(days=w)).isoformat()
-            cols[:, j] = [isinstance(v, str) and v >= since for v in visited]
-        tag_sets = {}
-        for j, t in enumerate(HOUSEHOLD_TAGS, start=2 + len(windows)):
-            cols[:, j] = [isinstance(p.get("tags"), list) and t in p["tags"] for p in props]
-            tag_sets[t] = frozenset(f for f, x in zip(fids, cols[:, j], strict=True) if x)
-        j = 2 + len(windows) + len(HOUSEHOLD_TAGS)
-        for target, done in zip(members.target, members.done, strict=True):
-            cols[:, j] = [f in target for f in fids]
-            cols[:, j + 1] = [f in target and f in done for f in fids]
-            j += 2
-        keep = at >= 0
-        np.add.at(table, at[keep], cols[keep])
-        everyone = frozenset(f for f, k in zip(fids, keep.tolist(), strict=True) if k)
-        orders, aliases = _member_orders(members, everyone, tag_sets)
+        base = _household_measures(today, windows)
+        per_grid = store.aggregate("households", "grid_id", base, scope=scope)
+        for g, figures in per_grid.items():
+            if g in pos:
+                table[pos[g], : len(base)] = [figures[m] for m in base]
+        if members.ids:
+            orders, aliases = _count_members(store, scope, members, pos, table, len(base))
     counts: dict[tuple[str, int], dict[str, int]] = {
         (lv, i): dict.fromkeys(measures, 0) for lv, rows in tree.names.items() for i, _ in rows
     }

@@ -36,10 +36,6 @@ from tests.conftest import SERVICE_AREA, copy_database, raw_sql, refused_by_data
 
 P = shapely.Point
 
-pytestmark = (
-    pytest.mark.gpkg_only
-)  # the GeoPackage file itself (GDAL, SQLite); test_contract.py runs the shared rules on both
-
 
 def _grid(store: FeatureStore) -> list[int]:
     """Two grids side by side in one community (which the grids must name)."""
@@ -570,3 +566,48 @@ def test_an_interrupted_copy_resumes_and_never_mixes_stores(
     mine = open_store(tmp_path / "mine.gpkg")  # refused before anything was written
     assert mine.count("zones") == 0 and mine.count("toilets") == 1
     mine.close()
+
+
+def test_aggregates_are_counted_in_the_database_and_noted(store: FeatureStore) -> None:
+    """Per-grid figures from one GROUP BY equal a count over the rows; the read log notes
+    what was counted (no ids: no row left the database)."""
+    from gridmap.access import ReadLog
+    from gridmap.cql import tree as ct
+    from gridmap.cql.tree import Filter
+    from gridmap.store.backend import Measure
+
+    g1, g2 = _grid(store)
+    rng = np.random.default_rng(5)
+    n = 60
+    xs = np.where(np.arange(n) % 3 == 0, 113.29, 113.27) + rng.uniform(0, 0.005, n)
+    tags = [["hardship"] if i % 4 == 0 else [] for i in range(n)]
+    members = [int(m) for m in rng.integers(0, 6, n)]
+    store.insert(
+        "households",
+        shapely.points(xs, rng.uniform(34.795, 34.805, n)),
+        [{"room": str(i), "members": members[i], "tags": tags[i]} for i in range(n)],
+    )
+    hardship = Filter(
+        "households",
+        ct.Array("contains", ct.Prop("tags", "list"), ("hardship",)),
+        frozenset({"tags"}),
+    )
+    measures = {
+        "n": Measure(),
+        "people": Measure("sum", "members"),
+        "hard": Measure(where=hardship),
+    }
+    log = ReadLog()
+    got = store.aggregate("households", "grid_id", measures, scope=Scope(reads=log))
+    rows = store.query("households")
+    want: dict[int, dict[str, int]] = {}
+    for p in rows.properties:
+        w = want.setdefault(p["grid_id"], {"n": 0, "people": 0, "hard": 0})
+        w["n"] += 1
+        w["people"] += p["members"]
+        w["hard"] += "hardship" in p["tags"]
+    assert got == want and set(got) == {g1, g2}
+    assert log.summary() == [] and log.counts() == [("households", n, None)]
+    masked = Scope(masked=frozenset({("households", "tags")}))
+    with pytest.raises(PermissionDeniedError):
+        store.aggregate("households", "grid_id", measures, scope=masked)

@@ -19,9 +19,8 @@ from tests.conftest import external_connection
 
 P = shapely.Point
 
-pytestmark = (
-    pytest.mark.gpkg_only
-)  # the GeoPackage file itself (GDAL, SQLite); test_contract.py runs the shared rules on both
+# The GeoPackage file itself (GDAL, SQLite); test_contract.py runs the shared rules on both.
+pytestmark = pytest.mark.gpkg_only
 
 
 def _grid(store: FeatureStore) -> list[int]:

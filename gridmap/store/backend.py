@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,17 @@ class Selection:
 
 
 EVERY_ROW = Selection()
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One figure per group: ``count`` of the rows (those where the checked condition
+    ``where`` holds, if given), or ``sum`` of an integer column (other values count 0)."""
+
+    kind: Literal["count", "sum"] = "count"
+    column: str | None = None
+    where: Filter | None = None
+
 
 Order = Sequence[tuple[str, bool]]
 """(column, descending) pairs; ``id`` is the feature id. Ties are broken by id."""
@@ -96,6 +107,13 @@ class Rows(Protocol):
 
     def group_count(self, layer: Layer, column: str, sel: Selection = EVERY_ROW) -> dict[Any, int]:
         """Rows per value of ``column`` (a GROUP BY in the database)."""
+        ...
+
+    def aggregate(
+        self, layer: Layer, by: str, measures: Mapping[str, Measure], sel: Selection = EVERY_ROW
+    ) -> dict[Any, dict[str, int]]:
+        """Each measure per value of column ``by`` among the matching rows (one GROUP BY
+        in the database)."""
         ...
 
     def insert_rows(

@@ -185,6 +185,25 @@ class Store(Protocol):
         """A number that changes whenever the layer changes, by any client."""
         ...
 
+    def aggregate(
+        self,
+        layer_id: str,
+        by: str,
+        measures: Mapping[str, Any],
+        query: Query = ...,
+        *,
+        scope: Scope = ...,
+    ) -> dict[Any, dict[str, int]]:
+        """Figures (:class:`~gridmap.store.backend.Measure`) per value of one property,
+        counted by the database."""
+        ...
+
+    def values(
+        self, layer_id: str, column: str, query: Query = ..., *, scope: Scope = ...
+    ) -> dict[int, Any]:
+        """Feature id → one property's value, for the features of ``query``."""
+        ...
+
     def count(self, layer_id: str, query: Query = ..., *, scope: Scope = ...) -> int:
         """Number of features matching ``query`` within ``scope``."""
         ...

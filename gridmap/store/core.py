@@ -32,7 +32,7 @@ from gridmap.errors import (
 )
 from gridmap.layers import LAYERS, Layer, get_layer
 from gridmap.store import relations
-from gridmap.store.backend import Backend, Order, Selection
+from gridmap.store.backend import Backend, Measure, Order, Selection
 from gridmap.store.base import BBox, Feature, FeatureSet, Progress, Query, Scope
 from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 
@@ -289,6 +289,60 @@ class FeatureStore:
             raise InvalidFeatureError(msg)
         require(column not in scope.masked_in(layer), f"{column} is masked for you")
         return self.backend.group_count(layer, column, self._selection(layer, query, scope))
+
+    def aggregate(
+        self,
+        layer_id: str,
+        by: str,
+        measures: Mapping[str, Measure],
+        query: Query = _ALL_ROWS,
+        *,
+        scope: Scope = Scope.ALL,
+    ) -> dict[Any, dict[str, int]]:
+        """Figures per value of one property, counted in the database (GROUP BY). No row
+        leaves it; the scope's read log notes what was counted (personal data used for a
+        statistic is limited and audited like a read). Masked properties take no part."""
+        layer = self._layer(layer_id, scope)
+        used = {by} | {m.column for m in measures.values() if m.column}
+        for m in measures.values():
+            if m.where is not None:
+                if m.where.layer_id != layer.id:
+                    msg = f"a condition checked for {m.where.layer_id} cannot count {layer.id}"
+                    raise InvalidFeatureError(msg)
+                used |= m.where.properties
+        unknown = sorted(u for u in used if u not in layer.by_name and u != "id")
+        if unknown:
+            msg = f"unknown properties for layer {layer.id}: {', '.join(unknown)}"
+            raise InvalidFeatureError(msg)
+        hidden = sorted(used & scope.masked_in(layer))
+        require(not hidden, f"{', '.join(hidden)} cannot be counted by (masked for you)")
+        found = self.backend.aggregate(layer, by, measures, self._selection(layer, query, scope))
+        if scope.reads is not None and layer.personal:
+            rows = self.backend.count(layer, self._selection(layer, query, scope))
+            groups = list(found) if by == relations.GRID_KEY else [None]
+            scope.reads.counted(layer.id, rows, groups)
+        return found
+
+    def values(
+        self, layer_id: str, column: str, query: Query = _ALL_ROWS, *, scope: Scope = Scope.ALL
+    ) -> dict[int, Any]:
+        """Feature id → the value of one property, for the features of ``query`` (read as
+        rows are: noted in the scope's read log; a masked property is refused)."""
+        layer = self._layer(layer_id, scope)
+        if column not in layer.by_name:
+            msg = f"unknown property {column[:40]!r} for layer {layer.id}"
+            raise InvalidFeatureError(msg)
+        require(column not in scope.masked_in(layer), f"{column} is masked for you")
+        sel = self._selection(layer, query, scope)
+        ids, vals, _ = self.backend.select_ids(layer, sel, column=column)
+        if scope.reads is not None and layer.personal:
+            keys = vals if column == relations.GRID_KEY else None
+            if keys is None and layer.grid_scoped:
+                keys = self.backend.select_ids(
+                    layer, Selection(ids=ids.tolist()), column=relations.GRID_KEY
+                )[1]
+            scope.reads.saw(layer.id, ids.tolist(), keys or [None] * len(ids))
+        return dict(zip(ids.tolist(), vals or [], strict=True))
 
     def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
         """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""

@@ -28,7 +28,7 @@ from shapely.geometry.base import BaseGeometry
 from gridmap import geometry as geo
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
-from gridmap.store.backend import EVERY_ROW, Order, Selection
+from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
 from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
@@ -603,7 +603,9 @@ class GeoPackageBackend:
             sql, [*params, -1 if limit is None else int(limit), int(offset)]
         ).fetchall()
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        return ids, None if column is None else [r[1] for r in rows], matched
+        if column is None:
+            return ids, None, matched
+        return ids, [_value(layer.by_name.get(column), r[1]) for r in rows], matched
 
     def _values_of(
         self, layer: Layer, column: str | None, ids: npt.NDArray[np.int64]
@@ -644,6 +646,36 @@ class GeoPackageBackend:
         col = f"t.{_q(column)}"
         sql = f"SELECT {col}, count(*){self._from(layer, use_rtree)}{where} GROUP BY {col}"
         return {r[0]: int(r[1]) for r in self._connect().execute(sql, params)}
+
+    def aggregate(
+        self, layer: Layer, by: str, measures: Mapping[str, Measure], sel: Selection = EVERY_ROW
+    ) -> dict[Any, dict[str, int]]:
+        """Each measure per value of ``by`` (one GROUP BY in SQLite)."""
+        names = list(measures)
+        exprs: list[str] = []
+        params: list[Any] = []
+        for m in measures.values():
+            if m.kind == "sum":
+                col = f"t.{_q(m.column or '')}"
+                exprs.append(
+                    f"coalesce(sum(CASE WHEN typeof({col}) = 'integer' THEN {col} END), 0)"
+                )
+            elif m.where is None:
+                exprs.append("count(*)")
+            else:
+                c = render_filter(m.where)
+                exprs.append(f"sum(CASE WHEN {c.sql} THEN 1 ELSE 0 END)")
+                params.extend(c.params)
+        if sel.geometry is not None:
+            msg = "aggregates take no exact spatial predicate"
+            raise InvalidFeatureError(msg)
+        where, wparams, use_rtree = self._where(layer, sel)
+        col = f"t.{_q(by)}"
+        sql = (
+            f"SELECT {col}, {', '.join(exprs)}{self._from(layer, use_rtree)}{where} GROUP BY {col}"
+        )
+        rows = self._connect().execute(sql, [*params, *wparams]).fetchall()
+        return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
 
     def envelope(self, layer: Layer, sel: Selection = EVERY_ROW) -> BBox | None:
         """Bounding box of the matching rows, from the R-tree."""
@@ -929,6 +961,19 @@ def _document(row: Sequence[Any]) -> dict[str, Any]:
     if not isinstance(rec["body"], dict):
         rec["body"] = {}
     return rec
+
+
+def _value(p: Prop | None, v: Any) -> Any:
+    """A stored value as reads return it (lists and booleans converted; see _rows_to_set)."""
+    if v is None or p is None:
+        return v
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if p.type == "list":
+        return list_or_text(v)
+    if p.type == "bool" and v in (0, 1):
+        return bool(v)
+    return v
 
 
 def list_or_text(v: Any) -> Any:

@@ -38,7 +38,7 @@ from gridmap.errors import (
     StoreError,
 )
 from gridmap.layers import LAYERS, Layer, Prop
-from gridmap.store.backend import EVERY_ROW, Order, Selection
+from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
@@ -514,7 +514,10 @@ class PostGISBackend:
             q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
             matched = int(c.execute(q, params).fetchone()[0])
         ids = np.array([r[0] for r in rows], dtype=np.int64)
-        return ids, None if column is None else [r[1] for r in rows], matched
+        if column is None:
+            return ids, None, matched
+        prop = layer.by_name.get(column)
+        return ids, [r[1] if prop is None else _from_pg(prop, r[1]) for r in rows], matched
 
     def count(self, layer: Layer, sel: Selection = EVERY_ROW) -> int:
         """How many rows match (counted in the database)."""
@@ -532,6 +535,33 @@ class PostGISBackend:
         with self._conn() as c:
             rows = c.execute(sql, params).fetchall()
         return {_from_pg(prop, r[0]): int(r[1]) for r in rows}
+
+    def aggregate(
+        self, layer: Layer, by: str, measures: Mapping[str, Measure], sel: Selection = EVERY_ROW
+    ) -> dict[Any, dict[str, int]]:
+        """Each measure per value of ``by`` (one GROUP BY in the database)."""
+        names = list(measures)
+        exprs: list[str] = []
+        params: list[Any] = []
+        for m in measures.values():
+            if m.kind == "sum":
+                exprs.append(f"coalesce(sum(t.{_q(m.column or '')}), 0)")
+            elif m.where is None:
+                exprs.append("count(*)")
+            else:
+                c = render_filter(m.where)
+                exprs.append(f"count(*) FILTER (WHERE {c.sql})")
+                params.extend(c.params)
+        where, wparams = self._where(layer, sel)
+        col = f"t.{_q(by)}"
+        sql = f"SELECT {col}, {', '.join(exprs)} FROM {_q(layer.id)} AS t{where} GROUP BY {col}"
+        prop = layer.by_name[by]
+        with self._conn() as c:
+            rows = c.execute(sql, [*params, *wparams]).fetchall()
+        return {
+            _from_pg(prop, r[0]): dict(zip(names, (int(v or 0) for v in r[1:]), strict=True))
+            for r in rows
+        }
 
     def envelope(self, layer: Layer, sel: Selection = EVERY_ROW) -> BBox | None:
         """Bounding box of the matching rows' geometries."""

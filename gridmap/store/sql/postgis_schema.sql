@@ -47,7 +47,7 @@ CREATE TABLE IF NOT EXISTS gridmap_audit (
 
 CREATE TABLE IF NOT EXISTS gridmap_documents (
   id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, kind text NOT NULL, parent bigint,
-  grid_id bigint, created_at text NOT NULL, created_by text, body jsonb NOT NULL);
+  grid_id bigint, created_at text NOT NULL, created_by text, body json NOT NULL);
 CREATE INDEX IF NOT EXISTS gridmap_documents_kind ON gridmap_documents (kind, parent);
 
 INSERT INTO gridmap_changes VALUES ('gridmap_users', 0), ('gridmap_documents', 0)

@@ -83,15 +83,18 @@ class Server:
         return f"{self.base}/collections/{self.collection}/{path}"
 
 
-def run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(cmd, check=True, **kw)
+def run(cmd: list[str], **kw: Any) -> None:
+    """Run ``cmd`` quietly; its output is shown only if it fails."""
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd[:4])} … failed ({done.returncode}):\n{done.stdout[-3000:]}")
 
 
 def scratch_venv(folder: Path, packages: list[str]) -> Path:
     """A new virtual environment in ``folder`` with ``packages``; its bin folder."""
     run([sys.executable, "-m", "venv", str(folder)])
     pip = [str(folder / "bin" / "python"), "-m", "pip", "install", "-q"]
-    run([*pip, "--disable-pip-version-check", *packages], stdout=subprocess.DEVNULL)
+    run([*pip, "--disable-pip-version-check", *packages])
     return folder / "bin"
 
 
@@ -171,7 +174,6 @@ def pygeoapi_command(work: Path, database: str) -> tuple[list[str], str, dict[st
         [str(bindir / "pygeoapi"), "openapi", "generate", str(config), "--output-file",
          str(openapi)],
         env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
     )  # fmt: skip
     command = [
         str(bindir / "uvicorn"), "pygeoapi.starlette_app:APP",

@@ -152,3 +152,31 @@ class Filter:
     layer_id: str
     root: Node
     properties: frozenset[str]
+
+
+TEMPORAL_RULES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
+    "t_after": ("AND", ((">", "end"),)),
+    "t_before": ("AND", (("<", "start"),)),
+    "t_contains": ("AND", (("<", "start"), (">", "end"))),
+    "t_disjoint": ("OR", ((">", "end"), ("<", "start"))),
+    "t_during": ("AND", ((">", "start"), ("<", "end"))),
+    "t_equals": ("AND", (("=", "start"), ("=", "end"))),
+    "t_finishedby": ("AND", (("<", "start"), ("=", "end"))),
+    "t_finishes": ("AND", ((">", "start"), ("=", "end"))),
+    "t_intersects": ("AND", ((">=", "start"), ("<=", "end"))),
+    "t_meets": ("AND", (("=", "start"),)),
+    "t_metby": ("AND", (("=", "end"),)),
+    "t_overlappedby": ("AND", ((">", "start"), ("<", "end"), (">", "end"))),
+    "t_overlaps": ("AND", (("<", "start"), (">", "start"), ("<", "end"))),
+    "t_startedby": ("AND", (("=", "start"), (">", "end"))),
+    "t_starts": ("AND", (("=", "start"), ("<", "end"))),
+}
+"""CQL2's temporal predicates on an instant property x against an interval [start, end]:
+how the parts ``x rel bound`` combine (every backend renders these the same way)."""
+
+
+def beyond_open_end(rel: str, at_start: bool) -> bool:
+    """The truth of ``x rel bound`` when the bound is an open end (-inf at the start,
+    +inf at the end): every instant lies above -inf and below +inf."""
+    below = not at_start  # x < +inf
+    return {"<": below, "<=": below, ">": not below, ">=": not below, "=": False}[rel]

@@ -26,7 +26,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
-from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, StoreError
+from gridmap.errors import InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
@@ -40,11 +40,11 @@ from gridmap.store.gpkg_sql import (
     AUDIT_FIELDS,
     CHUNK,
     DOCUMENT_FIELDS,
-    USER_FIELDS,
     USER_VERSION,
     _q,
     register_functions,
 )
+from gridmap.store.records import RecordTables
 from gridmap.store.sqlite_filter import list_guard
 from gridmap.store.sqlite_filter import render as render_filter
 
@@ -59,7 +59,7 @@ def _to_sql(p: Prop, v: Any) -> Any:
     return v
 
 
-class GeoPackageBackend:
+class GeoPackageBackend(RecordTables):
     """Rows in one GeoPackage file that GDAL and QGIS open as is.
 
     One table per layer (``fid`` integer key, ``geom`` GeoPackage geometry, typed property
@@ -262,139 +262,14 @@ class GeoPackageBackend:
                 if stmt.strip():
                     c.execute(stmt)
 
-    # ---------------------------------------------------------------- accounts, audit
+    # ---------------------------------------------------------------- records, stamps
 
-    def user(self, username: str) -> dict[str, Any] | None:
-        """A user record (``grid_ids`` as a list), or None."""
-        row = (
-            self._connect()
-            .execute(
-                f"SELECT {', '.join(USER_FIELDS)} FROM gridmap_users WHERE username = ?",
-                (username,),
-            )
-            .fetchone()
-        )
-        if row is None:
-            return None
-        rec = dict(zip(USER_FIELDS, row, strict=True))
-        rec["grid_ids"] = json.loads(rec["grid_ids"])
-        rec["disabled"] = bool(rec["disabled"])
-        return rec
-
-    def users(self) -> list[dict[str, Any]]:
-        """Every user record, without password hashes."""
-        rows = (
-            self._connect()
-            .execute(f"SELECT {', '.join(USER_FIELDS)} FROM gridmap_users ORDER BY username")
-            .fetchall()
-        )
-        out = []
-        for row in rows:
-            rec = dict(zip(USER_FIELDS, row, strict=True))
-            rec.pop("password_hash")
-            rec["grid_ids"] = json.loads(rec["grid_ids"])
-            rec["disabled"] = bool(rec["disabled"])
-            out.append(rec)
-        return out
-
-    def save_user(self, record: Mapping[str, Any]) -> None:
-        """Insert or replace a user record (all of ``USER_FIELDS``)."""
-        rec = dict(record)
-        rec["grid_ids"] = json.dumps(sorted(int(g) for g in rec.get("grid_ids") or []))
-        rec["disabled"] = 1 if rec.get("disabled") else 0
-        values = [rec.get(f) for f in USER_FIELDS]
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement of :class:`RecordTables` (a write in a write transaction)."""
+        if sql.startswith("SELECT"):
+            return self._connect().execute(sql, params).fetchall()
         with self._write() as c:
-            c.execute(
-                f"INSERT OR REPLACE INTO gridmap_users ({', '.join(USER_FIELDS)}) "
-                f"VALUES ({', '.join('?' * len(USER_FIELDS))})",
-                values,
-            )
-
-    def audit_append(self, entry: Mapping[str, Any]) -> None:
-        """Append one entry to the audit log (the table refuses updates and deletes)."""
-        fields = [f for f in AUDIT_FIELDS if f != "id"]
-        self._connect().execute(
-            f"INSERT INTO gridmap_audit ({', '.join(fields)}) "
-            f"VALUES ({', '.join('?' * len(fields))})",
-            [entry.get(f) for f in fields],
-        )
-
-    def audit_entries(
-        self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Audit entries, newest first, with the number matched."""
-        clauses = []
-        params: list[Any] = []
-        for k, v in (equals or {}).items():
-            if k not in AUDIT_FIELDS:
-                msg = f"audit entries have no field {k[:40]!r}"
-                raise InvalidFeatureError(msg)
-            clauses.append(f"{_q(k)} = ?")
-            params.append(v)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        conn = self._connect()
-        total = conn.execute("SELECT count(*) FROM gridmap_audit" + where, params).fetchone()[0]
-        rows = conn.execute(
-            f"SELECT {', '.join(AUDIT_FIELDS)} FROM gridmap_audit{where} "
-            "ORDER BY id DESC LIMIT ? OFFSET ?",
-            [*params, int(limit), int(offset)],
-        ).fetchall()
-        return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows], int(total)
-
-    # ---------------------------------------------------------------- documents
-
-    def add_document(
-        self,
-        kind: str,
-        body: Mapping[str, Any],
-        *,
-        parent: int | None = None,
-        grid_id: int | None = None,
-        created_by: str | None = None,
-    ) -> int:
-        """Store a record that is no feature (a campaign, a plan); return its id."""
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        with self._write() as c:
-            cur = c.execute(
-                "INSERT INTO gridmap_documents (kind, parent, grid_id, created_at, created_by,"
-                " body) VALUES (?, ?, ?, ?, ?, ?)",
-                (kind, parent, grid_id, now, created_by, orjson.dumps(body).decode()),
-            )
-            return int(cur.lastrowid or 0)
-
-    def replace_document(self, kind: str, doc_id: int, body: Mapping[str, Any]) -> None:
-        """Replace a document's body (FeatureNotFoundError if there is none)."""
-        with self._write() as c:
-            n = c.execute(
-                "UPDATE gridmap_documents SET body = ? WHERE kind = ? AND id = ?",
-                (orjson.dumps(body).decode(), kind, int(doc_id)),
-            ).rowcount
-        if not n:
-            msg = f"no {kind} {doc_id}"
-            raise FeatureNotFoundError(msg)
-
-    def document(self, kind: str, doc_id: int) -> dict[str, Any] | None:
-        """One document (its fields, ``body`` decoded), or None."""
-        row = (
-            self._connect()
-            .execute(
-                f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents"
-                " WHERE kind = ? AND id = ?",
-                (kind, int(doc_id)),
-            )
-            .fetchone()
-        )
-        return None if row is None else _document(row)
-
-    def documents(self, kind: str, *, parent: int | None = None) -> list[dict[str, Any]]:
-        """The documents of a kind (of one parent), oldest first."""
-        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents WHERE kind = ?"
-        params: list[Any] = [kind]
-        if parent is not None:
-            sql += " AND parent = ?"
-            params.append(int(parent))
-        rows = self._connect().execute(sql + " ORDER BY id", params).fetchall()
-        return [_document(r) for r in rows]
+            return c.execute(sql, params).fetchall()
 
     def stamp(self, layer_id: str) -> int:
         """A number that changes whenever the layer changes (by any client)."""
@@ -425,20 +300,6 @@ class GeoPackageBackend:
             msg = f"{self.path} holds no gridmap layer; build one with `gridmap demo`"
             raise StoreError(msg)
         self._upgrade()
-
-    def meta(self, key: str) -> str | None:
-        """A value from the gridmap_meta table."""
-        row = (
-            self._connect()
-            .execute("SELECT value FROM gridmap_meta WHERE key = ?", (key,))
-            .fetchone()
-        )
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Store a value in the gridmap_meta table."""
-        with self._write() as c:
-            c.execute("INSERT OR REPLACE INTO gridmap_meta VALUES (?, ?)", (key, value))
 
     # ---------------------------------------------------------------- reading
 
@@ -874,19 +735,6 @@ class GeoPackageBackend:
                 [[e.get(f) for f in AUDIT_FIELDS] for e in entries],
             )
 
-    def _rows(self, sql: str) -> list[Any]:
-        return self._connect().execute(sql).fetchall()
-
-    def all_documents(self) -> list[dict[str, Any]]:
-        """Every document of every kind, by id."""
-        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents ORDER BY id"
-        return [_document(r) for r in self._rows(sql)]
-
-    def all_meta(self) -> dict[str, str]:
-        """Every stored setting."""
-        rows = self._connect().execute("SELECT key, value FROM gridmap_meta").fetchall()
-        return {str(k): str(v) for k, v in rows}
-
     def _touch(self, c: sqlite3.Connection, layer: Layer) -> None:
         """Refresh gpkg_contents' extent and last_change for a layer."""
         t = _q("rtree_" + layer.id + "_geom")
@@ -950,17 +798,6 @@ class _LayerIndex:
     tree: shapely.STRtree
     column: str | None
     values: npt.NDArray[np.int64] | None
-
-
-def _document(row: Sequence[Any]) -> dict[str, Any]:
-    rec = dict(zip(DOCUMENT_FIELDS, row, strict=True))
-    try:
-        rec["body"] = orjson.loads(rec["body"])
-    except orjson.JSONDecodeError:
-        rec["body"] = {}
-    if not isinstance(rec["body"], dict):
-        rec["body"] = {}
-    return rec
 
 
 def _value(p: Prop | None, v: Any) -> Any:

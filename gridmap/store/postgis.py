@@ -31,9 +31,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from shapely.geometry.base import BaseGeometry
 
 from gridmap.errors import (
-    FeatureNotFoundError,
     IntegrityError,
-    InvalidFeatureError,
     QueryError,
     StoreError,
 )
@@ -42,7 +40,7 @@ from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
-from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, USER_FIELDS, _q
+from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, RecordTables, _q
 
 SCHEMA_VERSION = "1"
 WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transaction())
@@ -102,7 +100,7 @@ def redact(url: str) -> str:
     return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
 
 
-class PostGISBackend:
+class PostGISBackend(RecordTables):
     """Rows in a PostgreSQL database with PostGIS, through a thread-safe connection pool.
 
     Use :meth:`create` on an empty database and :meth:`open` on one that holds gridmap's
@@ -256,22 +254,13 @@ class PostGISBackend:
                     if p.ref is not None:
                         c.execute(_foreign_key_sql(layer, p))
 
-    # ---------------------------------------------------------------- settings, stamps
+    # ---------------------------------------------------------------- records, stamps
 
-    def meta(self, key: str) -> str | None:
-        """A value from the gridmap_meta table."""
+    def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """One statement of :class:`RecordTables` (``?`` marks become ``%s``)."""
         with self._conn() as c:
-            row = c.execute("SELECT value FROM gridmap_meta WHERE key = %s", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta(self, key: str, value: str) -> None:
-        """Store a value in the gridmap_meta table."""
-        with self._conn() as c:
-            c.execute(
-                "INSERT INTO gridmap_meta VALUES (%s, %s) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (key, value),
-            )
+            cur = c.execute(sql.replace("?", "%s"), list(params) or None)
+            return cur.fetchall() if cur.description else []
 
     def stamp(self, table: str) -> int:
         """A number that changes whenever the table changes (by any client)."""
@@ -280,131 +269,6 @@ class PostGISBackend:
                 "SELECT stamp FROM gridmap_changes WHERE layer = %s", (table,)
             ).fetchone()
         return int(row[0]) if row else -1
-
-    # ---------------------------------------------------------------- accounts, audit
-
-    def user(self, username: str) -> dict[str, Any] | None:
-        """A user record (``grid_ids`` as a list), or None."""
-        with self._conn() as c:
-            row = c.execute(
-                f"SELECT {', '.join(USER_FIELDS)} FROM gridmap_users WHERE username = %s",
-                (username,),
-            ).fetchone()
-        return None if row is None else _user(row)
-
-    def users(self) -> list[dict[str, Any]]:
-        """Every user record, without password hashes."""
-        with self._conn() as c:
-            rows = c.execute(
-                f'SELECT {", ".join(USER_FIELDS)} FROM gridmap_users ORDER BY username COLLATE "C"'
-            ).fetchall()
-        out = []
-        for row in rows:
-            rec = _user(row)
-            rec.pop("password_hash")
-            out.append(rec)
-        return out
-
-    def save_user(self, record: Mapping[str, Any]) -> None:
-        """Insert or replace a user record (all of ``USER_FIELDS``)."""
-        rec = dict(record)
-        rec["grid_ids"] = Jsonb(sorted(int(g) for g in rec.get("grid_ids") or []))
-        rec["disabled"] = bool(rec.get("disabled"))
-        rec["failed_logins"] = int(rec.get("failed_logins") or 0)
-        values = [rec.get(f) for f in USER_FIELDS]
-        updates = ", ".join(f"{f} = excluded.{f}" for f in USER_FIELDS[1:])
-        with self._conn() as c:
-            c.execute(
-                f"INSERT INTO gridmap_users ({', '.join(USER_FIELDS)}) "
-                f"VALUES ({', '.join(['%s'] * len(USER_FIELDS))}) "
-                f"ON CONFLICT (username) DO UPDATE SET {updates}",
-                values,
-            )
-
-    def audit_append(self, entry: Mapping[str, Any]) -> None:
-        """Append one entry to the audit log (the table refuses updates and deletes)."""
-        fields = [f for f in AUDIT_FIELDS if f != "id"]
-        with self._conn() as c:
-            c.execute(
-                f"INSERT INTO gridmap_audit ({', '.join(fields)}) "
-                f"VALUES ({', '.join(['%s'] * len(fields))})",
-                [entry.get(f) for f in fields],
-            )
-
-    def audit_entries(
-        self, *, limit: int = 100, offset: int = 0, equals: Mapping[str, Any] | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
-        """Audit entries, newest first, with the number matched."""
-        clauses = []
-        params: list[Any] = []
-        for k, v in (equals or {}).items():
-            if k not in AUDIT_FIELDS:
-                msg = f"audit entries have no field {k[:40]!r}"
-                raise InvalidFeatureError(msg)
-            clauses.append(f"{_q(k)} = %s")
-            params.append(v)
-        where = " WHERE " + " AND ".join(clauses) if clauses else ""
-        with self._conn() as c:
-            total = c.execute("SELECT count(*) FROM gridmap_audit" + where, params).fetchone()[0]
-            rows = c.execute(
-                f"SELECT {', '.join(AUDIT_FIELDS)} FROM gridmap_audit{where} "
-                "ORDER BY id DESC LIMIT %s OFFSET %s",
-                [*params, int(limit), int(offset)],
-            ).fetchall()
-        return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows], int(total)
-
-    # ---------------------------------------------------------------- documents
-
-    def add_document(
-        self,
-        kind: str,
-        body: Mapping[str, Any],
-        *,
-        parent: int | None = None,
-        grid_id: int | None = None,
-        created_by: str | None = None,
-    ) -> int:
-        """Store a record that is no feature (a campaign, a plan); return its id."""
-        now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        with self._conn() as c:
-            row = c.execute(
-                "INSERT INTO gridmap_documents (kind, parent, grid_id, created_at, created_by,"
-                " body) VALUES (%s, %s, %s, %s, %s, %s) RETURNING id",
-                (kind, parent, grid_id, now, created_by, _json(body)),
-            ).fetchone()
-        return int(row[0])
-
-    def replace_document(self, kind: str, doc_id: int, body: Mapping[str, Any]) -> None:
-        """Replace a document's body (FeatureNotFoundError if there is none)."""
-        with self._conn() as c:
-            n = c.execute(
-                "UPDATE gridmap_documents SET body = %s WHERE kind = %s AND id = %s",
-                (_json(body), kind, int(doc_id)),
-            ).rowcount
-        if not n:
-            msg = f"no {kind} {doc_id}"
-            raise FeatureNotFoundError(msg)
-
-    def document(self, kind: str, doc_id: int) -> dict[str, Any] | None:
-        """One document (its fields, ``body`` decoded), or None."""
-        with self._conn() as c:
-            row = c.execute(
-                f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents"
-                " WHERE kind = %s AND id = %s",
-                (kind, int(doc_id)),
-            ).fetchone()
-        return None if row is None else _document(row)
-
-    def documents(self, kind: str, *, parent: int | None = None) -> list[dict[str, Any]]:
-        """The documents of a kind (of one parent), oldest first."""
-        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents WHERE kind = %s"
-        params: list[Any] = [kind]
-        if parent is not None:
-            sql += " AND parent = %s"
-            params.append(int(parent))
-        with self._conn() as c:
-            rows = c.execute(sql + " ORDER BY id", params).fetchall()
-        return [_document(r) for r in rows]
 
     # ---------------------------------------------------------------- reading
 
@@ -671,21 +535,6 @@ class PostGISBackend:
             )
             _advance(c, "gridmap_audit", "id")
 
-    def _rows(self, sql: str) -> list[Any]:
-        with self._conn() as c:
-            return c.execute(sql).fetchall()
-
-    def all_documents(self) -> list[dict[str, Any]]:
-        """Every document of every kind, by id."""
-        sql = f"SELECT {', '.join(DOCUMENT_FIELDS)} FROM gridmap_documents ORDER BY id"
-        return [_document(r) for r in self._rows(sql)]
-
-    def all_meta(self) -> dict[str, str]:
-        """Every stored setting."""
-        with self._conn() as c:
-            rows = c.execute("SELECT key, value FROM gridmap_meta").fetchall()
-        return {str(k): str(v) for k, v in rows}
-
     def update_row(
         self, layer: Layer, fid: int, geometry: BaseGeometry, row: Mapping[str, Any], version: int
     ) -> bool:
@@ -802,20 +651,6 @@ def _rows_to_set(layer: Layer, rows: list[tuple[Any, ...]], matched: int | None)
 
 def _json(body: Mapping[str, Any]) -> Json:
     return Json(body, dumps=lambda o: orjson.dumps(o).decode())
-
-
-def _user(row: Sequence[Any]) -> dict[str, Any]:
-    rec = dict(zip(USER_FIELDS, row, strict=True))
-    rec["grid_ids"] = list(rec["grid_ids"] or [])
-    rec["disabled"] = bool(rec["disabled"])
-    return rec
-
-
-def _document(row: Sequence[Any]) -> dict[str, Any]:
-    rec = dict(zip(DOCUMENT_FIELDS, row, strict=True))
-    if not isinstance(rec["body"], dict):
-        rec["body"] = {}
-    return rec
 
 
 def _mapped(exc: psycopg.Error) -> Exception:

@@ -136,37 +136,16 @@ class _Renderer:
         col = self.expr(p.prop)
 
         def cmp(rel: str, bound: str | None, low_end: bool) -> str:
-            if bound is None:  # -inf (low end) or +inf (high end)
-                below = not low_end  # every instant lies below +inf, above -inf
-                truth = {"<": below, "<=": below, ">": not below, ">=": not below, "=": False}
-                return "1" if truth[rel] else "0"
+            if bound is None:  # an open end
+                return "1" if t.beyond_open_end(rel, low_end) else "0"
             return f"{col} {rel} {self.bind(bound)}"
 
-        lo, hi = p.start, p.end
-
-        def all_(*parts: str) -> str:
-            return "(" + " AND ".join(parts) + ")"
-
-        rules = {
-            "t_after": lambda: all_(cmp(">", hi, False)),
-            "t_before": lambda: all_(cmp("<", lo, True)),
-            "t_contains": lambda: all_(cmp("<", lo, True), cmp(">", hi, False)),
-            "t_disjoint": lambda: "(" + cmp(">", hi, False) + " OR " + cmp("<", lo, True) + ")",
-            "t_during": lambda: all_(cmp(">", lo, True), cmp("<", hi, False)),
-            "t_equals": lambda: all_(cmp("=", lo, True), cmp("=", hi, False)),
-            "t_finishedby": lambda: all_(cmp("<", lo, True), cmp("=", hi, False)),
-            "t_finishes": lambda: all_(cmp(">", lo, True), cmp("=", hi, False)),
-            "t_intersects": lambda: all_(cmp(">=", lo, True), cmp("<=", hi, False)),
-            "t_meets": lambda: all_(cmp("=", lo, True)),
-            "t_metby": lambda: all_(cmp("=", hi, False)),
-            "t_overlappedby": lambda: all_(
-                cmp(">", lo, True), cmp("<", hi, False), cmp(">", hi, False)
-            ),
-            "t_overlaps": lambda: all_(cmp("<", lo, True), cmp(">", lo, True), cmp("<", hi, False)),
-            "t_startedby": lambda: all_(cmp("=", lo, True), cmp(">", hi, False)),
-            "t_starts": lambda: all_(cmp("=", lo, True), cmp("<", hi, False)),
-        }
-        return f"(CASE WHEN {col} IS NULL THEN NULL ELSE {rules[p.op]()} END)"
+        joiner, parts = t.TEMPORAL_RULES[p.op]
+        conds = [
+            cmp(rel, p.start if end == "start" else p.end, end == "start") for rel, end in parts
+        ]
+        body = "(" + f" {joiner} ".join(conds) + ")"
+        return f"(CASE WHEN {col} IS NULL THEN NULL ELSE {body} END)"
 
     def array(self, a: t.Array) -> str:
         """Set semantics (order and repeats do not matter); a null list is unknown."""

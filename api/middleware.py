@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _INLINE_SCRIPT = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.S | re.I)
@@ -191,7 +192,10 @@ class ReadAudit:
             if message["type"] == "http.response.start":
                 from api.auth import audit_reads
 
-                audit_reads(scope, int(message["status"]))
+                if scope["app"].state.store.remote:  # a round trip: off the event loop
+                    await run_in_threadpool(audit_reads, scope, int(message["status"]))
+                else:
+                    audit_reads(scope, int(message["status"]))
             await send(message)
 
         await self.app(scope, receive, send_after_audit)

@@ -268,7 +268,7 @@ class Accounts:
 
     def _scope_stamp(self) -> tuple[int, ...]:
         """What a principal's scope is derived from: users, grids, communities."""
-        return tuple(self.store.stamp(t) for t in ("gridmap_users", "grids", "communities"))
+        return self.store.stamps(("gridmap_users", "grids", "communities"))
 
     def _verify_token(self, token: str) -> Principal:
         try:

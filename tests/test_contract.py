@@ -611,3 +611,20 @@ def test_aggregates_are_counted_in_the_database_and_noted(store: FeatureStore) -
     masked = Scope(masked=frozenset({("households", "tags")}))
     with pytest.raises(PermissionDeniedError):
         store.aggregate("households", "grid_id", measures, scope=masked)
+
+
+def test_a_bbox_is_exact_at_its_edges(store: FeatureStore) -> None:
+    """On the edge counts as inside; a hair outside (far below a 32-bit float's step, where
+    index boxes round) does not, for points and for polygons."""
+    box = (113.28, 34.80, 113.29, 34.81)
+    hair = 1e-9
+    pts = [P(113.28, 34.805), P(113.29, 34.81), P(113.28 - hair, 34.805), P(113.285, 34.81 + hair)]
+    store.insert("cameras", pts, [{"name": str(i)} for i in range(len(pts))])
+    assert store.query("cameras", Query(bbox=box)).ids.tolist() == [1, 2]
+    assert store.count("cameras", Query(bbox=box)) == 2
+    polys = [
+        shapely.box(113.27, 34.80, 113.28, 34.805),  # shares the west edge
+        shapely.box(113.27, 34.80, 113.28 - hair, 34.805),  # a hair short of it
+    ]
+    store.insert("old_neighbourhoods", polys, [{"name": "a"}, {"name": "b"}])
+    assert store.query("old_neighbourhoods", Query(bbox=box)).ids.tolist() == [1]

@@ -28,7 +28,7 @@ class PageCache:
     @staticmethod
     def stamps(store: Store) -> tuple[int, ...]:
         """The change stamps of every layer and of the documents (campaigns name measures)."""
-        return (*(store.stamp(layer.id) for layer in LAYERS), store.stamp("gridmap_documents"))
+        return store.stamps([*(layer.id for layer in LAYERS), "gridmap_documents"])
 
     def get_or_render(
         self, key: Hashable, render: Callable[[], Any], *, reads: ReadLog | None = None

@@ -188,6 +188,10 @@ class Stamps(Protocol):
         """The table's stamp (-1 if it has none), changed by any client's write."""
         ...
 
+    def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
+        """Several tables' stamps in one read."""
+        ...
+
 
 class Accounts(Protocol):
     """User records (the policy on them is :mod:`gridmap.accounts`)."""
@@ -263,6 +267,8 @@ class Backend(Rows, Loading, Stamps, Accounts, AuditLog, Documents, Settings, Pr
     """Everything a backend implements; :func:`gridmap.store.open_store` picks one by URL."""
 
     url: str
+    remote: bool
+    """True if reads cross a network (a server): callers keep them off an event loop."""
 
     def close(self) -> None:
         """Release connections."""

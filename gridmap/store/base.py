@@ -185,6 +185,15 @@ class Store(Protocol):
         """A number that changes whenever the layer changes, by any client."""
         ...
 
+    def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
+        """Several layers' (or record tables') stamps in one read."""
+        ...
+
+    @property
+    def remote(self) -> bool:
+        """True if the data lives on a server (keep reads off an event loop)."""
+        ...
+
     def aggregate(
         self,
         layer_id: str,

@@ -119,6 +119,15 @@ class FeatureStore:
         """A number that changes whenever the layer changes, by any client."""
         return self.backend.stamp(layer_id)
 
+    def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
+        """Several layers' (or record tables') stamps in one read."""
+        return self.backend.stamps(tables)
+
+    @property
+    def remote(self) -> bool:
+        """True if the data lives on a server (keep reads off an event loop)."""
+        return bool(self.backend.remote)
+
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes (features, documents) so that all or none happen."""

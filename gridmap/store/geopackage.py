@@ -75,6 +75,7 @@ class GeoPackageBackend(RecordTables):
             msg = f"no database at {self.path}; build the sample with `gridmap demo`"
             raise StoreError(msg)
         self.url = str(self.path)
+        self.remote = False
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -270,6 +271,20 @@ class GeoPackageBackend(RecordTables):
             return self._connect().execute(sql, params).fetchall()
         with self._write() as c:
             return c.execute(sql, params).fetchall()
+
+    def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
+        """Several tables' stamps in one read (-1 for a table without one)."""
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT layer, stamp FROM gridmap_changes "
+                "WHERE layer IN (SELECT value FROM json_each(?))",
+                (json.dumps(list(tables)),),
+            )
+            .fetchall()
+        )
+        found = {str(k): int(v) for k, v in rows}
+        return tuple(found.get(t, -1) for t in tables)
 
     def stamp(self, layer_id: str) -> int:
         """A number that changes whenever the layer changes (by any client)."""

@@ -110,6 +110,7 @@ class PostGISBackend(RecordTables):
     def __init__(self, url: str, *, _create: bool = False) -> None:
         self.url = url
         self.path = None
+        self.remote = True
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
@@ -262,6 +263,15 @@ class PostGISBackend(RecordTables):
             cur = c.execute(sql.replace("?", "%s"), list(params) or None)
             return cur.fetchall() if cur.description else []
 
+    def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
+        """Several tables' stamps in one round trip (-1 for a table without one)."""
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT layer, stamp FROM gridmap_changes WHERE layer = ANY(%s)", (list(tables),)
+            ).fetchall()
+        found = {str(k): int(v) for k, v in rows}
+        return tuple(found.get(t, -1) for t in tables)
+
     def stamp(self, table: str) -> int:
         """A number that changes whenever the table changes (by any client)."""
         with self._conn() as c:
@@ -302,22 +312,36 @@ class PostGISBackend(RecordTables):
             clauses.append("t.fid > %s")
             params.append(int(sel.after))
         if sel.bbox is not None:
-            clauses.append("ST_Intersects(t.geom, ST_MakeEnvelope(%s, %s, %s, %s, 4326))")
-            params.extend(float(v) for v in sel.bbox)
+            box = [float(v) for v in sel.bbox]
+            if layer.geometry_type == "Point":
+                # the index's boxes are 32-bit floats rounded outwards (&& finds candidates,
+                # never misses one); the coordinates then decide exactly, edges included
+                clauses.append(
+                    "t.geom && ST_MakeEnvelope(%s, %s, %s, %s, 4326) "
+                    "AND ST_X(t.geom) BETWEEN %s AND %s AND ST_Y(t.geom) BETWEEN %s AND %s"
+                )
+                params.extend([*box, box[0], box[2], box[1], box[3]])
+            else:
+                clauses.append("ST_Intersects(t.geom, ST_MakeEnvelope(%s, %s, %s, %s, 4326))")
+                params.extend(box)
         if sel.geometry is not None:
             clauses.append(_PREDICATES[sel.predicate].format(g="ST_GeomFromWKB(%s, 4326)"))
             params.append(shapely.to_wkb(sel.geometry))
         return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
     @staticmethod
-    def _order(order: Order) -> str:
+    def _order(order: Order, sel: Selection = EVERY_ROW) -> str:
         # NULLS FIRST ascending, as SQLite sorts (both backends give one order)
         parts = [
             f"t.{_q('fid' if name == 'id' else name)} "
             + ("DESC NULLS LAST" if desc else "ASC NULLS FIRST")
             for name, desc in order
         ]
-        parts.append("t.fid ASC")
+        spatial = sel.bbox is not None or sel.geometry is not None
+        # With a spatial condition, "fid + 0" keeps the planner from walking the primary
+        # key in id order until a page is found inside the area (at city scale, millions
+        # of rows for a small box): the GiST index finds the area's rows, then a top-N sort.
+        parts.append("t.fid + 0 ASC" if spatial and not order else "t.fid ASC")
         return " ORDER BY " + ", ".join(parts)
 
     def select(
@@ -333,7 +357,7 @@ class PostGISBackend(RecordTables):
         """One page of rows; filtering, ordering and paging in the database."""
         where, params = self._where(layer, sel)
         cols = ", ".join(["t.fid", "ST_AsBinary(t.geom)", *(f"t.{_q(n)}" for n in layer.names)])
-        sql = f"SELECT {cols}, t.version FROM {_q(layer.id)} AS t{where}{self._order(order)}"
+        sql = f"SELECT {cols}, t.version FROM {_q(layer.id)} AS t{where}{self._order(order, sel)}"
         page = list(params)
         if limit is not None:
             sql += " LIMIT %s"
@@ -365,7 +389,7 @@ class PostGISBackend(RecordTables):
         """Ids of one page (in its order), the page's values of ``column``, number matched."""
         where, params = self._where(layer, sel)
         extra = "" if column is None else f", t.{_q(column)}"
-        sql = f"SELECT t.fid{extra} FROM {_q(layer.id)} AS t{where}{self._order(order)}"
+        sql = f"SELECT t.fid{extra} FROM {_q(layer.id)} AS t{where}{self._order(order, sel)}"
         page = list(params)
         if limit is not None:
             sql += " LIMIT %s"

@@ -357,7 +357,34 @@ class PostGISBackend(RecordTables):
         """One page of rows; filtering, ordering and paging in the database."""
         where, params = self._where(layer, sel)
         cols = ", ".join(["t.fid", "ST_AsBinary(t.geom)", *(f"t.{_q(n)}" for n in layer.names)])
-        sql = f"SELECT {cols}, t.version FROM {_q(layer.id)} AS t{where}{self._order(order, sel)}"
+        rows, matched = self._page(
+            layer,
+            f"{cols}, t.version",
+            where,
+            params,
+            self._order(order, sel),
+            limit,
+            offset,
+            count,
+        )
+        return _rows_to_set(layer, rows, matched)
+
+    def _page(
+        self,
+        layer: Layer,
+        cols: str,
+        where: str,
+        params: list[Any],
+        order_sql: str,
+        limit: int | None,
+        offset: int,
+        count: bool,
+    ) -> tuple[list[tuple[Any, ...]], int | None]:
+        """One page and (if ``count``) the number matched, in one round trip: the count
+        rides on each row as a window; only a page past the end asks again."""
+        paged = limit is not None or offset > 0
+        window = ", count(*) OVER ()" if count and paged else ""
+        sql = f"SELECT {cols}{window} FROM {_q(layer.id)} AS t{where}{order_sql}"
         page = list(params)
         if limit is not None:
             sql += " LIMIT %s"
@@ -367,14 +394,14 @@ class PostGISBackend(RecordTables):
             page.append(int(offset))
         with self._conn() as c:
             rows = c.execute(sql, page).fetchall()
-            matched = None
-            if count:
-                if limit is None and not offset:
-                    matched = len(rows)
-                else:
-                    q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
-                    matched = int(c.execute(q, params).fetchone()[0])
-        return _rows_to_set(layer, rows, matched)
+            if not count:
+                return rows, None
+            if not paged:
+                return rows, len(rows)
+            if rows:
+                return [r[:-1] for r in rows], int(rows[0][-1])
+            q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
+            return rows, int(c.execute(q, params).fetchone()[0])
 
     def select_ids(
         self,
@@ -389,18 +416,10 @@ class PostGISBackend(RecordTables):
         """Ids of one page (in its order), the page's values of ``column``, number matched."""
         where, params = self._where(layer, sel)
         extra = "" if column is None else f", t.{_q(column)}"
-        sql = f"SELECT t.fid{extra} FROM {_q(layer.id)} AS t{where}{self._order(order, sel)}"
-        page = list(params)
-        if limit is not None:
-            sql += " LIMIT %s"
-            page.append(int(limit))
-        if offset:
-            sql += " OFFSET %s"
-            page.append(int(offset))
-        with self._conn() as c:
-            rows = c.execute(sql, page).fetchall()
-            q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
-            matched = int(c.execute(q, params).fetchone()[0])
+        rows, counted = self._page(
+            layer, f"t.fid{extra}", where, params, self._order(order, sel), limit, offset, True
+        )
+        matched = int(counted or 0)
         ids = np.array([r[0] for r in rows], dtype=np.int64)
         if column is None:
             return ids, None, matched

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
@@ -19,6 +20,9 @@ from gridmap.settings import DEFAULT_DATABASE
 
 if TYPE_CHECKING:
     from gridmap.store import FeatureStore
+
+# A refused connection is said once, by the command (the pool's retries would repeat it).
+logging.getLogger("psycopg.pool").setLevel(logging.CRITICAL)
 
 app = typer.Typer(
     help="gridmap — grid management (网格化管理) for a subdistrict: data, API and maps.",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gridmap.errors import InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer
@@ -90,8 +91,9 @@ def copy_store(
         src.close()
         raise
     report = CopyReport()
+    origin = _origin(src_url)
     try:
-        _refuse_foreign(dst)
+        _refuse_foreign(dst, origin)
         _copy_settings(src, dst)
         parts: list[tuple[str, Part]] = [(lay.id, _layer_copier(lay)) for lay in layer_order()]
         parts += [
@@ -100,16 +102,32 @@ def copy_store(
             ("gridmap_audit", _audit),
         ]
         for name, fn in parts:
-            _copy_part(src, dst, name, report, fn, batch, progress)
+            _copy_part(origin, src, dst, name, report, fn, batch, progress)
     finally:
         src.close()
         dst.close()
     return report
 
 
-def _refuse_foreign(dst: FeatureStore) -> None:
+def _origin(url: str | os.PathLike[str]) -> str:
+    """The source as the destination's marks name it (a URL without its password)."""
+    if is_server_url(url):
+        from gridmap.store.postgis import redact
+
+        return redact(str(url))
+    return str(Path(url).resolve())
+
+
+def _refuse_foreign(dst: FeatureStore, origin: str) -> None:
     """StoreError if the destination holds anything this copy did not write (before any
     write: a copy never mixes two stores)."""
+    for key, value in dst.backend.all_meta().items():
+        if key.startswith(DONE) and not value.endswith(f" from {origin}"):
+            msg = (
+                f"the destination holds a copy of another store ({value.split(' from ', 1)[-1]});"
+                " copy into a new store"
+            )
+            raise StoreError(msg)
     for layer in LAYERS:
         if dst.meta(DONE + layer.id) is None:
             held = dst.count(layer.id)
@@ -131,6 +149,7 @@ def _copy_settings(src: FeatureStore, dst: FeatureStore) -> None:
 
 
 def _copy_part(
+    origin: str,
     src: FeatureStore,
     dst: FeatureStore,
     part: str,
@@ -149,7 +168,7 @@ def _copy_part(
 
     with dst.transaction():
         n = fn(src, dst, step, batch)
-        dst.set_meta(DONE + part, str(n))
+        dst.set_meta(DONE + part, f"{n} from {origin}")
     report.rows[part] = n
 
 

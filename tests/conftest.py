@@ -270,6 +270,20 @@ def raw_sql(target: Path | str, query: str, *args: Any) -> list[tuple[Any, ...]]
         conn.close()
 
 
+def eventually(check: Any, seconds: float = 5.0) -> Any:
+    """``check()``'s first truthy answer within ``seconds`` (else its last answer). Another
+    client's write reaches a PostGIS store's caches when the database's change notice
+    arrives, milliseconds after the commit; the GeoPackage store sees it at once."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        got = check()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(0.02)
+
+
 def refused_by_database(target: Path | str, query: str, match: str) -> None:
     """The database itself refuses ``query`` with a message matching ``match``."""
     import psycopg

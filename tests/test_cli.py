@@ -6,6 +6,7 @@ import json
 import sqlite3
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from gridmap.cli import app
@@ -26,6 +27,35 @@ def test_demo_info_check(tmp_path: Path) -> None:
     assert r.exit_code == 0 and "households" in r.output and "住户" in r.output
     r = runner.invoke(app, ["check", "--database", str(db)])
     assert r.exit_code == 0 and "passed" in r.output
+
+
+@pytest.mark.postgis
+def test_demo_copy_info_check_over_postgis(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """The sample built in an empty database, checked there, copied back into a file (a
+    progress bar per layer), and a second build refused with what to do."""
+    from tests.conftest import require_postgis
+
+    require_postgis()
+    url = request.getfixturevalue("pg_cluster").new_database("gm_cli")
+    r = runner.invoke(app, ["demo", "--database", url, "--today", "2026-11-24"])
+    assert r.exit_code == 0, r.output
+    assert "households 15024" in r.output and "synthetic" in r.output
+    r = runner.invoke(app, ["demo", "--database", url])
+    assert r.exit_code == 1 and "dropdb" in r.output
+    r = runner.invoke(app, ["check", "--database", url])
+    assert r.exit_code == 0 and "passed" in r.output, r.output
+    r = runner.invoke(app, ["copy", url, str(tmp_path / "back.gpkg"), "--batch", "5000"])
+    assert r.exit_code == 0, r.output
+    assert "households" in r.output and "15024/15024" in r.output
+    r = runner.invoke(app, ["info", "--database", str(tmp_path / "back.gpkg")])
+    assert r.exit_code == 0 and "15024" in r.output
+    r = runner.invoke(app, ["copy", str(tmp_path / "back.gpkg"), url])
+    assert r.exit_code == 1 and "a copy of another store" in " ".join(r.output.split())
+    wrong = url.replace("postgres@", "nobody:secret-pw@")
+    r = runner.invoke(app, ["info", "--database", wrong])
+    said = " ".join(r.output.split())
+    assert r.exit_code == 1 and 'role "nobody" does not exist' in said
+    assert "secret-pw" not in said and said.count("nobody") == 2  # the URL, the reason
 
 
 def test_errors_say_what_to_do(tmp_path: Path) -> None:

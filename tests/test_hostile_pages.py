@@ -16,7 +16,7 @@ from api.server import gridmap_server
 from gridmap.escape import html_text, js_string, js_template, script_json
 from gridmap.layers import LAYERS
 from tests.chromium import launch, open_page, require_chromium
-from tests.conftest import copy_database, external_connection, tokens_for
+from tests.conftest import copy_of_sample, raw_sql, tokens_for
 
 pytestmark = pytest.mark.browser
 require_chromium()
@@ -35,27 +35,25 @@ PAYLOADS = (
 HOSTILE = "恶意" + "".join(PAYLOADS)
 
 
-def _poison(path: Path) -> dict[str, list[str]]:
-    """Write HOSTILE into every text property of every feature, as an outside SQLite client
-    would (no validation on the way in). Returns the poisoned properties per layer."""
-    conn = external_connection(path)
+def _poison(path: Path | str) -> dict[str, list[str]]:
+    """Write HOSTILE into every text property of every feature, as an outside client (QGIS,
+    psql) would (no validation on the way in). Returns the poisoned properties per layer."""
     done: dict[str, list[str]] = {}
     for layer in LAYERS:
         names = [p.name for p in layer.properties if p.type == "str"]
         if not names:
             continue
-        sets = ", ".join(f'"{n}" = ? || fid' for n in names)
-        conn.execute(f'UPDATE "{layer.id}" SET {sets}', [HOSTILE] * len(names))
+        sets = ", ".join(f'"{n}" = CAST(? AS TEXT) || fid' for n in names)
+        raw_sql(path, f'UPDATE "{layer.id}" SET {sets}', *([HOSTILE] * len(names)))
         done[layer.id] = names
-    conn.commit()
-    conn.close()
     return done
 
 
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Iterator[Any]:
-    path = tmp_path_factory.mktemp("hostile") / "hostile.gpkg"
-    copy_database(sample_path, path)
+def hostile(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    path = copy_of_sample(request, tmp_path_factory.mktemp("hostile") / "hostile.gpkg")
     poisoned = _poison(path)
     auth = tokens_for(path)
     with gridmap_server(path, household_reads_per_minute="100000") as url:

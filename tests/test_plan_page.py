@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from api.server import gridmap_server
 from tests.chromium import launch, open_page, require_chromium
-from tests.conftest import REFERENCE_DATE, copy_database, tokens_for
+from tests.conftest import REFERENCE_DATE, copy_of_sample, tokens_for
 
 DAY = REFERENCE_DATE.isoformat()
 
@@ -104,10 +104,11 @@ browser_only = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def planned(tmp_path_factory: pytest.TempPathFactory, sample_path: Path) -> Iterator[Any]:
+def planned(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
     require_chromium()
-    path = tmp_path_factory.mktemp("plan") / "plan.gpkg"
-    copy_database(sample_path, path)
+    path = copy_of_sample(request, tmp_path_factory.mktemp("plan") / "plan.gpkg")
     auth = tokens_for(path)
     with gridmap_server(path, household_reads_per_minute="100000") as url:
         with httpx.Client(base_url=url, headers=auth["subdistrict_admin"], timeout=60) as c:

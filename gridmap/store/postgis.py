@@ -40,11 +40,14 @@ from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
+from gridmap.store.pg_stamps import StampWatch
 from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, RecordTables, _q
 
 SCHEMA_VERSION = "1"
 WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transaction())
 STATEMENT_TIMEOUT_MS = 30_000
+_STAMPED_RECORDS = ("gridmap_users", "gridmap_documents")
+"""Record tables with a change stamp (written through RecordTables._run)."""
 _PG_TYPES = {
     "str": 'text COLLATE "C"',
     "enum": 'text COLLATE "C"',
@@ -114,6 +117,7 @@ class PostGISBackend(RecordTables):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
+        self._watch: StampWatch | None = None
         self._get_pool()
         try:
             if _create:
@@ -143,6 +147,7 @@ class PostGISBackend(RecordTables):
         with self._lock:
             if self._pool is not None:
                 return self._pool
+            _probe(self.url)
             size = int(os.environ.get("GRIDMAP_PG_POOL", "8"))
             pool = ConnectionPool(
                 self.url,
@@ -167,12 +172,16 @@ class PostGISBackend(RecordTables):
                 )
                 raise StoreError(msg) from None
             self._pool = pool
+            self._watch = StampWatch(self.url, self._all_stamps)
             return pool
 
     def close(self) -> None:
         """Close the pool's connections (a later use opens a new pool)."""
         with self._lock:
             pool, self._pool = self._pool, None
+            watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.close()
         if pool is not None:
             pool.close()
 
@@ -213,6 +222,8 @@ class PostGISBackend(RecordTables):
                         yield
                 finally:
                     self._local.conn = None
+                    if self._watch is not None:
+                        self._watch.changed()  # our own writes: seen at once
         except psycopg.Error as exc:
             raise _mapped(exc) from None
 
@@ -261,19 +272,31 @@ class PostGISBackend(RecordTables):
         """One statement of :class:`RecordTables` (``?`` marks become ``%s``)."""
         with self._conn() as c:
             cur = c.execute(sql.replace("?", "%s"), list(params) or None)
-            return cur.fetchall() if cur.description else []
+            rows = cur.fetchall() if cur.description else []
+        if self._watch is not None and not sql.startswith("SELECT"):
+            for table in _STAMPED_RECORDS:
+                if table in sql:
+                    self._watch.changed(table)  # our own write: seen at once
+        return rows
+
+    def _all_stamps(self) -> dict[str, int]:
+        with self._conn() as c:
+            rows = c.execute("SELECT layer, stamp FROM gridmap_changes").fetchall()
+        return {str(k): int(v) for k, v in rows}
 
     def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
-        """Several tables' stamps in one round trip (-1 for a table without one)."""
-        with self._conn() as c:
-            rows = c.execute(
-                "SELECT layer, stamp FROM gridmap_changes WHERE layer = ANY(%s)", (list(tables),)
-            ).fetchall()
-        found = {str(k): int(v) for k, v in rows}
-        return tuple(found.get(t, -1) for t in tables)
+        """Several tables' stamps (-1 for a table without one): from memory while the
+        change listener runs (see :mod:`.pg_stamps`), else in one round trip."""
+        return tuple(self.stamp(t) for t in tables)
 
     def stamp(self, table: str) -> int:
-        """A number that changes whenever the table changes (by any client)."""
+        """A number that changes whenever the table changes (by any client). Inside a
+        transaction it is read there (the transaction's own changes count)."""
+        watch = self._watch
+        if watch is not None and getattr(self._local, "conn", None) is None:
+            known = watch.get(table)
+            if known is not None:
+                return known
         with self._conn() as c:
             row = c.execute(
                 "SELECT stamp FROM gridmap_changes WHERE layer = %s", (table,)
@@ -639,6 +662,20 @@ def _foreign_key_sql(layer: Layer, p: Prop) -> str:
         f"FOREIGN KEY ({_q(p.name)}) REFERENCES {_q(p.ref or '')} (fid) "
         "DEFERRABLE INITIALLY DEFERRED; END IF; END $$"
     )
+
+
+def _probe(url: str) -> None:
+    """Connect once, so that a wrong address, user, password or database is said at once
+    (a pool would retry quietly until its timeout)."""
+    try:
+        psycopg.connect(url, connect_timeout=10).close()
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        msg = (
+            f"cannot connect to PostgreSQL at {redact(url)}: {reason}; check that the server "
+            "runs and that the URL (user, password, database) is right"
+        )
+        raise StoreError(msg) from None
 
 
 def _advance(c: psycopg.Connection[Any], table: str, column: str) -> None:

@@ -13,6 +13,7 @@ CREATE TABLE IF NOT EXISTS gridmap_changes (layer text PRIMARY KEY, stamp bigint
 CREATE OR REPLACE FUNCTION gridmap_touch() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = TG_TABLE_NAME;
+  PERFORM pg_notify('gridmap_changes', TG_TABLE_NAME);  -- delivered at commit
   RETURN NULL;
 END $$;
 

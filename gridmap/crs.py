@@ -26,6 +26,8 @@ import shapely
 from pyproj import CRS, Transformer
 from shapely.geometry.base import BaseGeometry
 
+from gridmap.errors import QueryError
+
 ArrayLike = npt.ArrayLike
 FloatArray = npt.NDArray[np.float64]
 
@@ -368,6 +370,10 @@ def from_input(geoms: npt.ArrayLike, crs: str) -> npt.NDArray[np.object_]:
     return transform_geometries(arr, src=uri, dst=CRS84)
 
 
+_MAX_PROJECTED = 1e8
+"""Largest projected coordinate taken in a bbox (metres: far beyond any map of the Earth)."""
+
+
 def bbox_to_wgs84(
     bbox: tuple[float, float, float, float], crs: str
 ) -> tuple[tuple[float, float, float, float], BaseGeometry | None]:
@@ -382,6 +388,9 @@ def bbox_to_wgs84(
         a, b, c, d = b, a, d, c
     if uri in _GEOGRAPHIC:
         return (a, b, c, d), None
+    if not all(abs(v) <= _MAX_PROJECTED for v in (a, b, c, d)):
+        msg = f"bbox coordinates in {crs} must lie within ±{_MAX_PROJECTED:.0e} (metres)"
+        raise QueryError(msg)
     box = shapely.segmentize(shapely.box(a, b, c, d), max((c - a), (d - b)) / 64 or 1.0)
     poly = transform_geometries([box], src=uri, dst=CRS84)[0]
     minx, miny, maxx, maxy = poly.bounds

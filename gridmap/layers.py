@@ -232,7 +232,11 @@ def _local_time(iso: str) -> str:
     """An ISO datetime as naive local time (an offset is converted, then dropped)."""
     t = dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))
     if t.tzinfo is not None:
-        t = t.astimezone(LOCAL_TZ).replace(tzinfo=None)
+        try:
+            t = t.astimezone(LOCAL_TZ).replace(tzinfo=None)
+        except OverflowError:  # 0001-01-01T00:00+14:00 and the like: no local time
+            msg = f"{iso[:40]} lies outside the years a date can hold in Beijing time"
+            raise InvalidFeatureError(msg) from None
     return t.isoformat()
 
 

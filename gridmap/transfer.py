@@ -10,6 +10,7 @@ by the core as it is written.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,8 +92,9 @@ def copy_store(
         src.close()
         raise
     report = CopyReport()
-    origin = _origin(src_url)
     try:
+        before = _fingerprint(src)
+        origin = f"{_origin(src_url)} @{before}"
         _refuse_foreign(dst, origin)
         _copy_settings(src, dst)
         parts: list[tuple[str, Part]] = [(lay.id, _layer_copier(lay)) for lay in layer_order()]
@@ -103,10 +105,24 @@ def copy_store(
         ]
         for name, fn in parts:
             _copy_part(origin, src, dst, name, report, fn, batch, progress)
+        if _fingerprint(src) != before:
+            msg = (
+                "the source changed while it was copied (someone edited it); the copy may "
+                "mix old and new rows: copy again into a new store, at a quiet time"
+            )
+            raise StoreError(msg)
     finally:
         src.close()
         dst.close()
     return report
+
+
+def _fingerprint(src: FeatureStore) -> str:
+    """A short digest of the source's change stamps: it moves with any edit of a layer, a
+    campaign or an account (the audit log only grows, and is copied up to an id)."""
+    tables = [*(lay.id for lay in LAYERS), "gridmap_documents", "gridmap_users"]
+    text = ",".join(str(v) for v in src.stamps(tables))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _origin(url: str | os.PathLike[str]) -> str:
@@ -124,8 +140,8 @@ def _refuse_foreign(dst: FeatureStore, origin: str) -> None:
     for key, value in dst.backend.all_meta().items():
         if key.startswith(DONE) and not value.endswith(f" from {origin}"):
             msg = (
-                f"the destination holds a copy of another store ({value.split(' from ', 1)[-1]});"
-                " copy into a new store"
+                f"the destination holds a copy of another store, or of this one before it "
+                f"changed ({value.split(' from ', 1)[-1]}); copy into a new store"
             )
             raise StoreError(msg)
     for layer in LAYERS:
@@ -143,6 +159,12 @@ def _refuse_foreign(dst: FeatureStore, origin: str) -> None:
 
 
 def _copy_settings(src: FeatureStore, dst: FeatureStore) -> None:
+    """Every setting, the disclosure key included (made first if the source has none yet):
+    a store and its copy must withhold the same small counts, or comparing their
+    statistics would give withheld counts away."""
+    from gridmap.queries import disclosure_key
+
+    disclosure_key(src)
     for key, value in src.backend.all_meta().items():
         if not key.startswith(DONE) and key != "schema_version":
             dst.set_meta(key, value)
@@ -219,14 +241,17 @@ def _users(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> int:
 
 
 def _audit(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> int:
-    _, total = src.audit_entries(limit=1)
-    entries: list[dict[str, object]] = []
-    while len(entries) < total:
-        page, _ = src.audit_entries(limit=batch, offset=len(entries))
+    """The audit log up to its newest entry when the part began, by id (it may grow while
+    a live server is copied; later entries belong to the source only)."""
+    newest, total = src.audit_entries(limit=1)
+    last = int(newest[0]["id"]) if newest else 0
+    done, after = 0, 0
+    while after < last:
+        page = [e for e in src.backend.audit_after(after, batch) if int(e["id"]) <= last]
         if not page:
             break
-        entries.extend(page)
-    entries.reverse()  # oldest first
-    dst.backend.load_audit(entries)
-    step(len(entries), total)
-    return len(entries)
+        dst.backend.load_audit(page)
+        done += len(page)
+        after = int(page[-1]["id"])
+        step(done, total)
+    return done

@@ -455,6 +455,14 @@ SAME_FILTERS = [
     ("grids", "S_CONTAINS(geom, POINT(113.29 34.81)) OR name LIKE '%1%'"),
     ("old_neighbourhoods", "planned_start < DATE('2027-01-01') OR budget_wan IS NULL"),
     ("toilets", "id > 3 AND id <= 20"),
+    # found by review: text literals against text ranges, dates and times; a LIKE pattern
+    # ending in a backslash; arithmetic in doubles; powers with no real value
+    ("households", "room BETWEEN '1' AND '2'"),
+    ("households", "last_visit_at >= '2026-11-01T08:00:00' OR last_visit_at IN ('x')"),
+    ("cameras", "installed_at = '2024-01-01' OR '2024-01-01' < installed_at"),
+    ("households", "head_name LIKE '%\\' OR room LIKE '1\\'"),
+    ("households", "0.1 + 0.2 = 0.3 OR members / 3 * 3 = members"),
+    ("households", "(0 - members) ^ 0.5 > 1 OR 0 ^ (0 - members) > 1 OR members ^ 2 > 20"),
 ]  # fmt: skip
 
 
@@ -634,3 +642,29 @@ def test_a_bbox_is_exact_at_its_edges(store: FeatureStore) -> None:
     ]
     store.insert("old_neighbourhoods", polys, [{"name": "a"}, {"name": "b"}])
     assert store.query("old_neighbourhoods", Query(bbox=box)).ids.tolist() == [1]
+
+
+def test_a_refused_grid_edit_leaves_no_trace_in_later_writes(store: FeatureStore) -> None:
+    """Review: a grid edit refused inside its transaction must not leave its shape behind
+    in the service's lookup of grids (a later household would be filed in the wrong one)."""
+    g1, g2 = _grid(store)
+    (b,) = store.insert(
+        "buildings", [shapely.box(113.295, 34.80, 113.296, 34.801)], [{"address": "x"}]
+    )
+    # grid 1 grows over grid 2's west half, and grid 2 shrinks away from its building: refused
+    with pytest.raises(IntegrityError, match="in no grid"), store.transaction():
+        store.update("grids", g1, geometry=shapely.box(113.26, 34.79, 113.29, 34.81))
+        store.update("grids", g2, geometry=shapely.box(113.29, 34.79, 113.294, 34.81))
+    assert store.get("buildings", b).properties["grid_id"] == g2
+    store.update("grids", g2, properties={"name": "二网格（改名）"})  # moves the stamp on
+    (h,) = store.insert("households", [P(113.285, 34.80)], [{"room": "1"}])
+    assert store.get("households", h).properties["grid_id"] == g2
+
+
+def test_another_client_cannot_give_an_etag_to_other_content(store: FeatureStore) -> None:
+    """Review: an outside edit that sets an older version still moves the version on."""
+    (fid,) = store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
+    store.update("toilets", fid, properties={"name": "b"})
+    raw_sql(store.url, "UPDATE toilets SET name = 'c', version = 1 WHERE fid = ?", fid)
+    f = store.get("toilets", fid)
+    assert f.properties["name"] == "c" and f.version == 3

@@ -1000,3 +1000,24 @@ def test_csv_export_holds_everything_asked_in_the_crs_asked(
     p = sample_store.get("toilets", int(first.split(",")[0])).geometry
     want = Transformer.from_crs("EPSG:4326", "EPSG:4547").transform(p.y, p.x)
     assert (x, y) == pytest.approx(want, abs=0.001)  # northing, easting
+
+
+def test_values_beyond_every_range_are_4xx(edit_client: TestClient) -> None:
+    """Review: a projected bbox far beyond the Earth and a time that has no Beijing time
+    were answered 500."""
+    r = edit_client.get(
+        "/collections/households/items",
+        params={
+            "bbox": "0,0,1e300,1e300",
+            "bbox-crs": "http://www.opengis.net/def/crs/EPSG/0/4547",
+        },
+    )
+    assert r.status_code == 400 and "bbox" in r.json()["detail"]
+    for when in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-12:00"):
+        tag = edit_client.get("/collections/households/items/1").headers["etag"]
+        r = edit_client.patch(
+            "/collections/households/items/1",
+            json={"properties": {"last_visit_at": when}},
+            headers={"If-Match": tag},
+        )
+        assert r.status_code in (400, 422) and "Beijing" in r.json()["detail"], r.text

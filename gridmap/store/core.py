@@ -131,8 +131,19 @@ class FeatureStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes (features, documents) so that all or none happen."""
-        with self.backend.transaction():
+        with self._rolled_back_forgets(), self.backend.transaction():
             yield
+
+    @contextmanager
+    def _rolled_back_forgets(self) -> Iterator[None]:
+        """What was cached from inside a transaction that then rolled back (a grid's
+        uncommitted shape, keyed by an uncommitted stamp) is forgotten with it."""
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._located.clear()
+            raise
 
     # ---------------------------------------------------------------- passed through
 
@@ -497,7 +508,7 @@ class FeatureStore:
         geoms = np.asarray(
             list(geometries) if not isinstance(geometries, np.ndarray) else geometries, dtype=object
         )
-        with self.backend.transaction():
+        with self._rolled_back_forgets(), self.backend.transaction():
             # checked inside the transaction: a referenced feature cannot vanish meanwhile
             geoms, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
             return self.backend.insert_rows(layer, geoms, clean, progress=progress)
@@ -539,7 +550,7 @@ class FeatureStore:
         ``expected_version`` guards against lost updates (VersionConflictError).
         """
         layer = self._layer(layer_id, scope)
-        with self.backend.transaction():
+        with self._rolled_back_forgets(), self.backend.transaction():
             current = self._current(layer, fid, scope)
             require(scope.allows_write(layer.id), f"you may not edit {layer.id}")
             require(not layer.append_only, _APPEND_ONLY.format(layer.id))
@@ -585,7 +596,7 @@ class FeatureStore:
     ) -> None:
         """Delete one feature (FeatureNotFoundError / VersionConflictError as for update)."""
         layer = self._layer(layer_id, scope)
-        with self.backend.transaction():
+        with self._rolled_back_forgets(), self.backend.transaction():
             current = self._current(layer, fid, scope)
             require(scope.allows_delete(layer.id), f"you may not delete features of {layer.id}")
             require(not layer.append_only, _APPEND_ONLY.format(layer.id))

@@ -121,7 +121,8 @@ WHEN OLD.fid != NEW.fid AND (NEW.geom ISNULL OR ST_IsEmpty(NEW.geom))
 BEGIN DELETE FROM "rtree_{t}_geom" WHERE id IN (OLD.fid, NEW.fid); END;
 CREATE TRIGGER "rtree_{t}_geom_delete" AFTER DELETE ON "{t}" WHEN old.geom NOT NULL
 BEGIN DELETE FROM "rtree_{t}_geom" WHERE id = OLD.fid; END;
-CREATE TRIGGER "gridmap_{t}_version" AFTER UPDATE ON "{t}" WHEN NEW.version = OLD.version
+CREATE TRIGGER "gridmap_{t}_version" AFTER UPDATE ON "{t}"
+WHEN NEW.version IS NULL OR NEW.version <= OLD.version
 BEGIN UPDATE "{t}" SET version = OLD.version + 1 WHERE fid = NEW.fid; END;
 """
 

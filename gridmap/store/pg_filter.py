@@ -75,15 +75,24 @@ class _Renderer:
             case t.Not(arg=a):
                 return f"(NOT {self.node(a)})"
             case t.Compare(op=op, left=a, right=b):
-                return f"({self.expr(a)} {op} {self.expr(b)})"
+                x, y = self.operands(a, b)
+                return f"({x} {op} {y})"
             case t.Like(value=v, pattern=p):
+                if isinstance(p, t.Lit) and isinstance(p.value, str):
+                    # a lone backslash at the end stands for itself (as the GeoPackage
+                    # store matches); PostgreSQL would refuse the pattern
+                    tail = len(p.value) - len(p.value.rstrip("\\"))
+                    if tail % 2:
+                        p = t.Lit(p.value + "\\", p.type)
                 return f"({self.expr(v)} LIKE {self.expr(p)})"
             case t.Between(value=v, low=lo, high=hi):
-                return f"({self.expr(v)} BETWEEN {self.expr(lo)} AND {self.expr(hi)})"
+                x, low, high = self.operands(v, lo, hi)
+                return f"({x} BETWEEN {low} AND {high})"
             case t.In(value=v, items=items):
                 if not items:
                     return "FALSE"
-                return f"({self.expr(v)} IN ({', '.join(self.expr(i) for i in items)}))"
+                x, *ys = self.operands(v, *items)
+                return f"({x} IN ({', '.join(ys)}))"
             case t.IsNull(value=v):
                 return f"({self.expr(v)} IS NULL)"
             case t.Spatial():
@@ -110,7 +119,7 @@ class _Renderer:
                     return self.bind(v, "::numeric")
                 if isinstance(v, float):
                     return self.bind(v, "::float8")
-                return self.bind(v, _CAST.get(ty, _CAST["str"]))
+                return "(" + self.bind(v, _CAST.get(ty, _CAST["str"])) + ")"
             case t.Fold(op=op, arg=a):
                 return f"gm_{op}({self.expr(a)})"
             case t.Arith(op=op, left=a, right=b):
@@ -118,10 +127,30 @@ class _Renderer:
         msg = f"cannot render {type(e).__name__}"
         raise TypeError(msg)
 
+    def operands(self, *exprs: t.Expr) -> list[str]:
+        """Operands of one comparison. A date or time compared with text is compared as
+        its ISO text, code point by code point, as the GeoPackage store holds it."""
+        timely = any(getattr(e, "type", "") in ("date", "datetime") for e in exprs)
+        texty = any(isinstance(e, t.Lit) and e.type == "str" for e in exprs)
+        if not (timely and texty):
+            return [self.expr(e) for e in exprs]
+        return [self.as_text(e) for e in exprs]
+
+    def as_text(self, e: t.Expr) -> str:
+        if isinstance(e, t.Lit):
+            return f'({self.bind(str(e.value))}::text COLLATE "C")'
+        if isinstance(e, t.Prop) and e.type == "date":
+            return f"(to_char({self.expr(e)}, 'YYYY-MM-DD') COLLATE \"C\")"
+        if isinstance(e, t.Prop) and e.type == "datetime":
+            return f"(replace({self.expr(e)}::text, ' ', 'T') COLLATE \"C\")"
+        return f'({self.expr(e)}::text COLLATE "C")'
+
     @staticmethod
     def arith(op: str, x: str, y: str) -> str:
-        """Arithmetic as SQLite does it: integer division and remainder of the truncated
-        operands, a real quotient, null (not an error) for a zero divisor."""
+        """Arithmetic as SQLite does it: in doubles, integer division and remainder of the
+        truncated operands, null (not an error) for a zero divisor or a power with no
+        real value. (A double that overflows is an error here where SQLite gives
+        infinity: the request is answered 400.)"""
         if op == "/":
             return f"({x}::float8 / NULLIF({y}::float8, 0))"
         if op == "div":
@@ -129,8 +158,8 @@ class _Renderer:
         if op == "%":
             return f"mod(trunc({x}::numeric), NULLIF(trunc({y}::numeric), 0))"
         if op == "^":
-            return f"power({x}::float8, {y}::float8)"
-        return f"({x}::numeric {op} {y}::numeric)"
+            return f"gm_pow({x}::float8, {y}::float8)"
+        return f"({x}::float8 {op} {y}::float8)"
 
     # ------------------------------------------------------------------ predicates
 

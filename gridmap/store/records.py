@@ -114,6 +114,15 @@ class RecordTables:
         )
         return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows], int(total)
 
+    def audit_after(self, after_id: int, limit: int) -> list[dict[str, Any]]:
+        """Audit entries with ids above ``after_id``, oldest first (keyset paging: a log
+        that grows meanwhile neither repeats nor skips an entry)."""
+        rows = self._run(
+            f"SELECT {', '.join(AUDIT_FIELDS)} FROM gridmap_audit WHERE id > ? ORDER BY id LIMIT ?",
+            (int(after_id), int(limit)),
+        )
+        return [dict(zip(AUDIT_FIELDS, r, strict=True)) for r in rows]
+
     def add_document(
         self,
         kind: str,

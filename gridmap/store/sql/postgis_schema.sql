@@ -17,10 +17,11 @@ BEGIN
   RETURN NULL;
 END $$;
 
--- A row changed without its version moving (an edit by another client) gets the next one.
+-- A row changed without its version moving forward (an edit by another client, or one that
+-- set an older version) gets the next one: an ETag is never given to other content.
 CREATE OR REPLACE FUNCTION gridmap_next_version() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-  IF NEW.version IS NOT DISTINCT FROM OLD.version THEN
+  IF NEW.version IS NULL OR NEW.version <= OLD.version THEN
     NEW.version := OLD.version + 1;
   END IF;
   RETURN NEW;
@@ -34,6 +35,26 @@ END $$;
 -- CQL2 CASEI: lower case over all of Unicode (ICU's root locale, not the database's).
 CREATE OR REPLACE FUNCTION gm_casei(text) RETURNS text LANGUAGE sql IMMUTABLE PARALLEL SAFE
   AS $$ SELECT lower($1 COLLATE "und-x-icu") $$;
+
+-- CQL2 ^ as SQLite's pow() (C's): 0 to a negative power and overflow are infinite, underflow
+-- is 0, and a power with no real value (a negative base, a fractional exponent) is null.
+CREATE OR REPLACE FUNCTION gm_pow(a float8, b float8) RETURNS float8 LANGUAGE plpgsql
+  IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+  IF a = 0 AND b < 0 THEN
+    RETURN 'Infinity';
+  END IF;
+  RETURN power(a, b);
+EXCEPTION
+  WHEN invalid_argument_for_power_function THEN
+    RETURN NULL;
+  WHEN numeric_value_out_of_range THEN
+    IF (abs(a) > 1) = (b > 0) THEN
+      RETURN CASE WHEN a < 0 AND b = trunc(b) AND mod(b::numeric, 2) = 1
+                  THEN '-Infinity'::float8 ELSE 'Infinity'::float8 END;
+    END IF;
+    RETURN 0;
+END $$;
 
 CREATE TABLE IF NOT EXISTS gridmap_users (
   username text PRIMARY KEY, password_hash text NOT NULL, role text NOT NULL,

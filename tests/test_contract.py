@@ -668,3 +668,18 @@ def test_another_client_cannot_give_an_etag_to_other_content(store: FeatureStore
     raw_sql(store.url, "UPDATE toilets SET name = 'c', version = 1 WHERE fid = ?", fid)
     f = store.get("toilets", fid)
     assert f.properties["name"] == "c" and f.version == 3
+
+
+def test_values_no_stored_one_can_equal_are_400_on_every_backend(store: FeatureStore) -> None:
+    """Review: NUL characters and dates that are none were 400 on PostGIS only."""
+    from gridmap.cql import FilterError
+    from gridmap.errors import QueryError
+
+    store.insert("cameras", [P(113.28, 34.80)], [{"name": "a", "installed_at": "2024-01-01"}])
+    for equals in ({"name": "a\x00b"}, {"installed_at": "garbage"}, {"installed_at": "2026-02-30"}):
+        with pytest.raises(QueryError):
+            store.query("cameras", Query(equals=equals))
+    assert store.count("cameras", Query(equals={"installed_at": "2024-01-01"})) == 1
+    with pytest.raises(FilterError, match="NUL"):
+        check_filter("name = 'a\x00'", get_layer("cameras"))
+    assert store.user("adm\x00in") is None

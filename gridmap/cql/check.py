@@ -200,6 +200,8 @@ class Checker:
         if isinstance(node, int | float):
             return _number(node)
         if isinstance(node, str):
+            if "\x00" in node:
+                raise _fail("text in a filter may not hold the NUL character (U+0000)")
             return t.Lit(node, "str")
         if isinstance(node, dict):
             if "property" in node:
@@ -329,6 +331,8 @@ class Checker:
         values = b if isinstance(b, list) else [b]
         if not all(isinstance(v, str) for v in values):
             raise _fail("array predicates compare with a list of strings: ('hardship', …)")
+        if any("\x00" in v for v in values):
+            raise _fail("text in a filter may not hold the NUL character (U+0000)")
         return t.Array(kind, prop, tuple(values))
 
 

@@ -8,6 +8,7 @@ check version → write, all inside one backend transaction. The backend only mo
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from gridmap.errors import (
     InvalidGeometryError,
     OutOfScopeError,
     PermissionDeniedError,
+    QueryError,
     VersionConflictError,
 )
 from gridmap.layers import LAYERS, Layer, get_layer
@@ -218,11 +220,12 @@ class FeatureStore:
         if hidden:
             msg = f"{', '.join(sorted(hidden))} cannot be used to filter or sort (masked for you)"
             raise PermissionDeniedError(msg)
-        for name in query.equals:
+        for name, value in query.equals.items():
             if name not in layer.by_name:
                 known = ", ".join(layer.names)
                 msg = f"unknown property {name[:40]!r} for layer {layer.id}; known: {known}"
                 raise InvalidFeatureError(msg)
+            _check_equal_value(layer.by_name[name], value)
         if query.predicate not in ("intersects", "within", "contains"):
             msg = (
                 f"unknown spatial predicate {query.predicate!r}; use intersects, within or contains"
@@ -634,6 +637,24 @@ class FeatureStore:
                 moved_by_layer.append((other, dict(changed)))
         for other, moved in moved_by_layer:
             relations.check_same_grid(self.backend, other, moved)
+
+
+def _check_equal_value(prop: Any, value: Any) -> None:
+    """QueryError (400) for a value no stored one can equal, the same on every backend:
+    text with a NUL character, a date or time that is none."""
+    if not isinstance(value, str):
+        return
+    if "\x00" in value:
+        msg = f"{prop.name}: a value may not hold the NUL character (U+0000)"
+        raise QueryError(msg)
+    parse = {"date": dt.date.fromisoformat, "datetime": dt.datetime.fromisoformat}.get(prop.type)
+    if parse is not None:
+        try:
+            parse(value)
+        except ValueError:
+            kind = "YYYY-MM-DD" if prop.type == "date" else "YYYY-MM-DDTHH:MM:SS"
+            msg = f"{prop.name}: {value[:40]!r} is not a {prop.type} ({kind})"
+            raise QueryError(msg) from None
 
 
 def _one(layer_id: str | None) -> str:

@@ -62,6 +62,8 @@ class RecordTables:
 
     def user(self, username: str) -> dict[str, Any] | None:
         """A user record (``grid_ids`` as a list), or None."""
+        if "\x00" in username:  # no user has one (and PostgreSQL text cannot hold it)
+            return None
         rows = self._run(f"SELECT {_USER_COLS} FROM gridmap_users WHERE username = ?", (username,))
         return user_record(rows[0]) if rows else None
 

@@ -287,7 +287,17 @@ class PostGISBackend(RecordTables):
     def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
         """Several tables' stamps (-1 for a table without one): from memory while the
         change listener runs (see :mod:`.pg_stamps`), else in one round trip."""
-        return tuple(self.stamp(t) for t in tables)
+        watch = self._watch
+        if watch is not None and getattr(self._local, "conn", None) is None:
+            known = [watch.get(t) for t in tables]
+            if all(k is not None for k in known):
+                return tuple(int(k) for k in known if k is not None)
+        with self._conn() as c:
+            rows = c.execute(
+                "SELECT layer, stamp FROM gridmap_changes WHERE layer = ANY(%s)", (list(tables),)
+            ).fetchall()
+        found = {str(k): int(v) for k, v in rows}
+        return tuple(found.get(t, -1) for t in tables)
 
     def stamp(self, table: str) -> int:
         """A number that changes whenever the table changes (by any client). Inside a

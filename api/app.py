@@ -69,8 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-Match", "Content-Crs"],
             expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
         )
+    app.include_router(features.router)  # first: the busiest routes are matched soonest
     app.include_router(auth.router)
-    app.include_router(features.router)
     app.include_router(edit.router)
     app.include_router(domain.router)
     app.include_router(maps.router)

@@ -36,7 +36,8 @@ class ReadLog:
 
     def saw(self, layer_id: str, ids: Iterable[int], grid_ids: Iterable[int | None]) -> None:
         """Note that rows of ``layer_id`` were read (called by the store)."""
-        self._note((layer_id, tuple(int(i) for i in ids), tuple(grid_ids), 0))
+        listed = ids.tolist() if hasattr(ids, "tolist") else ids  # numpy: Python ints at once
+        self._note((layer_id, tuple(int(i) for i in listed), tuple(grid_ids), 0))
 
     def counted(self, layer_id: str, rows: int, grid_ids: Iterable[int | None]) -> None:
         """Note that the database counted ``rows`` rows of ``layer_id`` for a statistic (no

@@ -6,14 +6,14 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from api.auth import record
 from api.deps import (
     CRS_LIST,
     CollectionDep,
-    PrincipalDep,
+    ReaderDep,
     ScopeDep,
     SettingsDep,
     StoreDep,
@@ -23,12 +23,15 @@ from api.deps import (
 )
 from api.errors import BadRequestError
 from api.html import render, wants_html
+from api.params import Param, documented
+from api.params import read as read_params
 from gridmap import exports, geojson
 from gridmap.cql import Filter, FilterError, check_filter, datetime_filter
 from gridmap.cql.check import INT_MAX
 from gridmap.crs import CRS84, bbox_to_wgs84
 from gridmap.errors import FeatureNotFoundError
 from gridmap.layers import LAYERS, Layer, Prop
+from gridmap.settings import Settings
 from gridmap.store import Query as StoreQuery
 from gridmap.store import Scope, Store
 
@@ -66,21 +69,6 @@ CONFORMANCE = [
     f"{_SPEC}/ogcapi-features-4/1.0/conf/update",
     f"{_SPEC}/ogcapi-features-4/1.0/conf/features",
 ]
-
-ITEM_PARAMS = {
-    "bbox",
-    "bbox-crs",
-    "crs",
-    "limit",
-    "offset",
-    "datetime",
-    "properties",
-    "sortby",
-    "filter",
-    "filter-lang",
-    "filter-crs",
-    "f",
-}
 
 
 def _json(body: Any, media_type: str = JSON, status: int = 200) -> Response:
@@ -318,65 +306,47 @@ def _sortby(layer: Layer, sortby: str | None) -> list[str]:
     return keys
 
 
-@router.get("/collections/{collection_id}/items", summary="Features", tags=["OGC API"])
-def items(
-    request: Request,
-    layer: CollectionDep,
-    store: StoreDep,
-    scope: ScopeDep,
-    principal: PrincipalDep,
-    settings: SettingsDep,
-    bbox: Annotated[
-        str | None,
-        Query(
-            description="minX,minY,maxX,maxY in bbox-crs (CRS84 lon/lat by default).",
-            max_length=300,
-        ),
-    ] = None,
-    bbox_crs: Annotated[
-        str | None,
-        Query(
-            alias="bbox-crs", description="CRS of bbox (URI, EPSG:n, gcj02, bd09).", max_length=200
-        ),
-    ] = None,
-    crs: Annotated[
-        str | None,
-        Query(description="CRS of the returned geometries (default CRS84).", max_length=200),
-    ] = None,
-    limit: Annotated[
-        int | None,
-        Query(ge=1, description="Features per page (default 100; larger values are clamped)."),
-    ] = None,
-    offset: Annotated[int, Query(ge=0, le=100_000_000, description="Features to skip.")] = 0,
-    datetime: Annotated[
-        str | None,
-        Query(
-            description="Instant or interval (start/end, '..' open) on the layer's time.",
-            max_length=100,
-        ),
-    ] = None,
-    properties: Annotated[
-        str | None, Query(description="Comma-separated properties to return.", max_length=2000)
-    ] = None,
-    sortby: Annotated[
-        str | None,
-        Query(description="Comma-separated properties, '-' for descending.", max_length=500),
-    ] = None,
-    filter: Annotated[
-        str | None,
-        Query(description="CQL2 filter (text or JSON, see filter-lang).", max_length=20_000),
-    ] = None,
-    filter_lang: Annotated[
-        str | None,
-        Query(alias="filter-lang", description="cql2-text (default) or cql2-json.", max_length=20),
-    ] = None,
-    filter_crs: Annotated[
-        str | None,
-        Query(alias="filter-crs", description="CRS of geometries in the filter.", max_length=200),
-    ] = None,
-    f: Annotated[str | None, Query(description="json (default) or html.", max_length=10)] = None,
-) -> Response:
-    """Features of a layer as GeoJSON: bbox, datetime, property filters, CQL2, paging, CRS."""
+ITEMS_QUERY = (
+    Param("bbox", "minX,minY,maxX,maxY in bbox-crs (CRS84 lon/lat by default).", max_length=300),
+    Param("bbox-crs", "CRS of bbox (URI, EPSG:n, gcj02, bd09).", max_length=200),
+    Param("crs", "CRS of the returned geometries (default CRS84).", max_length=200),
+    Param(
+        "limit", "Features per page (default 100; larger values are clamped).", integer=True, ge=1
+    ),
+    Param("offset", "Features to skip.", integer=True, ge=0, le=100_000_000, default=0),
+    Param(
+        "datetime",
+        "Instant or interval (start/end, '..' open) on the layer's time.",
+        max_length=100,
+    ),
+    Param("properties", "Comma-separated properties to return.", max_length=2000),
+    Param("sortby", "Comma-separated properties, '-' for descending.", max_length=500),
+    Param("filter", "CQL2 filter (text or JSON, see filter-lang).", max_length=20_000),
+    Param("filter-lang", "cql2-text (default) or cql2-json.", max_length=20),
+    Param("filter-crs", "CRS of geometries in the filter.", max_length=200),
+    Param("f", "json (default) or html.", max_length=10),
+)
+ITEM_PARAMS = {p.name for p in ITEMS_QUERY}
+
+
+@router.get(
+    "/collections/{collection_id}/items",
+    summary="Features",
+    tags=["OGC API"],
+    openapi_extra=documented(ITEMS_QUERY),
+)
+def items(request: Request, reader: ReaderDep) -> Response:
+    """Features of a layer as GeoJSON: bbox, datetime, property filters, CQL2, paging, CRS.
+
+    Besides the parameters listed, any property of the layer filters by equality.
+    """
+    layer, scope, principal = reader.layer, reader.scope, reader.principal
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    a = read_params(request, ITEMS_QUERY)
+    bbox, crs, limit, offset, datetime = a["bbox"], a["crs"], a["limit"], a["offset"], a["datetime"]
+    properties, sortby, f, filter = a["properties"], a["sortby"], a["f"], a["filter"]
+    bbox_crs, filter_lang, filter_crs = a["bbox_crs"], a["filter_lang"], a["filter_crs"]
     out_crs = crs_param(crs, "crs")
     in_crs = crs_param(bbox_crs, "bbox-crs")
     fcrs = crs_param(filter_crs, "filter-crs")
@@ -468,11 +438,14 @@ def items(
         parts = None
     b = _base(request)
     url = f"{b}/collections/{layer.id}/items"
-    params = [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "limit")]
+    kept = urlencode(
+        [(k, v) for k, v in request.query_params.multi_items() if k not in ("offset", "limit", "f")]
+    )  # encoded once for every link
 
     def link(rel: str, off: int, media: str = GEOJSON, fmt: str | None = None) -> dict[str, Any]:
-        extra = [("f", fmt)] if fmt else []
-        q = urlencode([*(p for p in params if p[0] != "f"), *extra, ("limit", n), ("offset", off)])
+        parts = [kept] if kept else []
+        parts += [f"f={fmt}"] if fmt else []
+        q = "&".join([*parts, f"limit={n}&offset={off}"])
         return {"href": f"{url}?{q}", "rel": rel, "type": media}
 
     links = [link("self", offset), link("alternate", offset, HTML, "html")]
@@ -568,23 +541,28 @@ def feature_response(
     )
 
 
+ITEM_QUERY = (
+    Param("crs", "CRS of the geometry.", max_length=200),
+    Param("properties", "Comma-separated properties to return.", max_length=2000),
+    Param("f", "json (default) or html.", max_length=10),
+)
+
+
 @router.get(
-    "/collections/{collection_id}/items/{feature_id}", summary="One feature", tags=["OGC API"]
+    "/collections/{collection_id}/items/{feature_id}",
+    summary="One feature",
+    tags=["OGC API"],
+    openapi_extra=documented(ITEM_QUERY),
 )
 def item(
     request: Request,
-    layer: CollectionDep,
-    store: StoreDep,
-    scope: ScopeDep,
-    principal: PrincipalDep,
+    reader: ReaderDep,
     feature_id: Annotated[str, Path(max_length=40, description="Feature id (an integer).")],
-    crs: Annotated[str | None, Query(description="CRS of the geometry.", max_length=200)] = None,
-    properties: Annotated[
-        str | None, Query(description="Comma-separated properties to return.", max_length=2000)
-    ] = None,
-    f: Annotated[str | None, Query(description="json (default) or html.", max_length=10)] = None,
 ) -> Response:
     """One feature as GeoJSON, with a strong ETag derived from its id and version."""
+    layer, scope, store = reader.layer, reader.scope, request.app.state.store
+    a = read_params(request, ITEM_QUERY)
+    crs, properties = a["crs"], a["properties"]
     out_crs = crs_param(crs, "crs")
     feat = store.get(layer.id, parse_fid(layer, feature_id), scope=scope)
     tag = etag(layer.id, feat.id, feat.version)

@@ -53,11 +53,15 @@ async def get_principal(
         accounts: Accounts = request.app.state.accounts
         # Over the embedded file, inline: a remembered token is a dictionary look-up plus
         # one indexed read, and a new one costs ~70 µs, less than a thread hop. Over a
-        # database server the read is a round trip: kept off the event loop.
-        if accounts.store.remote:
-            principal = await run_in_threadpool(accounts.principal, token.strip())
-        else:
+        # database server, a token remembered while nothing changed is answered from
+        # memory; anything else may need a round trip: kept off the event loop.
+        if not accounts.store.remote:
             principal = accounts.principal(token.strip())
+        else:
+            known = accounts.remembered(token.strip())
+            if known is None:
+                known = await run_in_threadpool(accounts.principal, token.strip())
+            principal = known
     request.state.principal = principal
     return principal
 

@@ -32,6 +32,10 @@ _hasher = PasswordHasher()  # argon2id with the library's (OWASP-level) defaults
 _DUMMY_HASH = _hasher.hash("not a real password, only for timing")
 
 
+_SCOPE_TABLES = ("gridmap_users", "grids", "communities")
+"""What a principal's scope is derived from."""
+
+
 class WeakPasswordError(GridmapError, ValueError):
     """A password the policy refuses; the message lists every reason."""
 
@@ -256,9 +260,9 @@ class Accounts:
         community admin's scope on the next request; the check stays a dictionary look-up.
         """
         stamp = self._scope_stamp()
-        hit = self._verified.get(token)
-        if hit is not None and min(stamp) >= 0 and hit[0] == stamp and hit[1] > time.time():
-            return hit[2]
+        known = self._known(token, stamp)
+        if known is not None:
+            return known
         principal = self._verify_token(token)
         if len(self._verified) > 10_000:
             self._verified.clear()
@@ -266,9 +270,21 @@ class Accounts:
         self._verified[token] = (stamp, float(exp), principal)
         return principal
 
+    def remembered(self, token: str) -> Principal | None:
+        """The principal of a token verified before, if nothing it depends on changed since,
+        answered from memory (None: call :meth:`principal`, which may ask the database)."""
+        stamp = self.store.stamps_at_hand(_SCOPE_TABLES)
+        return None if stamp is None else self._known(token, stamp)
+
+    def _known(self, token: str, stamp: tuple[int, ...]) -> Principal | None:
+        hit = self._verified.get(token)
+        if hit is not None and min(stamp) >= 0 and hit[0] == stamp and hit[1] > time.time():
+            return hit[2]
+        return None
+
     def _scope_stamp(self) -> tuple[int, ...]:
         """What a principal's scope is derived from: users, grids, communities."""
-        return self.store.stamps(("gridmap_users", "grids", "communities"))
+        return self.store.stamps(_SCOPE_TABLES)
 
     def _verify_token(self, token: str) -> Principal:
         try:

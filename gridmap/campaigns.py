@@ -290,22 +290,23 @@ class Standing:
 
 
 def standings(store: Store, c: Campaign, *, scope: Scope) -> dict[int, Standing]:
-    """Household id → its latest outcome in the campaign's ledger (visible rows only)."""
-    rows = store.query(
+    """Household id → its latest outcome in the campaign's ledger (visible rows only): the
+    entry latest by ``visited_at`` (of equal times the last recorded) and how many entries
+    the household has, reduced in the database (only each household's latest entry is
+    read)."""
+    rows = store.latest(
         "visits",
-        Query(equals={"campaign_id": c.id}, order_by=["visited_at"]),
+        "household_id",
+        "visited_at",
+        ("household_id", "outcome", "visited_at"),
+        Query(equals={"campaign_id": c.id}),
         scope=target_scope(c, scope),
     )
-    out: dict[int, Standing] = {}
-    for p in rows.properties:
-        h = p.get("household_id")
-        if not isinstance(h, int):
-            continue
-        prev = out.get(h)
-        out[h] = Standing(
-            str(p.get("outcome")), str(p.get("visited_at")), (prev.tries if prev else 0) + 1
-        )
-    return out
+    return {
+        h: Standing(str(outcome), str(visited_at), int(tries))
+        for _id, h, outcome, visited_at, tries in rows
+        if isinstance(h, int)
+    }
 
 
 def local_now() -> dt.datetime:

@@ -18,7 +18,7 @@ import shapely
 
 from gridmap.cql import Filter
 from gridmap.cql import tree as ct
-from gridmap.crs import to_metric
+from gridmap.crs import METRIC_EPSG, to_metric
 from gridmap.disclosure import Protected, Table, protect
 from gridmap.errors import (
     FeatureNotFoundError,
@@ -28,9 +28,7 @@ from gridmap.errors import (
 )
 from gridmap.layers import HOUSEHOLD_TAGS, get_layer
 from gridmap.store.backend import Measure
-from gridmap.store.base import Feature, Query, Scope, Store
-
-_M_PER_DEG = 111_320.0
+from gridmap.store.base import BBox, Feature, Query, Scope, Store
 
 
 def _check_point(lon: float, lat: float) -> shapely.Point:
@@ -89,9 +87,11 @@ def nearest(
 ) -> list[Nearest]:
     """The ``k`` features of a layer nearest to a point, by straight-line distance in metres.
 
-    Searches growing boxes through the R-tree until ``k`` candidates are found, then
-    re-queries the box whose half-side is the k-th candidate distance, so that no nearer
-    feature can be missed; distances are exact in EPSG:4547.
+    The database's spatial index proposes the ``k`` features nearest in lon/lat degrees
+    (KNN); their exact distances in EPSG:4547 give a radius within which at least ``k``
+    features lie. Every feature in a box that holds that radius's circle is then ranked
+    by exact distance (ties by id), so that no nearer feature can be missed: the degree
+    ranking only proposes, the metric ranking decides.
     """
     get_layer(layer_id)
     pt = _check_point(lon, lat)
@@ -102,35 +102,72 @@ def nearest(
     # Candidates are ranked here and never leave; only the k answers are read under the
     # caller's scope (and so noted in its read log).
     scope = dataclasses.replace(scope, reads=None)
-    total = store.count(layer_id, Query(equals=equals or {}), scope=scope)
-    if total == 0:
+    where = Query(equals=equals or {})
+    near = store.nearest_ids(layer_id, lon, lat, k, where, scope=scope)
+    if not near:
         return []
-    want = min(k, total)
-    cos = max(math.cos(math.radians(lat)), 0.01)
-
-    def box(radius_m: float) -> tuple[float, float, float, float]:
-        dx = radius_m / (_M_PER_DEG * cos)
-        dy = radius_m / _M_PER_DEG
-        return (lon - dx, lat - dy, lon + dx, lat + dy)
-
-    radius = 100.0
-    while True:
-        n = store.count(layer_id, Query(bbox=box(radius), equals=equals or {}), scope=scope)
-        if n >= want or radius > 2e7:
-            break
-        radius *= 4
-    fs = store.query(layer_id, Query(bbox=box(radius), equals=equals or {}), scope=scope)
+    fs = store.query(layer_id, Query(ids=near), scope=scope).with_geometry()
+    kth = float(np.max(_distances(fs.geometries, pt), initial=0.0))
+    box = _search_box(lon, lat, kth) if math.isfinite(kth) else None
+    fs = store.query(layer_id, dataclasses.replace(where, bbox=box), scope=scope)
     fs = fs.with_geometry()
     dist = _distances(fs.geometries, pt)
-    kth = float(np.sort(dist)[want - 1]) if len(dist) >= want else radius
-    fs = store.query(
-        layer_id, Query(bbox=box(kth * 1.001 + 0.01), equals=equals or {}), scope=scope
-    ).with_geometry()
-    dist = _distances(fs.geometries, pt)
-    order = np.lexsort((fs.ids, dist))[:want]
+    order = np.lexsort((fs.ids, dist))[: len(near)]
     chosen = fs.ids[order].tolist()
     found = {f.id: f for f in store.query(layer_id, Query(ids=chosen), scope=final)}
-    return [Nearest(found[fid], float(dist[i])) for fid, i in zip(chosen, order, strict=True)]
+    return [
+        Nearest(found[fid], float(dist[i]))
+        for fid, i in zip(chosen, order, strict=True)
+        if fid in found  # unless deleted meanwhile
+    ]
+
+
+_R_MIN = 6_335_000.0
+"""Metres, less than the smallest radius of curvature of the CGCS2000 (GRS 80) ellipsoid
+(6 335 439 m, the meridian's at the equator): a sphere of this radius, in the same
+latitudes and longitudes, measures no path longer than the ellipsoid does."""
+_WIDE = 60.0
+"""Degrees of longitude from the metric CRS's central meridian beyond which a nearest
+search bounds no box (it ranks the whole layer): far from it the projection stretches
+beyond what its algorithm keeps exact."""
+
+
+@lru_cache(maxsize=1)
+def _metric_origin() -> tuple[float, float]:
+    """(central meridian, scale factor on it) of the metric CRS, a transverse Mercator."""
+    import pyproj
+
+    op = pyproj.CRS.from_epsg(METRIC_EPSG).coordinate_operation
+    params = {p.name: p.value for p in op.params} if op is not None else {}
+    return (
+        float(params["Longitude of natural origin"]),
+        float(params["Scale factor at natural origin"]),
+    )
+
+
+def _search_box(lon: float, lat: float, radius_m: float) -> BBox | None:
+    """A lon/lat box that holds every place within ``radius_m`` metres of (lon, lat) as
+    EPSG:4547 measures it (None: no box, the whole layer).
+
+    A transverse Mercator map's scale is nowhere below its scale on the central meridian,
+    k0, so two places ``d`` metres apart on the map are at most ``d / k0`` apart along the
+    ellipsoid, and so on the sphere of radius :data:`_R_MIN`. The box bounds that
+    sphere's cap (latitudes ± its angular radius; longitudes ± asin(sin δ / cos φ), every
+    longitude when the cap holds a pole or crosses the antimeridian).
+    """
+    cm, k0 = _metric_origin()
+    if abs((lon - cm + 180.0) % 360.0 - 180.0) > _WIDE:
+        return None
+    delta = (radius_m * 1.001 + 0.01) / (k0 * _R_MIN)  # radians
+    phi = math.radians(lat)
+    dlat = math.degrees(delta)
+    south, north = max(-90.0, lat - dlat), min(90.0, lat + dlat)
+    if delta >= math.pi / 2 - abs(phi):
+        return (-180.0, south, 180.0, north)
+    dlon = math.degrees(math.asin(min(1.0, math.sin(delta) / math.cos(phi))))
+    if lon - dlon < -180.0 or lon + dlon > 180.0:
+        return (-180.0, south, 180.0, north)
+    return (lon - dlon, south, lon + dlon, north)
 
 
 def _distances(geoms: Any, pt: shapely.Point) -> np.ndarray:

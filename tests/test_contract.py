@@ -8,11 +8,13 @@ tests need PostGIS and run in both passes.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyogrio
+import pyproj
 import pytest
 import shapely
 
@@ -85,6 +87,34 @@ def test_exact_spatial_predicates(store: FeatureStore) -> None:
     fs = store.query("toilets", Query(geometry=tri, predicate="intersects"))
     assert fs.ids.tolist() == [1]
     assert store.count("toilets", Query(geometry=tri)) == 1
+
+
+def test_dwithin_measures_metres_exactly(store: FeatureStore) -> None:
+    """S_DWITHIN against distances computed here with pyproj in EPSG:4547 (not by gridmap),
+    distance 0 included: a feature at the literal point, and a polygon literal (then it is
+    S_INTERSECTS)."""
+    rng = np.random.default_rng(11)
+    cx, cy = 113.29, 34.81
+    xs = np.append(cx + rng.uniform(-0.004, 0.004, 300), cx)
+    ys = np.append(cy + rng.uniform(-0.004, 0.004, 300), cy)
+    store.insert("cameras", shapely.points(xs, ys), [{"name": f"c{i}"} for i in range(301)])
+    to4547 = pyproj.Transformer.from_crs(4326, 4547, always_xy=True)
+    mx, my = to4547.transform(xs, ys)
+    px, py = to4547.transform(cx, cy)
+    d = np.hypot(np.asarray(mx) - px, np.asarray(my) - py)
+    cameras = get_layer("cameras")
+    for r in (0.0, 50.0, 150.0, 333.3):
+        assert not np.any((np.abs(d - r) < 1e-3) & (d > 0))  # no point on the circle
+        f = check_filter(f"S_DWITHIN(geom, POINT({cx} {cy}), {r})", cameras)
+        got = store.query_ids("cameras", Query(filters=[f]))[0].tolist()
+        assert got == (np.flatnonzero(d <= r) + 1).tolist(), r
+    assert store.query_ids("cameras", Query(filters=[check_filter(
+        f"S_DWITHIN(geom, POINT({cx} {cy}), 0)", cameras)]))[0].tolist() == [301]  # fmt: skip
+    square = "POLYGON((113.288 34.808, 113.291 34.808, 113.291 34.811, 113.288 34.808))"
+    within0 = check_filter(f"S_DWITHIN(geom, {square}, 0)", cameras)
+    touching = check_filter(f"S_INTERSECTS(geom, {square})", cameras)
+    a = store.query_ids("cameras", Query(filters=[within0]))[0].tolist()
+    assert a and a == store.query_ids("cameras", Query(filters=[touching]))[0].tolist()
 
 
 def test_equality_filters_and_ordering(store: FeatureStore) -> None:
@@ -670,6 +700,16 @@ def test_another_client_cannot_give_an_etag_to_other_content(store: FeatureStore
     assert f.properties["name"] == "c" and f.version == 3
 
 
+def test_ids_another_client_gave_are_not_handed_out_again(store: FeatureStore) -> None:
+    """Review: a row stored with an explicit id by another client (QGIS, psql) made the
+    next new feature collide with it on PostGIS (a 409 once)."""
+    (first,) = store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
+    raw_sql(store.url, "INSERT INTO toilets (fid, name) VALUES (?, 'outside')", first + 40)
+    (nxt,) = store.insert("toilets", [P(113.28, 34.80)], [{"name": "b"}])
+    assert nxt == first + 41
+    assert store.get("toilets", first + 40).properties["name"] == "outside"
+
+
 def test_values_no_stored_one_can_equal_are_400_on_every_backend(store: FeatureStore) -> None:
     """Review: NUL characters and dates that are none were 400 on PostGIS only."""
     from gridmap.cql import FilterError
@@ -683,3 +723,55 @@ def test_values_no_stored_one_can_equal_are_400_on_every_backend(store: FeatureS
     with pytest.raises(FilterError, match="NUL"):
         check_filter("name = 'a\x00'", get_layer("cameras"))
     assert store.user("adm\x00in") is None
+
+
+@pytest.mark.postgis
+def test_lost_connections_fail_one_request_at_most(request: pytest.FixtureRequest) -> None:
+    """The server drops every connection (as a restart does): the pool's idle connections
+    are dead; the first request to notice drops them all, so no later request fails."""
+    from tests.conftest import require_postgis
+
+    require_postgis()
+    url = request.getfixturevalue("pg_cluster").new_database("gm_lost")
+    store = create_store(url, service_area=SERVICE_AREA)
+    try:
+        together = threading.Barrier(4)
+
+        def hold() -> None:
+            with store.backend._conn() as c:  # type: ignore[attr-defined]
+                together.wait(timeout=30)
+                c.execute("SELECT 1")
+
+        threads = [threading.Thread(target=hold) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        (killed,) = raw_sql(
+            url,
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND application_name = 'gridmap'",
+        )[0]
+        assert killed >= 4
+        failed = 0
+        for _ in range(8):
+            try:
+                assert store.count("toilets") == 0
+            except StoreError as exc:
+                assert "try again" in str(exc)
+                failed += 1
+        assert failed <= 1
+    finally:
+        store.close()
+
+
+def test_a_connection_string_is_not_taken_for_a_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """libpq's key=value form once became a GeoPackage named after it in the working
+    folder; any other scheme than postgresql:// is refused too. Nothing is written."""
+    monkeypatch.chdir(tmp_path)
+    for bad in ("user=postgres dbname=gm host=127.0.0.1 port=5432", "dbname=gm", "mysql://x/y"):
+        with pytest.raises(StoreError, match="postgresql://"):
+            open_store(bad)
+        with pytest.raises(StoreError, match="postgresql://"):
+            create_store(bad)
+    assert list(tmp_path.iterdir()) == []

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import shapely
 from shapely.geometry.base import BaseGeometry
+
+from gridmap.crs import from_metric, to_metric
 
 ValueType = str
 """'num', 'str', 'bool', 'date', 'datetime' or 'list'."""
@@ -119,6 +122,18 @@ class Spatial:
     op: str
     geometry: BaseGeometry
     distance_m: float | None = None
+
+    def metric_literal(self) -> BaseGeometry:
+        """The literal in the metric CRS (EPSG:4547), where DWITHIN measures."""
+        return to_metric([self.geometry])[0]
+
+    def reach(self) -> tuple[float, float, float, float]:
+        """Lon/lat bounds that every feature within ``distance_m`` of the literal meets
+        (for an index prefilter; a little wider than the exact disc)."""
+        d = self.distance_m or 0.0
+        around = shapely.buffer(self.metric_literal(), d * 1.01 + 0.5, quad_segs=16)
+        x0, y0, x1, y1 = shapely.bounds(from_metric([around])[0])
+        return (float(x0), float(y0), float(x1), float(y1))
 
 
 @dataclass(frozen=True)

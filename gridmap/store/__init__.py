@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 from shapely.geometry.base import BaseGeometry
 
@@ -36,6 +37,10 @@ def is_server_url(url: str | os.PathLike[str]) -> bool:
     return str(url).startswith(("postgresql://", "postgres://"))
 
 
+_CONNINFO = re.compile(r"(^|\s)(dbname|host|user|port|service)=")
+"""libpq's key=value form, which would otherwise become a file of that name."""
+
+
 def _backend(url: str | os.PathLike[str], *, create: bool) -> Backend:
     text = str(url)
     if is_server_url(text):
@@ -44,6 +49,12 @@ def _backend(url: str | os.PathLike[str], *, create: bool) -> Backend:
         return PostGISBackend.create(text) if create else PostGISBackend.open(text)
     if "://" in text:
         msg = f"unknown store {text[:60]!r}: give a GeoPackage path or a postgresql:// URL"
+        raise StoreError(msg)
+    if _CONNINFO.search(text) and not text.lower().endswith(".gpkg"):
+        msg = (
+            f"{text[:60]!r} looks like a PostgreSQL connection string, not a file; write it "
+            "as a URL: postgresql://user:password@host:port/dbname"
+        )
         raise StoreError(msg)
     from gridmap.store.geopackage import GeoPackageBackend
 

@@ -116,6 +116,29 @@ class Rows(Protocol):
         in the database)."""
         ...
 
+    def knn_ids(
+        self, layer: Layer, lon: float, lat: float, k: int, sel: Selection = EVERY_ROW
+    ) -> list[int]:
+        """Ids of (up to) ``k`` matching rows nearest the point by plain distance in lon/lat
+        degrees, nearest first (ties by id; rows without a geometry are left out). The
+        candidates of a nearest search, which the caller ranks again in metres."""
+        ...
+
+    def latest(
+        self,
+        layer: Layer,
+        key: str,
+        order: str,
+        columns: Sequence[str],
+        sel: Selection = EVERY_ROW,
+    ) -> list[tuple[Any, ...]]:
+        """For each value of column ``key`` among the matching rows (null is one value):
+        ``(id, *columns, n)`` of its latest row by column ``order`` (``id``: the feature id;
+        nulls are earliest, ties go to the highest id), values typed as reads give them,
+        and ``n`` the number of matching rows with that value. By id; reduced in the
+        database (one window query)."""
+        ...
+
     def insert_rows(
         self,
         layer: Layer,
@@ -190,6 +213,10 @@ class Stamps(Protocol):
 
     def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
         """Several tables' stamps in one read."""
+        ...
+
+    def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
+        """The stamps if they are known without asking a server (None: use stamps())."""
         ...
 
 

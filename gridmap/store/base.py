@@ -217,6 +217,34 @@ class Store(Protocol):
         """Number of features matching ``query`` within ``scope``."""
         ...
 
+    def nearest_ids(
+        self,
+        layer_id: str,
+        lon: float,
+        lat: float,
+        k: int,
+        query: Query = ...,
+        *,
+        scope: Scope = ...,
+    ) -> list[int]:
+        """Ids of (up to) ``k`` features nearest a point in lon/lat degrees (ties by id),
+        found by the database's index: candidates for an exact ranking in metres."""
+        ...
+
+    def latest(
+        self,
+        layer_id: str,
+        key: str,
+        order: str,
+        columns: Sequence[str],
+        query: Query = ...,
+        *,
+        scope: Scope = ...,
+    ) -> list[tuple[Any, ...]]:
+        """Per value of ``key``: ``(id, *columns, n)`` of its latest feature by ``order``
+        (ties: the highest id) and its number of features, reduced in the database."""
+        ...
+
     def get(self, layer_id: str, fid: int, *, scope: Scope = ...) -> Feature:
         """One feature, or FeatureNotFoundError (also when outside ``scope``)."""
         ...

@@ -9,6 +9,7 @@ check version → write, all inside one backend transaction. The backend only mo
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -124,6 +125,10 @@ class FeatureStore:
     def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
         """Several layers' (or record tables') stamps in one read."""
         return self.backend.stamps(tables)
+
+    def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
+        """The stamps if known without a round trip to a server (None: call stamps())."""
+        return self.backend.stamps_at_hand(tables)
 
     @property
     def remote(self) -> bool:
@@ -366,6 +371,86 @@ class FeatureStore:
                 )[1]
             scope.reads.saw(layer.id, ids.tolist(), keys or [None] * len(ids))
         return dict(zip(ids.tolist(), vals or [], strict=True))
+
+    def nearest_ids(
+        self,
+        layer_id: str,
+        lon: float,
+        lat: float,
+        k: int,
+        query: Query = _ALL_ROWS,
+        *,
+        scope: Scope = Scope.ALL,
+    ) -> list[int]:
+        """Ids of (up to) ``k`` features of ``query`` within ``scope`` nearest a point by
+        plain distance in lon/lat degrees, nearest first (ties by id), found by the
+        database's index; features without a geometry take no part. Candidates for an
+        exact ranking (:func:`gridmap.queries.nearest`). No rows are read; the ids are
+        noted in the scope's read log as :meth:`query_ids` notes them (a ranking that
+        returns only some of them passes a scope without a log, and reads its answers)."""
+        layer = self._layer(layer_id, scope)
+        x, y = float(lon), float(lat)
+        if not (math.isfinite(x) and math.isfinite(y)):
+            msg = "lon and lat must be finite numbers"
+            raise InvalidGeometryError(msg)
+        if int(k) < 1:
+            msg = "k must be at least 1"
+            raise QueryError(msg)
+        sel = self._selection(layer, query, scope)
+        ids = self.backend.knn_ids(layer, x, y, int(k), sel)
+        if scope.reads is not None and layer.personal:
+            grid_of: dict[int, Any] = {}
+            if layer.grid_scoped and ids:
+                found, keys, _ = self.backend.select_ids(
+                    layer, Selection(ids=ids), column=relations.GRID_KEY
+                )
+                grid_of = dict(zip(found.tolist(), keys or [], strict=True))
+            scope.reads.saw(layer.id, ids, [grid_of.get(i) for i in ids])
+        return ids
+
+    def latest(
+        self,
+        layer_id: str,
+        key: str,
+        order: str,
+        columns: Sequence[str],
+        query: Query = _ALL_ROWS,
+        *,
+        scope: Scope = Scope.ALL,
+    ) -> list[tuple[Any, ...]]:
+        """For each value of property ``key`` among the features of ``query`` within
+        ``scope``: ``(id, *columns, n)`` of its latest feature by property ``order`` (``id``
+        allowed; nulls earliest, ties to the highest id) and ``n`` its number of features,
+        by id; reduced in the database (a ledger's latest entry per subject and its number
+        of entries). The rows returned are noted in the scope's read log as :meth:`values`
+        notes them, and the others counted for ``n`` as :meth:`aggregate` notes a count;
+        masked properties take no part."""
+        layer = self._layer(layer_id, scope)
+        used = [key, *columns] + ([] if order == "id" else [order])
+        unknown = sorted({u for u in used if u not in layer.by_name})
+        if unknown:
+            msg = f"unknown properties for layer {layer.id}: {', '.join(unknown)}"
+            raise InvalidFeatureError(msg)
+        hidden = sorted(set(used) & scope.masked_in(layer))
+        require(not hidden, f"{', '.join(hidden)} cannot be read here (masked for you)")
+        sel = self._selection(layer, query, scope)
+        personal = scope.reads is not None and layer.personal
+        extra = (
+            [relations.GRID_KEY]
+            if personal and layer.grid_scoped and relations.GRID_KEY not in columns
+            else []
+        )
+        rows = self.backend.latest(layer, key, order, [*columns, *extra], sel)
+        if personal and scope.reads is not None:
+            g = 1 + ([*columns, *extra].index(relations.GRID_KEY) if layer.grid_scoped else 0)
+            keys = [r[g] if layer.grid_scoped else None for r in rows]
+            scope.reads.saw(layer.id, [r[0] for r in rows], keys)
+            others = sum(r[-1] for r in rows) - len(rows)
+            if others:
+                scope.reads.counted(layer.id, others, [None])
+        if extra:
+            rows = [(*r[: 1 + len(columns)], r[-1]) for r in rows]
+        return rows
 
     def get(self, layer_id: str, fid: int, *, scope: Scope = Scope.ALL) -> Feature:
         """One feature; FeatureNotFoundError when missing or outside ``scope`` (alike)."""

@@ -272,6 +272,10 @@ class GeoPackageBackend(RecordTables):
         with self._write() as c:
             return c.execute(sql, params).fetchall()
 
+    def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
+        """Always at hand: the file is local."""
+        return self.stamps(tables)
+
     def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
         """Several tables' stamps in one read (-1 for a table without one)."""
         rows = (
@@ -553,6 +557,68 @@ class GeoPackageBackend(RecordTables):
         rows = self._connect().execute(sql, [*params, *wparams]).fetchall()
         return {r[0]: dict(zip(names, (int(v or 0) for v in r[1:]), strict=True)) for r in rows}
 
+    def knn_ids(
+        self, layer: Layer, lon: float, lat: float, k: int, sel: Selection = EVERY_ROW
+    ) -> list[int]:
+        """Ids of (up to) ``k`` matching rows nearest the point in lon/lat degrees (ties by
+        id). Boxes around the point, counted through the R-tree (or the in-memory index),
+        grow until ``k`` rows lie in one; their exact distances rank them, and the answer
+        stands once the k-th lies inside the box's inscribed circle (no row outside the
+        box can be nearer), else the box grows to that distance once more."""
+        if k < 1:
+            return []
+        env = self.envelope(layer, sel)  # of every matching row (the R-tree's outer boxes)
+        if env is None:
+            return []
+        pt = shapely.Point(lon, lat)
+        r = float(shapely.distance(pt, shapely.box(*env))) + _KNN_START
+        while True:
+            box = (lon - r, lat - r, lon + r, lat + r)
+            whole = box[0] <= env[0] and box[1] <= env[1] and box[2] >= env[2] and box[3] >= env[3]
+            inner = dataclasses.replace(
+                sel, bbox=box if sel.bbox is None else _intersect_box(sel.bbox, box)
+            )
+            if not whole and self.count(layer, inner) < k:
+                r *= 4
+                continue
+            fs = self.select(layer, inner, count=False).with_geometry()
+            dist = shapely.distance(fs.geometries, pt)
+            order = np.lexsort((fs.ids, dist))[:k]
+            if whole or (len(order) == k and float(dist[order[-1]]) < r - _KNN_SLACK):
+                return [int(i) for i in fs.ids[order]]
+            r = max(r, float(dist[order[-1]])) + 2 * _KNN_SLACK
+
+    def latest(
+        self,
+        layer: Layer,
+        key: str,
+        order: str,
+        columns: Sequence[str],
+        sel: Selection = EVERY_ROW,
+    ) -> list[tuple[Any, ...]]:
+        """Each value of ``key``'s latest row by ``order`` and its number of rows (a window
+        query in SQLite: ROW_NUMBER() per value)."""
+        if sel.geometry is not None:  # the exact predicate runs here, then SQL on its ids
+            sel = Selection(ids=self.select_ids(layer, sel)[0].tolist())
+        where, params, use_rtree = self._where(layer, sel)
+        part = f"t.{_q(key)}"
+        latest = "t.fid" if order == "id" else f"t.{_q(order)}"
+        cols = "".join(f", t.{_q(c)}" for c in columns)
+        sql = (
+            f"SELECT * FROM (SELECT t.fid{cols}, count(*) OVER (PARTITION BY {part}), "
+            f"row_number() OVER (PARTITION BY {part} ORDER BY {latest} DESC, t.fid DESC)"
+            f" AS gm_rank{self._from(layer, use_rtree)}{where}) WHERE gm_rank = 1 ORDER BY 1"
+        )
+        props = [layer.by_name.get(c) for c in columns]
+        return [
+            (
+                int(r[0]),
+                *(_value(p, v) for p, v in zip(props, r[1:-2], strict=True)),
+                int(r[-2]),
+            )
+            for r in self._connect().execute(sql, params)
+        ]
+
     def envelope(self, layer: Layer, sel: Selection = EVERY_ROW) -> BBox | None:
         """Bounding box of the matching rows, from the R-tree."""
         rtree = _q("rtree_" + layer.id + "_geom")
@@ -799,6 +865,12 @@ class GeoPackageBackend(RecordTables):
         return bool(n)
 
 
+_KNN_START = 1e-3
+"""Half-side (degrees, about 100 m) of the first box of a nearest search, beyond the
+distance from the point to the rows' envelope."""
+_KNN_SLACK = 1e-9
+"""Degrees (0.1 mm) by which a nearest search's box holds its circle beyond the rounding
+of the box's corners."""
 _NO_VALUE = -(2**62)
 """Stands for a null (or non-integer) value in an index's integer column."""
 

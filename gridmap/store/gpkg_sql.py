@@ -8,6 +8,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
+from gridmap.crs import to_metric
 from gridmap.store.records import (  # noqa: F401 - the backends' shared names
     AUDIT_FIELDS,
     CHUNK,
@@ -155,6 +156,15 @@ def _gm_spatial(kind: str, blob: bytes | None, wkb: bytes) -> int | None:
     return 1 if fn(g, lit) else 0
 
 
+def _gm_dwithin(blob: bytes | None, metric_wkb: bytes, distance_m: float) -> int | None:
+    """SQLite function: is the feature geometry within ``distance_m`` metres of the literal
+    (given in EPSG:4547), measured in EPSG:4547? (NULL for a feature without geometry.)"""
+    if blob is None:
+        return None
+    g = to_metric(geo.from_gpkg_blobs([blob]))[0]
+    return 1 if shapely.dwithin(g, _literal(metric_wkb), distance_m) else 0
+
+
 def _gm_bbox(blob: bytes | None, minx: float, miny: float, maxx: float, maxy: float) -> int:
     """SQLite function: does the feature geometry intersect the box (exactly)?"""
     env = geo.blob_envelope(blob)
@@ -187,6 +197,7 @@ def register_functions(conn) -> None:  # type: ignore[no-untyped-def]
     conn.create_function("ST_IsEmpty", 1, geo.blob_is_empty, deterministic=True)
     conn.create_function("gm_spatial", 3, _gm_spatial, deterministic=True)
     conn.create_function("gm_bbox", 5, _gm_bbox, deterministic=True)
+    conn.create_function("gm_dwithin", 3, _gm_dwithin, deterministic=True)
     for name, (n, fn) in FUNCTIONS.items():
         conn.create_function(name, n, fn, deterministic=True)
     for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):

@@ -16,7 +16,7 @@ import shapely
 from psycopg.types.json import Jsonb
 
 from gridmap.cql import tree as t
-from gridmap.crs import METRIC_EPSG, from_metric, to_metric
+from gridmap.crs import METRIC_EPSG
 
 
 @dataclass
@@ -165,10 +165,7 @@ class _Renderer:
 
     def spatial(self, s: t.Spatial) -> str:
         if s.op == "dwithin":
-            metric = to_metric([s.geometry])[0]
-            reach = from_metric([shapely.buffer(metric, (s.distance_m or 0.0) * 1.001 + 0.01)])[0]
-            x0, y0, x1, y1 = (float(v) for v in shapely.bounds(reach))
-            corners = ", ".join(self.bind(v) for v in (x0, y0, x1, y1))
+            corners = ", ".join(self.bind(v) for v in s.reach())
             box = f"ST_MakeEnvelope({corners}, 4326)"
             wkb = self.bind(shapely.to_wkb(s.geometry))
             lit = f"ST_Transform(ST_GeomFromWKB({wkb}, 4326), {METRIC_EPSG})"

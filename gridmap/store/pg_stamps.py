@@ -57,6 +57,15 @@ class StampWatch:
                 self._cached, self._cached_at = fresh, snapshot
         return fresh.get(table, -1)
 
+    def peek(self, table: str) -> int | None:
+        """The table's stamp if memory holds a fresh one, else None (never reads)."""
+        if not self._listening:
+            return None
+        with self._lock:
+            if self._cached is not None and self._cached_at == (self._all_gen, self._gen):
+                return self._cached.get(table, -1)
+        return None
+
     def close(self) -> None:
         """Stop listening (the thread ends within a second)."""
         self._stop.set()

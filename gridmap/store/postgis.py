@@ -198,6 +198,7 @@ class PostGISBackend(RecordTables):
                 with self._get_pool().connection() as c:
                     yield c
         except psycopg.Error as exc:
+            self._after_error(exc)
             raise _mapped(exc) from None
         except PoolTimeout:
             msg = "the database is busy (no free connection); try again shortly"
@@ -225,7 +226,20 @@ class PostGISBackend(RecordTables):
                     if self._watch is not None:
                         self._watch.changed()  # our own writes: seen at once
         except psycopg.Error as exc:
+            self._after_error(exc)
             raise _mapped(exc) from None
+
+    def _after_error(self, exc: psycopg.Error) -> None:
+        """A lost connection (the server restarted, a network cut): the pool's other idle
+        connections are likely dead too; drop them now, so that only this request fails
+        and the next ones get fresh connections."""
+        pool = self._pool
+        if pool is None or not isinstance(exc, psycopg.OperationalError):
+            return
+        try:
+            pool.check()
+        except Exception:  # the pool reconnects in the background anyway
+            return
 
     # ---------------------------------------------------------------- schema
 
@@ -283,6 +297,14 @@ class PostGISBackend(RecordTables):
         with self._conn() as c:
             rows = c.execute("SELECT layer, stamp FROM gridmap_changes").fetchall()
         return {str(k): int(v) for k, v in rows}
+
+    def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
+        """From memory while the change listener runs and nothing is stale, else None."""
+        watch = self._watch
+        if watch is None or getattr(self._local, "conn", None) is not None:
+            return None
+        known = [watch.peek(t) for t in tables]
+        return tuple(int(k) for k in known if k is not None) if None not in known else None
 
     def stamps(self, tables: Sequence[str]) -> tuple[int, ...]:
         """Several tables' stamps (-1 for a table without one): from memory while the
@@ -503,6 +525,64 @@ class PostGISBackend(RecordTables):
             for r in rows
         }
 
+    def knn_ids(
+        self, layer: Layer, lon: float, lat: float, k: int, sel: Selection = EVERY_ROW
+    ) -> list[int]:
+        """Ids of (up to) ``k`` matching rows nearest the point in lon/lat degrees (ties by
+        id), in one statement: the GiST index's KNN order (``ORDER BY geom <-> point LIMIT
+        k``, read until ``k`` rows pass the WHERE) gives the k-th distance, then the rows
+        within it (the index again, ``ST_DWithin``) are ranked by distance and id. (With
+        the id as a second sort key the planner would leave the KNN index and sort the
+        whole table.)"""
+        if k < 1:
+            return []
+        where, params = self._where(layer, sel)
+        where = f"{where} AND " if where else " WHERE "
+        t = _q(layer.id)
+        pt = "ST_SetSRID(ST_MakePoint(%s, %s), 4326)"
+        sql = (
+            f"WITH near AS MATERIALIZED (SELECT t.geom <-> {pt} AS d FROM {t} AS t{where}"
+            f"NOT ST_IsEmpty(t.geom) ORDER BY t.geom <-> {pt} LIMIT %s) "
+            f"SELECT t.fid FROM {t} AS t{where}ST_DWithin(t.geom, {pt}, "
+            f"(SELECT max(d) FROM near) * (1 + 1e-12)) ORDER BY t.geom <-> {pt}, t.fid LIMIT %s"
+        )
+        xy = [float(lon), float(lat)]
+        args = [*xy, *params, *xy, int(k), *params, *xy, *xy, int(k)]
+        with self._conn() as c:
+            rows = c.execute(sql, args).fetchall()
+        return [int(r[0]) for r in rows]
+
+    def latest(
+        self,
+        layer: Layer,
+        key: str,
+        order: str,
+        columns: Sequence[str],
+        sel: Selection = EVERY_ROW,
+    ) -> list[tuple[Any, ...]]:
+        """Each value of ``key``'s latest row by ``order`` and its number of rows (DISTINCT ON
+        with a count per value as a window, in the database)."""
+        where, params = self._where(layer, sel)
+        part = f"t.{_q(key)}"
+        latest = "t.fid" if order == "id" else f"t.{_q(order)}"
+        cols = "".join(f", t.{_q(c)}" for c in columns)
+        sql = (
+            f"SELECT * FROM (SELECT DISTINCT ON ({part}) t.fid{cols}, "
+            f"count(*) OVER (PARTITION BY {part}) FROM {_q(layer.id)} AS t{where} "
+            f"ORDER BY {part}, {latest} DESC NULLS LAST, t.fid DESC) AS w ORDER BY 1"
+        )
+        with self._conn() as c:
+            rows = c.execute(sql, params).fetchall()
+        props = [layer.by_name[c] for c in columns]
+        return [
+            (
+                int(r[0]),
+                *(_from_pg(p, v) for p, v in zip(props, r[1:-1], strict=True)),
+                int(r[-1]),
+            )
+            for r in rows
+        ]
+
     def envelope(self, layer: Layer, sel: Selection = EVERY_ROW) -> BBox | None:
         """Bounding box of the matching rows' geometries."""
         where, params = self._where(layer, sel)
@@ -549,6 +629,7 @@ class PostGISBackend(RecordTables):
         wkb = shapely.to_wkb(geometries) if len(geometries) else []
         ids: list[int] = []
         with self.transaction(), self._conn() as c, c.cursor() as cur:
+            _catch_up(c, layer.id, "fid")
             for lo in range(0, len(rows), CHUNK):
                 hi = min(lo + CHUNK, len(rows))
                 chunk = [
@@ -693,6 +774,17 @@ def _advance(c: psycopg.Connection[Any], table: str, column: str) -> None:
     c.execute(
         f"SELECT setval(pg_get_serial_sequence(%s, %s), "
         f"coalesce((SELECT max({_q(column)}) FROM {_q(table)}), 0) + 1, false)",
+        (_q(table), column),
+    )
+
+
+def _catch_up(c: psycopg.Connection[Any], table: str, column: str) -> None:
+    """Move the id sequence forward if another client stored larger ids explicitly (QGIS,
+    psql), so that the next new id is free; never backward."""
+    c.execute(
+        f"SELECT setval(s.seq, s.top) FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass "
+        f"AS seq, (SELECT max({_q(column)}) FROM {_q(table)}) AS top) AS s "
+        "WHERE s.top >= coalesce(pg_sequence_last_value(s.seq), 0)",
         (_q(table), column),
     )
 

@@ -18,7 +18,6 @@ from typing import Any
 import shapely
 
 from gridmap.cql import tree as t
-from gridmap.crs import from_metric, to_metric
 
 
 @dataclass
@@ -118,10 +117,11 @@ class _Renderer:
     def spatial(self, s: t.Spatial, *, top: bool) -> str:
         literal = s.geometry
         kind = s.op
-        if kind == "dwithin":
-            metric = to_metric([literal])[0]
-            literal = from_metric([shapely.buffer(metric, s.distance_m or 0.0, quad_segs=32)])[0]
-            kind = "intersects"
+        if kind == "dwithin":  # measured exactly in metres (EPSG:4547), as PostGIS does
+            if top:
+                self.envelopes.append(s.reach())
+            lit, d = shapely.to_wkb(s.metric_literal()), float(s.distance_m or 0.0)
+            return f"(gm_dwithin(t.geom, {self.bind(lit)}, {self.bind(d)}) = 1)"
         if top and kind in _PREFILTERABLE:
             b = shapely.bounds(literal)
             self.envelopes.append((float(b[0]), float(b[1]), float(b[2]), float(b[3])))

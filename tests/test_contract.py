@@ -775,3 +775,13 @@ def test_a_connection_string_is_not_taken_for_a_file(tmp_path: Path, monkeypatch
         with pytest.raises(StoreError, match="postgresql://"):
             create_store(bad)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_lists_are_not_sorted_by(store: FeatureStore) -> None:
+    """Review: sorting by a list property gave different orders on the two backends."""
+    from gridmap.errors import QueryError
+
+    store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])
+    with pytest.raises(QueryError, match="holds a list"):
+        store.query("households", Query(order_by=["-tags"]))
+    assert store.query("toilets", Query(order_by=["-name", "id"])).ids.tolist() == [1]

@@ -836,6 +836,14 @@ def test_malformed_queries_are_400(
     assert sample_store.count("grids") == before
 
 
+def test_lists_and_masked_fields_are_not_sorted_by(client: TestClient) -> None:
+    """A list has no order both backends share; a masked field's order would leak it."""
+    r = client.get("/collections/households/items?sortby=-tags")
+    assert r.status_code == 400 and "holds a list" in r.json()["detail"]
+    assert client.get("/collections/households/items?sortby=id_number").status_code in (400, 403)
+    assert client.get("/collections/households/items?sortby=-members&limit=3").status_code == 200
+
+
 def test_feature_not_found_paths(client: TestClient) -> None:
     for url in (
         "/collections/grids/items/0",

@@ -258,6 +258,10 @@ class FeatureStore:
             if name not in layer.by_name and name != "id":
                 msg = f"cannot sort by {name[:40]!r}; sortable: id, {', '.join(layer.names)}"
                 raise InvalidFeatureError(msg)
+            if name != "id" and layer.by_name[name].type == "list":
+                # lists have no order both backends share (JSON text vs. jsonb)
+                msg = f"cannot sort by {name}: it holds a list"
+                raise QueryError(msg)
             out.append((name, key.startswith("-")))
         return out
 

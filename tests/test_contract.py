@@ -785,3 +785,16 @@ def test_lists_are_not_sorted_by(store: FeatureStore) -> None:
     with pytest.raises(QueryError, match="holds a list"):
         store.query("households", Query(order_by=["-tags"]))
     assert store.query("toilets", Query(order_by=["-name", "id"])).ids.tolist() == [1]
+
+
+def test_a_pattern_from_the_data_may_end_in_a_backslash(store: FeatureStore) -> None:
+    """Review: `column LIKE column` with a stored trailing backslash was a 400 on PostGIS;
+    a lone backslash at the end of a pattern stands for itself on both backends."""
+    store.insert(
+        "toilets",
+        [P(113.28, 34.80)] * 3,
+        [{"name": "a\\"}, {"name": "b\\\\"}, {"name": "c%"}],
+    )
+    toilets = get_layer("toilets")
+    got = store.query_ids("toilets", Query(filters=[check_filter("name LIKE name", toilets)]))
+    assert got[0].tolist() == [1, 3]  # "b\\\\" is an escaped backslash: matches "b\\" only

@@ -84,7 +84,10 @@ class _Renderer:
                     tail = len(p.value) - len(p.value.rstrip("\\"))
                     if tail % 2:
                         p = t.Lit(p.value + "\\", p.type)
-                return f"({self.expr(v)} LIKE {self.expr(p)})"
+                    return f"({self.expr(v)} LIKE {self.expr(p)})"
+                q = self.expr(p)  # a pattern from the data: the same rule, in SQL
+                odd = f"mod(length({q}) - length(rtrim({q}, '\\')), 2) = 1"
+                return f"({self.expr(v)} LIKE (CASE WHEN {odd} THEN {q} || '\\' ELSE {q} END))"
             case t.Between(value=v, low=lo, high=hi):
                 x, low, high = self.operands(v, lo, hi)
                 return f"({x} BETWEEN {low} AND {high})"

@@ -798,3 +798,29 @@ def test_a_pattern_from_the_data_may_end_in_a_backslash(store: FeatureStore) -> 
     toilets = get_layer("toilets")
     got = store.query_ids("toilets", Query(filters=[check_filter("name LIKE name", toilets)]))
     assert got[0].tolist() == [1, 3]  # "b\\\\" is an escaped backslash: matches "b\\" only
+
+
+@pytest.mark.postgis
+def test_a_database_in_use_is_left_untouched(request: pytest.FixtureRequest, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Review: creating a store (gridmap demo/copy) in a database holding another
+    application's tables installed gridmap's schema and triggers there before refusing."""
+    from tests.conftest import require_postgis
+
+    require_postgis()
+    cluster = request.getfixturevalue("pg_cluster")
+    url = cluster.new_database("gm_theirs")
+    raw_sql(url, "CREATE TABLE roads (fid bigint PRIMARY KEY, name text)")
+    raw_sql(url, "INSERT INTO roads VALUES (1, 'their road')")
+    with pytest.raises(StoreError, match=r"not empty .*roads"):
+        create_store(url, service_area=SERVICE_AREA)
+    tables = raw_sql(url, "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    assert tables == [("roads",)]
+    assert raw_sql(url, "SELECT count(*) FROM pg_trigger WHERE NOT tgisinternal") == [(0,)]
+    raw_sql(url, "UPDATE roads SET name = 'still theirs'")
+    for bad in ("postgresql://postgres:S3cret PW@127.0.0.1:1/gm", "postgresql://u:S3cretX@[::1/gm"):
+        with pytest.raises(StoreError) as err:
+            open_store(bad)
+        assert "S3cret" not in str(err.value)
+    monkeypatch.setenv("GRIDMAP_PG_POOL", "abc")
+    with pytest.raises(StoreError, match="GRIDMAP_PG_POOL"):
+        open_store(cluster.new_database("gm_pool"))

@@ -148,7 +148,11 @@ class PostGISBackend(RecordTables):
             if self._pool is not None:
                 return self._pool
             _probe(self.url)
-            size = int(os.environ.get("GRIDMAP_PG_POOL", "8"))
+            raw = os.environ.get("GRIDMAP_PG_POOL", "8")
+            if not raw.strip().isdigit():
+                msg = f"GRIDMAP_PG_POOL must be a whole number of connections, not {raw[:20]!r}"
+                raise StoreError(msg)
+            size = int(raw)
             pool = ConnectionPool(
                 self.url,
                 min_size=1,
@@ -247,6 +251,16 @@ class PostGISBackend(RecordTables):
         with self.transaction(), self._conn() as c:
             if c.execute("SELECT to_regclass('gridmap_meta')").fetchone()[0] is not None:
                 msg = f"{redact(self.url)} already holds a gridmap store; open it instead"
+                raise StoreError(msg)
+            others = c.execute(
+                "SELECT string_agg(tablename, ', ' ORDER BY tablename) FROM pg_tables "
+                "WHERE schemaname = 'public' AND tablename <> 'spatial_ref_sys'"
+            ).fetchone()[0]
+            if others:  # before any statement that would change it
+                msg = (
+                    f"{redact(self.url)} is not empty (it holds {others[:200]}); gridmap "
+                    "builds its store in an empty database: createdb a new one"
+                )
                 raise StoreError(msg)
             c.execute(_sql("postgis_schema.sql"))
             c.execute(_sql("postgis_accenti.sql").replace("{marks}", _marks()))
@@ -762,11 +776,22 @@ def _probe(url: str) -> None:
         psycopg.connect(url, connect_timeout=10).close()
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        reason = _without_password(reason, url)
         msg = (
             f"cannot connect to PostgreSQL at {redact(url)}: {reason}; check that the server "
             "runs and that the URL (user, password, database) is right"
         )
         raise StoreError(msg) from None
+
+
+def _without_password(text: str, url: str) -> str:
+    """``text`` (a libpq message, which may quote the URL) with the URL's password, and the
+    URL itself when it could not be parsed, taken out."""
+    head = url.split("://", 1)[-1].rpartition("@")[0]
+    secret = head.partition(":")[2]
+    if secret:
+        text = text.replace(secret, "***")
+    return text.replace(url, redact(url)) if "@" in url else text
 
 
 def _advance(c: psycopg.Connection[Any], table: str, column: str) -> None:

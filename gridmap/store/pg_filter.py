@@ -85,9 +85,11 @@ class _Renderer:
                     if tail % 2:
                         p = t.Lit(p.value + "\\", p.type)
                     return f"({self.expr(v)} LIKE {self.expr(p)})"
-                q = self.expr(p)  # a pattern from the data: the same rule, in SQL
-                odd = f"mod(length({q}) - length(rtrim({q}, '\\')), 2) = 1"
-                return f"({self.expr(v)} LIKE (CASE WHEN {odd} THEN {q} || '\\' ELSE {q} END))"
+                # a pattern from the data: the same rule in SQL (an odd run of backslashes
+                # at the end gets one more), rendering the pattern once
+                odd_tail = r"'((^|[^\\])(\\\\)*\\)$'"
+                pat = f"regexp_replace({self.expr(p)}, {odd_tail}, '\\1\\\\')"
+                return f"({self.expr(v)} LIKE {pat})"
             case t.Between(value=v, low=lo, high=hi):
                 x, low, high = self.operands(v, lo, hi)
                 return f"({x} BETWEEN {low} AND {high})"

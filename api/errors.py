@@ -146,6 +146,8 @@ def install(app: FastAPI) -> None:
             headers["WWW-Authenticate"] = 'Bearer realm="gridmap"'
         if isinstance(exc, RateLimitedError):
             headers["Retry-After"] = str(exc.retry_after)
+        elif status == 503:
+            headers["Retry-After"] = "2"
         if status in (401, 403, 429):
             await _audit_denied(request, status)
         elif isinstance(exc, OutOfScope):  # answered like a missing resource, logged as tried

@@ -86,18 +86,16 @@ def demo(
     from gridmap.store import is_server_url
 
     if _holds_store(database):
+        server = is_server_url(database)
         if if_missing:
-            console.print(f"{_shown(database)} exists; keeping it (use --force to rebuild)")
+            console.print(f"{escape(_shown(database))} exists; keeping it ({_rebuild(server)})")
             return
-        if is_server_url(database):
+        if server:
             _fail(
-                GridmapError(
-                    f"{_shown(database)} already holds a gridmap store; drop and create the "
-                    "database again (dropdb, createdb) to rebuild it"
-                )
+                GridmapError(f"{_shown(database)} already holds a gridmap store; {_rebuild(True)}")
             )
         if not force:
-            _fail(GridmapError(f"{database} exists; pass --force to rebuild it"))
+            _fail(GridmapError(f"{database} exists; {_rebuild(False)}"))
         for suffix in ("", "-wal", "-shm"):
             Path(str(database) + suffix).unlink(missing_ok=True)
     ref = None
@@ -131,6 +129,14 @@ def demo(
     for username, (role, password) in creds.items():
         table.add_row(username, f"{role.value} {ROLE_ZH[role]}", password)
     console.print(table)
+
+
+def _rebuild(server: bool) -> str:
+    """How to build the sample again where a store already is (``--force`` replaces a file
+    only: gridmap never drops a database's tables)."""
+    if server:
+        return "to rebuild it, drop and create the database again (dropdb, createdb)"
+    return "pass --force to rebuild it"
 
 
 def _build_demo(database: str, seed: int, ref: dt.date | None, step):  # type: ignore[no-untyped-def]
@@ -194,8 +200,9 @@ def copy(
     batch: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per batch.")] = 2_000,
 ) -> None:
     """Copy a whole store between GeoPackage and PostGIS, either way: every layer (ids and
-    versions kept), campaigns and plans, accounts, the audit log and settings. Each layer is
-    copied in one transaction; run the same command again to resume an interrupted copy."""
+    versions kept), campaigns and plans, accounts, the audit log and settings. Each part is
+    copied in one transaction; run the same command again to resume an interrupted copy (or
+    one stopped because the source changed meanwhile)."""
     from gridmap.transfer import copy_store
 
     with progress_bar(20) as bar:
@@ -324,6 +331,7 @@ def users_add(
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     try:
         accounts.add_user(username, password, role, grid_ids=grid, community_id=community)
+        _account_audit(store, "account_add", username, f"role={role}")
     except (GridmapError, ValueError) as exc:
         store.close()
         _fail(exc)
@@ -346,6 +354,7 @@ def users_assign(
     store, accounts = _accounts(database)
     try:
         accounts.reassign(username, grid_ids=grid, community_id=community)
+        _account_audit(store, "account_assign", username, f"grids={grid} community={community}")
     except GridmapError as exc:
         store.close()
         _fail(exc)
@@ -363,6 +372,7 @@ def users_disable(
     store, accounts = _accounts(database)
     try:
         accounts.set_disabled(username, not enable)
+        _account_audit(store, "account_enable" if enable else "account_disable", username)
     except GridmapError as exc:
         store.close()
         _fail(exc)
@@ -380,11 +390,21 @@ def users_reset(
     store, accounts = _accounts(database)
     try:
         new = accounts.reset_password(username, password)
+        _account_audit(store, "account_reset", username)
     except GridmapError as exc:
         store.close()
         _fail(exc)
     store.close()
     console.print(f"{username}: password reset" + ("" if password else f" to {new}"))
+
+
+def _account_audit(store: FeatureStore, action: str, username: str, detail: str = "") -> None:
+    """An account change made in the shell, in the audit log as ``cli:<login name>``."""
+    from gridmap.accounts import audit
+    from gridmap.cli_field import _cli_principal
+
+    audit(store, _cli_principal(), action, object=f"users/{username}", source="cli",
+          detail=detail or None)  # fmt: skip
 
 
 @users_app.command("list")
@@ -410,4 +430,4 @@ if __name__ == "__main__":  # pragma: no cover
     app()
 
 
-from gridmap import cli_field  # noqa: E402, F401  (registers `campaign`, `plan`, `import-osm`)
+from gridmap import cli_db, cli_field  # noqa: E402, F401  (`grant-service`, `campaign`, `plan`…)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import shapely
 
 from gridmap.assign import PolygonIndex
+from gridmap.cql import times
 from gridmap.errors import InvalidFeatureError
-from gridmap.layers import LAYERS
+from gridmap.layers import LAYERS, Prop
 from gridmap.store.base import Query, Store
 
 # Tolerances in degrees (≈ 1 cm and ≈ 1 m² at 35° N).
@@ -223,9 +225,16 @@ def _value_problems(store: Store) -> list[str]:
     for layer in LAYERS:
         fs = store.query(layer.id)
         found = []
+        times_of = [p for p in layer.properties if p.type in times.TIME_TYPES]
         for fid, q in zip(fs.ids.tolist(), fs.properties, strict=True):
+            unreadable = _unreadable_times(times_of, q)
+            found += [f"{layer.id} {fid}: {why}" for why in unreadable.values()]
+            if unreadable:  # the rest checked as usual
+                q = {k: v for k, v in q.items() if k not in unreadable}
             try:
-                clean = layer.validate_properties(q, allow_derived=True, synthetic=synthetic)
+                clean = layer.validate_properties(
+                    q, allow_derived=True, partial=bool(unreadable), synthetic=synthetic
+                )
             except InvalidFeatureError:  # name every property at fault, not the first only
                 for name, v in q.items():
                     try:
@@ -242,4 +251,23 @@ def _value_problems(store: Store) -> list[str]:
                         f"not in its normal form {v!r}"
                     )
         out += _listed(f"invalid {layer.id} values", found)
+    return out
+
+
+def _unreadable_times(props: list[Prop], q: dict[str, Any]) -> dict[str, str]:
+    """Date and timestamp values that are no date or time in the years 1–9999 (another
+    program wrote them: a PostgreSQL infinity or BC date, read as text; a GeoPackage
+    column's text or number), by property name, with what is wrong."""
+    out = {}
+    for p in props:
+        v = q.get(p.name)
+        if v is None:
+            continue
+        kind = "date (YYYY-MM-DD)" if p.type == "date" else "date and time"
+        try:
+            times.cast(v, p.type)
+        except ValueError:
+            far = times.beyond(v) if isinstance(v, str) else None
+            where = " (outside the years 1–9999)" if far is not None else ""
+            out[p.name] = f"{p.name} holds {str(v)[:40]!r}, which is no {kind}{where}"
     return out

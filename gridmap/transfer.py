@@ -1,20 +1,50 @@
 """Copying a whole store between backends (GeoPackage ⇄ PostGIS): streamed, atomic per
-layer, resumable.
+part, resumable, and never mixing two stores.
 
-Layers go in the order their references need (a layer after those it names), each in
-one transaction of the destination together with a mark that it is done; a copy that
-stops part way is run again and goes on after the last finished layer. Ids and versions
-are kept (references, ETags and campaign ids stay valid), and every feature is checked
-by the core as it is written.
+The parts go in this order: the settings (the service area and the kind of identifiers
+decide what the layers may hold), the layers in the order their references need,
+campaigns and plans, accounts, the audit log. Each part is copied in one transaction of
+the destination together with a mark, ``copied:<part>`` = ``"<rows> from <source>
+@<version>"``; a copy that stops part way is run again and goes on after the last
+finished part. Ids and versions are kept (references, ETags and campaign ids stay valid),
+and every feature is checked by the core as it is written.
+
+A destination must be new: a file that does not exist yet, an empty database, or a store
+that holds nothing but what creating it wrote (see :data:`REPLACEABLE`) — or one that this
+copy began. Anything else there (features, campaigns, accounts, audit entries, settings)
+refuses the copy before it writes.
+
+**A source in use.** A server may be editing the source while it is copied. Each part
+has a version in the source: a layer's, the campaigns' and the accounts' change stamps
+(moved by every write, by any client) and a digest of the settings. The audit log has
+none: it only grows, and is copied up to its newest entry when its part begins. Before a
+part commits, the versions of that part and of every part already copied are read again
+from the database, and:
+
+* if only the part being copied changed, its transaction is rolled back and the copy
+  stops. The parts already copied still match the source, so running the same command
+  again copies the rest, that part as it is now;
+* if a part already copied changed, the destination holds rows the source no longer has,
+  and a copy never deletes what it wrote (campaigns and the audit log cannot be deleted at
+  all): the copy stops and says to copy into a fresh destination. A later run into the same
+  destination finds the changed part by its mark and refuses the same way.
+
+So the last mark is written only if at that moment every part copied matched the source:
+a finished copy is the source as it was then, never a mix of two moments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Callable
+import shutil
+import sqlite3
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from gridmap.errors import InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer
@@ -24,6 +54,23 @@ from gridmap.store.backend import Selection
 BATCH = 2_000
 DONE = "copied:"
 """Meta key prefix in the destination: ``copied:<part>`` is set once a part is copied."""
+SETTINGS, DOCUMENTS, USERS, AUDIT = (
+    "gridmap_meta",
+    "gridmap_documents",
+    "gridmap_users",
+    "gridmap_audit",
+)
+OWN = frozenset({"schema_version", "schema_digest"})
+"""Settings a backend keeps about its own schema: never copied, never compared."""
+REPLACEABLE = frozenset({"service_area", "token_secret", "disclosure_key"})
+"""Settings a store holds that no one put there as content: the service area written when
+it was created, and the keys made on first use (a server started over it signs tokens, a
+statistics read orders suppression). A destination may hold them; the copy brings the
+source's, which it must (the same small counts withheld)."""
+STOP = "copy into a new store (a new file, or an empty database)"
+FRESH = "copy into a fresh destination (a new file, or an empty database)"
+_LABELS = {SETTINGS: "settings", DOCUMENTS: "campaigns and plans", USERS: "accounts",
+           AUDIT: "audit log"}  # fmt: skip
 Progress = Callable[[str, int, int], None]
 """Called with (part, rows done, rows in all)."""
 Step = Callable[[int, int], None]
@@ -36,6 +83,20 @@ class CopyReport:
 
     rows: dict[str, int] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    """One run of a copy: both stores, the source's name in the marks, and the version of
+    every part copied so far (by this run or an earlier one)."""
+
+    src: FeatureStore
+    dst: FeatureStore
+    origin: str
+    copied: dict[str, str]
+    batch: int
+    progress: Progress | None
+    report: CopyReport = field(default_factory=CopyReport)
 
 
 def layer_order() -> list[Layer]:
@@ -56,18 +117,6 @@ def layer_order() -> list[Layer]:
     return done
 
 
-def _exists(url: str | os.PathLike[str]) -> bool:
-    if is_server_url(url):
-        try:
-            open_store(url).close()
-        except StoreError as exc:
-            if "holds no gridmap store" in str(exc):
-                return False
-            raise
-        return True
-    return os.path.exists(url)
-
-
 def copy_store(
     src_url: str | os.PathLike[str],
     dst_url: str | os.PathLike[str],
@@ -75,54 +124,152 @@ def copy_store(
     batch: int = BATCH,
     progress: Progress | None = None,
 ) -> CopyReport:
-    """Copy every layer, document, account, audit entry and setting of one store into
-    another (created if missing, else resumed). A part the destination already holds
-    without having copied it refuses the copy: it never mixes two stores."""
-    if str(src_url) == str(dst_url):
+    """Copy every setting, layer, document, account and audit entry of one store into
+    another (created if missing, else resumed). A destination holding anything this copy
+    did not write refuses it before any write, and a source that changes while it is
+    copied stops it (see the module's docstring)."""
+    if _origin(src_url) == _origin(dst_url):
         msg = "source and destination are the same store"
         raise StoreError(msg)
     src = open_store(src_url)
     try:
-        dst = (
-            open_store(dst_url)
-            if _exists(dst_url)
-            else create_store(dst_url, service_area=src.service_area)
-        )
+        dst = _destination(dst_url, src)
     except BaseException:
         src.close()
         raise
-    report = CopyReport()
     try:
-        before = _fingerprint(src)
-        origin = f"{_origin(src_url)} @{before}"
-        _refuse_foreign(dst, origin)
-        _copy_settings(src, dst)
-        parts: list[tuple[str, Part]] = [(lay.id, _layer_copier(lay)) for lay in layer_order()]
-        parts += [
-            ("gridmap_documents", _documents),
-            ("gridmap_users", _users),
-            ("gridmap_audit", _audit),
-        ]
-        for name, fn in parts:
-            _copy_part(origin, src, dst, name, report, fn, batch, progress)
-        if _fingerprint(src) != before:
-            msg = (
-                "the source changed while it was copied (someone edited it); the copy may "
-                "mix old and new rows: copy again into a new store, at a quiet time"
-            )
-            raise StoreError(msg)
+        return _copy(src, dst, _origin(src_url), batch, progress)
     finally:
         src.close()
         dst.close()
-    return report
 
 
-def _fingerprint(src: FeatureStore) -> str:
-    """A short digest of the source's change stamps: it moves with any edit of a layer, a
-    campaign or an account (the audit log only grows, and is copied up to an id)."""
-    tables = [*(lay.id for lay in LAYERS), "gridmap_documents", "gridmap_users"]
-    text = ",".join(str(v) for v in src.stamps(tables))
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+def _copy(
+    src: FeatureStore, dst: FeatureStore, origin: str, batch: int, progress: Progress | None
+) -> CopyReport:
+    """Check the destination, then copy the parts it lacks."""
+    from gridmap.queries import disclosure_key
+
+    disclosure_key(src)  # made now if missing: the copy must withhold the same counts
+    copied = _copied(dst, origin)
+    _refuse_stale(_versions(src), copied)
+    _refuse_foreign(dst, _settings(src), copied)
+    run = _Run(src, dst, origin, copied, batch, progress)
+    parts: list[tuple[str, Part]] = [(SETTINGS, _copy_settings)]
+    parts += [(lay.id, _layer_copier(lay)) for lay in layer_order()]
+    parts += [(DOCUMENTS, _documents), (USERS, _users), (AUDIT, _audit)]
+    for name, fn in parts:
+        _copy_part(run, name, fn)
+    return run.report
+
+
+# ---------------------------------------------------------------- the destination
+
+
+def _exists(url: str | os.PathLike[str]) -> bool:
+    """True if a store lives at a server URL (a database without gridmap's tables: False)."""
+    try:
+        open_store(url).close()
+    except StoreError as exc:
+        if "holds no gridmap store" in str(exc):
+            return False
+        raise
+    return True
+
+
+def _destination(url: str | os.PathLike[str], src: FeatureStore) -> FeatureStore:
+    """The destination, opened if it exists, else created with the source's service area."""
+    if is_server_url(url):
+        return open_store(url) if _exists(url) else create_store(url, service_area=src.service_area)
+    path = Path(url)
+    if path.exists() and not _holds_nothing(path):
+        return open_store(path)
+    return _create_file(path, src)
+
+
+def _create_file(path: Path, src: FeatureStore) -> FeatureStore:
+    """A new GeoPackage at ``path``, built in a folder beside it and moved into place once
+    whole: a copy stopped meanwhile (even killed) leaves no half-made file at ``path``, and
+    the next run removes what a dead run left beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _sweep(path)
+    work = _work_dir(path, os.getpid())
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir()
+    try:
+        built = work / path.name
+        create_store(built, service_area=src.service_area).close()
+        _place(built, path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return open_store(path)
+
+
+def _work_dir(path: Path, pid: int) -> Path:
+    """Where a run (by process id) builds a new file before it moves it to ``path``."""
+    return path.with_name(f".{path.name}.{pid}.creating")
+
+
+def _sweep(path: Path) -> None:
+    """Remove the folders that runs no longer alive left while building ``path``."""
+    if os.name != "posix":  # only there does signal 0 merely ask whether a process lives
+        return
+    prefix, suffix = f".{path.name}.", ".creating"
+    for work in path.parent.iterdir():
+        pid = work.name.removeprefix(prefix).removesuffix(suffix)
+        if work.name == f"{prefix}{pid}{suffix}" and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """True if a process with this id runs (POSIX)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it runs, as another user
+        pass
+    return True
+
+
+def _place(built: Path, path: Path) -> None:
+    """Move a closed, whole GeoPackage to ``path``: over a file that holds nothing, or
+    where no file is (never over one that appeared meanwhile)."""
+    if Path(f"{built}-wal").exists():  # its last changes would be left behind
+        msg = f"the new GeoPackage for {path} was not closed cleanly; run the copy again"
+        raise StoreError(msg)
+    if path.exists():
+        for suffix in ("-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        os.replace(built, path)
+        return
+    try:
+        os.link(built, path)  # fails if a file appeared there meanwhile
+    except FileExistsError:
+        msg = f"{path} appeared while the copy created it; run the copy again"
+        raise StoreError(msg) from None
+    except OSError:  # a file system without hard links
+        os.replace(built, path)
+
+
+def _holds_nothing(path: Path) -> bool:
+    """True for a file that holds no data: empty, or an SQLite database without a single
+    table (what an older release left when a copy was stopped while it created the file)."""
+    wal = Path(f"{path}-wal")
+    if path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size):
+        return True
+    try:
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            (tables,) = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return int(tables) == 0
+
+
+# ---------------------------------------------------------------- marks, versions, refusals
 
 
 def _origin(url: str | os.PathLike[str]) -> str:
@@ -134,67 +281,190 @@ def _origin(url: str | os.PathLike[str]) -> str:
     return str(Path(url).resolve())
 
 
-def _refuse_foreign(dst: FeatureStore, origin: str) -> None:
-    """StoreError if the destination holds anything this copy did not write (before any
-    write: a copy never mixes two stores)."""
+def _mark(rows: int, origin: str, version: str) -> str:
+    """The value of a part's mark."""
+    return f"{rows} from {origin} @{version}"
+
+
+def _parse(mark: str) -> tuple[str, str]:
+    """(source, version) of a mark's value."""
+    source = mark.partition(" from ")[2]
+    origin, _, version = source.rpartition(" @")
+    return (origin, version) if origin else (source, "")
+
+
+def _label(part: str) -> str:
+    """A part as messages name it."""
+    return _LABELS.get(part, part)
+
+
+def _settings(store: FeatureStore) -> dict[str, str]:
+    """The settings a copy takes: all but its marks and the backend's own."""
+    return {
+        k: v for k, v in store.backend.all_meta().items() if not k.startswith(DONE) and k not in OWN
+    }
+
+
+def _fresh(src: FeatureStore) -> contextlib.AbstractContextManager[None]:
+    """Reads as the database holds them now. A PostGIS store otherwise answers stamps from
+    memory, which lags another client's commit by the time its notice takes; inside a
+    transaction it asks the database (which waits for gridmap's writers to finish)."""
+    return src.transaction() if src.remote else contextlib.nullcontext()
+
+
+def _versions(src: FeatureStore) -> dict[str, str]:
+    """Every part's version in the source now (none for the audit log, which only grows)."""
+    tables = [*(lay.id for lay in LAYERS), DOCUMENTS, USERS]
+    with _fresh(src):
+        stamps = src.stamps(tables)
+        settings = _settings(src)
+    versions = {t: str(s) for t, s in zip(tables, stamps, strict=True)}
+    text = orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)
+    versions[SETTINGS] = hashlib.sha256(text).hexdigest()[:12]
+    return versions
+
+
+def _stale(now: Mapping[str, str], copied: Mapping[str, str]) -> list[str]:
+    """The parts whose version in the source is no longer the one they were copied at."""
+    return [part for part, version in copied.items() if part in now and now[part] != version]
+
+
+def _copied(dst: FeatureStore, origin: str) -> dict[str, str]:
+    """The parts the destination holds marks for, with their versions; StoreError if a
+    mark names another source."""
+    copied: dict[str, str] = {}
     for key, value in dst.backend.all_meta().items():
-        if key.startswith(DONE) and not value.endswith(f" from {origin}"):
-            msg = (
-                f"the destination holds a copy of another store, or of this one before it "
-                f"changed ({value.split(' from ', 1)[-1]}); copy into a new store"
-            )
+        if not key.startswith(DONE):
+            continue
+        source, version = _parse(value)
+        if source != origin:
+            msg = f"the destination holds a copy of another store ({source}); {STOP}"
             raise StoreError(msg)
-    for layer in LAYERS:
-        if dst.meta(DONE + layer.id) is None:
-            held = dst.count(layer.id)
-            if held:
-                msg = (
-                    f"the destination already holds {held} {layer.id} it did not copy; "
-                    "copy into a new store (or one an earlier copy began)"
-                )
-                raise StoreError(msg)
-    if dst.meta(DONE + "gridmap_documents") is None and dst.backend.all_documents():
-        msg = "the destination already holds campaigns or plans it did not copy"
+        copied[key.removeprefix(DONE)] = version
+    return copied
+
+
+def _refuse_stale(now: Mapping[str, str], copied: Mapping[str, str]) -> None:
+    """StoreError if a part an earlier run copied has changed in the source since."""
+    stale = _stale(now, copied)
+    if stale:
+        msg = (
+            f"the destination holds {', '.join(map(_label, stale))} copied from this source "
+            f"before it changed; this copy cannot be finished: {FRESH}"
+        )
         raise StoreError(msg)
 
 
-def _copy_settings(src: FeatureStore, dst: FeatureStore) -> None:
-    """Every setting, the disclosure key included (made first if the source has none yet):
-    a store and its copy must withhold the same small counts, or comparing their
-    statistics would give withheld counts away."""
-    from gridmap.queries import disclosure_key
-
-    disclosure_key(src)
-    for key, value in src.backend.all_meta().items():
-        if not key.startswith(DONE) and key != "schema_version":
-            dst.set_meta(key, value)
-
-
-def _copy_part(
-    origin: str,
-    src: FeatureStore,
-    dst: FeatureStore,
-    part: str,
-    report: CopyReport,
-    fn: Part,
-    batch: int,
-    progress: Progress | None,
+def _refuse_foreign(
+    dst: FeatureStore, settings: Mapping[str, str], copied: Mapping[str, str]
 ) -> None:
-    if dst.meta(DONE + part) is not None:
-        report.skipped.append(part)
+    """StoreError if the destination holds anything this copy did not write (checked
+    before any write: a copy never mixes two stores)."""
+    for layer in LAYERS:
+        held = 0 if layer.id in copied else dst.count(layer.id)
+        if held:
+            msg = f"the destination already holds {held} {layer.id} it did not copy; {STOP}"
+            raise StoreError(msg)
+    if DOCUMENTS not in copied and dst.backend.all_documents():
+        msg = f"the destination already holds campaigns or plans it did not copy; {STOP}"
+        raise StoreError(msg)
+    if USERS not in copied:
+        _refuse_foreign_users(dst)
+    if AUDIT not in copied:
+        _refuse_foreign_audit(dst)
+    if SETTINGS not in copied:
+        _refuse_foreign_settings(dst, settings)
+
+
+def _refuse_foreign_users(dst: FeatureStore) -> None:
+    """StoreError if the destination has accounts (before the accounts are copied)."""
+    names = [str(u["username"]) for u in dst.users()]
+    if names:
+        shown = ", ".join(names[:5]) + (", …" if len(names) > 5 else "")
+        msg = (
+            f"the destination already holds {len(names)} user account"
+            f"{'s' if len(names) != 1 else ''} ({shown}) it did not copy; {STOP}"
+        )
+        raise StoreError(msg)
+
+
+def _refuse_foreign_audit(dst: FeatureStore) -> None:
+    """StoreError if the destination's audit log has entries (before it is copied)."""
+    _, held = dst.audit_entries(limit=1)
+    if held:
+        msg = (
+            f"the destination's audit log already holds {held} "
+            f"entr{'ies' if held != 1 else 'y'} it did not copy (an audit log is append-only: "
+            f"the source's cannot be added to it); {STOP}"
+        )
+        raise StoreError(msg)
+
+
+def _refuse_foreign_settings(dst: FeatureStore, settings: Mapping[str, str]) -> None:
+    """StoreError if the destination has settings (before they are copied) other than
+    its own, the replaceable ones and the source's very values."""
+    foreign = sorted(
+        k for k, v in _settings(dst).items() if k not in REPLACEABLE and settings.get(k) != v
+    )
+    if foreign:
+        msg = f"the destination holds settings it did not copy ({', '.join(foreign)}); {STOP}"
+        raise StoreError(msg)
+
+
+# ---------------------------------------------------------------- copying a part
+
+
+def _copy_part(run: _Run, part: str, fn: Part) -> None:
+    """Copy one part in one transaction with its mark, unless an earlier run did; the
+    source's versions are checked again before it commits (see the module's docstring)."""
+    if part in run.copied:
+        run.report.skipped.append(part)
         return
 
     def step(done: int, total: int) -> None:
-        if progress is not None:
-            progress(part, done, total)
+        if run.progress is not None:
+            run.progress(part, done, total)
 
-    with dst.transaction():
-        n = fn(src, dst, step, batch)
-        dst.set_meta(DONE + part, f"{n} from {origin}")
-    report.rows[part] = n
+    version = _versions(run.src).get(part, "")
+    with run.dst.transaction():
+        rows = fn(run.src, run.dst, step, run.batch)
+        stale = _stale(_versions(run.src), {**run.copied, part: version})
+        if stale:
+            raise _changed(stale, part)
+        run.dst.set_meta(DONE + part, _mark(rows, run.origin, version))
+    run.copied[part] = version
+    run.report.rows[part] = rows
+
+
+def _changed(stale: list[str], part: str) -> StoreError:
+    """What to do when the source changed while ``part`` was copied."""
+    if stale == [part]:
+        msg = (
+            f"the source changed while copying ({_label(part)}); nothing of it was kept: run "
+            "the same command again to copy the rest (at a quieter time if it keeps changing)"
+        )
+    else:
+        earlier = ", ".join(_label(p) for p in stale if p != part)
+        msg = (
+            f"the source changed while copying ({earlier}, already copied): the copy no "
+            f"longer matches it and cannot be finished; {FRESH}, at a quieter time"
+        )
+    return StoreError(msg)
+
+
+def _copy_settings(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> int:
+    """Every setting, the keys made on first use included: a store and its copy must
+    withhold the same small counts, or comparing their statistics would give withheld
+    counts away."""
+    settings = _settings(src)
+    for key, value in settings.items():
+        dst.set_meta(key, value)
+    step(len(settings), len(settings))
+    return len(settings)
 
 
 def _layer_copier(layer: Layer) -> Part:
+    """The part that copies ``layer``."""
     return lambda src, dst, step, batch: _layer(src, dst, layer, step, batch)
 
 
@@ -224,6 +494,7 @@ def _layer(src: FeatureStore, dst: FeatureStore, layer: Layer, step: Step, batch
 
 
 def _documents(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> int:
+    """Every campaign and plan, with its id."""
     records = src.backend.all_documents()
     dst.backend.load_documents(records)
     step(len(records), len(records))
@@ -231,6 +502,7 @@ def _documents(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> 
 
 
 def _users(src: FeatureStore, dst: FeatureStore, step: Step, batch: int) -> int:
+    """Every account, its password hash included."""
     names = [u["username"] for u in src.users()]
     for i, name in enumerate(names, start=1):
         rec = src.user(name)

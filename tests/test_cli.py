@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gridmap.cli import app
+from tests.conftest import raw_sql
 
 runner = CliRunner()
 
@@ -99,6 +100,14 @@ def test_users_commands(tmp_path: Path) -> None:
     store = open_store(db)
     rec = store.user("w7")
     assert rec["grid_ids"] == [8, 9] and rec["disabled"]
+    logged = raw_sql(db, "SELECT action, object, source, result FROM gridmap_audit "
+                         "WHERE object LIKE 'users/%' ORDER BY id")  # fmt: skip
+    assert logged == [  # review: account changes made in the shell were not audited
+        ("account_add", "users/w7", "cli", "ok"),
+        ("account_assign", "users/w7", "cli", "ok"),
+        ("account_disable", "users/w7", "cli", "ok"),
+        ("account_reset", "users/w7", "cli", "ok"),
+    ]
     accounts = Accounts(store, secret=token_secret(store))
     import pytest
 

@@ -4,7 +4,9 @@ Every operator's arity and argument types are checked before anything runs: a ma
 filter is a :class:`FilterError` (400) that says what to fix, never a server error.
 Properties are checked against the layer registry; numbers must be finite and within
 64-bit integers; geometries must be valid and are converted to WGS84 (in the filter
-CRS's own axis order on the way in); timestamps become the store's local time.
+CRS's own axis order on the way in); timestamps become the store's local time, and a
+literal compared with a date or timestamp takes its type or is refused
+(:mod:`gridmap.cql.times`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import crs as gcrs
+from gridmap.cql import times
 from gridmap.cql import tree as t
 from gridmap.errors import InvalidFeatureError, QueryError
 from gridmap.geometry import from_geojson
-from gridmap.layers import LOCAL_TZ, Layer
+from gridmap.layers import Layer
 
 INT_MAX = 2**63 - 1
 GEOMETRY_NAMES = ("geom", "geometry")
@@ -146,8 +149,7 @@ class Checker:
         if op == "not":
             return t.Not(self._bool(args[0]))
         if op in _COMPARE:
-            left, right = self._scalar(args[0]), self._scalar(args[1])
-            self._same_kind(op, left, right)
+            left, right = self._kindred(op, self._scalar(args[0]), self._scalar(args[1]))
             return t.Compare(op, left, right)
         if op == "like":
             value, pattern = self._scalar(args[0]), self._scalar(args[1])
@@ -155,18 +157,14 @@ class Checker:
                 raise _fail("LIKE compares text with a text pattern")
             return t.Like(value, pattern)
         if op == "between":
-            value, low, high = (self._scalar(a) for a in args)
-            self._same_kind("BETWEEN", value, low)
-            self._same_kind("BETWEEN", value, high)
+            value, low, high = self._kindred("BETWEEN", *(self._scalar(a) for a in args))
             return t.Between(value, low, high)
         if op == "in":
             value = self._scalar(args[0])
             if not isinstance(args[1], list):
                 raise _fail("IN takes a list of values: x IN (1, 2)")
-            items = tuple(self._scalar(i) for i in args[1])
-            for item in items:
-                self._same_kind("IN", value, item)
-            return t.In(value, items)
+            value, *items = self._kindred("IN", value, *(self._scalar(i) for i in args[1]))
+            return t.In(value, tuple(items))
         if op == "isnull":
             return t.IsNull(self._scalar(args[0], allow_list=True))
         if op in _SPATIAL or op == "s_dwithin":
@@ -239,15 +237,35 @@ class Checker:
             raise _fail("a list is only allowed after IN or in an array predicate")
         raise _fail("unsupported value in filter")
 
-    def _same_kind(self, op: str, a: t.Expr, b: t.Expr) -> None:
-        times = ("date", "datetime")
-        ok = (
-            a.type == b.type
-            or (a.type in times and b.type in (*times, "str"))
-            or (b.type in times and a.type in (*times, "str"))
-        )
-        if not ok:
-            raise _fail(f"{op} compares {a.type} with {b.type}; both sides must be of one kind")
+    def _kindred(self, op: str, *exprs: t.Expr) -> tuple[t.Expr, ...]:
+        """The operands of one comparison, of one type (FilterError if they cannot be).
+
+        Dates and timestamps follow :mod:`gridmap.cql.times`: a text, date or timestamp
+        literal is cast to the type of the time it is compared with (a non-ISO text is
+        refused), a date property compared with a timestamp one is its midnight.
+        """
+        kinds = list(dict.fromkeys(e.type for e in exprs))  # in the operands' order
+        if not set(kinds) & set(times.TIME_TYPES):
+            if len(kinds) > 1:
+                raise _fail(
+                    f"{op} compares {kinds[0]} with {kinds[1]}; both sides must be of one kind"
+                )
+            return exprs
+        to = _time_type(exprs)
+        return tuple(self._as_time(op, e, to) for e in exprs)
+
+    def _as_time(self, op: str, e: t.Expr, to: str) -> t.Expr:
+        """One operand of a comparison of times, as a ``to`` ('date' or 'datetime')."""
+        if isinstance(e, t.Lit) and e.type in ("str", *times.TIME_TYPES):
+            try:
+                return t.Lit(times.cast(e.value, to), to)
+            except ValueError as exc:
+                raise _fail(f"{op} compares a {to} with a value that is no date: {exc}") from None
+        if e.type == to:
+            return e
+        if e.type == "date" and to == "datetime":
+            return t.Cast(e)
+        raise _fail(f"{op} compares {to} with {e.type}; both sides must be of one kind")
 
     # ------------------------------------------------------------------ spatial
 
@@ -309,10 +327,9 @@ class Checker:
         prop = self._prop(a)
         if prop.type not in ("date", "datetime"):
             raise _fail("temporal predicates apply to date or datetime properties")
-        start, end = _instant_or_interval(b)
-        if prop.type == "date":
-            start = start[:10] if start is not None else None
-            end = end[:10] if end is not None else None
+        start, end = (_in_type(x, prop.type) for x in _instant_or_interval(b))
+        if start is not None and end is not None and start > end:
+            raise _fail("an INTERVAL must not end before it starts")
         return t.Temporal(op, prop, start, end)
 
     # ------------------------------------------------------------------ arrays
@@ -367,23 +384,28 @@ def _bbox(values: Any) -> BaseGeometry:
 
 
 def local_iso(value: Any, *, want: str = "timestamp") -> str:
-    """A CQL2 date/timestamp (or ISO text) as the naive local ISO text the store keeps."""
-    if not isinstance(value, str) or len(value) > 40:
-        raise _fail("dates and timestamps must be ISO 8601 text")
+    """A CQL2 date/timestamp (or ISO text) as the naive local ISO text the store keeps
+    (:mod:`gridmap.cql.times`): a date stays a date unless ``want`` is 'date'."""
     try:
-        if len(value) == 10:
-            return dt.date.fromisoformat(value).isoformat()
-        if want == "date":
-            raise ValueError
-        v = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise _fail(f"not an ISO 8601 {want}: {value[:40]!r}") from None
-    if v.tzinfo is not None:
-        try:
-            v = v.astimezone(LOCAL_TZ).replace(tzinfo=None)
-        except OverflowError:
-            raise _fail(f"timestamp out of range: {value[:40]!r}") from None
+        v = times.parse(value)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    if want == "date" and isinstance(v, dt.datetime):
+        raise _fail(f"not an ISO 8601 date (YYYY-MM-DD): {str(value)[:40]!r}")
     return v.isoformat()
+
+
+def _time_type(exprs: tuple[t.Expr, ...]) -> str:
+    """The type times of one comparison are compared in: the properties' (a timestamp if
+    a date property meets a timestamp one), else the literals' ('datetime' if any is)."""
+    props = {e.type for e in exprs if not isinstance(e, t.Lit) and e.type in times.TIME_TYPES}
+    found = props or {e.type for e in exprs if e.type in times.TIME_TYPES}
+    return "datetime" if "datetime" in found else "date"
+
+
+def _in_type(value: str | None, to: str) -> str | None:
+    """A bound of a temporal predicate in the property's type (None: an open end)."""
+    return None if value is None else times.cast(value, to)
 
 
 def _instant_or_interval(node: Any) -> tuple[str | None, str | None]:
@@ -402,8 +424,6 @@ def _instant_or_interval(node: Any) -> tuple[str | None, str | None]:
                 out.append(local_iso(e))
             else:
                 raise _fail("INTERVAL ends are dates, timestamps or '..'")
-        if out[0] is not None and out[1] is not None and out[0] > out[1]:
-            raise _fail("an INTERVAL must not end before it starts")
         return out[0], out[1]
     if isinstance(node, dict) and ("timestamp" in node or "date" in node):
         instant = local_iso(node.get("timestamp") or node.get("date"))

@@ -2,6 +2,8 @@
 
 Every property is a real property of the layer (with its type), every literal is typed
 and in range, geometries are WGS84, times are the store's local (Beijing) ISO text.
+The operands of a comparison are of one type: a time is compared with a time of the same
+type only (:mod:`gridmap.cql.times`), never with text.
 Each backend renders this tree in its own dialect.
 """
 
@@ -28,7 +30,8 @@ class Prop:
 
 @dataclass(frozen=True)
 class Lit:
-    """A typed literal: numbers finite and within 64-bit integers, dates as ISO text."""
+    """A typed literal: numbers finite and within 64-bit integers, dates and timestamps
+    as the text the store keeps (:func:`gridmap.cql.times.cast`)."""
 
     value: str | int | float | bool
     type: ValueType
@@ -53,7 +56,15 @@ class Fold:
     type: ValueType = "str"
 
 
-Expr = Prop | Lit | Arith | Fold
+@dataclass(frozen=True)
+class Cast:
+    """A date expression read as a timestamp: its local midnight (as SQL casts a date)."""
+
+    arg: Expr
+    type: ValueType = "datetime"
+
+
+Expr = Prop | Lit | Arith | Fold | Cast
 
 
 @dataclass(frozen=True)
@@ -139,7 +150,7 @@ class Spatial:
 @dataclass(frozen=True)
 class Temporal:
     """A date/datetime property (an instant) in relation ``op`` to an instant or interval
-    [``start``, ``end``]; None is an open end. Property first."""
+    [``start``, ``end``] of the property's type; None is an open end. Property first."""
 
     op: str
     prop: Prop

@@ -45,7 +45,7 @@ from gridmap.store.gpkg_sql import (
     register_functions,
 )
 from gridmap.store.records import RecordTables
-from gridmap.store.sqlite_filter import list_guard
+from gridmap.store.sqlite_filter import list_guard, time_column
 from gridmap.store.sqlite_filter import render as render_filter
 
 
@@ -386,11 +386,8 @@ class GeoPackageBackend(RecordTables):
         return f" FROM {t} AS t"
 
     @staticmethod
-    def _order(order: Order) -> str:
-        parts = [
-            f"t.{_q('fid' if name == 'id' else name)} {'DESC' if desc else 'ASC'}"
-            for name, desc in order
-        ]
+    def _order(order: Order, layer: Layer) -> str:
+        parts = [f"{_sort_key(layer, name)} {'DESC' if desc else 'ASC'}" for name, desc in order]
         parts.append("t.fid ASC")
         return " ORDER BY " + ", ".join(parts)
 
@@ -427,7 +424,7 @@ class GeoPackageBackend(RecordTables):
             matched = (
                 conn.execute("SELECT count(*)" + base, params).fetchone()[0] if count else None
             )
-            sql = f"SELECT {cols}{base}{self._order(order)}"
+            sql = f"SELECT {cols}{base}{self._order(order, layer)}"
             page_params = list(params)
             if limit is not None:
                 sql += " LIMIT ? OFFSET ?"
@@ -437,7 +434,7 @@ class GeoPackageBackend(RecordTables):
                 page_params.append(int(offset))
             rows = conn.execute(sql, page_params).fetchall()
             return self._rows_to_set(layer, rows, matched)
-        rows = conn.execute(f"SELECT {cols}{base}{self._order(order)}", params).fetchall()
+        rows = conn.execute(f"SELECT {cols}{base}{self._order(order, layer)}", params).fetchall()
         fs = self._rows_to_set(layer, rows, None)
         keep = _predicate(sel.predicate, fs.geometries, sel.geometry)
         idx = np.flatnonzero(keep)
@@ -478,7 +475,7 @@ class GeoPackageBackend(RecordTables):
         conn = self._connect()
         matched = int(conn.execute("SELECT count(*)" + base, params).fetchone()[0])
         extra = "" if column is None else f", t.{_q(column)}"
-        sql = f"SELECT t.fid{extra}{base}{self._order(order)} LIMIT ? OFFSET ?"
+        sql = f"SELECT t.fid{extra}{base}{self._order(order, layer)} LIMIT ? OFFSET ?"
         rows = conn.execute(
             sql, [*params, -1 if limit is None else int(limit), int(offset)]
         ).fetchall()
@@ -885,6 +882,17 @@ class _LayerIndex:
     tree: shapely.STRtree
     column: str | None
     values: npt.NDArray[np.int64] | None
+
+
+def _sort_key(layer: Layer, name: str) -> str:
+    """SQL a column is sorted by: a date or timestamp by the time it holds, as the
+    filters compare it (sqlite_filter.time_column; another program's text in any ISO form
+    in its place, text that is no date with the nulls)."""
+    col = f"t.{_q('fid' if name == 'id' else name)}"
+    prop = layer.by_name.get(name)
+    if prop is None or prop.type not in ("date", "datetime"):
+        return col
+    return time_column(col, prop.type)
 
 
 def _value(p: Prop | None, v: Any) -> Any:

@@ -1,7 +1,9 @@
 """The neutral CQL2 tree rendered as PostgreSQL/PostGIS SQL over the table alias ``t``.
 
 Semantics are CQL2's and match the GeoPackage backend (:mod:`.sqlite_filter`): text
-compares by code point (``COLLATE "C"``), LIKE is case-sensitive, CASEI and ACCENTI are
+compares by code point (``COLLATE "C"``), dates and timestamps as the database's date
+and timestamp types (the checker made every literal compared with them one of their type,
+:mod:`gridmap.cql.times`), LIKE is case-sensitive, CASEI and ACCENTI are
 the functions of ``sql/postgis_schema.sql``; nulls are unknown; division by zero is
 null. Spatial predicates are PostGIS's, with the literal as WKB, so GiST indexes serve
 them; DWITHIN measures metres in the projected CRS (EPSG:4547) with an index prefilter.
@@ -129,26 +131,15 @@ class _Renderer:
                 return f"gm_{op}({self.expr(a)})"
             case t.Arith(op=op, left=a, right=b):
                 return self.arith(op, self.expr(a), self.expr(b))
+            case t.Cast(arg=a):
+                return f"({self.expr(a)})::timestamp"
         msg = f"cannot render {type(e).__name__}"
         raise TypeError(msg)
 
     def operands(self, *exprs: t.Expr) -> list[str]:
-        """Operands of one comparison. A date or time compared with text is compared as
-        its ISO text, code point by code point, as the GeoPackage store holds it."""
-        timely = any(getattr(e, "type", "") in ("date", "datetime") for e in exprs)
-        texty = any(isinstance(e, t.Lit) and e.type == "str" for e in exprs)
-        if not (timely and texty):
-            return [self.expr(e) for e in exprs]
-        return [self.as_text(e) for e in exprs]
-
-    def as_text(self, e: t.Expr) -> str:
-        if isinstance(e, t.Lit):
-            return f'({self.bind(str(e.value))}::text COLLATE "C")'
-        if isinstance(e, t.Prop) and e.type == "date":
-            return f"(to_char({self.expr(e)}, 'YYYY-MM-DD') COLLATE \"C\")"
-        if isinstance(e, t.Prop) and e.type == "datetime":
-            return f"(replace({self.expr(e)}::text, ' ', 'T') COLLATE \"C\")"
-        return f'({self.expr(e)}::text COLLATE "C")'
+        """Operands of one comparison (of one type: the checker cast text compared with a
+        time to that time, :mod:`gridmap.cql.times`)."""
+        return [self.expr(e) for e in exprs]
 
     @staticmethod
     def arith(op: str, x: str, y: str) -> str:
@@ -190,11 +181,7 @@ class _Renderer:
         def cmp(rel: str, bound: str | None, low_end: bool) -> str:
             if bound is None:  # an open end
                 return "TRUE" if t.beyond_open_end(rel, low_end) else "FALSE"
-            if (
-                p.prop.type == "date" and len(bound) > 10
-            ):  # an instant's day, as SQLite compares text
-                return f'({col}::text {rel} {self.bind(bound)}::text COLLATE "C")'
-            return f"{col} {rel} {self.bind(bound, cast)}"
+            return f"{col} {rel} {self.bind(bound, cast)}"  # bounds: the property's type
 
         joiner, parts = t.TEMPORAL_RULES[p.op]
         conds = [

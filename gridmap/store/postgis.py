@@ -11,10 +11,16 @@ line behind the core's checks.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
+import hashlib
+import logging
 import os
 import threading
+import time
 import unicodedata
+import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
@@ -36,6 +42,7 @@ from gridmap.errors import (
     StoreError,
 )
 from gridmap.layers import LAYERS, Layer, Prop
+from gridmap.store import pg_types
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
@@ -43,9 +50,31 @@ from gridmap.store.pg_filter import render as render_filter
 from gridmap.store.pg_stamps import StampWatch
 from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, RecordTables, _q
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = "1"
 WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transaction())
 STATEMENT_TIMEOUT_MS = 30_000
+LOCK_TIMEOUT_MS = 10_000
+POOL_WAIT_S = 10.0
+DOWN_RECHECK_S = 1.0
+UNAVAILABLE = "the database is unavailable (its log and gridmap's say why); try again shortly"
+"""While the database is unreachable, requests fail at once, and one of them tries again
+after this long (so an outage is a quick 503, and service returns with the database)."""
+_CONNECTION_OPTIONS: dict[str, Any] = {
+    "autocommit": True,
+    "options": (
+        f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c lock_timeout={LOCK_TIMEOUT_MS} "
+        "-c TimeZone=UTC"
+    ),
+    "application_name": "gridmap",
+    "connect_timeout": 5,
+    # a server that vanished (a cut network, a crashed host) is noticed within a minute
+    "keepalives": 1,
+    "keepalives_idle": 20,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
+    "tcp_user_timeout": 40_000,
+}
 _STAMPED_RECORDS = ("gridmap_users", "gridmap_documents")
 """Record tables with a change stamp (written through RecordTables._run)."""
 _PG_TYPES = {
@@ -93,14 +122,35 @@ def _marks() -> str:
 
 
 def redact(url: str) -> str:
-    """A connection URL without its password (for messages and logs)."""
+    """A connection URL without its password (for messages and logs), naming the server as
+    libpq reads the URL: without a host, or with a folder as host, it reaches a Unix socket
+    (shown as ``?host=/folder``), not localhost:5432; a port is shown only if given."""
     try:
         info = psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "postgresql://…"
-    host = info.get("host", "localhost")
-    port = info.get("port", "5432")
-    return f"postgresql://{info.get('user', '')}@{host}:{port}/{info.get('dbname', '')}"
+    hosts = [h for h in str(info.get("host") or "").split(",") if h]
+    ports = [p for p in str(info.get("port") or "").split(",") if p]
+    query: dict[str, str] = {}
+    if any(h.startswith(("/", "@")) for h in hosts):  # socket folders (or abstract sockets)
+        netloc, query["host"] = "", ",".join(hosts)
+        if ports:
+            query["port"] = ",".join(ports)
+    else:
+        if len(ports) == 1 < len(hosts):  # one port for every host
+            ports *= len(hosts)
+        named = [f"[{h}]" if ":" in h else h for h in hosts]
+        netloc = ",".join(f"{h}:{ports[i]}" if i < len(ports) else h for i, h in enumerate(named))
+        if ports and not hosts:  # the default socket, on another port
+            query["port"] = ",".join(ports)
+    if info.get("hostaddr"):
+        query["hostaddr"] = str(info["hostaddr"])
+    user = urllib.parse.quote(str(info.get("user") or ""), safe="")
+    dbname = urllib.parse.quote(str(info.get("dbname") or ""), safe="")
+    tail = "&".join(f"{k}={urllib.parse.quote(v, safe='/,:@')}" for k, v in query.items())
+    return f"postgresql://{user + '@' if user else ''}{netloc}/{dbname}" + (
+        f"?{tail}" if tail else ""
+    )
 
 
 class PostGISBackend(RecordTables):
@@ -118,6 +168,8 @@ class PostGISBackend(RecordTables):
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._watch: StampWatch | None = None
+        self._down: float | None = None  # since when the database is known unreachable
+        self._recheck = threading.Lock()
         self._get_pool()
         try:
             if _create:
@@ -157,12 +209,10 @@ class PostGISBackend(RecordTables):
                 self.url,
                 min_size=1,
                 max_size=max(size, 1),
-                timeout=30.0,
-                kwargs={
-                    "autocommit": True,
-                    "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS} -c TimeZone=UTC",
-                    "application_name": "gridmap",
-                },
+                timeout=POOL_WAIT_S,
+                reconnect_timeout=3.0,  # then a new attempt when asked: no growing back-off
+                kwargs=_CONNECTION_OPTIONS,
+                configure=pg_types.configure,  # dates Python cannot hold read as text
                 open=False,
                 name="gridmap",
             )
@@ -199,14 +249,60 @@ class PostGISBackend(RecordTables):
             if current is not None:
                 yield current
             else:
-                with self._get_pool().connection() as c:
+                with self._checkout() as c:
                     yield c
         except psycopg.Error as exc:
             self._after_error(exc)
             raise _mapped(exc) from None
+
+    @contextmanager
+    def _checkout(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection; a StoreError (503) at once while the database is down."""
+        self._unless_down()
+        try:
+            cm = self._get_pool().connection()
+            c = cm.__enter__()
         except PoolTimeout:
+            reason = _unreachable(self.url, timeout=3)
+            if reason is not None:
+                self._went_down(reason)
             msg = "the database is busy (no free connection); try again shortly"
             raise StoreError(msg) from None
+        try:
+            yield c
+        except BaseException as exc:
+            if not cm.__exit__(type(exc), exc, exc.__traceback__):
+                raise
+        else:
+            cm.__exit__(None, None, None)
+
+    def _unless_down(self) -> None:
+        """Fail at once while the database is known to be unreachable; every
+        :data:`DOWN_RECHECK_S` one caller looks again (and a pool in back-off is replaced
+        by a fresh one once the database answers)."""
+        since = self._down
+        if since is None:
+            return
+        if time.monotonic() - since < DOWN_RECHECK_S or not self._recheck.acquire(False):
+            raise StoreError(UNAVAILABLE)
+        try:
+            again = _unreachable(self.url, timeout=3)
+            if again is not None:
+                self._went_down(again)
+                raise StoreError(UNAVAILABLE)
+            self._down = None
+            log.warning("PostgreSQL at %s answers again", redact(self.url))
+            pool = self._pool
+            if pool is not None:
+                with contextlib.suppress(Exception):
+                    pool.check()  # dead connections out, new ones now
+        finally:
+            self._recheck.release()
+
+    def _went_down(self, reason: str) -> None:
+        if self._down is None:
+            log.warning("PostgreSQL at %s is unreachable: %s", redact(self.url), reason)
+        self._down = time.monotonic()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -219,7 +315,7 @@ class PostGISBackend(RecordTables):
                 yield
             return
         try:
-            with self._get_pool().connection() as c:
+            with self._checkout() as c:
                 self._local.conn = c
                 try:
                     with c.transaction():
@@ -240,10 +336,16 @@ class PostGISBackend(RecordTables):
         pool = self._pool
         if pool is None or not isinstance(exc, psycopg.OperationalError):
             return
+        if isinstance(exc, pg.LockNotAvailable | pg.QueryCanceled):
+            return  # the connection is fine
         try:
             pool.check()
         except Exception:  # the pool reconnects in the background anyway
             return
+        if pool.get_stats().get("pool_available", 1) == 0:
+            reason = _unreachable(self.url, timeout=3)
+            if reason is not None:
+                self._went_down(reason)
 
     # ---------------------------------------------------------------- schema
 
@@ -263,36 +365,49 @@ class PostGISBackend(RecordTables):
                 )
                 raise StoreError(msg)
             c.execute(_sql("postgis_schema.sql"))
-            c.execute(_sql("postgis_accenti.sql").replace("{marks}", _marks()))
             c.execute("INSERT INTO gridmap_meta VALUES ('schema_version', %s)", (SCHEMA_VERSION,))
         self._upgrade()
 
     def _check_schema(self) -> None:
+        """Refuse a database without gridmap's schema; bring an older schema up to this
+        release's (only then is any DDL run, so a role that may not change the tables, see
+        :func:`grant_service`, opens a current store)."""
         with self._conn() as c:
             found = c.execute("SELECT to_regclass('gridmap_meta')").fetchone()[0]
-        if found is None:
-            msg = (
-                f"{redact(self.url)} holds no gridmap store; build one with "
-                "`gridmap demo --database URL` or `gridmap copy FILE.gpkg URL`"
-            )
-            raise StoreError(msg)
-        self._upgrade()
+            if found is None:
+                msg = (
+                    f"{redact(self.url)} holds no gridmap store; build one with "
+                    "`gridmap demo --database URL` or `gridmap copy FILE.gpkg URL`"
+                )
+                raise StoreError(msg)
+            row = c.execute("SELECT value FROM gridmap_meta WHERE key = 'schema_digest'").fetchone()
+        if row is None or row[0] != schema_digest():
+            self._upgrade()
 
     def _upgrade(self) -> None:
-        """Create what the database lacks (a layer added by a later release, its indexes and
-        relations); idempotent."""
-        with self.transaction(), self._conn() as c:
-            for layer in LAYERS:
-                c.execute(_layer_sql(layer))
-            for layer in LAYERS:
-                for p in layer.properties:
-                    if p.ref is not None or p.indexed:
-                        name = _q(f"idx_{layer.id}_{p.name}")
-                        c.execute(
-                            f"CREATE INDEX IF NOT EXISTS {name} ON {_q(layer.id)} ({_q(p.name)})"
-                        )
-                    if p.ref is not None:
-                        c.execute(_foreign_key_sql(layer, p))
+        """Bring the schema to this release's (functions, a layer added by a later release,
+        its indexes, relations and triggers) and record its digest; idempotent."""
+        try:
+            with self.transaction(), self._conn() as c:
+                for statement in _schema_statements():
+                    c.execute(statement)
+                for table, column in _id_columns():
+                    _catch_up(c, table, column)
+                c.execute(
+                    "INSERT INTO gridmap_meta VALUES ('schema_digest', %s) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (schema_digest(),),
+                )
+        except StoreError as exc:
+            if "must be owner" not in str(exc) and "permission denied" not in str(exc):
+                raise
+            msg = (
+                f"the gridmap schema in {redact(self.url)} is older than this release and "
+                f"this role may not change it ({exc}); open the store once as the owner of "
+                "its tables (e.g. `gridmap info --database` with the owner's URL), then again "
+                "as this role"
+            )
+            raise StoreError(msg) from None
 
     # ---------------------------------------------------------------- records, stamps
 
@@ -756,6 +871,98 @@ def _layer_sql(layer: Layer) -> str:
         .replace("{stamp_trigger}", _lit(f"gridmap_{layer.id}_stamp"))
         .replace("{stamp_trigger_id}", _q(f"gridmap_{layer.id}_stamp"))
         .replace("{version_trigger_id}", _q(f"gridmap_{layer.id}_version"))
+        .replace("{ids_trigger}", _lit(f"gridmap_{layer.id}_ids_ahead"))
+        .replace("{ids_trigger_id}", _q(f"gridmap_{layer.id}_ids_ahead"))
+    )
+
+
+def grant_service(url: str, role: str) -> list[str]:
+    """Let ``role`` (a login role that owns nothing) serve the store at ``url`` with no
+    more rights than serving needs; run as the tables' owner. The statements run, in order.
+
+    It may read and write features, accounts, documents and settings, but only read and
+    append to the audit log; as it owns no table it cannot disable the triggers that keep
+    the log append-only and campaigns kept, nor change the schema."""
+    store = PostGISBackend.open(url)  # an older schema is brought up to date first
+    store.close()
+    name = _q(role)
+    with psycopg.connect(url, autocommit=True) as c:
+        found = c.execute(
+            "SELECT rolsuper OR rolbypassrls, rolname = current_user FROM pg_roles "
+            "WHERE rolname = %s",
+            (role,),
+        ).fetchone()
+        if found is None:
+            msg = f"there is no role {role!r}; create it first (CREATE ROLE … LOGIN PASSWORD …)"
+            raise StoreError(msg)
+        if found[0] or found[1]:
+            msg = f"{role!r} is a superuser or the owner itself; the service needs its own role"
+            raise StoreError(msg)
+        db = c.execute("SELECT current_database()").fetchone()[0]
+        tables = [layer.id for layer in LAYERS] + ["gridmap_users", "gridmap_documents"]
+        done = [
+            f"GRANT CONNECT ON DATABASE {_q(db)} TO {name}",
+            f"GRANT USAGE ON SCHEMA public TO {name}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(map(_q, tables))} TO {name}",
+            f"GRANT SELECT, INSERT, UPDATE ON gridmap_meta, gridmap_changes TO {name}",
+            f"GRANT SELECT, INSERT ON gridmap_audit TO {name}",
+            f"GRANT SELECT ON spatial_ref_sys TO {name}",
+            f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {name}",
+        ]
+        with c.transaction():
+            for statement in done:
+                c.execute(statement)
+    return done
+
+
+def _schema_statements(marks: str | None = None) -> list[str]:
+    """Every DDL statement of this release's schema, in order; each idempotent."""
+    accenti = _sql("postgis_accenti.sql").replace("{marks}", _marks() if marks is None else marks)
+    out = [_sql("postgis_schema.sql"), accenti]
+    out.extend(_layer_sql(layer) for layer in LAYERS)
+    for layer in LAYERS:
+        for p in layer.properties:
+            if p.ref is not None or p.indexed:
+                name = _q(f"idx_{layer.id}_{p.name}")
+                out.append(f"CREATE INDEX IF NOT EXISTS {name} ON {_q(layer.id)} ({_q(p.name)})")
+            if p.ref is not None:
+                out.append(_foreign_key_sql(layer, p))
+            if p.type in ("date", "datetime"):
+                out.append(_calendar_check_sql(layer, p))
+    return out
+
+
+def _id_columns() -> list[tuple[str, str]]:
+    """Every table with an id sequence, and its id column."""
+    return [(layer.id, "fid") for layer in LAYERS] + [
+        ("gridmap_audit", "id"),
+        ("gridmap_documents", "id"),
+    ]
+
+
+@functools.cache
+def schema_digest() -> str:
+    """A digest of this release's schema: a store that records it needs no DDL on open.
+    (The accent marks are left out: they follow the Python that wrote them.)"""
+    text = "\n".join(_schema_statements(marks="{marks}"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _calendar_check_sql(layer: Layer, p: Prop) -> str:
+    """A CHECK keeping a date or timestamp column within the years 1–9999, which Python,
+    the GeoPackage store and gridmap's clients can read (no infinity, BC date or year past
+    9999 from psql or QGIS). NOT VALID: rows stored before are kept (``gridmap check``
+    reports them) and every new or changed row is checked."""
+    name = f"ck_{layer.id}_{p.name}_calendar"
+    lo, hi = (
+        ("DATE '0001-01-01'", "DATE '9999-12-31'")
+        if p.type == "date"
+        else ("TIMESTAMP '0001-01-01 00:00:00'", "TIMESTAMP '9999-12-31 23:59:59.999999'")
+    )
+    return (
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = "
+        f"{_lit(name)}) THEN ALTER TABLE {_q(layer.id)} ADD CONSTRAINT {_q(name)} "
+        f"CHECK ({_q(p.name)} BETWEEN {lo} AND {hi}) NOT VALID; END IF; END $$"
     )
 
 
@@ -772,16 +979,23 @@ def _foreign_key_sql(layer: Layer, p: Prop) -> str:
 def _probe(url: str) -> None:
     """Connect once, so that a wrong address, user, password or database is said at once
     (a pool would retry quietly until its timeout)."""
-    try:
-        psycopg.connect(url, connect_timeout=10).close()
-    except psycopg.Error as exc:
-        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-        reason = _without_password(reason, url)
+    reason = _unreachable(url, timeout=10)
+    if reason is not None:
         msg = (
             f"cannot connect to PostgreSQL at {redact(url)}: {reason}; check that the server "
             "runs and that the URL (user, password, database) is right"
         )
-        raise StoreError(msg) from None
+        raise StoreError(msg)
+
+
+def _unreachable(url: str, *, timeout: int) -> str | None:
+    """Why a new connection to ``url`` fails (the password taken out), or None."""
+    try:
+        psycopg.connect(url, connect_timeout=timeout).close()
+    except psycopg.Error as exc:
+        reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        return _without_password(reason, url)
+    return None
 
 
 def _without_password(text: str, url: str) -> str:
@@ -815,12 +1029,16 @@ def _catch_up(c: psycopg.Connection[Any], table: str, column: str) -> None:
 
 
 def _to_pg(p: Prop, v: Any) -> Any:
+    """A value as bound for its column; dates and timestamps as Python's (see
+    :func:`pg_types.time_value`: an offset is converted to local time, not dropped)."""
     if v is None:
         return None
     if p.type == "list":
         return Jsonb(v)
     if p.type == "bool":
         return bool(v)
+    if p.type in ("date", "datetime"):
+        return pg_types.time_value(p.type, v)
     return v
 
 
@@ -868,6 +1086,16 @@ def _mapped(exc: psycopg.Error) -> Exception:
             f"the query ran longer than {STATEMENT_TIMEOUT_MS // 1000} s and was stopped; "
             "narrow it (a smaller area, a simpler filter)"
         )
+    if isinstance(exc, pg.InsufficientPrivilege):
+        log.error("PostgreSQL: %s", text)
+        return StoreError(
+            f"gridmap's database role may not do this ({text}); the owner of the tables can "
+            "allow it with `gridmap grant-service ROLE`"
+        )
+    if isinstance(exc, pg.LockNotAvailable):
+        return StoreError(
+            "the data is locked by another writer (a long edit, a backup); try again shortly"
+        )
     if isinstance(exc, psycopg.DataError):
         return QueryError(f"the query could not be evaluated: {text}")
     if exc.sqlstate == "23000":  # gridmap_refuse(): the audit log, kept documents
@@ -875,5 +1103,7 @@ def _mapped(exc: psycopg.Error) -> Exception:
     if isinstance(exc, psycopg.IntegrityError):
         return IntegrityError(f"the database refused the change: {text}")
     if isinstance(exc, psycopg.OperationalError):
-        return StoreError(f"the database is unavailable: {text}; try again shortly")
-    return StoreError(f"database error: {text}")
+        log.warning("PostgreSQL: %s", text)
+        return StoreError(UNAVAILABLE)
+    log.error("PostgreSQL: %s", text)  # the reason for the administrator, not for clients
+    return StoreError("the database could not answer; try again, or tell the administrator")

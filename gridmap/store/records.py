@@ -105,6 +105,8 @@ class RecordTables:
             if k not in AUDIT_FIELDS:
                 msg = f"audit entries have no field {k[:40]!r}"
                 raise InvalidFeatureError(msg)
+            if isinstance(v, str) and "\x00" in v:  # no entry holds one (nor can PostgreSQL)
+                return [], 0
             clauses.append(f"{_q(k)} = ?")
             params.append(v)
         where = " WHERE " + " AND ".join(clauses) if clauses else ""

@@ -2,6 +2,8 @@
 
 Text semantics follow CQL2, not SQLite's defaults: LIKE is case-sensitive (``gm_like``),
 CASEI folds all of Unicode (``gm_casei``), ACCENTI removes diacritics (``gm_accenti``);
+dates and timestamps compare as times whatever another program stored
+(:func:`time_column`, :mod:`gridmap.cql.times`);
 spatial predicates call ``gm_spatial`` with the literal as WKB, and top-level spatial
 conjuncts also give an envelope for the R-tree.
 """
@@ -17,6 +19,7 @@ from typing import Any
 
 import shapely
 
+from gridmap.cql import times
 from gridmap.cql import tree as t
 
 
@@ -78,7 +81,9 @@ class _Renderer:
                     return "0"
                 return f"({self.expr(v)} IN ({', '.join(self.expr(i) for i in items)}))"
             case t.IsNull(value=v):
-                return f"({self.expr(v)} IS NULL)"
+                # a stored value that is no date is there all the same (not null)
+                raw = _column(v.name) if isinstance(v, t.Prop) else self.expr(v)
+                return f"({raw} IS NULL)"
             case t.Spatial():
                 return self.spatial(n, top=top)
             case t.Temporal():
@@ -94,12 +99,16 @@ class _Renderer:
         match e:
             case t.Prop(name="id"):
                 return "t.fid"
+            case t.Prop(name=name, type=ty) if ty in times.TIME_TYPES:
+                return time_column(_column(name), ty)
             case t.Prop(name=name):
-                return '"t"."' + name + '"'
+                return _column(name)
             case t.Lit(value=v):
                 return self.bind(int(v) if isinstance(v, bool) else v)
             case t.Fold(op=op, arg=a):
                 return f"gm_{op}({self.expr(a)})"
+            case t.Cast(arg=a):
+                return f"({self.expr(a)} || 'T00:00:00')"
             case t.Arith(op=op, left=a, right=b):
                 x, y = self.expr(a), self.expr(b)
                 if op == "/":
@@ -165,6 +174,37 @@ class _Renderer:
             cond = f"NOT EXISTS ({inner} EXCEPT {mine}) AND NOT EXISTS ({mine} EXCEPT {inner2})"
         # a null list is unknown; so is text another program stored that is not a JSON list
         return f"(CASE WHEN {list_guard(col)} THEN ({cond}) ELSE NULL END)"
+
+
+def _column(name: str) -> str:
+    """A property's column of alias ``t``."""
+    return '"t"."' + name + '"'
+
+
+# The stored text of a date / timestamp (gridmap.cql.times), matched in SQL: such values,
+# nearly all of them, need no call into Python.
+_STORED_FORMS = {
+    "date": ("[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]",),
+    "datetime": (
+        "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]",
+        "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]"
+        ".[0-9][0-9][0-9][0-9][0-9][0-9]",
+    ),
+}
+
+
+def time_column(col: str, kind: str) -> str:
+    """SQL for a date or timestamp column (``kind``) as the text it compares as.
+
+    A DATE or DATETIME column has numeric affinity in SQLite: compared as stored, text
+    such as '2027' would turn into a number and be compared as one. This expression has
+    no affinity and yields the stored text of the date or instant
+    (:func:`gridmap.cql.times.stored`): as is when it has that form, else through
+    ``gm_date``/``gm_datetime`` (another program's '2026-11-01 10:00', an offset, an
+    infinity); NULL where the column holds no date.
+    """
+    forms = " OR ".join(f"{col} GLOB '{g}'" for g in _STORED_FORMS[kind])
+    return f"(CASE WHEN {forms} THEN {col} ELSE gm_{kind}({col}) END)"
 
 
 def list_guard(col: str) -> str:
@@ -242,5 +282,21 @@ def gm_accenti(value: str | None) -> str | None:
     )
 
 
-FUNCTIONS = {"gm_like": (2, gm_like), "gm_casei": (1, gm_casei), "gm_accenti": (1, gm_accenti)}
+def gm_date(value: Any) -> str | None:
+    """SQLite function: a DATE column's value as it compares (see :func:`time_column`)."""
+    return times.stored(value, "date")
+
+
+def gm_datetime(value: Any) -> str | None:
+    """SQLite function: a DATETIME column's value as it compares (see :func:`time_column`)."""
+    return times.stored(value, "datetime")
+
+
+FUNCTIONS = {
+    "gm_like": (2, gm_like),
+    "gm_casei": (1, gm_casei),
+    "gm_accenti": (1, gm_accenti),
+    "gm_date": (1, gm_date),
+    "gm_datetime": (1, gm_datetime),
+}
 """SQLite functions the rendered SQL calls (registered on every connection)."""

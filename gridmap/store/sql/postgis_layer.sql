@@ -16,3 +16,10 @@ BEGIN
       FOR EACH ROW EXECUTE FUNCTION gridmap_next_version();
   END IF;
 END $$;
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = {ids_trigger}) THEN
+    CREATE TRIGGER {ids_trigger_id} BEFORE INSERT ON {table}
+      FOR EACH ROW EXECUTE FUNCTION gridmap_ids_ahead('fid');
+  END IF;
+END $$;

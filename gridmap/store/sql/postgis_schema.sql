@@ -27,6 +27,40 @@ BEGIN
   RETURN NEW;
 END $$;
 
+-- An id given explicitly (by QGIS, psql, a copy) moves the table's id sequence past it at
+-- once, so an id is never handed out twice, even when its row was deleted meanwhile (an
+-- old ETag would otherwise fit a new feature). Never moves the sequence backward.
+CREATE OR REPLACE FUNCTION gridmap_keep_ids_ahead(seq regclass, id bigint) RETURNS void
+  LANGUAGE plpgsql AS $$
+DECLARE
+  top bigint;
+  called boolean;
+BEGIN
+  EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO top, called;
+  IF id >= top + called::int THEN
+    PERFORM pg_advisory_xact_lock(1735551332, hashtext(seq::text));  -- one mover at a time
+    EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO top, called;
+    IF id >= top + called::int THEN
+      PERFORM setval(seq, id);
+    END IF;
+  END IF;
+END $$;
+
+-- The row trigger that calls it; TG_ARGV[0] names the id column ('fid' or 'id').
+CREATE OR REPLACE FUNCTION gridmap_ids_ahead() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  id bigint;
+BEGIN
+  IF TG_ARGV[0] = 'fid' THEN  -- each branch is prepared only when it runs
+    id := NEW.fid;
+  ELSE
+    id := NEW.id;
+  END IF;
+  PERFORM gridmap_keep_ids_ahead(pg_get_serial_sequence(
+    quote_ident(TG_TABLE_SCHEMA) || '.' || quote_ident(TG_TABLE_NAME), TG_ARGV[0])::regclass, id);
+  RETURN NEW;
+END $$;
+
 CREATE OR REPLACE FUNCTION gridmap_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
   RAISE EXCEPTION USING ERRCODE = 'integrity_constraint_violation', MESSAGE = TG_ARGV[0];
@@ -92,5 +126,22 @@ BEGIN
       FOR EACH STATEMENT EXECUTE FUNCTION gridmap_touch();
     CREATE TRIGGER gridmap_documents_stamp AFTER INSERT OR UPDATE ON gridmap_documents
       FOR EACH STATEMENT EXECUTE FUNCTION gridmap_touch();
+  END IF;
+END $$;
+
+-- Added after the first release (each created if missing, so an older store gains them).
+DO $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'gridmap_users_truncate_stamp') THEN
+    CREATE TRIGGER gridmap_users_truncate_stamp AFTER TRUNCATE ON gridmap_users
+      FOR EACH STATEMENT EXECUTE FUNCTION gridmap_touch();
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'gridmap_audit_ids_ahead') THEN
+    CREATE TRIGGER gridmap_audit_ids_ahead BEFORE INSERT ON gridmap_audit
+      FOR EACH ROW EXECUTE FUNCTION gridmap_ids_ahead('id');
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'gridmap_documents_ids_ahead') THEN
+    CREATE TRIGGER gridmap_documents_ids_ahead BEFORE INSERT ON gridmap_documents
+      FOR EACH ROW EXECUTE FUNCTION gridmap_ids_ahead('id');
   END IF;
 END $$;

@@ -402,6 +402,12 @@ def to_metric(geoms: npt.ArrayLike) -> npt.NDArray[np.object_]:
     return transform_geometries(geoms, src=CRS84, dst=_epsg_uri(METRIC_EPSG))
 
 
+def metric_xy(lon: float, lat: float) -> tuple[float, float]:
+    """One WGS84 position in the metric CRS EPSG:4547 (a scalar fast path of :func:`to_metric`)."""
+    x, y = _transformer(4326, METRIC_EPSG).transform(lon, lat)
+    return float(x), float(y)
+
+
 def from_metric(geoms: npt.ArrayLike) -> npt.NDArray[np.object_]:
     """Unproject EPSG:4547 geometries back to WGS84 lon/lat. Vectorised."""
     return transform_geometries(geoms, src=_epsg_uri(METRIC_EPSG), dst=CRS84)

@@ -282,6 +282,19 @@ def _wkb_of(blob: Any) -> bytes | None:
         return None
 
 
+def blob_point(blob: bytes | None) -> tuple[float, float] | None:
+    """(x, y) of a GeoPackage blob holding a 2D point, read straight from its WKB; None for
+    any other geometry (a fast path for per-row SQL functions)."""
+    wkb = _wkb_of(blob)
+    if wkb is None or len(wkb) != 21:
+        return None
+    fmt = "<I2d" if wkb[0] == 1 else ">I2d"
+    kind, x, y = struct.unpack_from(fmt, wkb, 1)
+    if kind != 1 or x != x or y != y:  # not a point, or POINT EMPTY (NaN)
+        return None
+    return x, y
+
+
 def blob_is_empty(blob: bytes | None) -> bool:
     """ST_IsEmpty for a GeoPackage blob (flag bit 4), as the R-tree triggers need; an
     unreadable blob counts as empty (it gets no R-tree entry; `gridmap check` reports it)."""

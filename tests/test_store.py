@@ -126,3 +126,21 @@ def test_open_rejects_missing_and_foreign_files(tmp_path: Path) -> None:
         open_store(junk)
     with pytest.raises(StoreError, match="already exists"):
         create_store(junk)
+
+
+def test_a_point_blob_is_read_as_a_point() -> None:
+    """The per-row fast path of S_DWITHIN reads a point's coordinates straight from the
+    GeoPackage blob: the same as shapely's reading, either byte order; None otherwise."""
+    import struct
+
+    from gridmap.geometry import blob_point, from_gpkg_blobs, to_gpkg_blobs
+
+    pts = [shapely.Point(113.2912345678, 34.8012345678), shapely.Point(-0.0, 90.0)]
+    for blob, p in zip(to_gpkg_blobs(pts), pts, strict=True):
+        assert blob_point(blob) == (p.x, p.y) == from_gpkg_blobs([blob])[0].coords[0]
+    big = b"GP\x00\x00" + struct.pack("<i", 4326) + b"\x00" + struct.pack(">I2d", 1, 1.5, 2.5)
+    assert blob_point(big) == from_gpkg_blobs([big])[0].coords[0] == (1.5, 2.5)
+    others = [shapely.LineString([(0, 0), (1, 1)]), shapely.Point(), shapely.Point(1, 2, 3)]
+    for blob in to_gpkg_blobs(others):
+        assert blob_point(blob) is None
+    assert blob_point(None) is None and blob_point(b"not a blob") is None

@@ -135,16 +135,23 @@ class Spatial:
     distance_m: float | None = None
 
     def metric_literal(self) -> BaseGeometry:
-        """The literal in the metric CRS (EPSG:4547), where DWITHIN measures."""
-        return to_metric([self.geometry])[0]
+        """The literal in the metric CRS (EPSG:4547), where DWITHIN measures (computed once)."""
+        cached = self.__dict__.get("_metric")
+        if cached is None:
+            cached = to_metric([self.geometry])[0]
+            object.__setattr__(self, "_metric", cached)
+        return cached
 
     def reach(self) -> tuple[float, float, float, float]:
         """Lon/lat bounds that every feature within ``distance_m`` of the literal meets
-        (for an index prefilter; a little wider than the exact disc)."""
-        d = self.distance_m or 0.0
-        around = shapely.buffer(self.metric_literal(), d * 1.01 + 0.5, quad_segs=16)
-        x0, y0, x1, y1 = shapely.bounds(from_metric([around])[0])
-        return (float(x0), float(y0), float(x1), float(y1))
+        (for an index prefilter): the literal's metric box widened by the distance, its
+        edges densified before they are unprojected (a box, not a buffer: the same for a
+        line of a thousand points as for a point)."""
+        d = (self.distance_m or 0.0) * 1.01 + 0.5
+        x0, y0, x1, y1 = shapely.bounds(self.metric_literal())
+        box = shapely.segmentize(shapely.box(x0 - d, y0 - d, x1 + d, y1 + d), 50.0)
+        lx0, ly0, lx1, ly1 = shapely.bounds(from_metric([box])[0])
+        return (float(lx0), float(ly0), float(lx1), float(ly1))
 
 
 @dataclass(frozen=True)

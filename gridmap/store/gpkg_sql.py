@@ -8,7 +8,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
-from gridmap.crs import to_metric
+from gridmap.crs import metric_xy, to_metric
 from gridmap.store.records import (  # noqa: F401 - the backends' shared names
     AUDIT_FIELDS,
     CHUNK,
@@ -161,7 +161,11 @@ def _gm_dwithin(blob: bytes | None, metric_wkb: bytes, distance_m: float) -> int
     (given in EPSG:4547), measured in EPSG:4547? (NULL for a feature without geometry.)"""
     if blob is None:
         return None
-    g = to_metric(geo.from_gpkg_blobs([blob]))[0]
+    xy = geo.blob_point(blob)
+    if xy is not None:  # most rows are points: no geometry object to build and project
+        g = shapely.Point(metric_xy(*xy))
+    else:
+        g = to_metric(geo.from_gpkg_blobs([blob]))[0]
     return 1 if shapely.dwithin(g, _literal(metric_wkb), distance_m) else 0
 
 

@@ -1019,11 +1019,11 @@ def _advance(c: psycopg.Connection[Any], table: str, column: str) -> None:
 
 def _catch_up(c: psycopg.Connection[Any], table: str, column: str) -> None:
     """Move the id sequence forward if another client stored larger ids explicitly (QGIS,
-    psql), so that the next new id is free; never backward."""
+    psql), so that the next new id is free; never backward (the schema's
+    ``gridmap_keep_ids_ahead`` reads the sequence's state, called or not)."""
     c.execute(
-        f"SELECT setval(s.seq, s.top) FROM (SELECT pg_get_serial_sequence(%s, %s)::regclass "
-        f"AS seq, (SELECT max({_q(column)}) FROM {_q(table)}) AS top) AS s "
-        "WHERE s.top >= coalesce(pg_sequence_last_value(s.seq), 0)",
+        f"SELECT gridmap_keep_ids_ahead(pg_get_serial_sequence(%s, %s)::regclass, top) "
+        f"FROM (SELECT max({_q(column)}) AS top FROM {_q(table)}) AS m WHERE top IS NOT NULL",
         (_q(table), column),
     )
 

@@ -57,9 +57,9 @@ STATEMENT_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000
 POOL_WAIT_S = 10.0
 DOWN_RECHECK_S = 1.0
-UNAVAILABLE = "the database is unavailable (its log and gridmap's say why); try again shortly"
 """While the database is unreachable, requests fail at once, and one of them tries again
 after this long (so an outage is a quick 503, and service returns with the database)."""
+UNAVAILABLE = "the database is unavailable (its log and gridmap's say why); try again shortly"
 _CONNECTION_OPTIONS: dict[str, Any] = {
     "autocommit": True,
     "options": (
@@ -153,6 +153,10 @@ def redact(url: str) -> str:
     return f"postgresql://{user + '@' if user else ''}{netloc}/{dbname}" + (
         f"?{tail}" if tail else ""
     )
+
+
+class NotAllowed(StoreError):
+    """The database refused gridmap's role a statement (a privilege it lacks)."""
 
 
 class PostGISBackend(RecordTables):
@@ -261,9 +265,9 @@ class PostGISBackend(RecordTables):
     def _checkout(self) -> Iterator[psycopg.Connection[Any]]:
         """A pooled connection; a StoreError (503) at once while the database is down."""
         self._unless_down()
+        pool = self._get_pool()
         try:
-            cm = self._get_pool().connection()
-            c = cm.__enter__()
+            c = pool.getconn()
         except PoolTimeout:
             reason = _unreachable(self.url, timeout=3)
             if reason is not None:
@@ -272,11 +276,8 @@ class PostGISBackend(RecordTables):
             raise StoreError(msg) from None
         try:
             yield c
-        except BaseException as exc:
-            if not cm.__exit__(type(exc), exc, exc.__traceback__):
-                raise
-        else:
-            cm.__exit__(None, None, None)
+        finally:
+            pool.putconn(c)  # (autocommit: nothing to end; the pool resets what is left)
 
     def _unless_down(self) -> None:
         """Fail at once while the database is known to be unreachable; every
@@ -400,9 +401,7 @@ class PostGISBackend(RecordTables):
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (schema_digest(),),
                 )
-        except StoreError as exc:
-            if "must be owner" not in str(exc) and "permission denied" not in str(exc):
-                raise
+        except NotAllowed as exc:
             msg = (
                 f"the gridmap schema in {redact(self.url)} is older than this release and "
                 f"this role may not change it ({exc}); open the store once as the owner of "
@@ -1090,7 +1089,7 @@ def _mapped(exc: psycopg.Error) -> Exception:
         )
     if isinstance(exc, pg.InsufficientPrivilege):
         log.error("PostgreSQL: %s", text)
-        return StoreError(
+        return NotAllowed(
             f"gridmap's database role may not do this ({text}); the owner of the tables can "
             "allow it with `gridmap grant-service ROLE`"
         )

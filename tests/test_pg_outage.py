@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from gridmap.errors import StoreError
-from gridmap.store import FeatureStore, create_store
+from gridmap.store import FeatureStore, create_store, open_store
 from tests import postgres
 from tests.conftest import SERVICE_AREA, psycopg_dbname, require_postgis
 
@@ -96,3 +96,39 @@ def test_a_held_lock_is_busy_not_a_bad_query(served) -> None:  # type: ignore[no
         release.set()
         th.join()
     assert store.count("toilets") == 1
+
+
+@pytest.mark.postgis
+def test_repeated_queries_are_planned_for_their_values(request, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Review: after five runs psycopg prepares a statement and PostgreSQL may switch to a
+    generic plan, which recomputed a long S_DWITHIN literal's transform for every row (17x
+    slower in the reviewer's runs). gridmap's connections never use a generic plan."""
+    from gridmap.cql import check_filter
+    from gridmap.layers import get_layer
+    from gridmap.store import Query
+
+    require_postgis()
+    monkeypatch.setenv("GRIDMAP_PG_POOL", "1")  # one connection: the one asked below
+    cluster: postgres.Cluster = request.getfixturevalue("pg_cluster")
+    template: str = request.getfixturevalue("sample_template")
+    store = open_store(cluster.new_database("gm_plans", template=template))
+    try:
+        line = ",".join(
+            f"{113.25 + (i // 2) * 0.0002:.4f} {34.78 + (i % 2) * 0.06:.2f}" for i in range(800)
+        )
+        f = check_filter(f"S_DWITHIN(geom, LINESTRING({line}), 5000)", get_layer("households"))
+        for _ in range(10):
+            store.query_ids("households", Query(filters=[f], limit=5))
+            store.get("households", 7)  # a plan PostgreSQL would otherwise make generic
+        with store.backend._conn() as c:  # type: ignore[attr-defined]
+            prepared, generic = c.execute(
+                "SELECT count(*), coalesce(sum(generic_plans), 0) FROM pg_prepared_statements"
+            ).fetchone()
+            mode = c.execute("SHOW plan_cache_mode").fetchone()[0]
+        assert prepared >= 1  # the statements were prepared (else this proves nothing)
+        assert generic == 0
+        # PostgreSQL chose custom plans here by itself too; what keeps it from choosing a
+        # generic one elsewhere (other statistics, the reviewer's runs) is the session's mode
+        assert mode == "force_custom_plan"
+    finally:
+        store.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Iterable
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _INLINE_SCRIPT = re.compile(rb"<script\b([^>]*)>(.*?)</script\s*>", re.S | re.I)
 _SRC = re.compile(rb"\bsrc\s*=", re.I)
+log = logging.getLogger("gridmap.api")
 
 
 def inline_script_hashes(page: bytes) -> list[str]:
@@ -187,18 +189,41 @@ class ReadAudit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        refused = False
 
         async def send_after_audit(message: Message) -> None:
+            nonlocal refused
+            if refused:  # the audit failed: nothing of the app's answer leaves
+                return
             if message["type"] == "http.response.start":
-                from api.auth import audit_reads
-
-                if scope["app"].state.store.remote:  # a round trip: off the event loop
-                    await run_in_threadpool(audit_reads, scope, int(message["status"]))
-                else:
-                    audit_reads(scope, int(message["status"]))
+                try:
+                    await self._audit(scope, int(message["status"]))
+                except Exception as exc:
+                    refused = True
+                    await self._unrecorded(scope, receive, send, exc)
+                    return
             await send(message)
 
         await self.app(scope, receive, send_after_audit)
+
+    @staticmethod
+    async def _audit(scope: Scope, status: int) -> None:
+        from api.auth import audit_reads
+
+        if scope["app"].state.store.remote:  # a round trip: off the event loop
+            await run_in_threadpool(audit_reads, scope, status)
+        else:
+            audit_reads(scope, status)
+
+    @staticmethod
+    async def _unrecorded(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+        """A read whose audit entry could not be written is not answered: a 503 instead."""
+        from api.errors import problem
+
+        log.error("a personal read was refused: its audit entry was not written (%r)", exc)
+        detail = "the read could not be recorded in the audit log, so it was not answered; retry"
+        answer = problem(503, detail, instance=scope.get("path"), headers={"Retry-After": "2"})
+        await answer(scope, receive, send)
 
 
 class HeadAsGet:

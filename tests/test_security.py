@@ -21,7 +21,7 @@ from gridmap.errors import AuthenticationError
 from gridmap.security import Role, mask_id_number, mask_name, mask_phone
 from gridmap.settings import Settings
 from gridmap.store import FeatureStore, Query, Scope, open_store
-from tests.conftest import REFERENCE_DATE, refused_by_database, tokens_for
+from tests.conftest import REFERENCE_DATE, raw_sql, refused_by_database, tokens_for
 
 ROLES = ["public", "subdistrict_admin", "community_admin", "grid_worker", "planner", "auditor"]
 
@@ -964,6 +964,44 @@ def test_every_personal_read_is_audited_and_limited_whatever_the_route(edit_path
         else:
             assert n == 100
     store.close()
+
+
+def _audit_fails_for_households(path: Path | str) -> None:
+    """Make the database itself refuse audit entries about households (a full disk, a
+    revoked right), as another client could: a trigger gridmap does not know of."""
+    if str(path).startswith("postgresql://"):
+        raw_sql(
+            path,
+            "CREATE FUNCTION no_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.object LIKE 'households%' THEN RAISE EXCEPTION 'audit refused'; END IF; "
+            "RETURN NEW; END $$",
+        )
+        raw_sql(
+            path,
+            "CREATE TRIGGER no_audit BEFORE INSERT ON gridmap_audit "
+            "FOR EACH ROW EXECUTE FUNCTION no_audit()",
+        )
+    else:
+        raw_sql(
+            path,
+            "CREATE TRIGGER no_audit BEFORE INSERT ON gridmap_audit "
+            "WHEN NEW.object LIKE 'households%' BEGIN SELECT RAISE(ABORT, 'audit refused'); END",
+        )
+
+
+def test_a_read_whose_audit_cannot_be_written_is_not_answered(edit_path: Path) -> None:
+    """The audit entry is written before the response starts; when it fails, the client
+    gets a 503 and no personal data (not a 500 after the answer began)."""
+    h = tokens_for(edit_path)["subdistrict_admin"]
+    _audit_fails_for_households(edit_path)
+    with TestClient(_app(edit_path), raise_server_exceptions=False) as c:
+        r = c.get("/collections/households/items", headers=h, params={"limit": 3})
+        assert r.status_code == 503 and r.headers["retry-after"] == "2"
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "audit" in r.json()["detail"] and "features" not in r.text
+        one = c.get("/collections/households/items/1", headers=h)
+        assert one.status_code == 503 and "name" not in one.json()
+        assert c.get("/collections/toilets/items", headers=h).status_code == 200
 
 
 def test_refusals_are_audited_with_method_path_and_query(edit_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gridmap.cql import times
 from gridmap.cql.check import FilterError
 from gridmap.cql.process import PARSER
 
@@ -60,7 +61,7 @@ def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> Any:
     except (ValueError, RecursionError) as exc:  # JSON errors, too deep for json
         msg = f"could not parse the {lang} filter: {str(exc)[:200]}"
         raise FilterError(msg) from None
-    status, tree = PARSER.parse(lang, text)
+    status, tree = PARSER.parse(lang, _local_instants(lang, text))
     if status != "ok":
         first = str(tree).strip().splitlines()
         hint = " ".join(line.strip() for line in first[:4])[:300]
@@ -68,6 +69,15 @@ def parse(value: str | dict[str, Any], lang: str = "cql2-text") -> Any:
         raise FilterError(msg)
     _check_shape(tree)
     return tree
+
+
+def _local_instants(lang: str, text: str) -> str:
+    """The filter with each TIMESTAMP and INTERVAL instant that has no offset given as
+    the UTC instant of that Beijing time: cql2 reads such an instant as UTC, gridmap as
+    Beijing time wherever a time has no offset (:mod:`gridmap.cql.times`)."""
+    if lang == "cql2-text":
+        return times.local_instants(text)
+    return json.dumps(times.local_instants_json(json.loads(text)), ensure_ascii=False)
 
 
 def _check_shape(tree: Any) -> None:

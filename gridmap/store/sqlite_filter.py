@@ -181,16 +181,31 @@ def _column(name: str) -> str:
     return '"t"."' + name + '"'
 
 
-# The stored text of a date / timestamp (gridmap.cql.times), matched in SQL: such values,
-# nearly all of them, need no call into Python.
-_STORED_FORMS = {
-    "date": ("[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]",),
-    "datetime": (
-        "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]",
-        "[0-9][0-9][0-9][0-9]-[0-1][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-5][0-9]"
-        ".[0-9][0-9][0-9][0-9][0-9][0-9]",
-    ),
-}
+_D4 = "[0-9]" * 4
+_DAY = f"{_D4}-[0-9][0-9]-[0-9][0-9]"
+_SECOND = f"{_DAY}T[0-9][0-9]:[0-9][0-9]:[0-9][0-9]"
+
+
+def canonical(col: str, kind: str) -> str:
+    """SQL true exactly where ``col`` holds the stored text of a date or timestamp
+    (``kind``) in the years 1–9999 (:mod:`gridmap.cql.times`: ``YYYY-MM-DD``,
+    ``YYYY-MM-DDTHH:MM:SS`` and a fraction of six digits only when it is not zero): the
+    text that :func:`gridmap.cql.times.stored` gives back unchanged.
+
+    The day and time must exist: SQLite reads 2021-02-30 and 24:00:00 as they are
+    written, so the text is compared with itself after a round trip through the day
+    number ('+0 days'), which carries them over (to 2021-03-02, the next midnight).
+    """
+    year_1_on = f"substr({col}, 1, 4) <> '0000'"
+    if kind == "date":
+        shape = f"{col} GLOB '{_DAY}'"
+        exists = f"date({col}, '+0 days') = {col}"
+    else:
+        fraction = f"{col} GLOB '{_SECOND}.{'[0-9]' * 6}' AND {col} NOT GLOB '*.000000'"
+        shape = f"({col} GLOB '{_SECOND}' OR ({fraction}))"
+        second = f"substr({col}, 1, 19)"
+        exists = f"strftime('%Y-%m-%dT%H:%M:%S', {second}, '+0 days') = {second}"
+    return f"({shape} AND {year_1_on} AND {exists})"
 
 
 def time_column(col: str, kind: str) -> str:
@@ -198,13 +213,13 @@ def time_column(col: str, kind: str) -> str:
 
     A DATE or DATETIME column has numeric affinity in SQLite: compared as stored, text
     such as '2027' would turn into a number and be compared as one. This expression has
-    no affinity and yields the stored text of the date or instant
-    (:func:`gridmap.cql.times.stored`): as is when it has that form, else through
-    ``gm_date``/``gm_datetime`` (another program's '2026-11-01 10:00', an offset, an
-    infinity); NULL where the column holds no date.
+    no affinity and yields :func:`gridmap.cql.times.stored` of the value: the stored
+    text as is where it is canonical (:func:`canonical`: nearly every row, no call into
+    Python), else through ``gm_date``/``gm_datetime`` (another program's
+    '2026-11-01 10:00', an offset, extra zeros, an infinity); NULL where the column holds
+    no date (text, a day the calendar lacks).
     """
-    forms = " OR ".join(f"{col} GLOB '{g}'" for g in _STORED_FORMS[kind])
-    return f"(CASE WHEN {forms} THEN {col} ELSE gm_{kind}({col}) END)"
+    return f"(CASE WHEN {canonical(col, kind)} THEN {col} ELSE gm_{kind}({col}) END)"
 
 
 def list_guard(col: str) -> str:

@@ -20,7 +20,9 @@ def grant_service(
     """Let a PostgreSQL role serve a PostGIS store with least rights (run as the owner).
 
     The role reads and writes features, accounts and documents, and only reads and
-    appends to the audit log; owning no table, it cannot disable the log's triggers."""
+    appends to the audit log; owning no table, it cannot disable the log's triggers. A
+    role that could reach further (a superuser, CREATEROLE, a member of the owner's role,
+    an owner of the database, schema or a table) or cannot log in is refused."""
     from gridmap.store import is_server_url
     from gridmap.store.postgis import grant_service as grant
 

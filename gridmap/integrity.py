@@ -12,7 +12,7 @@ from gridmap.assign import PolygonIndex
 from gridmap.cql import times
 from gridmap.errors import InvalidFeatureError
 from gridmap.layers import LAYERS, Prop
-from gridmap.store.base import Query, Store
+from gridmap.store.base import ID_LIMIT, Query, Store
 
 # Tolerances in degrees (≈ 1 cm and ≈ 1 m² at 35° N).
 _EPS_DEG = 1e-7
@@ -35,7 +35,8 @@ def check_store(store: Store) -> list[str]:
     community do not overlap; every household and building lies in exactly one grid and
     carries that grid's id; every reference the registry declares names an existing
     feature (in the same grid where declared so); every stored value passes the property
-    rules of today and is in its normal form (identifiers, local times), so data written
+    rules of today and is in its normal form (identifiers, local times), and every id lies
+    in 1 … ID_LIMIT - 1, so data written
     before a rule existed, or by another program, is found. Each kind of problem lists
     its first cases and counts the rest.
     """
@@ -188,29 +189,35 @@ def _reference_problems(store: Store) -> list[str]:
 
 def _ledger_problems(store: Store) -> list[str]:
     """Households whose last visit is not their latest entry in the visit ledger (an edit
-    by another program), and ledger rows naming a campaign that does not exist."""
+    by another program), and ledger rows naming a campaign that does not exist.
+
+    Times are compared as instants (:func:`_instant`), however each is written: another
+    program's '2026-11-01T08:00:00.000000' is the ledger's '2026-11-01T08:00:00'. A visit
+    whose time is no date cannot be the latest (``_value_problems`` names it)."""
     visits = store.query("visits")
-    latest: dict[int, tuple[str, set[str]]] = {}
+    latest: dict[int, tuple[str, Any, set[str]]] = {}
     campaigns = {d["id"] for d in store.documents("campaign")}
     unknown = []
     for fid, p in zip(visits.ids.tolist(), visits.properties, strict=True):
-        h, at, outcome = p.get("household_id"), str(p.get("visited_at")), p.get("outcome")
+        h, outcome = p.get("household_id"), p.get("outcome")
         if p.get("campaign_id") is not None and p["campaign_id"] not in campaigns:
             unknown.append(f"visits {fid}: names campaign {p['campaign_id']}, which does not exist")
-        if not isinstance(h, int):
+        at = _instant(p.get("visited_at"))
+        if not isinstance(h, int) or at is None:
             continue
         if h not in latest or at > latest[h][0]:
-            latest[h] = (at, {str(outcome)})
+            latest[h] = (at, p.get("visited_at"), {str(outcome)})
         elif at == latest[h][0]:
-            latest[h][1].add(str(outcome))
+            latest[h][2].add(str(outcome))
     hh = store.query("households", Query(ids=sorted(latest))) if latest else None
     stale = []
     for fid, p in zip(hh.ids.tolist() if hh else [], hh.properties if hh else [], strict=True):
-        at, outcomes = latest[fid]
-        if str(p.get("last_visit_at")) != at or p.get("last_visit_status") not in outcomes:
+        at, written, outcomes = latest[fid]
+        last = p.get("last_visit_at")
+        if _instant(last) != at or p.get("last_visit_status") not in outcomes:
             stale.append(
-                f"households {fid}: last visit {p.get('last_visit_at')} "
-                f"{p.get('last_visit_status')}, but the ledger's latest is {at} "
+                f"households {fid}: last visit {last} "
+                f"{p.get('last_visit_status')}, but the ledger's latest is {written} "
                 f"{'/'.join(sorted(outcomes))}"
             )
     return _listed("households behind their visit ledger", stale) + _listed(
@@ -218,8 +225,16 @@ def _ledger_problems(store: Store) -> list[str]:
     )
 
 
+def _instant(value: Any) -> str | None:
+    """A stored timestamp (ISO text on both backends, in any form another program wrote)
+    as the text it compares as (:func:`gridmap.cql.times.stored`: one text per instant,
+    in time order); None when it is no date."""
+    return times.stored(value, "datetime")
+
+
 def _value_problems(store: Store) -> list[str]:
-    """Stored values that today's property rules refuse, or that are not in normal form."""
+    """Stored values that today's property rules refuse, or that are not in normal form,
+    and ids outside 1 … ID_LIMIT - 1 (another program wrote them)."""
     out: list[str] = []
     synthetic = bool(getattr(store, "synthetic", False))
     for layer in LAYERS:
@@ -227,6 +242,11 @@ def _value_problems(store: Store) -> list[str]:
         found = []
         times_of = [p for p in layer.properties if p.type in times.TIME_TYPES]
         for fid, q in zip(fs.ids.tolist(), fs.properties, strict=True):
+            if not 0 < fid < ID_LIMIT:
+                found.append(
+                    f"{layer.id} {fid}: its id is outside 1–{ID_LIMIT - 1}, the ids the API "
+                    "addresses; give the row a free id in that range"
+                )
             unreadable = _unreadable_times(times_of, q)
             found += [f"{layer.id} {fid}: {why}" for why in unreadable.values()]
             if unreadable:  # the rest checked as usual
@@ -257,7 +277,8 @@ def _value_problems(store: Store) -> list[str]:
 def _unreadable_times(props: list[Prop], q: dict[str, Any]) -> dict[str, str]:
     """Date and timestamp values that are no date or time in the years 1–9999 (another
     program wrote them: a PostgreSQL infinity or BC date, read as text; a GeoPackage
-    column's text or number), by property name, with what is wrong."""
+    column's text or number, or a day the calendar lacks such as 2021-02-30, which no
+    PostgreSQL column can hold), by property name, with what is wrong."""
     out = {}
     for p in props:
         v = q.get(p.name)

@@ -69,6 +69,7 @@ statistics read orders suppression). A destination may hold them; the copy bring
 source's, which it must (the same small counts withheld)."""
 STOP = "copy into a new store (a new file, or an empty database)"
 FRESH = "copy into a fresh destination (a new file, or an empty database)"
+ELSEWHERE = "choose a writable place (a folder of yours), or ask for write access there"
 _LABELS = {SETTINGS: "settings", DOCUMENTS: "campaigns and plans", USERS: "accounts",
            AUDIT: "audit log"}  # fmt: skip
 Progress = Callable[[str, int, int], None]
@@ -150,7 +151,10 @@ def _copy(
     """Check the destination, then copy the parts it lacks."""
     from gridmap.queries import disclosure_key
 
-    disclosure_key(src)  # made now if missing: the copy must withhold the same counts
+    if not getattr(src.backend, "read_only", False):
+        # made now if missing: the copy must withhold the same counts. A source that may
+        # not be written cannot have published statistics without one: the copy makes its own.
+        disclosure_key(src)
     copied = _copied(dst, origin)
     _refuse_stale(_versions(src), copied)
     _refuse_foreign(dst, _settings(src), copied)
@@ -183,8 +187,34 @@ def _destination(url: str | os.PathLike[str], src: FeatureStore) -> FeatureStore
         return open_store(url) if _exists(url) else create_store(url, service_area=src.service_area)
     path = Path(url)
     if path.exists() and not _holds_nothing(path):
-        return open_store(path)
-    return _create_file(path, src)
+        dst = open_store(path)
+        if getattr(dst.backend, "read_only", False):
+            dst.close()
+            msg = f"cannot write {path}: this user may not change it or its folder; {ELSEWHERE}"
+            raise StoreError(msg)
+        return dst
+    _refuse_unwritable(path)
+    try:
+        return _create_file(path, src)
+    except (OSError, sqlite3.Error) as exc:  # a full disk, a medium made read-only meanwhile
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        msg = f"cannot write {path}: {reason}; {ELSEWHERE}"
+        raise StoreError(msg) from None
+
+
+def _refuse_unwritable(path: Path) -> None:
+    """StoreError, before anything is written, if a new file cannot be made at ``path``:
+    its folder (or the nearest one that exists, where the missing ones would be made) is
+    read-only for this user, or is no folder."""
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        msg = f"cannot write {path}: {folder} is a file, not a folder; {ELSEWHERE}"
+        raise StoreError(msg)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        msg = f"cannot write {path}: the folder {folder} is read-only for this user; {ELSEWHERE}"
+        raise StoreError(msg)
 
 
 def _create_file(path: Path, src: FeatureStore) -> FeatureStore:

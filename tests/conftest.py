@@ -301,3 +301,14 @@ def external_connection(path: Path) -> sqlite3.Connection:
     for i, name in enumerate(("ST_MinX", "ST_MaxX", "ST_MinY", "ST_MaxY")):
         conn.create_function(name, 1, lambda b, i=i: geo.blob_envelope(b)[i])
     return conn
+
+
+@pytest.fixture
+def locked(tmp_path: Path) -> Iterator[Path]:
+    """A folder to fill, then :func:`tests.test_readonly.lock`; writable again afterwards."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    yield folder
+    folder.chmod(0o755)
+    for p in folder.iterdir():
+        p.chmod(0o644)

@@ -27,7 +27,9 @@ from gridmap.queries import disclosure_key
 from gridmap.store import create_store
 from gridmap.transfer import DONE, copy_store
 from tests import postgres
-from tests.conftest import SERVICE_AREA, raw_sql, require_postgis
+from tests.conftest import SERVICE_AREA, copy_database, raw_sql, require_postgis
+from tests.test_readonly import gridmap as plain_gridmap
+from tests.test_readonly import lock
 
 P = shapely.Point
 ROOT = Path(__file__).resolve().parent.parent
@@ -328,6 +330,48 @@ def test_a_file_holding_anything_else_is_left_alone(src: Path, tmp_path: Path) -
     with pytest.raises(StoreError, match="not a GeoPackage"):
         copy_store(src, theirs)
     assert raw_sql(theirs, "SELECT body FROM notes") == [("mine",)]
+
+
+@pytest.mark.gpkg_only
+def test_a_copy_into_a_read_only_folder_says_what_to_do_and_writes_nothing(
+    src: Path, locked: Path
+) -> None:
+    """Review: ``gridmap copy SRC DST`` into a folder the user may not write printed a
+    Python traceback. Also a folder still to be made inside one, an empty file there, and
+    a store there that a copy would resume."""
+    (locked / "empty.gpkg").touch()
+    create_store(locked / "begun.gpkg", service_area=SERVICE_AREA).close()
+    before = lock(locked)
+    folder = f"the folder {locked} is read-only for this user"
+    said_for = {
+        "copy.gpkg": folder,
+        "new/deeper/copy.gpkg": folder,
+        "empty.gpkg": folder,
+        "begun.gpkg": "this user may not change it or its folder",
+    }
+    for dst, why in said_for.items():
+        r = plain_gridmap("copy", str(src), str(locked / dst))
+        said = " ".join(r.stderr.split())
+        assert r.returncode == 1 and "Traceback" not in said, said
+        assert f"cannot write {locked / dst}: {why}; choose a writable place" in said
+    assert sorted(p.name for p in locked.iterdir()) == ["begun.gpkg", "empty.gpkg"]
+    assert lock(locked) == before
+
+
+@pytest.mark.gpkg_only
+def test_a_copy_from_a_read_only_geopackage(src: Path, locked: Path, tmp_path: Path) -> None:
+    """A source the user may only read is read read-only (nothing written beside it, not
+    even the key statistics are withheld by, which a store that cannot be written never
+    made: the copy makes its own when its statistics are first read)."""
+    ro = copy_database(src, locked / "src.gpkg")
+    before = lock(locked)
+    dst = tmp_path / "out" / "copy.gpkg"
+    r = plain_gridmap("copy", str(ro), str(dst))
+    assert r.returncode == 0, r.stderr
+    _same(ro, dst)
+    assert lock(locked) == before  # the same bytes, no -wal or -shm beside them
+    key = "SELECT value FROM gridmap_meta WHERE key = 'disclosure_key'"
+    assert raw_sql(ro, key) == raw_sql(dst, key) == []
 
 
 # ---------------------------------------------------------------- 3. a live source

@@ -32,8 +32,8 @@ from gridmap.crs import CRS84, bbox_to_wgs84
 from gridmap.errors import FeatureNotFoundError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.settings import Settings
+from gridmap.store import ID_LIMIT, Scope, Store
 from gridmap.store import Query as StoreQuery
-from gridmap.store import Scope, Store
 
 router = APIRouter()
 
@@ -502,7 +502,7 @@ def parse_fid(layer: Layer, feature_id: str) -> int:
 
     ASCII digits only: ``str.isdigit`` also accepts ``²`` (which ``int`` refuses) and
     ``１``/``١`` (which ``int`` reads as 1), so one feature would have many URLs."""
-    if not (feature_id.isascii() and feature_id.isdigit()) or not 0 < int(feature_id) < 2**62:
+    if not (feature_id.isascii() and feature_id.isdigit()) or not 0 < int(feature_id) < ID_LIMIT:
         msg = f"no feature {feature_id[:40]!r} in collection {layer.id}"
         raise FeatureNotFoundError(msg)
     return int(feature_id)

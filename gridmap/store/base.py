@@ -23,6 +23,9 @@ BBox = tuple[float, float, float, float]
 Predicate = Literal["intersects", "within", "contains"]
 Progress = Callable[[int], None]
 """Called with the number of features written so far."""
+ID_LIMIT = 2**62
+"""Feature ids lie in 1 … ID_LIMIT - 1, the ids the API addresses, on every backend: an
+id at the end of the integer range would leave no room for the rows made after it."""
 
 
 @dataclass(frozen=True)

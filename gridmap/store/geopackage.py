@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
+import hashlib
 import json
 import os
 import sqlite3
@@ -26,10 +28,10 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
-from gridmap.errors import InvalidFeatureError, StoreError
+from gridmap.errors import IntegrityError, InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
-from gridmap.store.base import BBox, FeatureSet, Progress
+from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
 from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
     _CORE_SQL,
@@ -67,6 +69,13 @@ class GeoPackageBackend(RecordTables):
     WAL journaling and a busy timeout. Connections are per thread.
 
     Use :meth:`create` for a new file and :meth:`open` for an existing one.
+
+    **Read-only files.** A file (or folder) this user may not write is opened read-only:
+    every read works, every write raises :class:`StoreError` saying so. Opening runs no
+    DDL when the file records this release's :func:`schema_digest` (else it brings the
+    schema up to date first, which needs write access once). SQLite reads a WAL file
+    through a shared-memory file beside it; where the folder cannot hold one, the file is
+    read as immutable (no locks: changes another program makes meanwhile are not seen).
     """
 
     def __init__(self, path: str | os.PathLike[str], *, _create: bool = False) -> None:
@@ -76,6 +85,8 @@ class GeoPackageBackend(RecordTables):
             raise StoreError(msg)
         self.url = str(self.path)
         self.remote = False
+        self.read_only = not _create and not _writable(self.path)
+        self._ro_uri: str | None = None  # how read-only connections open the file
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
@@ -112,13 +123,17 @@ class GeoPackageBackend(RecordTables):
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
-        conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
+        if self.read_only:
+            conn = self._connect_read_only()
+        else:
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
         try:
             conn.execute("PRAGMA busy_timeout = 30000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            if not self.read_only:
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
             register_functions(conn)
         except BaseException:
@@ -128,6 +143,41 @@ class GeoPackageBackend(RecordTables):
         with self._lock:
             self._conns.append(conn)
         return conn
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A read-only connection, opened as :meth:`_read_only_uri` decided once."""
+        base = self.path.resolve().as_uri()
+        if self._ro_uri is None:
+            self._ro_uri = self._read_only_uri(base)
+        return sqlite3.connect(f"{base}?{self._ro_uri}", uri=True, **_OPTIONS)
+
+    def _read_only_uri(self, base: str) -> str:
+        """How to read the file: as immutable (no locks, no files beside it) when nobody may
+        write it and no WAL is in use; else ``mode=ro``, sharing the locks and the WAL
+        index of the programs that write it — unless the folder cannot hold the index
+        SQLite then needs (immutable after all, if no commit waits in the WAL)."""
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        pending = wal.exists() and wal.stat().st_size > 0
+        if not (shm.exists() or pending or self.path.stat().st_mode & 0o222):
+            return "immutable=1"  # a mode=ro read would leave files that block later writers
+        conn = sqlite3.connect(f"{base}?mode=ro", uri=True, **_OPTIONS)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.OperationalError as exc:
+            if not _denied(exc):
+                raise
+            if pending:
+                msg = (
+                    f"{self.path} is read-only and its latest changes are still in "
+                    f"{wal.name}, which SQLite reads only with write access to the folder; "
+                    f"open it once with write access (`gridmap info --database {self.path}`) "
+                    "to fold them in"
+                )
+                raise StoreError(msg) from None
+            return "immutable=1"
+        finally:
+            conn.close()
+        return "mode=ro"
 
     def close(self) -> None:
         """Close every connection this store opened."""
@@ -145,7 +195,10 @@ class GeoPackageBackend(RecordTables):
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction; inside another (same thread) a savepoint of it."""
+        """One write transaction; inside another (same thread) a savepoint of it. A file
+        that may not be written refuses it with :class:`ReadOnlyError`."""
+        if self.read_only:
+            raise ReadOnlyError(self.path)
         conn = self._connect()
         depth = getattr(self._local, "depth", 0)
         begin, commit, rollback = (
@@ -153,14 +206,22 @@ class GeoPackageBackend(RecordTables):
             if depth == 0
             else (f"SAVEPOINT w{depth}", f"RELEASE w{depth}", f"ROLLBACK TO w{depth}")
         )
-        conn.execute(begin)
+        try:
+            conn.execute(begin)
+        except sqlite3.OperationalError as exc:
+            if _denied(exc):
+                raise ReadOnlyError(self.path) from None
+            raise
         self._local.depth = depth + 1
         try:
             yield conn
-        except BaseException:
-            conn.execute(rollback)
-            if depth:
-                conn.execute(commit)  # a rolled-back savepoint stays open until released
+        except BaseException as exc:
+            if conn.in_transaction:  # SQLite ends it itself on some errors (SQLITE_FULL)
+                conn.execute(rollback)
+                if depth:
+                    conn.execute(commit)  # a rolled-back savepoint stays open until released
+            if isinstance(exc, sqlite3.OperationalError) and _denied(exc):
+                raise ReadOnlyError(self.path) from None  # e.g. a file made immutable
             raise
         else:
             conn.execute(commit)
@@ -204,12 +265,8 @@ class GeoPackageBackend(RecordTables):
 
     def _create_layer_table(self, c: sqlite3.Connection, layer: Layer) -> None:
         t = layer.id
-        cols = ", ".join(f"{_q(p.name)} {p.sql_type}" for p in layer.properties)
-        c.execute(
-            f"CREATE TABLE {_q(t)} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
-            f"geom {layer.geometry_type.upper()}, {cols}, "
-            "version INTEGER NOT NULL DEFAULT 1)"
-        )
+        table, rtree, *rest = _layer_statements(layer)
+        c.execute(table)
         c.execute(
             "INSERT INTO gpkg_contents (table_name, data_type, identifier, description, srs_id)"
             " VALUES (?, 'features', ?, ?, 4326)",
@@ -219,35 +276,32 @@ class GeoPackageBackend(RecordTables):
             "INSERT INTO gpkg_geometry_columns VALUES (?, 'geom', ?, 4326, 0, 0)",
             (t, layer.geometry_type.upper()),
         )
-        c.execute(
-            f"CREATE VIRTUAL TABLE {_q('rtree_' + t + '_geom')} "
-            "USING rtree(id, minx, maxx, miny, maxy)"
-        )
+        c.execute(rtree)
         c.execute(
             "INSERT INTO gpkg_extensions VALUES (?, 'geom', 'gpkg_rtree_index', "
             "'http://www.geopackage.org/spec120/#extension_rtree', 'write-only')",
             (t,),
         )
-        for stmt in _RTREE_TRIGGERS.format(t=t).split("END;"):
-            if stmt.strip():
-                c.execute(stmt + "END;")
+        for stmt in rest:
+            c.execute(stmt)
         self._create_stamps(c, layer)
-        for p in layer.properties:
-            if p.ref is not None or p.indexed:
-                c.execute(f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})")
 
     def _create_stamps(self, c: sqlite3.Connection, layer: Layer) -> None:
         c.execute("INSERT OR IGNORE INTO gridmap_changes VALUES (?, 0)", (layer.id,))
-        for stmt in _STAMP_TRIGGERS.format(t=layer.id).split("END;"):
-            if stmt.strip():
-                c.execute(stmt + "END;")
+        for stmt in _stamp_statements(layer):
+            c.execute(stmt)
 
     def _upgrade(self) -> None:
-        """Create what a file lacks (change stamps, accounts, audit log); idempotent."""
+        """Create what a file lacks (change stamps, accounts, audit log) and record this
+        release's :func:`schema_digest`; idempotent."""
         with self._write() as c:
             c.execute(
                 "CREATE TABLE IF NOT EXISTS gridmap_changes "
                 "(layer TEXT PRIMARY KEY, stamp INTEGER NOT NULL)"
+            )
+            c.execute(
+                "CREATE TABLE IF NOT EXISTS gridmap_meta "
+                "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
             tables = {
                 r[0]
@@ -262,6 +316,11 @@ class GeoPackageBackend(RecordTables):
             for stmt in _ACCOUNTS_SQL.split(";\n"):
                 if stmt.strip():
                     c.execute(stmt)
+            c.execute(
+                "INSERT INTO gridmap_meta VALUES ('schema_digest', ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (schema_digest(),),
+            )
 
     # ---------------------------------------------------------------- records, stamps
 
@@ -300,25 +359,61 @@ class GeoPackageBackend(RecordTables):
         return int(row[0]) if row else -1
 
     def _check_schema(self) -> None:
+        """Refuse a file that is no gridmap GeoPackage; bring an older schema up to this
+        release's (only then is any DDL run, so a read-only file of this release opens)."""
         try:
-            conn = self._connect()
-            app = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = {
-                r[0]
-                for r in conn.execute(
-                    "SELECT table_name FROM gpkg_contents WHERE data_type = 'features'"
-                )
-            }
+            app, tables, digest = self._schema_facts()
+        except sqlite3.OperationalError as exc:
+            if self.read_only or not _denied(exc):
+                raise self._not_geopackage(exc) from None
+            # SQLite could not open it for writing after all (an immutable file, a folder
+            # that cannot hold the WAL's shared-memory file): read it read-only
+            self.close()
+            self.read_only = True
+            try:
+                app, tables, digest = self._schema_facts()
+            except sqlite3.DatabaseError as again:
+                raise self._not_geopackage(again) from None
         except sqlite3.DatabaseError as exc:
-            msg = f"{self.path} is not a GeoPackage ({exc}); point GRIDMAP_DATABASE at one"
-            raise StoreError(msg) from None
+            raise self._not_geopackage(exc) from None
         if app != APPLICATION_ID:
             msg = f"{self.path} is not a GeoPackage (application_id {app:#x})"
             raise StoreError(msg)
         if not tables & {lay.id for lay in LAYERS}:
             msg = f"{self.path} holds no gridmap layer; build one with `gridmap demo`"
             raise StoreError(msg)
-        self._upgrade()
+        if digest == schema_digest():
+            return
+        try:
+            self._upgrade()
+        except ReadOnlyError:
+            msg = (
+                f"{self.path} was made by an older gridmap and is read-only here; open it "
+                "once with write access to upgrade it (e.g. `gridmap info --database "
+                f"{self.path}` as its owner), then it opens read-only too"
+            )
+            raise StoreError(msg) from None
+
+    def _schema_facts(self) -> tuple[int, set[str], str | None]:
+        """The file's application id, feature tables and recorded schema digest."""
+        conn = self._connect()
+        app = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        tables = {
+            str(r[0])
+            for r in conn.execute(
+                "SELECT table_name FROM gpkg_contents WHERE data_type = 'features'"
+            )
+        }
+        try:
+            row = conn.execute(
+                "SELECT value FROM gridmap_meta WHERE key = 'schema_digest'"
+            ).fetchone()
+        except sqlite3.OperationalError:  # no gridmap_meta: _upgrade makes it
+            row = None
+        return app, tables, None if row is None else str(row[0])
+
+    def _not_geopackage(self, exc: sqlite3.DatabaseError) -> StoreError:
+        return StoreError(f"{self.path} is not a GeoPackage ({exc}); point GRIDMAP_DATABASE at one")
 
     # ---------------------------------------------------------------- reading
 
@@ -636,7 +731,7 @@ class GeoPackageBackend(RecordTables):
     ) -> tuple[Any, Any] | None:
         """Smallest and largest non-null value of a column among the matching rows."""
         where, params, use_rtree = self._where(layer, sel)
-        col = f"t.{_q(column)}"
+        col = _sort_key(layer, column)  # a date or time: the instant it holds, as sorted
         sql = f"SELECT min({col}), max({col}){self._from(layer, use_rtree)}{where}"
         row = self._connect().execute(sql, params).fetchone()
         if row is None or row[0] is None:
@@ -750,6 +845,7 @@ class GeoPackageBackend(RecordTables):
         props_def = layer.properties
         with self._write() as c:
             start = c.execute("SELECT coalesce(max(fid), 0) FROM " + _q(layer.id)).fetchone()[0]
+            _refuse_ids_beyond(c, layer, int(start), len(blobs))
             for lo in range(0, len(blobs), CHUNK):
                 chunk = [
                     (blobs[i], *(_to_sql(p, rows[i].get(p.name)) for p in props_def))
@@ -882,6 +978,94 @@ class _LayerIndex:
     tree: shapely.STRtree
     column: str | None
     values: npt.NDArray[np.int64] | None
+
+
+_OPTIONS: dict[str, Any] = {"timeout": 30.0, "isolation_level": None, "check_same_thread": False}
+
+
+class ReadOnlyError(StoreError):
+    """The GeoPackage may not be written by this user (file, folder or medium)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"the GeoPackage {path} is read-only (this user may not write the file or its "
+            "folder): it can be read, not changed; give write access to both, or copy it "
+            "to a writable place with `gridmap copy`"
+        )
+
+
+def _writable(path: Path) -> bool:
+    """True if this user may write the file and its folder (SQLite makes its WAL and
+    shared-memory files beside it)."""
+    folder = Path(os.path.realpath(path)).parent
+    return os.access(path, os.R_OK | os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def _denied(exc: sqlite3.Error) -> bool:
+    """True for SQLite's refusals to write, or to open what a read needs (read-only file,
+    folder or medium)."""
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    return name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"))
+
+
+def _refuse_ids_beyond(c: sqlite3.Connection, layer: Layer, largest: int, n: int) -> None:
+    """IntegrityError if the ids SQLite would give ``n`` new rows reach ID_LIMIT: it gives
+    one more than the largest id the table has ever held (AUTOINCREMENT), so one row another
+    program stored with a huge id leaves none for gridmap."""
+    row = c.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (layer.id,)).fetchone()
+    given = int(row[0]) if row and isinstance(row[0], int) else 0
+    if max(largest, given) + n < ID_LIMIT:
+        return
+    t = layer.id
+    if largest >= given:
+        why = f"its row with id {largest} (stored by another program)"
+        fix = f"give that row a free id below {ID_LIMIT} or delete it (sqlite3, QGIS), then "
+    else:
+        why = f"an id as large as {given}, given out before (the row is gone)"
+        fix = ""
+    msg = (
+        f"{t} has no ids left for new features: {why} makes SQLite number new ones beyond "
+        f"{ID_LIMIT - 1}, the largest id gridmap uses; {fix}set the layer's counter back with "
+        f"UPDATE sqlite_sequence SET seq = (SELECT max(fid) FROM {_q(t)} WHERE fid < {ID_LIMIT})"
+        f" WHERE name = '{t}' (`gridmap check` lists ids out of range)"
+    )
+    raise IntegrityError(msg)
+
+
+def _layer_statements(layer: Layer) -> list[str]:
+    """The DDL of a layer's table: the table, its R-tree, their triggers, its indexes (the
+    table and the R-tree first)."""
+    t = layer.id
+    cols = ", ".join(f"{_q(p.name)} {p.sql_type}" for p in layer.properties)
+    out = [
+        f"CREATE TABLE {_q(t)} (fid INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL, "
+        f"geom {layer.geometry_type.upper()}, {cols}, version INTEGER NOT NULL DEFAULT 1)",
+        f"CREATE VIRTUAL TABLE {_q('rtree_' + t + '_geom')} "
+        "USING rtree(id, minx, maxx, miny, maxy)",
+    ]
+    out += [stmt + "END;" for stmt in _RTREE_TRIGGERS.format(t=t).split("END;") if stmt.strip()]
+    out += [
+        f"CREATE INDEX {_q(f'idx_{t}_{p.name}')} ON {_q(t)} ({_q(p.name)})"
+        for p in layer.properties
+        if p.ref is not None or p.indexed
+    ]
+    return out
+
+
+def _stamp_statements(layer: Layer) -> list[str]:
+    """The triggers that move a layer's change stamp."""
+    text = _STAMP_TRIGGERS.format(t=layer.id)
+    return [stmt + "END;" for stmt in text.split("END;") if stmt.strip()]
+
+
+@functools.cache
+def schema_digest() -> str:
+    """A digest of this release's GeoPackage schema: a file that records it (in
+    gridmap_meta) needs no DDL on open, so a read-only one opens."""
+    parts = [_CORE_SQL, _ACCOUNTS_SQL]
+    for layer in LAYERS:
+        parts += _layer_statements(layer) + _stamp_statements(layer)
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
 def _sort_key(layer: Layer, name: str) -> str:

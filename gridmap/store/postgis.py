@@ -21,10 +21,10 @@ import threading
 import time
 import unicodedata
 import urllib.parse
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -32,6 +32,7 @@ import orjson
 import psycopg
 import shapely
 from psycopg import errors as pg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Json, Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 from shapely.geometry.base import BaseGeometry
@@ -42,20 +43,23 @@ from gridmap.errors import (
     StoreError,
 )
 from gridmap.layers import LAYERS, Layer, Prop
-from gridmap.store import pg_types
+from gridmap.store import pg_types, pg_watchdog
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
-from gridmap.store.base import BBox, FeatureSet, Progress
+from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
 from gridmap.store.pg_stamps import StampWatch
 from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, RecordTables, _q
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 SCHEMA_VERSION = "1"
 WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transaction())
 STATEMENT_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000
 POOL_WAIT_S = 10.0
+ID_ATTEMPTS = 5
+"""Tries of an insert whose sequence id another client took meanwhile (see _fresh_ids)."""
 DOWN_RECHECK_S = 1.0
 """While the database is unreachable, requests fail at once, and one of them tries again
 after this long (so an outage is a quick 503, and service returns with the database)."""
@@ -77,6 +81,7 @@ _CONNECTION_OPTIONS: dict[str, Any] = {
     "keepalives_count": 4,
     "tcp_user_timeout": 40_000,
 }
+_LAYER_IDS = frozenset(layer.id for layer in LAYERS)
 _STAMPED_RECORDS = ("gridmap_users", "gridmap_documents")
 """Record tables with a change stamp (written through RecordTables._run)."""
 _PG_TYPES = {
@@ -217,6 +222,8 @@ class PostGISBackend(RecordTables):
                 max_size=max(size, 1),
                 timeout=POOL_WAIT_S,
                 reconnect_timeout=3.0,  # then a new attempt when asked: no growing back-off
+                # cut when the server stays silent past the timeout (a frozen backend)
+                connection_class=pg_watchdog.connection_class(STATEMENT_TIMEOUT_MS / 1000),
                 kwargs=_CONNECTION_OPTIONS,
                 configure=pg_types.configure,  # dates Python cannot hold read as text
                 open=False,
@@ -389,13 +396,16 @@ class PostGISBackend(RecordTables):
 
     def _upgrade(self) -> None:
         """Bring the schema to this release's (functions, a layer added by a later release,
-        its indexes, relations and triggers) and record its digest; idempotent."""
+        its indexes, relations and triggers), grant the service roles what they need of it
+        (a new table included), and record its digest; idempotent."""
         try:
             with self.transaction(), self._conn() as c:
                 for statement in _schema_statements():
                     c.execute(statement)
                 for table, column in _id_columns():
+                    _back_within_limit(c, table, column)
                     _catch_up(c, table, column)
+                _regrant_services(c)
                 c.execute(
                     "INSERT INTO gridmap_meta VALUES ('schema_digest', %s) "
                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
@@ -413,10 +423,21 @@ class PostGISBackend(RecordTables):
     # ---------------------------------------------------------------- records, stamps
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """One statement of :class:`RecordTables` (``?`` marks become ``%s``)."""
+        """One statement of :class:`RecordTables` (``?`` marks become ``%s``); an insert
+        that takes its id from a sequence is tried again with a fresh one if another client
+        took that id meanwhile."""
+        query, args = sql.replace("?", "%s"), list(params) or None
+
+        def run(c: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+            cur = c.execute(query, args)
+            return cur.fetchall() if cur.description else []
+
+        numbered = _sequence_insert(sql)
         with self._conn() as c:
-            cur = c.execute(sql.replace("?", "%s"), list(params) or None)
-            rows = cur.fetchall() if cur.description else []
+            if numbered is None:
+                rows = run(c)
+            else:
+                rows = _fresh_ids(c, numbered, "id", functools.partial(run, c))
         if self._watch is not None and not sql.startswith("SELECT"):
             for table in _STAMPED_RECORDS:
                 if table in sql:
@@ -766,13 +787,8 @@ class PostGISBackend(RecordTables):
                     (wkb[i], *(_to_pg(p, rows[i].get(p.name)) for p in layer.properties))
                     for i in range(lo, hi)
                 ]
-                cur.executemany(sql, chunk, returning=True)
-                while True:
-                    got = cur.fetchone()
-                    if got is not None:
-                        ids.append(int(got[0]))
-                    if not cur.nextset():
-                        break
+                insert = functools.partial(_inserted, cur, sql, chunk)
+                ids.extend(_fresh_ids(c, layer.id, "fid", insert))
                 if progress is not None:
                     progress(hi)
         return ids
@@ -797,7 +813,7 @@ class PostGISBackend(RecordTables):
         ]  # fmt: skip
         with self.transaction(), self._conn() as c, c.cursor() as cur:
             cur.executemany(f"INSERT INTO {_q(layer.id)} ({cols}) VALUES ({marks})", data)
-            _advance(c, layer.id, "fid")
+            _catch_up(c, layer.id, "fid")
 
     def load_documents(self, records: Sequence[Mapping[str, Any]]) -> None:
         """Insert documents with their ids."""
@@ -810,7 +826,7 @@ class PostGISBackend(RecordTables):
                     for r in records
                 ],
             )
-            _advance(c, "gridmap_documents", "id")
+            _catch_up(c, "gridmap_documents", "id")
 
     def load_audit(self, entries: Sequence[Mapping[str, Any]]) -> None:
         """Append audit entries with their ids."""
@@ -820,7 +836,7 @@ class PostGISBackend(RecordTables):
                 f"OVERRIDING SYSTEM VALUE VALUES ({', '.join(['%s'] * len(AUDIT_FIELDS))})",
                 [[e.get(f) for f in AUDIT_FIELDS] for e in entries],
             )
-            _advance(c, "gridmap_audit", "id")
+            _catch_up(c, "gridmap_audit", "id")
 
     def update_row(
         self, layer: Layer, fid: int, geometry: BaseGeometry, row: Mapping[str, Any], version: int
@@ -874,46 +890,269 @@ def _layer_sql(layer: Layer) -> str:
         .replace("{version_trigger_id}", _q(f"gridmap_{layer.id}_version"))
         .replace("{ids_trigger}", _lit(f"gridmap_{layer.id}_ids_ahead"))
         .replace("{ids_trigger_id}", _q(f"gridmap_{layer.id}_ids_ahead"))
+        .replace("{ids_update_trigger}", _lit(f"gridmap_{layer.id}_ids_ahead_on_update"))
+        .replace("{ids_update_trigger_id}", _q(f"gridmap_{layer.id}_ids_ahead_on_update"))
     )
 
 
 def grant_service(url: str, role: str) -> list[str]:
     """Let ``role`` (a login role that owns nothing) serve the store at ``url`` with no
-    more rights than serving needs; run as the tables' owner. The statements run, in order.
+    more rights than serving needs; run as the tables' owner (or a superuser). The
+    statements run, in order.
 
     It may read and write features, accounts, documents and settings, but only read and
     append to the audit log; as it owns no table it cannot disable the triggers that keep
-    the log append-only and campaigns kept, nor change the schema."""
-    store = PostGISBackend.open(url)  # an older schema is brought up to date first
-    store.close()
-    name = _q(role)
-    with psycopg.connect(url, autocommit=True) as c:
-        found = c.execute(
-            "SELECT rolsuper OR rolbypassrls, rolname = current_user FROM pg_roles "
-            "WHERE rolname = %s",
-            (role,),
-        ).fetchone()
-        if found is None:
-            msg = f"there is no role {role!r}; create it first (CREATE ROLE … LOGIN PASSWORD …)"
-            raise StoreError(msg)
-        if found[0] or found[1]:
-            msg = f"{role!r} is a superuser or the owner itself; the service needs its own role"
-            raise StoreError(msg)
-        db = c.execute("SELECT current_database()").fetchone()[0]
-        tables = [layer.id for layer in LAYERS] + ["gridmap_users", "gridmap_documents"]
-        done = [
-            f"GRANT CONNECT ON DATABASE {_q(db)} TO {name}",
-            f"GRANT USAGE ON SCHEMA public TO {name}",
-            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(map(_q, tables))} TO {name}",
-            f"GRANT SELECT, INSERT, UPDATE ON gridmap_meta, gridmap_changes TO {name}",
-            f"GRANT SELECT, INSERT ON gridmap_audit TO {name}",
-            f"GRANT SELECT ON spatial_ref_sys TO {name}",
-            f"GRANT USAGE, SELECT, UPDATE ON ALL SEQUENCES IN SCHEMA public TO {name}",
-        ]
-        with c.transaction():
+    the log append-only and campaigns kept, nor change the schema. A role that could reach
+    further (a superuser, one that may create roles, owns the database, schema ``public``
+    or one of its tables or functions, or shares membership with the owner) is refused, as
+    is one that cannot log in. The rights are checked after granting: a run by a role that
+    may not grant them reports that, not success. A later release's upgrade (the owner's
+    next open) grants the role the tables it adds (:func:`_regrant_services`)."""
+    try:
+        PostGISBackend.open(url).close()  # an older schema is brought up to date first
+    except NotAllowed:  # this role may not even read the tables
+        raise NotAllowed(_only_the_owner(url)) from None
+    try:
+        with psycopg.connect(url, autocommit=True) as c, c.transaction():
+            reason = _unsafe_role(c, role)
+            if reason is not None:
+                raise StoreError(reason)
+            _may_grant(c)
+            done = _access_grants(c, role) + _table_grants(role, _id_sequences(c))
             for statement in done:
                 c.execute(statement)
+            missing = _missing_rights(c, role)
+            if missing:
+                msg = (
+                    f"{role!r} still lacks {', '.join(missing[:6])} after the grants; only "
+                    "the owner of gridmap's tables (or a superuser) can give them: run "
+                    "grant-service with the owner's URL"
+                )
+                raise NotAllowed(msg)  # (the transaction undoes the grants that did run)
+    except pg.InsufficientPrivilege as exc:
+        log.error("PostgreSQL: %s", exc.diag.message_primary)
+        raise NotAllowed(_only_the_owner(url)) from None
+    except psycopg.Error as exc:
+        raise _mapped(exc) from None
     return done
+
+
+def _only_the_owner(url: str) -> str:
+    user = psycopg.conninfo.conninfo_to_dict(url).get("user") or "this role"
+    return (
+        f"{user} may not grant the use of gridmap's tables: only the owner of gridmap's "
+        "tables or a superuser can; run grant-service with the owner's URL"
+    )
+
+
+_READ_WRITE = ("SELECT", "INSERT", "UPDATE", "DELETE")
+
+
+def _service_rights() -> dict[str, tuple[str, ...]]:
+    """What a service role may do to each of gridmap's tables: the audit log only read and
+    appended to, stamps and settings never deleted."""
+    rights = {t: _READ_WRITE for t in [layer.id for layer in LAYERS]}
+    rights |= {"gridmap_users": _READ_WRITE, "gridmap_documents": _READ_WRITE}
+    rights |= {t: ("SELECT", "INSERT", "UPDATE") for t in ("gridmap_meta", "gridmap_changes")}
+    rights["gridmap_audit"] = ("SELECT", "INSERT")
+    return rights
+
+
+def _access_grants(c: psycopg.Connection[Any], role: str) -> list[str]:
+    """The GRANTs that let ``role`` reach the tables at all (those it lacks)."""
+    name = _q(role)
+    db, connect, usage, srs = c.execute(
+        "SELECT current_database(), has_database_privilege(%s, current_database(), 'CONNECT'), "
+        "has_schema_privilege(%s, 'public', 'USAGE'), "
+        "has_table_privilege(%s, 'spatial_ref_sys', 'SELECT')",
+        (role, role, role),
+    ).fetchone()
+    out = [] if connect else [f"GRANT CONNECT ON DATABASE {_q(db)} TO {name}"]
+    out += [] if usage else [f"GRANT USAGE ON SCHEMA public TO {name}"]
+    out += [] if srs else [f"GRANT SELECT ON spatial_ref_sys TO {name}"]
+    return out
+
+
+def _table_grants(role: str, sequences: Sequence[str]) -> list[str]:
+    """The GRANTs on gridmap's tables and id sequences (``sequences``, quoted), given again
+    after an upgrade that adds a table."""
+    by_rights: dict[tuple[str, ...], list[str]] = {}
+    for table, rights in _service_rights().items():
+        by_rights.setdefault(rights, []).append(_q(table))
+    out = [
+        f"GRANT {', '.join(rights)} ON {', '.join(tables)} TO {_q(role)}"
+        for rights, tables in by_rights.items()
+    ]
+    # nextval, and setval when another client's ids are caught up with
+    out.append(f"GRANT USAGE, SELECT, UPDATE ON SEQUENCE {', '.join(sequences)} TO {_q(role)}")
+    return out
+
+
+def _id_sequences(c: psycopg.Connection[Any]) -> list[str]:
+    """The id sequences of gridmap's tables, qualified and quoted."""
+    return [
+        str(c.execute("SELECT pg_get_serial_sequence(%s, %s)", (_q(t), col)).fetchone()[0])
+        for t, col in _id_columns()
+    ]
+
+
+def _missing_rights(c: psycopg.Connection[Any], role: str) -> list[str]:
+    """The rights ``role`` should hold and does not (as PostgreSQL itself answers)."""
+    pairs = [(t, r) for t, rights in _service_rights().items() for r in rights]
+    pairs += [("spatial_ref_sys", "SELECT")]
+    rows = c.execute(
+        "SELECT p || ' on ' || t FROM unnest(%s::text[], %s::text[]) AS x(t, p) "
+        "WHERE NOT has_table_privilege(%s::name, quote_ident(t), p)",
+        ([t for t, _ in pairs], [r for _, r in pairs], role),
+    ).fetchall()
+    missing = [str(r[0]) for r in rows]
+    rows = c.execute(
+        "SELECT p || ' on ' || s FROM unnest(%s::text[]) AS s CROSS JOIN "
+        "unnest(ARRAY['USAGE', 'SELECT', 'UPDATE']) AS p "
+        "WHERE NOT has_sequence_privilege(%s::name, s, p)",
+        (_id_sequences(c), role),
+    ).fetchall()
+    missing += [str(r[0]) for r in rows]
+    access = c.execute(
+        "SELECT has_database_privilege(%s::name, current_database(), 'CONNECT'), "
+        "has_schema_privilege(%s::name, 'public', 'USAGE')",
+        (role, role),
+    ).fetchone()
+    missing += [
+        w for w, ok in zip(("CONNECT", "USAGE on schema public"), access, strict=True) if not ok
+    ]
+    return missing
+
+
+def _may_grant(c: psycopg.Connection[Any]) -> None:
+    """Refuse (NotAllowed) a run by a role that is neither the tables' owner, a member of
+    it, nor a superuser: its GRANTs would give nothing (PostgreSQL only warns)."""
+    owner, allowed = c.execute(
+        "SELECT relowner::regrole::text, pg_has_role(current_user, relowner, 'USAGE') "
+        "FROM pg_class WHERE oid = 'gridmap_audit'::regclass"
+    ).fetchone()
+    if not allowed:
+        msg = (
+            f"only the owner of gridmap's tables ({owner}) or a superuser can grant their "
+            "use; run grant-service with the owner's URL"
+        )
+        raise NotAllowed(msg)
+
+
+_SERVER_ROLES = ("pg_execute_server_program", "pg_write_server_files")
+"""Predefined roles that act as the server's operating-system user (as a superuser could)."""
+
+
+def _unsafe_role(c: psycopg.Connection[Any], role: str) -> str | None:
+    """Why ``role`` must not serve the store (it could reach past the service's rights, or
+    cannot log in), as a message that says what to do; None if it may."""
+    found = c.execute(
+        "SELECT oid, rolsuper OR rolbypassrls, rolcreaterole, rolcanlogin, "
+        "rolname = current_user FROM pg_roles WHERE rolname = %s",
+        (role,),
+    ).fetchone()
+    if found is None:
+        return f"there is no role {role!r}; create it first (CREATE ROLE … LOGIN PASSWORD …)"
+    oid, mighty, creates_roles, login, is_me = found
+    owner, owner_name, me = c.execute(
+        "SELECT relowner, relowner::regrole::text, (SELECT oid FROM pg_roles WHERE rolname = "
+        "current_user) FROM pg_class WHERE oid = 'gridmap_audit'::regclass"
+    ).fetchone()
+    if is_me or oid == owner:
+        return f"{role!r} is the owner itself; the service needs a login role of its own"
+    if mighty:
+        return (
+            f"{role!r} is a superuser or bypasses row security, so nothing would bind it; "
+            "create a plain login role for the service"
+        )
+    if creates_roles:
+        return (
+            f"{role!r} may create roles (CREATEROLE) and so give itself others' rights; "
+            f"ALTER ROLE {_q(role)} NOCREATEROLE, or create a plain login role"
+        )
+    if not login:
+        return (
+            f"{role!r} cannot log in (NOLOGIN); grant to the login role the service connects "
+            f"as, or ALTER ROLE {_q(role)} LOGIN"
+        )
+    held = _memberships(c, oid) | {oid}  # the role's own rights and those it inherits
+    if owner in held or me in held:
+        return (
+            f"{role!r} is a member of the owner's role ({owner_name}), so it could act as the "
+            "owner; REVOKE that membership, or create a login role that belongs to no other"
+        )
+    if oid in _memberships(c, owner) or oid in _memberships(c, me):
+        return (
+            f"the owner ({owner_name}) is a member of {role!r}; the service needs a role "
+            "of its own that the owner does not belong to"
+        )
+    names = c.execute("SELECT rolname FROM pg_roles WHERE oid = ANY(%s)", (list(held),)).fetchall()
+    server = sorted({n for (n,) in names} & set(_SERVER_ROLES))
+    if server:
+        return (
+            f"{role!r} is a member of {', '.join(server)}, which act as the server's "
+            "operating-system user; REVOKE that, or create a plain login role"
+        )
+    return _owned(c, role, list(held))
+
+
+def _owned(c: psycopg.Connection[Any], role: str, held: list[int]) -> str | None:
+    """Why ``role`` (with the roles it belongs to, ``held``) must not serve: it owns the
+    database, schema ``public`` or something in it. An owner may change or drop the
+    tables, disable their triggers, or replace the functions the triggers call."""
+    found = c.execute(
+        "SELECT 'the database' FROM pg_database WHERE datname = current_database() "
+        "AND datdba = ANY(%(h)s) "
+        "UNION ALL SELECT 'schema public' FROM pg_namespace WHERE nspname = 'public' "
+        "AND nspowner = ANY(%(h)s) "
+        "UNION ALL (SELECT 'table ' || relname FROM pg_class WHERE relnamespace = "
+        "'public'::regnamespace AND relowner = ANY(%(h)s) ORDER BY relname LIMIT 3) "
+        "UNION ALL (SELECT 'function ' || proname FROM pg_proc WHERE pronamespace = "
+        "'public'::regnamespace AND proowner = ANY(%(h)s) ORDER BY proname LIMIT 3)",
+        {"h": held},
+    ).fetchall()
+    if not found:
+        return None
+    return (
+        f"{role!r} owns {', '.join(str(r[0]) for r in found)}, so it could change or "
+        "drop them and switch off the audit log's triggers; give them to the owner of "
+        f"gridmap's tables (ALTER … OWNER TO, REASSIGN OWNED BY {_q(role)} TO …), or "
+        "create a login role that owns nothing"
+    )
+
+
+def _memberships(c: psycopg.Connection[Any], oid: int) -> set[int]:
+    """The roles ``oid`` is a member of, directly or through others (from the catalog:
+    ``pg_has_role`` counts a superuser as a member of every role)."""
+    rows = c.execute(
+        "WITH RECURSIVE m(r) AS (SELECT roleid FROM pg_auth_members WHERE member = %s "
+        "UNION SELECT a.roleid FROM pg_auth_members a JOIN m ON a.member = m.r) SELECT r FROM m",
+        (oid,),
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def _regrant_services(c: psycopg.Connection[Any]) -> None:
+    """Give every service role its rights on this release's tables again, so that a table
+    an upgrade added (a new layer) is served too. The service roles are read from the
+    audit log's own privileges (a role that may append to it, which only
+    :func:`grant_service` gives): not from a list a service role could write to, and a role
+    whose rights were revoked is not given them again."""
+    roles = c.execute(
+        "SELECT DISTINCT r.rolname FROM pg_class t CROSS JOIN LATERAL aclexplode(t.relacl) a "
+        "JOIN pg_roles r ON r.oid = a.grantee WHERE t.oid = 'gridmap_audit'::regclass "
+        "AND a.privilege_type = 'INSERT' AND a.grantee <> t.relowner ORDER BY 1"
+    ).fetchall()
+    if not roles:
+        return
+    sequences = _id_sequences(c)
+    for (role,) in roles:
+        reason = _unsafe_role(c, role)
+        if reason is not None:
+            log.warning("the upgrade grants %s nothing: %s", role, reason)
+            continue
+        for statement in _table_grants(role, sequences):
+            c.execute(statement)
 
 
 def _schema_statements(marks: str | None = None) -> list[str]:
@@ -930,6 +1169,7 @@ def _schema_statements(marks: str | None = None) -> list[str]:
                 out.append(_foreign_key_sql(layer, p))
             if p.type in ("date", "datetime"):
                 out.append(_calendar_check_sql(layer, p))
+    out.extend(_id_range_sql(table, column) for table, column in _id_columns())
     return out
 
 
@@ -964,6 +1204,20 @@ def _calendar_check_sql(layer: Layer, p: Prop) -> str:
         "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = "
         f"{_lit(name)}) THEN ALTER TABLE {_q(layer.id)} ADD CONSTRAINT {_q(name)} "
         f"CHECK ({_q(p.name)} BETWEEN {lo} AND {hi}) NOT VALID; END IF; END $$"
+    )
+
+
+def _id_range_sql(table: str, column: str) -> str:
+    """A CHECK keeping a table's ids in 1 .. :data:`ID_LIMIT` - 1, so that no client (psql,
+    QGIS, a copy) can store an id the API cannot address or one at the end of bigint, which
+    would leave the sequence with no id to give. NOT VALID: it is added without reading
+    the table (a stored row outside stays, and ``gridmap_keep_ids_ahead`` ignores it);
+    every new or changed row is checked."""
+    name = f"ck_{table}_{column}_range"
+    return (
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = "
+        f"{_lit(name)}) THEN ALTER TABLE {_q(table)} ADD CONSTRAINT {_q(name)} "
+        f"CHECK ({_q(column)} > 0 AND {_q(column)} < {ID_LIMIT}) NOT VALID; END IF; END $$"
     )
 
 
@@ -1009,24 +1263,83 @@ def _without_password(text: str, url: str) -> str:
     return text.replace(url, redact(url)) if "@" in url else text
 
 
-def _advance(c: psycopg.Connection[Any], table: str, column: str) -> None:
-    """Move a table's id sequence past its largest id (after ids were given explicitly)."""
-    c.execute(
-        f"SELECT setval(pg_get_serial_sequence(%s, %s), "
-        f"coalesce((SELECT max({_q(column)}) FROM {_q(table)}), 0) + 1, false)",
-        (_q(table), column),
-    )
-
-
 def _catch_up(c: psycopg.Connection[Any], table: str, column: str) -> None:
     """Move the id sequence forward if another client stored larger ids explicitly (QGIS,
-    psql), so that the next new id is free; never backward (the schema's
-    ``gridmap_keep_ids_ahead`` reads the sequence's state, called or not)."""
+    psql), or after rows were loaded with their ids, so that the next new id is free; never
+    backward (the schema's ``gridmap_keep_ids_ahead`` reads the sequence's state, called or
+    not). Ids at or past :data:`ID_LIMIT` (stored before the CHECK) are not followed."""
     c.execute(
         f"SELECT gridmap_keep_ids_ahead(pg_get_serial_sequence(%s, %s)::regclass, top) "
-        f"FROM (SELECT max({_q(column)}) AS top FROM {_q(table)}) AS m WHERE top IS NOT NULL",
+        f"FROM (SELECT max({_q(column)}) AS top FROM {_q(table)} "
+        f"WHERE {_q(column)} < {ID_LIMIT}) AS m WHERE top IS NOT NULL",
         (_q(table), column),
     )
+
+
+def _back_within_limit(c: psycopg.Connection[Any], table: str, column: str) -> None:
+    """Bring back a sequence that an explicit id at or past :data:`ID_LIMIT` had moved there
+    (before this release's CHECK and trigger): no new row could be made (nor, for the audit
+    log, a log-in), and the API cannot address such ids. It is set to the largest id within
+    the limit, so the ids given after it are ones no row within the limit has."""
+    seq = c.execute("SELECT pg_get_serial_sequence(%s, %s)", (_q(table), column)).fetchone()
+    if seq is None or seq[0] is None:
+        return
+    (top,) = c.execute(f"SELECT last_value FROM {seq[0]}").fetchone()
+    if int(top) < ID_LIMIT:
+        return
+    c.execute(
+        f"SELECT setval(%s::regclass, coalesce(m, 1), m IS NOT NULL) FROM (SELECT max({_q(column)})"
+        f" AS m FROM {_q(table)} WHERE {_q(column)} > 0 AND {_q(column)} < {ID_LIMIT}) AS t",
+        (seq[0],),
+    )
+    log.warning("%s's id sequence stood at %s, past the ids allowed; set back", table, top)
+
+
+def _sequence_insert(sql: str) -> str | None:
+    """The record table an INSERT of :class:`RecordTables` adds to with ids from its
+    sequence (the audit log, documents), or None (the loaders give ids: not through here)."""
+    for table in ("gridmap_audit", "gridmap_documents"):
+        if sql.startswith(f"INSERT INTO {table} "):
+            return table
+    return None
+
+
+def _inserted(cur: psycopg.Cursor[Any], sql: str, chunk: list[tuple[Any, ...]]) -> list[int]:
+    """Insert rows (``sql`` returning their ids); the ids, in order."""
+    ids: list[int] = []
+    cur.executemany(sql, chunk, returning=True)
+    while True:
+        got = cur.fetchone()
+        if got is not None:
+            ids.append(int(got[0]))
+        if not cur.nextset():
+            return ids
+
+
+def _fresh_ids(c: psycopg.Connection[Any], table: str, column: str, run: Callable[[], _T]) -> _T:
+    """``run()``, an insert whose ids come from ``table``'s sequence, tried again with new
+    ids when another client stored one of them meanwhile (psql, QGIS: ids of their own).
+
+    Why a retry and not a lock or a look-up in the trigger: the column's default draws
+    ``nextval`` before any BEFORE trigger runs, and under READ COMMITTED no trigger or
+    query sees a row another transaction inserted but has not committed. Only the primary
+    key's unique check does: it waits for that transaction and refuses the id if it
+    commits. The other client's trigger moved the sequence past its id before that row
+    reached the index (or found it past already), so after the refusal the catch-up and a
+    new ``nextval`` give larger ids; only a row of that same transaction is undone (a
+    savepoint inside a transaction; outside, the statement was its own transaction)."""
+    for attempt in range(1, ID_ATTEMPTS + 1):
+        try:
+            if c.info.transaction_status == TransactionStatus.IDLE:
+                return run()
+            with c.transaction():
+                return run()
+        except pg.UniqueViolation as exc:
+            if exc.diag.constraint_name != f"{table}_pkey" or attempt == ID_ATTEMPTS:
+                raise
+            log.info("an id of %s was taken by another client meanwhile; new ids", table)
+        _catch_up(c, table, column)
+    raise AssertionError("unreachable")
 
 
 def _to_pg(p: Prop, v: Any) -> Any:
@@ -1079,6 +1392,54 @@ def _json(body: Mapping[str, Any]) -> Json:
     return Json(body, dumps=lambda o: orjson.dumps(o).decode())
 
 
+_NO_IDS_LEFT = (
+    "no new id is left for this table: another client stored a row with the largest id "
+    "allowed; tell the administrator (the server's log says what to do)"
+)
+
+
+def _refusal(exc: psycopg.IntegrityError) -> str:
+    """What a constraint's refusal means and what to do, in words for a client: no
+    constraint, index or sequence name (the log has them)."""
+    name = exc.diag.constraint_name or ""
+    table = exc.diag.table_name or ""
+    where = f" (in {table})" if table in _LAYER_IDS else ""
+    if isinstance(exc, pg.UniqueViolation):
+        if name.endswith("_pkey"):
+            return (
+                f"the id is already taken{where}: another client stored rows with ids of its "
+                "own at the same moment; try again"
+            )
+        return f"a value that must be unique is already stored{where}; change it and try again"
+    if isinstance(exc, pg.CheckViolation):
+        if name.startswith(f"ck_{table}_") and name.endswith("_range"):  # _id_range_sql
+            column = name.removeprefix(f"ck_{table}_").removesuffix("_range")
+            log.warning(
+                "an id of %s outside 1 .. %s was refused; if a row holds the largest, no new "
+                "id is left: give that row a smaller %s, then SELECT setval("
+                "pg_get_serial_sequence('%s', '%s'), (SELECT max(%s) FROM %s))",
+                table, ID_LIMIT - 1, column, table, column, column, table,
+            )  # fmt: skip
+            return (
+                f"ids lie between 1 and {ID_LIMIT - 1:,}{where}: one outside is refused, and "
+                "once a row holds the largest no new id is left; if so, tell the "
+                "administrator (the server's log says what to do)"
+            )
+        if name.endswith("_calendar"):
+            return f"a date or time lies outside the years 1–9999{where}; correct it"
+        return f"a value breaks a rule of the stored data{where}; correct it and try again"
+    if isinstance(exc, pg.ForeignKeyViolation):
+        return (
+            f"the change refers to a record that does not exist, or removes one that others "
+            f"still refer to{where}; check the references and try again"
+        )
+    if isinstance(exc, pg.NotNullViolation):
+        column = exc.diag.column_name or ""
+        what = f" ({column})" if column and where else ""
+        return f"a required value is missing{what}{where}; give it and try again"
+    return f"the database refused the change{where}: it breaks a rule of the stored data"
+
+
 def _mapped(exc: psycopg.Error) -> Exception:
     """A database error as the gridmap error that says what to do."""
     text = (exc.diag.message_primary or str(exc)).strip()
@@ -1097,12 +1458,28 @@ def _mapped(exc: psycopg.Error) -> Exception:
         return StoreError(
             "the data is locked by another writer (a long edit, a backup); try again shortly"
         )
+    if isinstance(exc, pg.SequenceGeneratorLimitExceeded):  # its name only for the log
+        log.error(
+            "PostgreSQL: %s; give the row with the largest id a smaller one (below %s), "
+            "then set the sequence back to the table's largest id (SELECT setval(…))",
+            text,
+            ID_LIMIT,
+        )
+        return IntegrityError(_NO_IDS_LEFT)
     if isinstance(exc, psycopg.DataError):
         return QueryError(f"the query could not be evaluated: {text}")
     if exc.sqlstate == "23000":  # gridmap_refuse(): the audit log, kept documents
         return IntegrityError(text)
     if isinstance(exc, psycopg.IntegrityError):
-        return IntegrityError(f"the database refused the change: {text}")
+        # the constraint's, index's or sequence's name and the key only for the log (not a
+        # "Failing row contains …" detail: a household's personal data)
+        detail = (exc.diag.message_detail or "").strip()
+        log.warning(
+            "PostgreSQL refused a change: %s%s",
+            text,
+            f" ({detail})" if detail.startswith("Key ") else "",
+        )
+        return IntegrityError(_refusal(exc))
     if isinstance(exc, psycopg.OperationalError):
         log.warning("PostgreSQL: %s", text)
         return StoreError(UNAVAILABLE)

@@ -22,4 +22,10 @@ BEGIN
     CREATE TRIGGER {ids_trigger_id} BEFORE INSERT ON {table}
       FOR EACH ROW EXECUTE FUNCTION gridmap_ids_ahead('fid');
   END IF;
+  -- an id set by UPDATE (psql, QGIS) moves the sequence as an inserted one
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = {ids_update_trigger}) THEN
+    CREATE TRIGGER {ids_update_trigger_id} BEFORE UPDATE OF fid ON {table}
+      FOR EACH ROW WHEN (NEW.fid IS DISTINCT FROM OLD.fid)
+      EXECUTE FUNCTION gridmap_ids_ahead('fid');
+  END IF;
 END $$;

@@ -29,24 +29,34 @@ END $$;
 
 -- An id given explicitly (by QGIS, psql, a copy) moves the table's id sequence past it at
 -- once, so an id is never handed out twice, even when its row was deleted meanwhile (an
--- old ETag would otherwise fit a new feature). Never moves the sequence backward.
+-- old ETag would otherwise fit a new feature). Never moves the sequence backward. An id
+-- outside 1 .. 2^62-1 (the ids the API addresses) moves nothing: the table's CHECK refuses
+-- its row after this trigger ran, and setval, which no rollback undoes, would have left the
+-- sequence at the end of its range, so that no new row could be made.
 CREATE OR REPLACE FUNCTION gridmap_keep_ids_ahead(seq regclass, id bigint) RETURNS void
   LANGUAGE plpgsql AS $$
 DECLARE
   top bigint;
   called boolean;
 BEGIN
+  IF id IS NULL OR id < 1 OR id >= 4611686018427387904 THEN
+    RETURN;
+  END IF;
   EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO top, called;
-  IF id >= top + called::int THEN
+  -- id >= the next value (last_value, or one more once called), without adding to a
+  -- last_value that may stand at the end of bigint
+  IF id > top OR (id = top AND NOT called) THEN
     PERFORM pg_advisory_xact_lock(1735551332, hashtext(seq::text));  -- one mover at a time
     EXECUTE format('SELECT last_value, is_called FROM %s', seq) INTO top, called;
-    IF id >= top + called::int THEN
+    IF id > top OR (id = top AND NOT called) THEN
       PERFORM setval(seq, id);
     END IF;
   END IF;
 END $$;
 
--- The row trigger that calls it; TG_ARGV[0] names the id column ('fid' or 'id').
+-- The row trigger that calls it (on INSERT, and on an UPDATE that sets a layer's fid: the
+-- audit log's and documents' ids are GENERATED ALWAYS, which no UPDATE may set); TG_ARGV[0]
+-- names the id column ('fid' or 'id').
 CREATE OR REPLACE FUNCTION gridmap_ids_ahead() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
   id bigint;

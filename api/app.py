@@ -32,6 +32,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()
+        # counted in the store: every API process over it shares them
+        app.state.login_limiter = RateLimiter(store, "login", settings.logins_per_minute, 60)
+        app.state.household_limiter = RateLimiter(
+            store, "household", settings.household_reads_per_minute, 60
+        )
+        app.state.reveal_limiter = RateLimiter(store, "reveal", settings.reveals_per_hour, 3600)
         app.state.accounts = Accounts(
             store,
             secret=token_secret(store, settings.secret_key),
@@ -53,9 +59,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         static_url="/static/docs",
     )
     app.state.settings = settings
-    app.state.login_limiter = RateLimiter(settings.logins_per_minute, 60)
-    app.state.household_limiter = RateLimiter(settings.household_reads_per_minute, 60)
-    app.state.reveal_limiter = RateLimiter(settings.reveals_per_hour, 3600)
     errors.install(app)
     app.add_middleware(ReadAudit)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)

@@ -1,37 +1,54 @@
-"""In-process sliding-window rate limits (per worker process)."""
+"""Rate limits: counts shared by every process through the store; log-in delays and the
+route planner's places kept per process."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections import defaultdict, deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Protocol
 
 from gridmap.errors import RateLimitedError
 
 
-class RateLimiter:
-    """At most ``limit`` events per ``window`` seconds for each key."""
+class Turns(Protocol):
+    """Where limits are kept: the store, shared by every process over it."""
 
-    def __init__(self, limit: int, window: float) -> None:
+    def take_turn(self, key: str, now: float, interval: float, burst: float) -> float | None: ...
+
+    def forget_turns(self, before: float) -> None: ...
+
+
+class RateLimiter:
+    """At most ``limit`` events per ``window`` seconds for each key, counted in the store so
+    that every API process over it shares the count (``limit`` at once, then one each
+    ``window / limit`` seconds: the generic cell rate algorithm, see
+    :meth:`gridmap.store.records.RecordTables.take_turn`). Hosts must keep time (NTP)."""
+
+    SWEEP_EVERY = 1_000
+    """Events between two clean-ups of rows whose turn has passed."""
+
+    def __init__(self, turns: Turns, name: str, limit: int, window: float) -> None:
+        self.turns = turns
+        self.name = name
         self.limit = limit
         self.window = window
-        self._events: dict[str, deque[float]] = defaultdict(deque)
-        self._lock = threading.Lock()
+        self._events = 0
 
     def hit(self, key: str, what: str = "requests") -> None:
         """Count one event for ``key``; RateLimitedError when over the limit."""
-        now = time.monotonic()
-        with self._lock:
-            q = self._events[key]
-            while q and q[0] <= now - self.window:
-                q.popleft()
-            if len(q) >= self.limit:
-                retry = max(1, int(q[0] + self.window - now) + 1)
-                msg = f"too many {what}; try again in {retry} s"
-                raise RateLimitedError(msg, retry)
-            q.append(now)
+        now = time.time()
+        interval = self.window / self.limit
+        self._events += 1
+        if self._events % self.SWEEP_EVERY == 0:
+            self.turns.forget_turns(now)
+        wait = self.turns.take_turn(f"{self.name}:{key}", now, interval, self.window - interval)
+        if wait is not None:
+            retry = max(1, math.ceil(wait))
+            msg = f"too many {what}; try again in {retry} s"
+            raise RateLimitedError(msg, retry)
 
 
 class LoginThrottle:

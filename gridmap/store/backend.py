@@ -278,6 +278,18 @@ class Documents(Protocol):
         ...
 
 
+class Limits(Protocol):
+    """Rate limits shared by every process over the store."""
+
+    def take_turn(self, key: str, now: float, interval: float, burst: float) -> float | None:
+        """One event for ``key``: None if allowed, else the seconds to wait."""
+        ...
+
+    def forget_turns(self, before: float) -> None:
+        """Drop the limit rows whose turn was due before ``before``."""
+        ...
+
+
 class Settings(Protocol):
     """Key-value settings of the service (service area, sample flags, secrets)."""
 
@@ -290,7 +302,7 @@ class Settings(Protocol):
         ...
 
 
-class Backend(Rows, Loading, Stamps, Accounts, AuditLog, Documents, Settings, Protocol):
+class Backend(Rows, Loading, Stamps, Accounts, AuditLog, Documents, Limits, Settings, Protocol):
     """Everything a backend implements; :func:`gridmap.store.open_store` picks one by URL."""
 
     url: str

@@ -332,6 +332,15 @@ class Store(Protocol):
         """Group writes so that all or none happen (nested: a savepoint)."""
         ...
 
+    def take_turn(self, key: str, now: float, interval: float, burst: float) -> float | None:
+        """One event for ``key`` under a limit every process shares: None if allowed,
+        else the seconds to wait."""
+        ...
+
+    def forget_turns(self, before: float) -> None:
+        """Drop the limit rows whose turn was due before ``before``."""
+        ...
+
     def add_document(
         self,
         kind: str,

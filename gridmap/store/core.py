@@ -176,6 +176,15 @@ class FeatureStore:
         """Audit entries, newest first, and how many match."""
         return self.backend.audit_entries(limit=limit, offset=offset, equals=equals)
 
+    def take_turn(self, key: str, now: float, interval: float, burst: float) -> float | None:
+        """One event for ``key`` under a limit every process shares: None if allowed,
+        else the seconds to wait (see :mod:`gridmap.store.records`)."""
+        return self.backend.take_turn(key, now, interval, burst)
+
+    def forget_turns(self, before: float) -> None:
+        """Drop the limit rows whose turn was due before ``before``."""
+        self.backend.forget_turns(before)
+
     def add_document(
         self,
         kind: str,

@@ -87,6 +87,7 @@ CREATE TRIGGER IF NOT EXISTS gridmap_documents_stamp_update AFTER UPDATE ON grid
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_documents'; END;
 CREATE TRIGGER IF NOT EXISTS gridmap_documents_no_delete BEFORE DELETE ON gridmap_documents
 BEGIN SELECT RAISE(ABORT, 'campaigns and plans are kept; close a campaign instead'); END;
+CREATE TABLE IF NOT EXISTS gridmap_limits (key TEXT PRIMARY KEY, due REAL NOT NULL);
 """
 # Every change to a layer, by gridmap or by any other SQLite client (QGIS, GDAL), bumps the
 # layer's stamp, so in-process caches know when to rebuild.

@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 import unicodedata
@@ -58,7 +59,7 @@ WRITE_LOCK = 0x67726964  # "grid": writers take turns, as in SQLite (see transac
 STATEMENT_TIMEOUT_MS = 30_000
 LOCK_TIMEOUT_MS = 10_000
 POOL_WAIT_S = 10.0
-ID_ATTEMPTS = 5
+ID_ATTEMPTS = 10
 """Tries of an insert whose sequence id another client took meanwhile (see _fresh_ids)."""
 DOWN_RECHECK_S = 1.0
 """While the database is unreachable, requests fail at once, and one of them tries again
@@ -952,7 +953,7 @@ def _service_rights() -> dict[str, tuple[str, ...]]:
     """What a service role may do to each of gridmap's tables: the audit log only read and
     appended to, stamps and settings never deleted."""
     rights = {t: _READ_WRITE for t in [layer.id for layer in LAYERS]}
-    rights |= {"gridmap_users": _READ_WRITE, "gridmap_documents": _READ_WRITE}
+    rights |= {t: _READ_WRITE for t in ("gridmap_users", "gridmap_documents", "gridmap_limits")}
     rights |= {t: ("SELECT", "INSERT", "UPDATE") for t in ("gridmap_meta", "gridmap_changes")}
     rights["gridmap_audit"] = ("SELECT", "INSERT")
     return rights
@@ -1339,6 +1340,8 @@ def _fresh_ids(c: psycopg.Connection[Any], table: str, column: str, run: Callabl
                 raise
             log.info("an id of %s was taken by another client meanwhile; new ids", table)
         _catch_up(c, table, column)
+        # a random pause out of step with a client that takes ids as fast as it can
+        time.sleep(random.uniform(0, 0.001 * 2 ** min(attempt, 5)))
     raise AssertionError("unreachable")
 
 

@@ -1,5 +1,6 @@
 """What every backend shares: the tables that hold no features (accounts, audit log,
-documents, settings) with their SQL, the batch size of bulk writes, identifier quoting."""
+documents, settings, shared rate limits) with their SQL, the batch size of bulk writes,
+identifier quoting."""
 
 from __future__ import annotations
 
@@ -176,6 +177,34 @@ class RecordTables:
         """Every document of every kind, by id."""
         rows = self._run(f"SELECT {_DOC_COLS} FROM gridmap_documents ORDER BY id")
         return [document_record(r) for r in rows]
+
+    def take_turn(self, key: str, now: float, interval: float, burst: float) -> float | None:
+        """One event for ``key`` at ``now`` (seconds since the epoch) under a limit shared
+        by every process: None if allowed, else the seconds to wait.
+
+        The generic cell rate algorithm: each key has a time its next turn is ``due``; an
+        event moves it ``interval`` on, and is refused while ``due`` lies more than
+        ``burst`` ahead of now (``limit`` events per ``window``: ``interval = window /
+        limit``, ``burst = window - interval``). One upsert decides under the row's lock,
+        so concurrent processes never both take the last turn. A ``due`` further ahead
+        than one window can only come from a clock that went back: it starts afresh.
+        """
+        window = interval + burst
+        rows = self._run(
+            "INSERT INTO gridmap_limits (key, due) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+            "SET due = CASE WHEN gridmap_limits.due > ? AND gridmap_limits.due <= ? "
+            "THEN gridmap_limits.due ELSE ? END + ? "
+            "WHERE gridmap_limits.due - ? <= ? OR gridmap_limits.due > ? RETURNING due",
+            (key, now + interval, now, now + window, now, interval, now, burst, now + window),
+        )
+        if rows:
+            return None
+        due = self._run("SELECT due FROM gridmap_limits WHERE key = ?", (key,))
+        return max(0.0, float(due[0][0]) - now - burst) if due else 0.0
+
+    def forget_turns(self, before: float) -> None:
+        """Drop the limit rows whose turn was due before ``before`` (they limit nothing)."""
+        self._run("DELETE FROM gridmap_limits WHERE due < ?", (before,))
 
     def meta(self, key: str) -> str | None:
         """A stored setting."""

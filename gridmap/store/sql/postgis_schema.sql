@@ -116,6 +116,10 @@ CREATE TABLE IF NOT EXISTS gridmap_documents (
   grid_id bigint, created_at text NOT NULL, created_by text, body json NOT NULL);
 CREATE INDEX IF NOT EXISTS gridmap_documents_kind ON gridmap_documents (kind, parent);
 
+-- Rate limits shared by every API process: per key, when its next turn is due (see
+-- gridmap.store.records.RecordTables.take_turn); rows whose time has passed mean nothing.
+CREATE TABLE IF NOT EXISTS gridmap_limits (key text PRIMARY KEY, due double precision NOT NULL);
+
 INSERT INTO gridmap_changes VALUES ('gridmap_users', 0), ('gridmap_documents', 0)
   ON CONFLICT DO NOTHING;
 

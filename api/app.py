@@ -28,7 +28,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        store = open_store(settings.database)
+        replicas = [u.strip() for u in settings.database_replicas.split(",") if u.strip()]
+        store = open_store(settings.database, replicas=replicas)
         app.state.store = store
         app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()

@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="Addresses of reverse proxies whose X-Forwarded-For is believed "
         "(comma-separated, e.g. 127.0.0.1 behind nginx); empty: the peer address is the source.",
     )
+    database_replicas: str = Field(
+        "",
+        description="Comma-separated postgresql:// URLs of streaming replicas of the "
+        "database: reads go to one that has replayed every change this process knows of, "
+        "else to the primary (writes always).",
+    )
     feature_cache: int = Field(
         300_000, ge=0, description="Encoded features kept in memory per process (0: none)."
     )

@@ -106,19 +106,48 @@ def start() -> Cluster:
         raise RuntimeError(reason)
     bindir = _bin_dir()
     assert bindir is not None
-    folder = Path(tempfile.mkdtemp(prefix="gridmap-pg-"))
-    data = folder / "data"
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
-    port = _free_port()
+    folder = _folder("gridmap-pg-")
     subprocess.run(
         _as_postgres(
-            [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-             "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+            [str(bindir / "initdb"), "-D", str(folder / "data"), "-U", "postgres",
+             "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
         ),
         check=True,
         capture_output=True,
     )  # fmt: skip
+    return _launch(bindir, folder)
+
+
+def start_replica(primary: Cluster) -> Cluster:
+    """A streaming replica (hot standby) of a server :func:`start` made, on its own port:
+    a base backup of the primary that then follows its write-ahead log."""
+    bindir = _bin_dir()
+    assert bindir is not None and primary._folder is not None, "a replica of a server made here"
+    info = psycopg.conninfo.conninfo_to_dict(primary.admin_url)
+    folder = _folder("gridmap-pg-replica-")
+    subprocess.run(
+        _as_postgres(
+            [str(bindir / "pg_basebackup"), "-h", str(info["host"]), "-p", str(info["port"]),
+             "-U", "postgres", "-D", str(folder / "data"), "-R", "-X", "stream", "--no-sync"]
+        ),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return _launch(bindir, folder)
+
+
+def _folder(prefix: str) -> Path:
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    return folder
+
+
+def _launch(bindir: Path, folder: Path) -> Cluster:
+    """Start the server whose data is in ``folder``/data on a free port; wait until it
+    accepts connections."""
+    data = folder / "data"
+    port = _free_port()
     opts = (
         f"-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={folder} "
         "-c fsync=off -c synchronous_commit=off -c full_page_writes=off "

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 
 from shapely.geometry.base import BaseGeometry
 
@@ -42,12 +43,17 @@ _CONNINFO = re.compile(r"(^|\s)(dbname|host|user|port|service)=")
 """libpq's key=value form, which would otherwise become a file of that name."""
 
 
-def _backend(url: str | os.PathLike[str], *, create: bool) -> Backend:
+def _backend(url: str | os.PathLike[str], *, create: bool, replicas: Sequence[str] = ()) -> Backend:
     text = str(url)
     if is_server_url(text):
         from gridmap.store.postgis import PostGISBackend
 
-        return PostGISBackend.create(text) if create else PostGISBackend.open(text)
+        return (
+            PostGISBackend.create(text) if create else PostGISBackend.open(text, replicas=replicas)
+        )
+    if replicas:
+        msg = "read replicas belong to a PostgreSQL store; a GeoPackage has none"
+        raise StoreError(msg)
     if "://" in text:
         msg = f"unknown store {text[:60]!r}: give a GeoPackage path or a postgresql:// URL"
         raise StoreError(msg)
@@ -62,9 +68,10 @@ def _backend(url: str | os.PathLike[str], *, create: bool) -> Backend:
     return GeoPackageBackend.create(text) if create else GeoPackageBackend.open(text)
 
 
-def open_store(url: str | os.PathLike[str]) -> FeatureStore:
-    """Open the store named by a setting: ``data/zhongxinlu.gpkg`` or ``postgresql://…``."""
-    return FeatureStore(_backend(url, create=False))
+def open_store(url: str | os.PathLike[str], *, replicas: Sequence[str] = ()) -> FeatureStore:
+    """Open the store named by a setting: ``data/zhongxinlu.gpkg`` or ``postgresql://…``
+    (whose reads may go to ``replicas``, its streaming replicas, when they have caught up)."""
+    return FeatureStore(_backend(url, create=False, replicas=replicas))
 
 
 def create_store(

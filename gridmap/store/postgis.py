@@ -49,6 +49,7 @@ from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
+from gridmap.store.pg_replicas import Replicas, retryable
 from gridmap.store.pg_stamps import StampWatch
 from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, RecordTables, _q
 
@@ -172,7 +173,7 @@ class PostGISBackend(RecordTables):
     schema. A transaction holds one pooled connection for its thread.
     """
 
-    def __init__(self, url: str, *, _create: bool = False) -> None:
+    def __init__(self, url: str, *, replicas: Sequence[str] = (), _create: bool = False) -> None:
         self.url = url
         self.path = None
         self.remote = True
@@ -180,6 +181,8 @@ class PostGISBackend(RecordTables):
         self._lock = threading.Lock()
         self._pool: ConnectionPool[Any] | None = None
         self._watch: StampWatch | None = None
+        self._replica_urls = [_checked_replica(u) for u in replicas]
+        self._replicas: Replicas | None = None
         self._down: float | None = None  # since when the database is known unreachable
         self._recheck = threading.Lock()
         self._get_pool()
@@ -198,9 +201,10 @@ class PostGISBackend(RecordTables):
         return cls(url, _create=True)
 
     @classmethod
-    def open(cls, url: str) -> PostGISBackend:
-        """Open a database that holds gridmap's schema."""
-        return cls(url)
+    def open(cls, url: str, *, replicas: Sequence[str] = ()) -> PostGISBackend:
+        """Open a database that holds gridmap's schema; reads may go to ``replicas`` (URLs
+        of its streaming replicas) that have caught up (see :mod:`.pg_replicas`)."""
+        return cls(url, replicas=replicas)
 
     def _get_pool(self) -> ConnectionPool[Any]:
         """The connection pool, opened on first use (and again after :meth:`close`, as the
@@ -217,19 +221,7 @@ class PostGISBackend(RecordTables):
                 msg = f"GRIDMAP_PG_POOL must be a whole number of connections, not {raw[:20]!r}"
                 raise StoreError(msg)
             size = int(raw)
-            pool = ConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=max(size, 1),
-                timeout=POOL_WAIT_S,
-                reconnect_timeout=3.0,  # then a new attempt when asked: no growing back-off
-                # cut when the server stays silent past the timeout (a frozen backend)
-                connection_class=pg_watchdog.connection_class(STATEMENT_TIMEOUT_MS / 1000),
-                kwargs=_CONNECTION_OPTIONS,
-                configure=pg_types.configure,  # dates Python cannot hold read as text
-                open=False,
-                name="gridmap",
-            )
+            pool = _new_pool(self.url, size, "gridmap")
             try:
                 pool.open(wait=True, timeout=15.0)
             except PoolTimeout:
@@ -241,6 +233,10 @@ class PostGISBackend(RecordTables):
                 raise StoreError(msg) from None
             self._pool = pool
             self._watch = StampWatch(self.url, self._all_stamps)
+            if self._replica_urls:
+                self._replicas = Replicas(
+                    self._replica_urls, lambda u: _new_pool(u, size, "gridmap-replica", opened=True)
+                )
             return pool
 
     def close(self) -> None:
@@ -248,8 +244,11 @@ class PostGISBackend(RecordTables):
         with self._lock:
             pool, self._pool = self._pool, None
             watch, self._watch = self._watch, None
+            replicas, self._replicas = self._replicas, None
         if watch is not None:
             watch.close()
+        if replicas is not None:
+            replicas.close()
         if pool is not None:
             pool.close()
 
@@ -487,6 +486,32 @@ class PostGISBackend(RecordTables):
             ).fetchone()
         return int(row[0]) if row else -1
 
+    def _read(self, table: str, work: Callable[[psycopg.Connection[Any]], _T]) -> _T:
+        """``work`` on a connection for a read of ``table``: a replica that has replayed
+        every change of it this process knows of, else the primary (inside a transaction:
+        its connection). A replica whose connection fails hands the read to the primary."""
+        replicas, watch = self._replicas, self._watch
+        in_transaction = getattr(self._local, "conn", None) is not None
+        if replicas is not None and watch is not None and not in_transaction:
+            known = watch.get(table)
+            replica = None if known is None else replicas.pick(table, known)
+            if replica is not None:
+                try:
+                    with replica.pool.connection(timeout=POOL_WAIT_S) as c:
+                        return work(c)
+                except psycopg.Error as exc:
+                    if not retryable(exc):
+                        raise _mapped(exc) from None
+                    replica.failed(exc)
+                except PoolTimeout as exc:
+                    replica.failed(exc)
+        with self._conn() as c:
+            return work(c)
+
+    def _fetch(self, table: str, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows of one read of ``table`` (see :meth:`_read`)."""
+        return self._read(table, lambda c: c.execute(sql, params).fetchall())
+
     # ---------------------------------------------------------------- reading
 
     def _where(self, layer: Layer, sel: Selection) -> tuple[str, list[Any]]:
@@ -599,7 +624,8 @@ class PostGISBackend(RecordTables):
         if offset:
             sql += " OFFSET %s"
             page.append(int(offset))
-        with self._conn() as c:
+
+        def work(c: psycopg.Connection[Any]) -> tuple[list[tuple[Any, ...]], int | None]:
             rows = c.execute(sql, page).fetchall()
             if not count:
                 return rows, None
@@ -609,6 +635,8 @@ class PostGISBackend(RecordTables):
                 return [r[:-1] for r in rows], int(rows[0][-1])
             q = f"SELECT count(*) FROM {_q(layer.id)} AS t{where}"
             return rows, int(c.execute(q, params).fetchone()[0])
+
+        return self._read(layer.id, work)
 
     def select_ids(
         self,
@@ -636,9 +664,8 @@ class PostGISBackend(RecordTables):
     def count(self, layer: Layer, sel: Selection = EVERY_ROW) -> int:
         """How many rows match (counted in the database)."""
         where, params = self._where(layer, sel)
-        with self._conn() as c:
-            row = c.execute(f"SELECT count(*) FROM {_q(layer.id)} AS t{where}", params).fetchone()
-        return int(row[0])
+        rows = self._fetch(layer.id, f"SELECT count(*) FROM {_q(layer.id)} AS t{where}", params)
+        return int(rows[0][0])
 
     def group_count(self, layer: Layer, column: str, sel: Selection = EVERY_ROW) -> dict[Any, int]:
         """Rows per value of ``column`` (GROUP BY in the database)."""
@@ -646,8 +673,7 @@ class PostGISBackend(RecordTables):
         col = f"t.{_q(column)}"
         sql = f"SELECT {col}, count(*) FROM {_q(layer.id)} AS t{where} GROUP BY {col}"
         prop = layer.by_name[column]
-        with self._conn() as c:
-            rows = c.execute(sql, params).fetchall()
+        rows = self._fetch(layer.id, sql, params)
         return {_from_pg(prop, r[0]): int(r[1]) for r in rows}
 
     def aggregate(
@@ -670,8 +696,7 @@ class PostGISBackend(RecordTables):
         col = f"t.{_q(by)}"
         sql = f"SELECT {col}, {', '.join(exprs)} FROM {_q(layer.id)} AS t{where} GROUP BY {col}"
         prop = layer.by_name[by]
-        with self._conn() as c:
-            rows = c.execute(sql, [*params, *wparams]).fetchall()
+        rows = self._fetch(layer.id, sql, [*params, *wparams])
         return {
             _from_pg(prop, r[0]): dict(zip(names, (int(v or 0) for v in r[1:]), strict=True))
             for r in rows
@@ -700,9 +725,7 @@ class PostGISBackend(RecordTables):
         )
         xy = [float(lon), float(lat)]
         args = [*xy, *params, *xy, int(k), *params, *xy, *xy, int(k)]
-        with self._conn() as c:
-            rows = c.execute(sql, args).fetchall()
-        return [int(r[0]) for r in rows]
+        return [int(r[0]) for r in self._fetch(layer.id, sql, args)]
 
     def latest(
         self,
@@ -723,8 +746,7 @@ class PostGISBackend(RecordTables):
             f"count(*) OVER (PARTITION BY {part}) FROM {_q(layer.id)} AS t{where} "
             f"ORDER BY {part}, {latest} DESC NULLS LAST, t.fid DESC) AS w ORDER BY 1"
         )
-        with self._conn() as c:
-            rows = c.execute(sql, params).fetchall()
+        rows = self._fetch(layer.id, sql, params)
         props = [layer.by_name[c] for c in columns]
         return [
             (
@@ -742,9 +764,8 @@ class PostGISBackend(RecordTables):
             "SELECT min(ST_XMin(t.geom)), min(ST_YMin(t.geom)), max(ST_XMax(t.geom)), "
             f"max(ST_YMax(t.geom)) FROM {_q(layer.id)} AS t{where}"
         )
-        with self._conn() as c:
-            row = c.execute(sql, params).fetchone()
-        if row is None or row[0] is None:
+        row = self._fetch(layer.id, sql, params)[0]
+        if row[0] is None:
             return None
         return (float(row[0]), float(row[1]), float(row[2]), float(row[3]))
 
@@ -754,11 +775,9 @@ class PostGISBackend(RecordTables):
         """Smallest and largest non-null value of a column among the matching rows."""
         where, params = self._where(layer, sel)
         col = f"t.{_q(column)}"
-        with self._conn() as c:
-            row = c.execute(
-                f"SELECT min({col}), max({col}) FROM {_q(layer.id)} AS t{where}", params
-            ).fetchone()
-        if row is None or row[0] is None:
+        sql = f"SELECT min({col}), max({col}) FROM {_q(layer.id)} AS t{where}"
+        row = self._fetch(layer.id, sql, params)[0]
+        if row[0] is None:
             return None
         prop = layer.by_name[column]
         return _from_pg(prop, row[0]), _from_pg(prop, row[1])
@@ -1315,6 +1334,34 @@ def _inserted(cur: psycopg.Cursor[Any], sql: str, chunk: list[tuple[Any, ...]]) 
             ids.append(int(got[0]))
         if not cur.nextset():
             return ids
+
+
+def _new_pool(url: str, size: int, name: str, *, opened: bool = False) -> ConnectionPool[Any]:
+    """A pool of gridmap's connections to one server (``opened``: started, not waited for)."""
+    pool: ConnectionPool[Any] = ConnectionPool(
+        url,
+        min_size=1,
+        max_size=max(size, 1),
+        timeout=POOL_WAIT_S,
+        reconnect_timeout=3.0,  # then a new attempt when asked: no growing back-off
+        # cut when the server stays silent past the timeout (a frozen backend)
+        connection_class=pg_watchdog.connection_class(STATEMENT_TIMEOUT_MS / 1000),
+        kwargs=_CONNECTION_OPTIONS,
+        configure=pg_types.configure,  # dates Python cannot hold read as text
+        open=False,
+        name=name,
+    )
+    if opened:
+        pool.open(wait=False)
+    return pool
+
+
+def _checked_replica(url: str) -> str:
+    """A replica's URL as given, if it is a postgresql:// URL (StoreError otherwise)."""
+    if not url.startswith(("postgresql://", "postgres://")):
+        msg = f"a read replica is named by a postgresql:// URL, not {redact(url)[:60]!r}"
+        raise StoreError(msg)
+    return url
 
 
 def _fresh_ids(c: psycopg.Connection[Any], table: str, column: str, run: Callable[[], _T]) -> _T:

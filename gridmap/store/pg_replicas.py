@@ -1,0 +1,104 @@
+"""Read replicas of a PostGIS store (streaming replication): which one may answer a read.
+
+A replica may answer a read of a table when it has replayed every change of that table
+this process knows of: its ``gridmap_changes`` stamp for the table is at least the
+primary's, as the primary's change notifications keep it in memory (:mod:`.pg_stamps`).
+So a process reads its own writes at once (its own write moves the stamp it knows), sees
+another process's write as soon as it would have seen it on the primary, and never reads
+older data from a replica than from its caches. A thread polls every replica's stamps
+(:data:`POLL_S`); a replica that lags, fails or cannot be reached is passed over, and the
+primary answers instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+log = logging.getLogger(__name__)
+POLL_S = 0.05
+"""How often each replica's stamps are read (its lag behind the primary, as seen here)."""
+RETRY_S = 5.0
+"""How long a replica that failed is left alone before it is asked again."""
+
+
+class Replica:
+    """One replica: its pool and the stamps it had replayed when last asked."""
+
+    def __init__(self, url: str, pool: ConnectionPool[Any]) -> None:
+        self.url = url
+        self.pool = pool
+        self.stamps: dict[str, int] | None = None  # None: unknown or failed
+        self.failed_at = 0.0
+
+    def read_stamps(self) -> None:
+        """Ask the replica for its stamps (None and a pause after a failure)."""
+        if self.stamps is None and time.monotonic() - self.failed_at < RETRY_S:
+            return
+        try:
+            with self.pool.connection(timeout=2.0) as c:
+                rows = c.execute("SELECT layer, stamp FROM gridmap_changes").fetchall()
+            self.stamps = {str(k): int(v) for k, v in rows}
+        except Exception as exc:
+            self.failed(exc)
+
+    def failed(self, exc: BaseException) -> None:
+        """Pass this replica over for :data:`RETRY_S` (the primary answers meanwhile)."""
+        if self.stamps is not None or self.failed_at == 0.0:
+            log.warning("read replica %s left out for now: %s", _host(self.url), exc)
+        self.stamps = None
+        self.failed_at = time.monotonic()
+
+
+class Replicas:
+    """The replicas of one store, their stamps kept fresh by a daemon thread."""
+
+    def __init__(self, urls: list[str], make_pool: Callable[[str], ConnectionPool[Any]]) -> None:
+        self.members = [Replica(u, make_pool(u)) for u in urls]
+        self._turn = itertools.count()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="gridmap-replicas", daemon=True)
+        self._thread.start()
+
+    def pick(self, table: str, known: int) -> Replica | None:
+        """A replica that has replayed the table up to stamp ``known`` (in turn), or None."""
+        ready = [
+            r for r in self.members if r.stamps is not None and r.stamps.get(table, -1) >= known
+        ]
+        return ready[next(self._turn) % len(ready)] if ready else None
+
+    def close(self) -> None:
+        """Stop polling and close every replica's pool."""
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        for r in self.members:
+            r.pool.close()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            for r in self.members:
+                r.read_stamps()
+            self._stop.wait(POLL_S)
+
+
+def retryable(exc: psycopg.Error) -> bool:
+    """True if a read that failed on a replica should be asked of the primary: the
+    connection broke, or the replica cancelled it to replay changes (a recovery
+    conflict); not a timeout or an error in the query, which the primary would repeat."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return False
+    if isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.AdminShutdown):
+        return True
+    return isinstance(exc, psycopg.OperationalError)
+
+
+def _host(url: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    return f"{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"

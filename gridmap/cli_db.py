@@ -1,13 +1,14 @@
-"""Database administration commands: ``gridmap grant-service``."""
+"""Database administration commands: ``gridmap grant-service``, ``gridmap city``."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 
-from gridmap.cli import DbOption, _fail, app, console
+from gridmap.cli import DbOption, _fail, _holds_store, _shown, app, console, progress_bar
 from gridmap.errors import GridmapError
 from gridmap.settings import DEFAULT_DATABASE
 
@@ -37,4 +38,53 @@ def grant_service(
     console.print(
         f"[green]{escape(role)} may now serve this store[/green]: "
         f"GRIDMAP_DATABASE=postgresql://{escape(role)}@…"
+    )
+
+
+@app.command("city")
+def city(
+    database: Annotated[
+        str,
+        typer.Option(
+            "--database",
+            envvar="GRIDMAP_DATABASE",
+            help="An empty postgresql:// database (or a new GeoPackage path) to fill.",
+        ),
+    ],
+    subdistricts: Annotated[
+        int, typer.Option(min=1, max=999, help="How many (≈15,000 households each).")
+    ] = 67,
+    seed: Annotated[int, typer.Option(help="Random seed of the first subdistrict.")] = 20261124,
+    today: Annotated[
+        str | None, typer.Option(help="Reference date for visits (YYYY-MM-DD; default today).")
+    ] = None,
+) -> None:
+    """Build city-scale synthetic data: SUBDISTRICTS invented subdistricts side by side
+    (67: about a million households, 2,680 grids), every feature through the store's
+    rules. For scale tests and benchmarks; no accounts are made."""
+    from gridmap.city import build_city
+
+    if _holds_store(database):
+        _fail(GridmapError(f"{_shown(database)} already holds a gridmap store; give an empty one"))
+    try:
+        ref = dt.date.fromisoformat(today) if today else None
+    except ValueError:
+        _fail(GridmapError(f"--today must be YYYY-MM-DD, got {today!r}"))
+    with progress_bar(14) as bar:
+        task = bar.add_task("subdistricts", total=subdistricts)
+        try:
+            store = build_city(
+                database,
+                subdistricts,
+                seed=seed,
+                today=ref,
+                step=lambda _s, done, _n: bar.update(task, completed=done),
+            )
+        except GridmapError as exc:
+            _fail(exc)
+    counts = {layer.id: store.count(layer.id) for layer in store.layers()}
+    store.close()
+    console.print(
+        f"[green]built[/] {escape(_shown(database))}: "
+        + ", ".join(f"{k} {v:,}" for k, v in counts.items())
     )

@@ -759,7 +759,7 @@ def _camera(k: int, rng: np.random.Generator, direction: float, where: str) -> d
     }
 
 
-_ORDER = [
+ORDER = [
     "zones",
     "communities",
     "grids",
@@ -774,7 +774,7 @@ _ORDER = [
 ]
 
 
-def _autumn_campaign(store: FeatureStore, today: dt.date) -> None:
+def autumn_campaign(store: FeatureStore, today: dt.date) -> None:
     from gridmap import campaigns
 
     c = campaigns.create(
@@ -795,22 +795,13 @@ def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) 
     store = create_store(path, service_area=service_area)
     try:
         store.set_meta(SYNTHETIC, "true")  # invented people: identifiers nobody can own
-        for layer in _ORDER:
-            geoms_local, props = sample.layers[layer]
-            geoms = frame.to_wgs84(geoms_local)
-            clean = []
-            for p in props:
-                q = {k: v for k, v in p.items() if not k.startswith("_")}
-                if "_entrance" in p:
-                    e = frame.to_wgs84([shapely.Point(p["_entrance"])])[0]
-                    q["entrance_lon"] = round(e.x, 7)
-                    q["entrance_lat"] = round(e.y, 7)
-                clean.append(q)
+        for layer in ORDER:
+            geoms, clean = layer_rows(sample, layer)
             total = len(clean)
             if step:
                 step(layer, 0, total)
             if layer == "visits":  # the ledger's campaign is document 1
-                _autumn_campaign(store, sample.today)
+                autumn_campaign(store, sample.today)
             store.insert(
                 layer,
                 geoms,
@@ -832,6 +823,29 @@ def write_sample(sample: Sample, path: str | Path, *, step: Step | None = None) 
             Path(str(path) + suffix).unlink(missing_ok=True)
         raise
     return store
+
+
+def layer_rows(
+    sample: Sample, layer: str, shift: tuple[float, float] = (0.0, 0.0)
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """One layer of a built sample as stored: WGS84 geometries (moved ``shift`` metres east
+    and north first) and properties without the builder's private keys (an ``_entrance``
+    becomes ``entrance_lon``/``entrance_lat``)."""
+    frame = sample.frame
+    dx, dy = shift
+    geoms_local, props = sample.layers[layer]
+    offset = np.array([dx, dy])
+    moved = shapely.transform(np.asarray(geoms_local, dtype=object), lambda c: c + offset)
+    clean = []
+    for p in props:
+        q = {k: v for k, v in p.items() if not k.startswith("_")}
+        if "_entrance" in p:
+            ex, ey = shapely.Point(p["_entrance"]).coords[0]
+            e = frame.to_wgs84([shapely.Point(ex + dx, ey + dy)])[0]
+            q["entrance_lon"] = round(e.x, 7)
+            q["entrance_lat"] = round(e.y, 7)
+        clean.append(q)
+    return frame.to_wgs84(moved), clean
 
 
 def build_demo(
@@ -856,10 +870,13 @@ def build_demo(
 
 
 __all__ = [
+    "ORDER",
     "Frame",
     "Sample",
+    "autumn_campaign",
     "build_demo",
     "build_sample",
     "district_boundary_wgs84",
+    "layer_rows",
     "write_sample",
 ]

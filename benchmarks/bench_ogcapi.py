@@ -30,7 +30,12 @@ the audit write); the anchors have no access control.
 Printed: requests/s, p50 and p99 latency, answer bytes, and each gridmap row's
 requests/s as a multiple of TiPG's and of pygeoapi's.
 
-Run: ``.venv/bin/python -m benchmarks.bench_ogcapi [--requests 300]``.
+At city scale, ``--database postgresql://…`` measures over an existing PostGIS store
+instead (``gridmap city --subdistricts 67``: a million households; the first subdistrict
+lies where the sample does, so the one bbox and the single item are the same requests),
+gridmap on PostGIS only, the varying bboxes drawn over all its households.
+
+Run: ``.venv/bin/python -m benchmarks.bench_ogcapi [--requests 300] [--database URL]``.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ from api.server import UVICORN_STACK, free_port, gridmap_server, running
 from gridmap.accounts import Accounts, seed_sample_users, token_secret
 from gridmap.sample import build_demo
 from gridmap.security import Role
+from gridmap.store import open_store
 from gridmap.transfer import copy_store
 from tests import postgres
 
@@ -208,14 +214,21 @@ def tipg_command(work: Path, database: str) -> tuple[list[str], str, dict[str, s
     return command, f"http://127.0.0.1:{port}", env, version(bindir, "tipg")
 
 
-def varying_bboxes(n: int, seed: int = 7) -> list[str]:
-    """``n`` items paths with 300–1,000 m bboxes spread over the subdistrict (fixed seed)."""
+SUBDISTRICT = (113.275, 34.795, 113.31, 34.825)
+"""Where the sample's households are (lon/lat box); the varying bboxes are drawn in it."""
+
+
+def varying_bboxes(
+    n: int, seed: int = 7, area: tuple[float, float, float, float] = SUBDISTRICT
+) -> list[str]:
+    """``n`` items paths with 300–1,000 m bboxes spread over ``area`` (fixed seed)."""
     rng = np.random.default_rng(seed)
     out = []
+    x0, y0, x1, y1 = area
     for _ in range(n):
         w = rng.uniform(0.003, 0.011)
-        x = rng.uniform(113.275, 113.31 - w)
-        y = rng.uniform(34.795, 34.825 - w)
+        x = rng.uniform(x0, x1 - w)
+        y = rng.uniform(y0, y1 - w)
         out.append(f"items?bbox={x:.5f},{y:.5f},{x + w:.5f},{y + w:.5f}&limit=100")
     return out
 
@@ -322,11 +335,13 @@ def same_answers(servers: list[Server], paths: list[str]) -> int:
 ANCHORS = ("TiPG", "pygeoapi")
 
 
-def compare(servers: list[Server], requests: int) -> None:
+def compare(
+    servers: list[Server], requests: int, area: tuple[float, float, float, float] = SUBDISTRICT
+) -> None:
     """Check the servers answer alike, then measure and print the table."""
     cases = [
         ("items, one bbox", ["items?bbox=" + BBOX + "&limit=100"]),
-        ("items, varying bbox", varying_bboxes(requests)),
+        ("items, varying bbox", varying_bboxes(requests, area=area)),
         ("single item", [f"items/{HOUSEHOLD}"]),
     ]
     checked = sum(same_answers(servers, paths) for _, paths in cases)
@@ -352,6 +367,13 @@ def compare(servers: list[Server], requests: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument(
+        "--database",
+        help="measure over this PostGIS store instead of the sample (e.g. one `gridmap city "
+        "--subdistricts 67` filled: a million households); gridmap on PostGIS against the "
+        "anchors only, varying bboxes drawn over its households; sample users are added "
+        "to it if it has none",
+    )
     args = ap.parse_args()
     if (reason := postgres.unavailable()) is not None:
         sys.exit(reason)
@@ -359,20 +381,22 @@ def main() -> None:
     cluster: postgres.Cluster | None = None
     try:
         with contextlib.ExitStack() as stack:
-            gpkg = work / "zhongxinlu.gpkg"
-            store = build_demo(gpkg, today=dt.date(2026, 11, 24))
-            seed_sample_users(store)
-            accounts = Accounts(store, secret=token_secret(store), token_minutes=24 * 60)
-            token = accounts.issue("admin", Role.SUBDISTRICT_ADMIN).access_token
-            store.close()
-            print("starting PostgreSQL + PostGIS, copying the sample into it …", flush=True)
-            cluster = postgres.start()
-            database = cluster.new_database("bench")
-            t = time.perf_counter()
-            copy_store(gpkg, database)
-            print(f"  copied in {time.perf_counter() - t:.1f} s", flush=True)
+            if args.database:
+                database, gpkg = args.database, None
+            else:
+                gpkg = work / "zhongxinlu.gpkg"
+                build_demo(gpkg, today=dt.date(2026, 11, 24)).close()
+                print("starting PostgreSQL + PostGIS, copying the sample into it …", flush=True)
+                cluster = postgres.start()
+                database = cluster.new_database("bench")
+                t = time.perf_counter()
+                copy_store(gpkg, database)
+                print(f"  copied in {time.perf_counter() - t:.1f} s", flush=True)
+            token, area = _admin_token(database)
             with psycopg.connect(database, autocommit=True) as c:
                 c.execute("VACUUM ANALYZE")  # as a loaded database would be
+                (n,) = c.execute("SELECT count(*) FROM households").fetchone()
+            print(f"{n:,} households", flush=True)
             print("installing TiPG and pygeoapi into scratch venvs …", flush=True)
             with cf.ThreadPoolExecutor(2) as pool:
                 tipg = pool.submit(tipg_command, work, database)
@@ -388,26 +412,41 @@ def main() -> None:
             )
             reads = {"household_reads_per_minute": "100000000"}
             auth = {"Authorization": f"Bearer {token}"}
+            stores = [("gridmap gpkg", gpkg), ("gridmap PostGIS", database)]
             gridmap = [
                 Server(
-                    name, stack.enter_context(gridmap_server(db, **reads, **extra)), headers=auth
+                    name + cold,
+                    stack.enter_context(gridmap_server(db, **reads, **extra)),
+                    headers=auth,
                 )
-                for name, db, extra in [
-                    ("gridmap gpkg", gpkg, {}),
-                    ("gridmap gpkg cold", gpkg, {"feature_cache": "0"}),
-                    ("gridmap PostGIS", database, {}),
-                    ("gridmap PostGIS cold", database, {"feature_cache": "0"}),
-                ]
+                for name, db in stores
+                if db is not None
+                for cold, extra in [("", {}), (" cold", {"feature_cache": "0"})]
             ]
             anchors = [
                 Server("TiPG", tipg_url, collection="public.households"),
                 Server("pygeoapi", py_url),
             ]
-            compare([*gridmap, *anchors], args.requests)
+            compare([*gridmap, *anchors], args.requests, area)
     finally:
         if cluster is not None:
             cluster.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _admin_token(database: str | Path) -> tuple[str, tuple[float, float, float, float]]:
+    """A day's token of the subdistrict admin (the sample users are added to a store that
+    has none) and the box where the store's households are."""
+    store = open_store(database)
+    try:
+        if not store.users():
+            seed_sample_users(store)
+        accounts = Accounts(store, secret=token_secret(store), token_minutes=24 * 60)
+        token = accounts.issue("admin", Role.SUBDISTRICT_ADMIN).access_token
+        area = store.extent("households") or SUBDISTRICT
+    finally:
+        store.close()
+    return token, area
 
 
 if __name__ == "__main__":

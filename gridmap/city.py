@@ -94,6 +94,8 @@ def _moved(layer: str, props: dict[str, Any], k: int, before: dict[str, int]) ->
     for p in get_layer(layer).references:
         if out.get(p.name) is not None:
             out[p.name] = int(out[p.name]) + before[p.ref or ""]
+    if isinstance(out.get("community_ids"), list):  # a zone's communities (ids as text)
+        out["community_ids"] = [str(int(c) + before["communities"]) for c in out["community_ids"]]
     if isinstance(out.get("code"), str) and out["code"].startswith(_SAMPLE_CODE):
         out["code"] = f"410106{k + 1:03d}" + out["code"][len(_SAMPLE_CODE) :]
     for key in ("worker_id", "worker"):

@@ -3,6 +3,8 @@ route planner's places kept per process."""
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 import threading
 import time
@@ -11,6 +13,8 @@ from contextlib import contextmanager
 from typing import Protocol
 
 from gridmap.errors import RateLimitedError
+
+log = logging.getLogger(__name__)
 
 
 class Turns(Protocol):
@@ -36,19 +40,50 @@ class RateLimiter:
         self.limit = limit
         self.window = window
         self._events = 0
+        self._local = LocalTurns()
+        self._warned = False
 
     def hit(self, key: str, what: str = "requests") -> None:
-        """Count one event for ``key``; RateLimitedError when over the limit."""
+        """Count one event for ``key``; RateLimitedError when over the limit. When the
+        store cannot count (read-only media, busy, down) this process counts alone."""
         now = time.time()
         interval = self.window / self.limit
+        if len(key) > 100:  # a key is a name or an address; anything longer is hashed
+            key = hashlib.sha256(key.encode()).hexdigest()
+        key = f"{self.name}:{key}"
         self._events += 1
-        if self._events % self.SWEEP_EVERY == 0:
-            self.turns.forget_turns(now)
-        wait = self.turns.take_turn(f"{self.name}:{key}", now, interval, self.window - interval)
+        try:
+            if self._events % self.SWEEP_EVERY == 0:
+                self.turns.forget_turns(now)
+            wait = self.turns.take_turn(key, now, interval, self.window - interval)
+        except Exception as exc:  # the limit must never be what fails a request
+            if not self._warned:
+                log.warning("rate limits counted per process: the store cannot (%s)", exc)
+                self._warned = True
+            wait = self._local.take_turn(key, now, interval, self.window - interval)
         if wait is not None:
             retry = max(1, math.ceil(wait))
             msg = f"too many {what}; try again in {retry} s"
             raise RateLimitedError(msg, retry)
+
+
+class LocalTurns:
+    """The same algorithm in this process's memory (when the store cannot count)."""
+
+    def __init__(self) -> None:
+        self._due: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def take_turn(self, key: str, now: float, interval: float, burst: float) -> float | None:
+        """As :meth:`gridmap.store.records.RecordTables.take_turn`, for this process only."""
+        with self._lock:
+            due = min(self._due.get(key, now), now + interval + burst)
+            if due - now > burst + 1e-6:
+                return due - now - burst
+            if len(self._due) > 100_000:
+                self._due = {k: v for k, v in self._due.items() if v > now}
+            self._due[key] = max(due, now) + interval
+            return None
 
 
 class LoginThrottle:

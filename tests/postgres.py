@@ -128,7 +128,8 @@ def start_replica(primary: Cluster) -> Cluster:
     subprocess.run(
         _as_postgres(
             [str(bindir / "pg_basebackup"), "-h", str(info["host"]), "-p", str(info["port"]),
-             "-U", "postgres", "-D", str(folder / "data"), "-R", "-X", "stream", "--no-sync"]
+             "-U", "postgres", "-D", str(folder / "data"), "-R", "-X", "stream", "--no-sync",
+             "--checkpoint=fast"]
         ),
         check=True,
         capture_output=True,

@@ -4,6 +4,7 @@ test, checked by the database's own spatial functions or GDAL, not by gridmap.""
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -54,6 +55,12 @@ def test_every_subdistrict_is_there_with_its_own_people(city: str) -> None:
     for k in range(N):
         named = raw_sql(city, "SELECT count(*) FROM communities WHERE name LIKE ?", f"{label(k)}%")
         assert named == [(8,)]
+    # every zone lists its own communities, those naming it (ids moved with them)
+    zones = raw_sql(city, "SELECT fid, community_ids FROM zones ORDER BY fid")
+    members = raw_sql(city, "SELECT zone_id, fid FROM communities")
+    for fid, listed in zones:
+        ids = json.loads(listed) if isinstance(listed, str) else listed
+        assert sorted(int(c) for c in ids) == sorted(c for z, c in members if z == fid)
     # people differ between subdistricts: not one town copied (phones are drawn at random)
     (phones,) = raw_sql(city, "SELECT count(DISTINCT phone) FROM households")[0]
     assert phones > 0.9 * expected

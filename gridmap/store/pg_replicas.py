@@ -27,6 +27,9 @@ POLL_S = 0.05
 """How often each replica's stamps are read (its lag behind the primary, as seen here)."""
 RETRY_S = 5.0
 """How long a replica that failed is left alone before it is asked again."""
+FRESH_S = 1.0
+"""A replica whose stamps were not read within this long gets no reads (a frozen or
+overloaded replica is passed over instead of holding reads until the watchdog cuts it)."""
 
 
 class Replica:
@@ -37,6 +40,7 @@ class Replica:
         self.pool = pool
         self.stamps: dict[str, int] | None = None  # None: unknown or failed
         self.failed_at = 0.0
+        self.read_at = 0.0  # when the stamps were last read
 
     def read_stamps(self) -> None:
         """Ask the replica for its stamps (None and a pause after a failure)."""
@@ -45,7 +49,9 @@ class Replica:
         try:
             with self.pool.connection(timeout=2.0) as c:
                 rows = c.execute("SELECT layer, stamp FROM gridmap_changes").fetchall()
-            self.stamps = {str(k): int(v) for k, v in rows}
+            if time.monotonic() - self.failed_at >= RETRY_S:  # not failed meanwhile
+                self.stamps = {str(k): int(v) for k, v in rows}
+                self.read_at = time.monotonic()
         except Exception as exc:
             self.failed(exc)
 
@@ -69,8 +75,13 @@ class Replicas:
 
     def pick(self, table: str, known: int) -> Replica | None:
         """A replica that has replayed the table up to stamp ``known`` (in turn), or None."""
+        now = time.monotonic()
         ready = [
-            r for r in self.members if r.stamps is not None and r.stamps.get(table, -1) >= known
+            r
+            for r in self.members
+            if r.stamps is not None
+            and now - r.read_at < FRESH_S
+            and r.stamps.get(table, -1) >= known
         ]
         return ready[next(self._turn) % len(ready)] if ready else None
 
@@ -84,7 +95,10 @@ class Replicas:
     def _poll(self) -> None:
         while not self._stop.is_set():
             for r in self.members:
-                r.read_stamps()
+                try:
+                    r.read_stamps()
+                except Exception:
+                    log.exception("polling read replica %s failed", _host(r.url))
             self._stop.wait(POLL_S)
 
 
@@ -100,5 +114,9 @@ def retryable(exc: psycopg.Error) -> bool:
 
 
 def _host(url: str) -> str:
-    info = psycopg.conninfo.conninfo_to_dict(url)
+    """Where a replica is, without user or password (never raises)."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except Exception:
+        return "(a replica)"
     return f"{info.get('host', '')}:{info.get('port', '')}/{info.get('dbname', '')}"

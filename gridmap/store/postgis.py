@@ -1361,6 +1361,11 @@ def _checked_replica(url: str) -> str:
     if not url.startswith(("postgresql://", "postgres://")):
         msg = f"a read replica is named by a postgresql:// URL, not {redact(url)[:60]!r}"
         raise StoreError(msg)
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        msg = f"the read replica URL {redact(url)[:80]!r} cannot be read (percent-encode %, @, /)"
+        raise StoreError(msg) from None
     return url
 
 

@@ -12,6 +12,8 @@ import orjson
 
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError
 
+_EPSILON_S = 1e-6
+"""Rounding room when comparing times (60 s / 9 events must allow 9, not 8)."""
 CHUNK = 2_000
 """Rows per batch of a bulk write."""
 
@@ -186,19 +188,24 @@ class RecordTables:
         event moves it ``interval`` on, and is refused while ``due`` lies more than
         ``burst`` ahead of now (``limit`` events per ``window``: ``interval = window /
         limit``, ``burst = window - interval``). One upsert decides under the row's lock,
-        so concurrent processes never both take the last turn. A ``due`` further ahead
-        than one window can only come from a clock that went back: it starts afresh.
+        so concurrent processes never both take the last turn, and a request whose ``now``
+        is a little older than another's only finds less room. A ``due`` further ahead
+        than one window (a clock that went back) is brought back to one window ahead, so
+        the key waits at most a window, never starts afresh.
         """
         window = interval + burst
         rows = self._run(
             "INSERT INTO gridmap_limits (key, due) VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
-            "SET due = CASE WHEN gridmap_limits.due > ? AND gridmap_limits.due <= ? "
-            "THEN gridmap_limits.due ELSE ? END + ? "
-            "WHERE gridmap_limits.due - ? <= ? OR gridmap_limits.due > ? RETURNING due",
-            (key, now + interval, now, now + window, now, interval, now, burst, now + window),
+            "SET due = CASE WHEN gridmap_limits.due > ? THEN gridmap_limits.due ELSE ? END + ? "
+            "WHERE gridmap_limits.due - ? <= ? RETURNING due",
+            (key, now + interval, now, now, interval, now, burst + _EPSILON_S),
         )
         if rows:
             return None
+        self._run(  # a clock that went back: one window ahead at most
+            "UPDATE gridmap_limits SET due = ? WHERE key = ? AND due > ?",
+            (now + window, key, now + window),
+        )
         due = self._run("SELECT due FROM gridmap_limits WHERE key = ?", (key,))
         return max(0.0, float(due[0][0]) - now - burst) if due else 0.0
 

@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = store
         app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()
+        app.state.layers = PageCache(256)  # the overview's layers, by their own stamps
         # counted in the store: every API process over it shares them
         app.state.login_limiter = RateLimiter(store, "login", settings.logins_per_minute, 60)
         app.state.household_limiter = RateLimiter(

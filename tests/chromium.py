@@ -61,7 +61,10 @@ def open_page(
     w = Watch()
     page.on("console", lambda m: w.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: w.errors.append(str(e)))
-    page.on("requestfailed", lambda r: w.failed.append(r.url))
+    page.on(  # a fetch the page itself cancelled (the view moved on) is not a failure
+        "requestfailed",
+        lambda r: None if r.failure == "net::ERR_ABORTED" else w.failed.append(r.url),
+    )
 
     def guard(route: Any) -> None:
         host = urlparse(route.request.url).hostname or ""
@@ -80,3 +83,25 @@ def open_page(
     if wait_for:
         page.locator(wait_for).first.wait_for(state="attached")
     return page, w
+
+
+def wait_for_layers(page: Any, *, every: bool = False, zoom: int | None = None) -> None:
+    """Wait until the overview's layers have come from the API (``gridmap-layers.js``);
+    ``every`` turns the hidden ones on too, ``zoom`` zooms to that level first."""
+    if every:
+        for box in page.locator(".leaflet-control-layers-overlays input").all():
+            if not box.is_checked():
+                box.check()
+    if zoom is not None:
+        page.evaluate(
+            """(z) => { for (const k in window) { if (window[k] instanceof L.Map) {
+                window[k].setZoom(z, {animate: false}); } } }""",
+            zoom,
+        )
+    page.wait_for_function(
+        "() => window.gmLoadLayers === undefined"
+        " || (window.gmPending === 0 && Object.keys(window.gmLoaded).length > 0)",
+        timeout=30_000,
+    )
+    page.wait_for_timeout(150)  # a move just made may start one more fetch
+    page.wait_for_function("() => window.gmLoadLayers === undefined || window.gmPending === 0")

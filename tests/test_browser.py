@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.chromium import launch, open_page, require_chromium
+from tests.chromium import launch, open_page, require_chromium, wait_for_layers
 from tests.test_maps import ADMIN_LAYERS_EN, ADMIN_LAYERS_ZH, PUBLIC_LAYERS_ZH
 
 pytestmark = pytest.mark.browser
@@ -28,6 +28,7 @@ def browser() -> Any:
 
 def _open(browser, url: str, headers: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
     page, w = open_page(browser, url, headers, wait_for=".leaflet-control-layers label")
+    wait_for_layers(page)
     return page, w.errors, w.blocked, w.failed
 
 
@@ -36,7 +37,7 @@ def _open(browser, url: str, headers: dict[str, str] | None = None):  # type: ig
     [("zh", ADMIN_LAYERS_ZH), ("en", ADMIN_LAYERS_EN)],
 )
 def test_overview_renders_offline(
-    browser, server: str, lang: str, names: set[str], admin_headers
+    browser, server: str, lang: str, names: set[str], admin_headers, sample_store
 ) -> None:  # type: ignore[no-untyped-def]
     page, errors, blocked, failed = _open(browser, f"{server}/map?lang={lang}", admin_headers)
     labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
@@ -57,11 +58,17 @@ def test_overview_renders_offline(
         }"""
     )
     assert grids == 40
-    assert page.locator(".marker-cluster").count() > 10
+    # zoomed out, households are a figure per grid (their sum is every household) …
+    figures = page.locator(".gm-count").all_inner_texts()
+    assert len(figures) == 40 and sum(map(int, figures)) == sample_store.count("households")
+    # … zoomed in, dots for those in view only
+    wait_for_layers(page, zoom=18)
+    assert page.locator(".gm-count").count() == 0
+    assert 0 < page.evaluate("() => window.gmLoaded.households") < sum(map(int, figures))
     options = page.locator("#gm-measure option").evaluate_all("els => els.map(e => e.value)")
     # the four household measures and the sample's autumn campaign
     assert options == ["households", "visit_coverage", "hardship", "elderly_alone", "campaign:1"]
-    page.locator(".marker-cluster").first.wait_for()
+    wait_for_layers(page, zoom=15)
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"overview-{lang}.png"))
     page.close()
@@ -71,7 +78,8 @@ def test_public_map_shows_public_layers_only(browser, server: str) -> None:  # t
     page, errors, blocked, failed = _open(browser, f"{server}/map")
     labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
     assert labels == PUBLIC_LAYERS_ZH
-    assert page.locator(".marker-cluster").count() == 0  # no households
+    assert page.locator(".gm-count").count() == 0  # no households
+    assert "households" not in page.evaluate("() => window.gmLoaded")
     assert errors == [] and blocked == [] and failed == []
     page.close()
 

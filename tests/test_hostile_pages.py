@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from api.server import gridmap_server
 from gridmap.escape import html_text, js_string, js_template, script_json
 from gridmap.layers import LAYERS
-from tests.chromium import launch, open_page, require_chromium
+from tests.chromium import launch, open_page, require_chromium, wait_for_layers
 from tests.conftest import copy_of_sample, raw_sql, tokens_for
 
 pytestmark = pytest.mark.browser
@@ -95,6 +95,7 @@ _OPEN_ALL = """async () => {
 def _check_map(browser: Any, url: str, headers: dict[str, str]) -> dict[str, Any]:
     page, w = open_page(browser, url, headers, wait_for=".leaflet-container")
     try:
+        wait_for_layers(page, every=True, zoom=17)  # every layer, households one by one
         out = page.evaluate(_OPEN_ALL)
     finally:
         page.close()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections import Counter
+from pathlib import Path
 
 import pytest
 import shapely
 
+import gridmap.maps
 from gridmap.maps import asset_dirs, overview_map
 from gridmap.store import FeatureStore, Query, Scope, open_store
 
@@ -110,46 +111,66 @@ def test_amap_basemap_shifts_overlays_to_gcj02(sample_store: FeatureStore) -> No
     assert "autonavi.com" in html and "gmToWgs" in html  # tiles, and the read-out converts back
 
 
+def _layer(client, key: str, headers: dict[str, str] | None = None, **params: object):  # type: ignore[no-untyped-def]
+    r = client.get(f"/map/layers/{key}", params=params, headers=headers or {})
+    assert r.status_code == 200, (key, r.text[:200])
+    return r.json()
+
+
 def test_choropleth_measures_and_legends(client, auth) -> None:  # type: ignore[no-untyped-def]
     html = client.get("/map?measure=hardship").text
-    assert has_text(html, "网格：困难户") and has_text(html, "老旧小区改造")
-    assert has_text(html, "矛盾纠纷调处化解工作室")
-    html = client.get("/map?measure=visit_coverage&lang=en").text
-    assert has_text(html, "Grid cells: Visited in 30 days")
+    assert has_text(html, "老旧小区改造") and has_text(html, "矛盾纠纷调处化解工作室")
+    assert _layer(client, "grids", measure="hardship")["gm"]["legend"]["title"] == "网格：困难户"
+    en = _layer(client, "grids", measure="visit_coverage", lang="en")
+    assert en["gm"]["legend"]["title"] == "Grid cells: Visited in 30 days"
     assert client.get("/map?measure=nonsense").status_code == 400
+    assert client.get("/map/layers/grids?measure=nonsense").status_code == 400
     planner = client.get("/map?measure=hardship", headers=auth["planner"]).text
-    assert has_text(planner, "网格：困难户") and not has_text(planner, "住户 · 住户")
+    assert not has_text(planner, "住户 · 住户")
+    legend = _layer(client, "grids", auth["planner"], measure="hardship")["gm"]["legend"]
+    assert legend["title"] == "网格：困难户"
     public = client.get("/map", headers={"Authorization": ""}).text
-    assert not has_text(public, "网格：户数")  # no household figures for the public
-    assert has_text(public, "治理单元 · 网格")
+    assert has_text(public, "治理单元 · 网格") and "gm-measure" not in public
+    grids = _layer(client, "grids", {"Authorization": ""}, measure="households")
+    assert "legend" not in grids["gm"] and all(
+        "value" not in f["properties"] for f in grids["features"]
+    )
 
 
 def test_a_campaign_colours_the_grids_by_its_share_done(client, auth) -> None:  # type: ignore[no-untyped-def]
     """The sample's autumn campaign (id 1) as a measure: each grid's share equals /stats's
     (itself checked against a direct count in test_campaigns), offered in the picker."""
     rows = client.get("/stats/grids?campaign=1").json()["areas"]
-    want = Counter(f"{r['campaign']['coverage']:.0%}" for r in rows)
-    html = client.get("/map?measure=campaign:1").text
-    got = Counter(re.findall(r'"value": "(\d+%)"', html))
+    want = {r["id"]: f"{r['campaign']['coverage']:.0%}" for r in rows}
+    got = {
+        f["id"]: f["properties"]["value"]
+        for f in _layer(client, "grids", measure="campaign:1")["features"]
+    }
     assert got == want and len(rows) == 40
+    html = client.get("/map?measure=campaign:1").text
     assert has_text(html, "秋季常态化入户走访·完成率") and 'value=\\"campaign:1\\" selected' in html
-    en = client.get("/map?measure=campaign:1&lang=en").text
-    assert has_text(en, "done")
+    en = _layer(client, "grids", measure="campaign:1", lang="en")
+    assert en["gm"]["legend"]["title"].endswith("done")
     # planners see it too (protected figures); an unknown campaign is 404, a bad id 400
     assert client.get("/map?measure=campaign:1", headers=auth["planner"]).status_code == 200
     assert client.get("/map?measure=campaign:999").status_code == 404
+    assert client.get("/map/layers/grids?measure=campaign:999").status_code == 404
     assert client.get("/map?measure=campaign:x").status_code == 400
     assert client.get("/map?measure=campaign:1", headers={"Authorization": ""}).status_code == 403
 
 
-def test_page_text_is_escaped(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
+def test_stored_markup_reaches_the_browser_as_data_only(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
+    """A stored name is not in the page at all: the layer's JSON carries it as the text it
+    is, and gridmap-layers.js puts it into the page with textContent only."""
     store = open_store(edit_path)
     store.update("toilets", 1, properties={"name": "<img src=x onerror=alert(1)>"})
     store.close()
     html = edit_client.get("/map").text
-    assert "<img src=x onerror" not in html
-    # the popup's value is HTML-escaped, then JSON-escaped by folium
-    assert "\\u0026lt;img src=x onerror=alert(1)\\u0026gt;" in html
+    assert "onerror" not in html
+    names = [f["properties"]["name"] for f in _layer(edit_client, "toilets")["features"]]
+    assert "<img src=x onerror=alert(1)>" in names
+    script = (Path(gridmap.maps.__file__).parent / "static" / "gridmap-layers.js").read_text()
+    assert "innerHTML" not in script and "insertAdjacentHTML" not in script
 
 
 def test_camera_sector_geometry() -> None:
@@ -166,16 +187,23 @@ def test_camera_sector_geometry() -> None:
     assert ptz.area == pytest.approx(math.pi * 50**2, rel=0.01)
 
 
-def test_overview_pages_are_cached_until_an_edit(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
+def test_an_edit_re_encodes_its_layer_not_the_page(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
     first = edit_client.get("/map").text
-    second = edit_client.get("/map").text
-    assert first == second  # the same page, not drawn again (folium ids would differ)
+    assert edit_client.get("/map").text == first  # the same page, not drawn again
     assert edit_client.get("/map?lang=en").text != first
+    toilets = edit_client.get("/map/layers/toilets")
+    grids = edit_client.get("/map/layers/grids")
+    again = edit_client.get("/map/layers/grids", headers={"If-None-Match": grids.headers["etag"]})
+    assert again.status_code == 304 and again.content == b""
     store = open_store(edit_path)
     store.update("toilets", 1, properties={"name": "改名后的公厕"})
     store.close()
-    third = edit_client.get("/map").text
-    assert third != first and has_text(third, "改名后的公厕")
+    assert edit_client.get("/map").text == first  # the shell holds no toilet
+    after = edit_client.get("/map/layers/toilets")
+    assert after.headers["etag"] != toilets.headers["etag"]
+    assert "改名后的公厕" in {f["properties"]["name"] for f in after.json()["features"]}
+    same = edit_client.get("/map/layers/grids", headers={"If-None-Match": grids.headers["etag"]})
+    assert same.status_code == 304  # grids untouched: still the cached encoding
 
 
 def test_stored_template_syntax_stays_text(edit_client, edit_path) -> None:  # type: ignore[no-untyped-def]
@@ -192,7 +220,11 @@ def test_stored_template_syntax_stays_text(edit_client, edit_path) -> None:  # t
             headers={"If-Match": cur.headers["etag"]},
         )
         assert r.status_code == 200
-    for url in ("/map/grids/3", "/map/grids/3?lang=en", "/map", "/map?lang=en"):
+    for key in ("grids", "toilets"):
+        assert payload in {f["properties"]["name"] for f in _layer(edit_client, key)["features"]}
+    roads = _layer(edit_client, "roads", bbox="113.2,34.7,113.4,34.9", zoom=16)["features"]
+    assert payload in {f["properties"]["name"] for f in roads}
+    for url in ("/map/grids/3", "/map/grids/3?lang=en"):
         page = edit_client.get(url)
         assert page.status_code == 200, url
         assert "eval" not in page.text and "<function" not in page.text, url

@@ -2,29 +2,55 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import hashlib
+from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request
 from folium import Map
-from starlette.responses import HTMLResponse
+from starlette.responses import HTMLResponse, Response
 
 from api.auth import require
-from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep
+from api.deps import (
+    PrincipalDep,
+    ScopeDep,
+    SettingsDep,
+    StoreDep,
+    check_lon_lat_bbox,
+    parse_bbox_values,
+)
 from api.errors import BadRequestError
 from api.middleware import page_csp
 from api.routes.campaigns import FIELD, Id
 from api.routes.features import parse_fid
 from gridmap import plans, queries
-from gridmap.errors import PermissionDeniedError
+from gridmap.errors import FeatureNotFoundError, PermissionDeniedError
 from gridmap.layers import get_layer
-from gridmap.maps import BASEMAPS, grid_sheet, overview_map, plan_sheet, render_page
+from gridmap.maps import BASEMAPS, grid_sheet, plan_sheet, render_page
 from gridmap.maps.cache import PageCache
-from gridmap.maps.pages import measure_of
+from gridmap.maps.layer_data import (
+    MAP_LAYERS,
+    Colouring,
+    View,
+    depends_on,
+    layer_data,
+    points_in_view,
+)
+from gridmap.maps.pages import measure_of, measure_values
+from gridmap.maps.shell import SHELL_TABLES, overview_shell
 from gridmap.security import Principal, business_data_allowed, stats_scope
+from gridmap.store.base import Scope, Store
 
 router = APIRouter(tags=["Maps"])
 
 Lang = Annotated[Literal["zh", "en"], Query(description="Label language.")]
+MEASURE = Query(
+    pattern=r"^(households|visit_coverage|hardship|elderly_alone|campaign:[1-9][0-9]{0,14})$",
+    description="What colours the grids (for roles that may see household figures): "
+    "households, visit_coverage, hardship, elderly_alone, or campaign:ID (its share done).",
+)
+MeasureParam = Annotated[str | None, MEASURE]
+NO_STORE = {"Cache-Control": "private, no-store"}
 BasemapParam = Annotated[
     Literal["none", "osm", "tianditu", "amap"],
     Query(description="none (offline default), osm, tianditu (CGCS2000), amap (GCJ-02)."),
@@ -54,14 +80,7 @@ def overview(
     principal: PrincipalDep,
     settings: SettingsDep,
     lang: Lang = "zh",
-    measure: Annotated[
-        str,
-        Query(
-            pattern=r"^(households|visit_coverage|hardship|elderly_alone|campaign:[1-9][0-9]{0,14})$",
-            description="What colours the grids (for roles that may see household figures): "
-            "households, visit_coverage, hardship, elderly_alone, or campaign:ID (its share done).",
-        ),
-    ] = "households",
+    measure: Annotated[str, MEASURE] = "households",
     basemap: BasemapParam = "none",
 ) -> HTMLResponse:
     """Every layer the caller may see, grouped, with legends, search and tools; offline."""
@@ -69,34 +88,94 @@ def overview(
     if basemap == "tianditu" and not settings.tianditu_key:
         raise BadRequestError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
     policy = stats_scope(principal, scope) if principal.authenticated else None
-    campaign = None
     if measure.startswith("campaign:"):
         if policy is None:
             raise PermissionDeniedError("this role may not see campaign figures")
         measure_of(store, measure, scope)  # 404 for a campaign the caller may not see
-        campaign = int(measure.partition(":")[2])
 
     def render() -> tuple[bytes, str]:
-        rows = None
-        if policy is not None:
-            stats_scope_, small = policy
-            rows = queries.household_stats(
-                store, "grids", scope=stats_scope_, small_cells=small, campaign=campaign
-            )
-        m = overview_map(
+        m = overview_shell(
             store,
             scope=scope,
             lang=lang,
             measure=measure,
             basemap=basemap,
-            grid_stats=rows,
+            coloured=policy is not None,
             tianditu_key=settings.tianditu_key,
         )
         return _page(m, basemap)
 
     cache: PageCache = request.app.state.pages
-    key = ("overview", scope, policy, lang, measure, basemap, cache.stamps(store))
+    key = ("overview", scope, policy, lang, measure, basemap, store.stamps(SHELL_TABLES))
     return _respond(cache.get_or_render(key, render, reads=scope.reads))
+
+
+@router.get(
+    "/map/layers/{key}",
+    summary="One layer of the overview map (GeoJSON for the map page)",
+    responses={200: {"content": {"application/json": {}}}},
+)
+def overview_layer(
+    request: Request,
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    key: Annotated[str, Path(max_length=40, description="Layer key: " + ", ".join(MAP_LAYERS))],
+    lang: Lang = "zh",
+    basemap: BasemapParam = "none",
+    measure: MeasureParam = None,
+    bbox: Annotated[
+        str | None,
+        Query(max_length=200, description="The view, in the basemap's datum (layers by view)."),
+    ] = None,
+    zoom: Annotated[int | None, Query(ge=0, le=22, description="The view's zoom.")] = None,
+) -> Response:
+    """The features of one overview layer the caller may see, with their styles, popup
+    fields and legend; layers drawn by view (roads, buildings, households) take the view.
+    Households come as positions only when zoomed in, else as a count per grid."""
+    _business(principal)
+    ml = MAP_LAYERS.get(key)
+    if ml is None or not scope.allows_layer(ml.source):
+        raise FeatureNotFoundError(f"no map layer {key[:40]!r}")
+    box = parse_bbox_values(bbox) if bbox is not None else None
+    if box is not None:
+        check_lon_lat_bbox(box)
+    view = View(lang, basemap, box, zoom)
+    policy = stats_scope(principal, scope) if principal.authenticated else None
+    colouring = _colouring(store, scope, policy, measure, lang) if key == "grids" else None
+
+    def render() -> bytes:
+        return orjson.dumps(layer_data(store, key, view, scope=scope, colouring=colouring))
+
+    by_view = ml.by_view and (key != "households" or points_in_view(view))
+    if by_view:
+        return Response(render(), media_type="application/json", headers=NO_STORE)
+    tables = depends_on(key, coloured=colouring is not None)
+    cache_key = ("layer", key, scope, policy, lang, basemap, colouring and measure)
+    cache_key += (store.stamps(tables),)
+    cache: PageCache = request.app.state.layers
+    body = cache.get_or_render(cache_key, render, reads=scope.reads)
+    tag = '"' + hashlib.sha256(repr(cache_key).encode()).hexdigest()[:32] + '"'
+    headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
+    if tag in request.headers.get("if-none-match", ""):
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _colouring(
+    store: Store, scope: Scope, policy: Any, measure: str | None, lang: str
+) -> Colouring | None:
+    """Grid figures for a choropleth, if the caller may see them and asked for a measure."""
+    if policy is None or measure is None:
+        return None
+    zh_name, en_name, fmt = measure_of(store, measure, scope)
+    label = zh_name if lang == "zh" else en_name
+    campaign = int(measure.partition(":")[2]) if measure.startswith("campaign:") else None
+    stats_scope_, small = policy
+    rows = queries.household_stats(
+        store, "grids", scope=stats_scope_, small_cells=small, campaign=campaign
+    )
+    return Colouring(measure_values(rows, measure), label, fmt)
 
 
 @router.get("/map/grids/{grid_id}", response_class=HTMLResponse, summary="One grid's sheet")

@@ -18,6 +18,7 @@ def asset_dirs() -> dict[str, Path]:
         "leaflet": Path(leaflet.BASE_DIR),
         "markercluster": Path(markercluster.BASE_DIR),
         "jquery": Path(jquery.BASE_DIR),
+        "gridmap": Path(__file__).parent / "static",  # gridmap's own page scripts
     }
 
 

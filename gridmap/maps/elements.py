@@ -8,10 +8,13 @@ string literal instead. Their content is HTML the caller built with
 
 from __future__ import annotations
 
+from typing import Any
+
 from branca.element import MacroElement
+from folium.elements import JSCSSMixin
 from jinja2 import Template
 
-from gridmap.escape import js_string
+from gridmap.escape import js_string, script_json
 
 
 class Tooltip(MacroElement):  # type: ignore[misc]
@@ -99,3 +102,22 @@ class Sheet(MacroElement):  # type: ignore[misc]
         self._name = "GmSheet"
         self.content = js_string(html)
         self.css = js_string(css)
+
+
+class RemoteLayers(JSCSSMixin, MacroElement):  # type: ignore[misc]
+    """Layer groups the browser fills from the API (``gridmap-layers.js``): ``specs`` are
+    JSON (keys, URLs, whether fetched by view), ``groups`` the folium groups, in order."""
+
+    _template = Template(
+        """{% macro script(this, kwargs) %}
+        gmLoadLayers({{ this._parent.get_name() }}, {{ this.specs }},
+          [{% for g in this.groups %}{{ g.get_name() }}, {% endfor %}]);
+        {% endmacro %}"""
+    )
+
+    def __init__(self, specs: list[dict[str, Any]], groups: list[Any], *, prefix: str) -> None:
+        super().__init__()
+        self._name = "GmRemoteLayers"
+        self.specs = script_json(specs)
+        self.groups = groups
+        self.default_js = [("gridmap_layers", f"{prefix}/gridmap/gridmap-layers.js")]

@@ -31,6 +31,8 @@ PAGE_CSS = """<style>
 .gm-search li { cursor: pointer; padding: 1px 2px; }
 .gm-search li:hover { background: #e0ecf4; }
 .gm-far .gm-label-small { display: none; }
+.gm-count { border-radius: 50%; background: rgba(69,117,180,0.75); color: #fff;
+  text-align: center; font: bold 12px sans-serif; border: 2px solid #fff; }
 @media print { .leaflet-control-layers, .gm-search, .gm-tools { display: none; } }
 </style>"""
 
@@ -91,12 +93,15 @@ def add_tools(frame: MapFrame, search_index: Sequence[tuple[str, str, float, flo
     index = script_json([list(r) for r in search_index])
     placeholder = "搜索网格、社区、设施…" if zh else "Search grids, communities, sites…"
     search_js = f"""
-      var gmIndex = {index};
+      window.gmIndex = window.gmIndex || {{}};
+      window.gmIndex.page = {index};  // layers fetched later add their own rows
       var box = document.getElementById('gm-q'), list = document.getElementById('gm-hits');
       box.addEventListener('input', function() {{
         var q = box.value.trim(); list.innerHTML = '';
         if (!q) return;
-        gmIndex.filter(function(r) {{ return r[0].indexOf(q) >= 0; }}).slice(0, 12)
+        var rows = Object.keys(window.gmIndex).reduce(function(a, k) {{
+          return a.concat(window.gmIndex[k]); }}, []);
+        rows.filter(function(r) {{ return r[0].indexOf(q) >= 0; }}).slice(0, 12)
           .forEach(function(r) {{
             var li = document.createElement('li'); li.textContent = r[0] + ' · ' + r[1];
             li.addEventListener('click', function() {{ {m}.setView([r[2], r[3]], 17); }});

@@ -1,0 +1,139 @@
+"""The overview's layers as the browser fetches them (/map/layers/{key}), checked against
+computations that are not the endpoint's: geopandas joins, boxes over every row, the
+layers' own counts, each role's scope."""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import shapely
+
+from gridmap.maps.layer_data import HOUSEHOLD_POINT_ZOOM, OVERVIEW
+from gridmap.store import FeatureStore, Query
+
+
+def _get(client, key: str, headers=None, **params):  # type: ignore[no-untyped-def]
+    return client.get(f"/map/layers/{key}", params=params, headers=headers or {})
+
+
+def test_every_layer_the_admin_sees(client, sample_store: FeatureStore) -> None:  # type: ignore[no-untyped-def]
+    view = {"bbox": "113.0,34.6,113.6,35.0", "zoom": 17}
+    for ml in OVERVIEW:
+        r = _get(client, ml.key, **(view if ml.by_view else {}))
+        assert r.status_code == 200, ml.key
+        body = r.json()
+        if ml.key == "households":
+            continue
+        want = sample_store.count(ml.source)
+        assert len(body["features"]) == want > 0, ml.key
+        assert all("_s" in f["properties"] for f in body["features"])
+        personal = {p.name for p in sample_store.query(ml.source).layer.properties if p.sensitive}
+        assert not personal & set().union(*(f["properties"] for f in body["features"]))
+
+
+def test_household_counts_per_grid_equal_a_spatial_join(client, sample_store) -> None:  # type: ignore[no-untyped-def]
+    """Zoomed out: one figure per grid, equal to geopandas' point-in-polygon join."""
+    body = _get(client, "households", bbox="113.0,34.6,113.6,35.0", zoom=13).json()
+    assert body["type"] == "Counts"
+    homes = sample_store.query("households").to_geodataframe()
+    grids = sample_store.query("grids").to_geodataframe()
+    polys = grids[["geometry"]].reset_index(drop=True)
+    joined = gpd.sjoin(homes[["geometry"]].reset_index(drop=True), polys, predicate="within")
+    want = sorted(joined.groupby("index_right").size().tolist())
+    assert sorted(c[2] for c in body["counts"]) == want
+    assert sum(c[2] for c in body["counts"]) == len(homes)
+    # each figure sits inside its grid
+    for lat, lon, _ in body["counts"]:
+        assert grids.contains(shapely.Point(lon, lat)).sum() == 1
+
+
+def test_zoomed_in_households_are_exactly_those_in_view(client, sample_store) -> None:  # type: ignore[no-untyped-def]
+    homes = sample_store.query("households").to_geodataframe()
+    x, y = homes.geometry.x.to_numpy(), homes.geometry.y.to_numpy()
+    cx, cy = float(np.median(x)), float(np.median(y))
+    box = (cx - 0.003, cy - 0.002, cx + 0.003, cy + 0.002)
+    body = _get(
+        client, "households", bbox=",".join(map(str, box)), zoom=HOUSEHOLD_POINT_ZOOM + 1
+    ).json()
+    assert body["type"] == "Points"
+    inside = (x >= box[0]) & (x <= box[2]) & (y >= box[1]) & (y <= box[3])
+    got = sorted((round(p[1], 6), round(p[0], 6)) for p in body["points"])
+    want = sorted(zip(np.round(x[inside], 6), np.round(y[inside], 6), strict=True))
+    assert len(got) == int(inside.sum()) > 50
+    assert np.allclose(np.asarray(got), np.asarray(want), atol=2e-6)
+    assert set(body) == {"type", "points", "gm"}  # positions only
+
+
+def test_amap_view_is_in_gcj02(client, sample_store) -> None:  # type: ignore[no-untyped-def]
+    """Over Amap, features come shifted to GCJ-02 (gridmap.crs, itself checked against
+    published pairs in test_crs), and a GCJ-02 view box finds the WGS84 rows under it."""
+    from gridmap.crs import wgs84_to_gcj02
+
+    plain = {f["id"]: f for f in _get(client, "toilets").json()["features"]}
+    amap = {f["id"]: f for f in _get(client, "toilets", basemap="amap").json()["features"]}
+    for fid, f in plain.items():
+        lon, lat = f["geometry"]["coordinates"]
+        glon, glat = map(float, wgs84_to_gcj02(lon, lat))
+        assert amap[fid]["geometry"]["coordinates"] == pytest.approx([glon, glat], abs=1e-6)
+        shift = np.hypot((glon - lon) * 91_000, (glat - lat) * 111_000)
+        assert 200 < shift < 900  # the ~500 m of Zhengzhou
+    homes = sample_store.query("households").to_geodataframe()
+    cx, cy = float(homes.geometry.x.median()), float(homes.geometry.y.median())
+    gx, gy = map(float, wgs84_to_gcj02(cx, cy))
+    box = (gx - 0.002, gy - 0.0015, gx + 0.002, gy + 0.0015)
+    pts = _get(client, "households", basemap="amap", bbox=",".join(map(str, box)), zoom=18)
+    shown = np.asarray(pts.json()["points"])[:, ::-1]  # (lon, lat)
+    hx, hy = wgs84_to_gcj02(homes.geometry.x.to_numpy(), homes.geometry.y.to_numpy())
+    inside = (hx >= box[0]) & (hx <= box[2]) & (hy >= box[1]) & (hy <= box[3])
+    want = np.column_stack([hx[inside], hy[inside]])
+    gap = np.abs(want[:, None, :] - shown[None, :, :]).max(axis=2).min(axis=1)
+    assert len(want) > 10 and gap.max() < 2e-6  # every household in view, in GCJ-02
+    assert len(shown) < 2 * len(want)  # and not many more (the box's small margin)
+
+
+def test_roles_see_their_own_layers_only(client, auth, sample_store) -> None:  # type: ignore[no-untyped-def]
+    public = {"Authorization": ""}
+    assert _get(client, "households", public).status_code == 404
+    assert _get(client, "cameras", public).status_code == 404
+    assert _get(client, "toilets", public).status_code == 200
+    assert _get(client, "grids", auth["auditor"]).status_code == 403
+    worker = _get(client, "households", auth["grid_worker"], zoom=12).json()
+    admin = _get(client, "households", zoom=12).json()
+    assert 0 < len(worker["counts"]) < len(admin["counts"])
+    assert _get(client, "nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"bbox": "1,2,3"},
+        {"bbox": "a,b,c,d"},
+        {"bbox": "113.3,34.8,113.2,34.9"},
+        {"bbox": "200,34.8,201,34.9"},
+        {"zoom": "99"},
+        {"zoom": "x"},
+        {"basemap": "google"},
+        {"lang": "fr"},
+        {"measure": "<script>"},
+    ],
+)
+def test_bad_views_are_refused(client, params) -> None:  # type: ignore[no-untyped-def]
+    r = client.get("/map/layers/households", params=params)
+    assert 400 <= r.status_code < 500, (params, r.status_code)
+
+
+def test_households_zoomed_out_are_cached_and_zoomed_in_are_not(client) -> None:  # type: ignore[no-untyped-def]
+    counts = _get(client, "households", zoom=12)
+    assert "etag" in counts.headers
+    points = _get(client, "households", bbox="113.28,34.80,113.29,34.81", zoom=18)
+    assert points.headers["cache-control"] == "private, no-store"
+
+
+def test_a_view_too_wide_for_roads_returns_none(client, sample_store) -> None:  # type: ignore[no-untyped-def]
+    far = _get(client, "roads", bbox="113.0,34.6,113.6,35.0", zoom=10).json()
+    assert far["features"] == [] and far["gm"]["note"] == "zoom_in"
+    box = (113.285, 34.805, 113.295, 34.812)
+    near = _get(client, "roads", bbox=",".join(map(str, box)), zoom=16).json()
+    want = sample_store.count("roads", Query(bbox=box))
+    assert len(near["features"]) == want > 0

@@ -265,6 +265,8 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/nearest", HH):                [404, 200, 200, 200, 404, 403],
     ("GET", "/stats/{level}", ""):          [401, 200, 200, 200, 200, 403],
     ("GET", "/map", ""):                    [200, 200, 200, 200, 200, 403],
+    ("GET", "/map/layers/{key}", HH):       [404, 200, 200, 200, 404, 403],
+    ("GET", "/map/layers/{key}", TL):       [200, 200, 200, 200, 200, 403],
     ("GET", "/map/grids/{grid_id}", ""):    [200, 200, 200, 200, 200, 403],
     ("POST", "/token", ""):                 [401, 200, 200, 200, 200, 200],
     ("GET", "/login", ""):                  [200, 200, 200, 200, 200, 200],
@@ -316,7 +318,9 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/locate", ""):                 [N,   N,   N,   N,   N,   D],
     ("GET", "/nearest", HH):                [DS,  R,   R,   R,   DS,  D],
     ("GET", "/stats/{level}", ""):          [D,   R,   R,   R,   R,   D],
-    ("GET", "/map", ""):                    [N,   R,   R,   R,   R,   D],
+    ("GET", "/map", ""):                    [N,   N,   N,   N,   N,   D],
+    ("GET", "/map/layers/{key}", HH):       [DS,  R,   R,   R,   DS,  D],
+    ("GET", "/map/layers/{key}", TL):       [N,   N,   N,   N,   N,   D],
     ("GET", "/map/grids/{grid_id}", ""):    [N,   R,   R,   R,   N,   D],
     ("POST", "/token", ""):                 [DL,  L,   L,   L,   L,   L],
     ("GET", "/login", ""):                  [N,   N,   N,   N,   N,   N],
@@ -378,6 +382,7 @@ def test_route_role_matrix(
                 url = path.replace("{collection_id}", coll).replace("{feature_id}", str(fid))
                 url = url.replace("{level}", "grids").replace("{grid_id}", "1")
                 url = url.replace("{campaign_id}", "1").replace("{plan_id}", str(plan["id"]))
+                url = url.replace("{key}", coll)
                 kw: dict[str, Any] = {}
                 if (method, path) in bodies:
                     kw["json"] = bodies[(method, path)](role)
@@ -554,9 +559,11 @@ def test_grid_workers_never_see_other_grids(edit_path: Path) -> None:
                 params={"collection": "households", "lon": 113.29, "lat": 34.81, "k": 100},
             )
             assert {f["id"] for f in near.json()["features"]} <= mine
-            html = c.get("/map", headers=h).text
-            counts = re.findall(r"var data = (\[\[.*?\]\]);", html, re.S)
-            assert len(counts) == 1 and counts[0].count("],") + 1 == len(mine)
+            counts = c.get("/map/layers/households", headers=h).json()["counts"]
+            assert [c[2] for c in counts] == [len(mine)]
+            every = {"bbox": "113.2,34.7,113.4,34.9", "zoom": 18}
+            dots = c.get("/map/layers/households", headers=h, params=every).json()["points"]
+            assert len(dots) == len(mine)
             # moving one's own household into another grid is refused
             own = min(mine)
             cur = c.get(f"/collections/households/items/{own}", headers=h)
@@ -633,6 +640,9 @@ def test_canaries_never_leave_unmasked(edit_path: Path, caplog: pytest.LogCaptur
                 "/collections",
                 "/map",
                 "/map?lang=en",
+                "/map/layers/households",
+                "/map/layers/households?bbox=113.2,34.7,113.4,34.9&zoom=18",
+                "/map/layers/grids?measure=elderly_alone",
                 "/stats/grids",
                 "/stats/communities",
                 "/stats/zones",
@@ -943,7 +953,8 @@ def test_every_personal_read_is_audited_and_limited_whatever_the_route(edit_path
         assert codes == [200] * 5 + [429] * 2
     with TestClient(_app(edit_path)) as c:
         rids = []
-        for url in ("/map", "/map", "/map/grids/3", "/stats/zones"):  # the 2nd map is cached
+        counts = "/map/layers/households?zoom=12"
+        for url in (counts, counts, "/map/grids/3", "/stats/zones"):  # the 2nd is cached
             r = c.get(url, headers=h)
             assert r.status_code == 200
             rids.append((url, r.headers["x-request-id"]))
@@ -957,7 +968,7 @@ def test_every_personal_read_is_audited_and_limited_whatever_the_route(edit_path
         assert entry["action"] == "read" and entry["username"] == "admin", url
         assert entry["detail"].startswith(f"GET {url}"), url
         n = int(entry["object"].split(": ")[1].split()[0])
-        if url == "/map" or url == "/stats/zones":
+        if url in (counts, "/stats/zones"):
             assert n == n_households, url
         elif url == "/map/grids/3":
             assert n == grid3 and entry["grid_id"] == 3

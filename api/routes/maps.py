@@ -24,7 +24,7 @@ from api.middleware import page_csp
 from api.routes.campaigns import FIELD, Id
 from api.routes.features import parse_fid
 from gridmap import plans, queries
-from gridmap.errors import FeatureNotFoundError, PermissionDeniedError
+from gridmap.errors import FeatureNotFoundError, HiddenLayerError, PermissionDeniedError
 from gridmap.layers import get_layer
 from gridmap.maps import BASEMAPS, grid_sheet, plan_sheet, render_page
 from gridmap.maps.cache import PageCache
@@ -135,8 +135,10 @@ def overview_layer(
     Households come as positions only when zoomed in, else as a count per grid."""
     _business(principal)
     ml = MAP_LAYERS.get(key)
-    if ml is None or not scope.allows_layer(ml.source):
-        raise FeatureNotFoundError(f"no map layer {key[:40]!r}")
+    if ml is None:
+        raise FeatureNotFoundError(f"no map layer {key[:40]!r}; use one of {', '.join(MAP_LAYERS)}")
+    if not scope.allows_layer(ml.source):
+        raise HiddenLayerError(f"no map layer {key!r}")  # 404, audited as a refused attempt
     box = parse_bbox_values(bbox) if bbox is not None else None
     if box is not None:
         check_lon_lat_bbox(box)

@@ -32,7 +32,11 @@ from gridmap.maps.layer_data import (
     MAP_LAYERS,
     Colouring,
     View,
+    clip,
+    clip_counts,
     depends_on,
+    encoded,
+    household_counts,
     layer_data,
     points_in_view,
 )
@@ -146,18 +150,28 @@ def overview_layer(
     policy = stats_scope(principal, scope) if principal.authenticated else None
     colouring = _colouring(store, scope, policy, measure, lang) if key == "grids" else None
 
-    def render() -> bytes:
-        return orjson.dumps(layer_data(store, key, view, scope=scope, colouring=colouring))
+    if key == "households" and points_in_view(view):  # positions in view: not cached
+        body = orjson.dumps(layer_data(store, key, view, scope=scope))
+        return Response(body, media_type="application/json", headers=NO_STORE)
+    whole = View(lang, basemap)
 
-    by_view = ml.by_view and (key != "households" or points_in_view(view))
-    if by_view:
-        return Response(render(), media_type="application/json", headers=NO_STORE)
+    def render() -> tuple[dict[str, Any], bytes]:
+        if key == "households":
+            return household_counts(store, whole, scope), b""
+        data = layer_data(store, key, whole, scope=scope, colouring=colouring)
+        return data, b"" if ml.by_view else encoded(data)
+
     tables = depends_on(key, coloured=colouring is not None)
     cache_key = ("layer", key, scope, policy, lang, basemap, colouring and measure)
     cache_key += (store.stamps(tables),)
     cache: PageCache = request.app.state.layers
-    body = cache.get_or_render(cache_key, render, reads=scope.reads)
-    tag = '"' + hashlib.sha256(repr(cache_key).encode()).hexdigest()[:32] + '"'
+    data, body = cache.get_or_render(cache_key, render, reads=scope.reads)
+    if key == "households":
+        body = orjson.dumps(clip_counts(data, view))
+    elif ml.by_view:
+        body = encoded(clip(data, view, ml.min_zoom))
+    seen = (cache_key, view.bbox, view.zoom) if ml.by_view else cache_key
+    tag = '"' + hashlib.sha256(repr(seen).encode()).hexdigest()[:32] + '"'
     headers = {"ETag": tag, "Cache-Control": "private, no-cache"}
     if tag in request.headers.get("if-none-match", ""):
         return Response(status_code=304, headers=headers)

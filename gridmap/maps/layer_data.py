@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import shapely
 
 from gridmap.crs import CRS84, from_metric, to_metric, transform_geometries
@@ -41,6 +42,14 @@ MAX_VIEW_FEATURES = 20_000
 """The most features one fetch by view returns; more are aggregated (or left out)."""
 ROADS_ZOOM = 13
 BUILDINGS_ZOOM = 15
+SITES_ZOOM = 13
+"""Layers by view show nothing below their zoom: a city's roads or cameras at once would be
+tens of megabytes (the subdistrict opens at zoom 15, a city at 11)."""
+LABEL_ZOOM = {"gm-label": 13, "gm-label-small": 16}
+COMMUNITY_COUNTS_BELOW = 13
+"""Below this zoom households are counted per community, from it per grid."""
+PRECISION = 1e-6
+"""Coordinates sent to the browser are rounded to this (about 0.1 m)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,6 @@ class MapLayer:
         return own or title(get_layer(self.source), lang)
 
 
-_RADIUS_EN = "Toilet service radius 300 m"
 OVERVIEW: tuple[MapLayer, ...] = (
     MapLayer("roads", "roads", "base", by_view=True, min_zoom=ROADS_ZOOM),
     MapLayer("buildings", "buildings", "base", show=False, by_view=True, min_zoom=BUILDINGS_ZOOM),
@@ -73,13 +81,28 @@ OVERVIEW: tuple[MapLayer, ...] = (
     MapLayer("communities", "communities", "areas", label_css="gm-label", searchable=True),
     MapLayer("zones", "zones", "areas", searchable=True),
     MapLayer("old_neighbourhoods", "old_neighbourhoods", "projects", searchable=True),
-    MapLayer("toilet_areas", "toilets", "sites", zh="公厕服务半径 300 米", en=_RADIUS_EN),
-    MapLayer("toilets", "toilets", "sites", searchable=True),
-    MapLayer("facilities", "facilities", "sites", searchable=True),
     MapLayer(
-        "camera_views", "cameras", "sites", show=False, zh="监控视域", en="Camera fields of view"
+        "toilet_areas",
+        "toilets",
+        "sites",
+        by_view=True,
+        min_zoom=SITES_ZOOM,
+        zh="公厕服务半径 300 米",
+        en="Toilet service radius 300 m",
     ),
-    MapLayer("cameras", "cameras", "sites", show=False),
+    MapLayer("toilets", "toilets", "sites", searchable=True),
+    MapLayer("facilities", "facilities", "sites", by_view=True, min_zoom=SITES_ZOOM),
+    MapLayer(
+        "camera_views",
+        "cameras",
+        "sites",
+        show=False,
+        by_view=True,
+        min_zoom=SITES_ZOOM,
+        zh="监控视域",
+        en="Camera fields of view",
+    ),
+    MapLayer("cameras", "cameras", "sites", show=False, by_view=True, min_zoom=SITES_ZOOM),
     MapLayer("households", "households", "people", by_view=True),
 )
 MAP_LAYERS = {m.key: m for m in OVERVIEW}
@@ -136,12 +159,7 @@ def layer_data(
     ml = MAP_LAYERS[key]
     if key == "households":
         return _households(store, view, scope)
-    if ml.by_view:
-        fs = _in_view(store, ml, view, scope)
-        if fs is None:
-            return _collection_of(view, None, [], kind="area", note="zoom_in")
-    else:
-        fs = store.query(ml.source, Query(), scope=scope).with_geometry()
+    fs = store.query(ml.source, Query(), scope=scope).with_geometry()
     if key == "toilet_areas":
         return _toilet_areas(view, fs)
     if key == "camera_views":
@@ -151,14 +169,36 @@ def layer_data(
     return _plain(view, ml, fs)
 
 
-def _in_view(store: Store, ml: MapLayer, view: View, scope: Scope) -> FeatureSet | None:
-    """The features of a layer fetched by view, or None when zoomed out too far or there
-    are too many to draw."""
-    if view.bbox is None or view.zoom is None or view.zoom < ml.min_zoom:
-        return None
-    q = Query(bbox=wgs84_box(view.bbox, view.datum), limit=MAX_VIEW_FEATURES + 1)
-    fs = store.query(ml.source, q, scope=scope).with_geometry()
-    return None if len(fs) > MAX_VIEW_FEATURES else fs
+def clip(data: dict[str, Any], view: View, min_zoom: int = 0) -> dict[str, Any]:
+    """The features of a whole layer's data that meet the view (none when zoomed out
+    below ``min_zoom``; none and a note when more than :data:`MAX_VIEW_FEATURES`)."""
+    bounds = data["gm"].get("_bounds")
+    out = {k: v for k, v in data.items() if k != "features"}
+    out["gm"] = {k: v for k, v in data["gm"].items() if k != "_bounds"}
+    if view.bbox is None or view.zoom is None or view.zoom < min_zoom or bounds is None:
+        out["features"] = []
+        out["gm"]["note"] = "zoom_in"
+        return out
+    minx, miny, maxx, maxy = view.bbox
+    hit = np.flatnonzero(
+        (bounds[:, 0] <= maxx)
+        & (bounds[:, 2] >= minx)
+        & (bounds[:, 1] <= maxy)
+        & (bounds[:, 3] >= miny)
+    )
+    if len(hit) > MAX_VIEW_FEATURES:
+        out["features"] = []
+        out["gm"]["note"] = "too_many"
+        return out
+    feats = data["features"]
+    out["features"] = [feats[i] for i in hit.tolist()]
+    return out
+
+
+def encoded(data: dict[str, Any]) -> bytes:
+    """A layer's data as JSON (without the feature bounds kept for :func:`clip`)."""
+    gm = {k: v for k, v in data.get("gm", {}).items() if k != "_bounds"}
+    return orjson.dumps({**data, "gm": gm})
 
 
 def wgs84_box(bbox: BBox, datum: str) -> BBox:
@@ -173,12 +213,12 @@ def wgs84_box(bbox: BBox, datum: str) -> BBox:
     return (minx - pad, miny - pad, maxx + pad, maxy + pad)
 
 
-def _shown(view: View, geoms: Any) -> list[Any]:
-    """Geometries as GeoJSON fragments in the basemap's datum."""
+def _display(view: View, geoms: Any) -> Any:
+    """Geometries in the basemap's datum, rounded to :data:`PRECISION`."""
     arr = np.asarray(geoms, dtype=object)
     if view.datum != CRS84:
         arr = transform_geometries(arr, src=CRS84, dst=view.datum)
-    return geometry_fragments(arr)
+    return shapely.set_precision(arr, PRECISION, mode="pointwise")
 
 
 def _lat_lon(view: View, geoms: Any) -> list[list[float]]:
@@ -209,7 +249,8 @@ def _collection_of(
     **gm: Any,
 ) -> dict[str, Any]:
     """A FeatureCollection of ``features`` (property dicts) drawn on ``geoms``."""
-    frags = _shown(view, geoms) if len(features) else []
+    shown = _display(view, geoms) if len(features) else np.empty(0, dtype=object)
+    frags = geometry_fragments(shown)
     out = [
         {
             "type": "Feature",
@@ -219,7 +260,9 @@ def _collection_of(
         }
         for i, (g, p) in enumerate(zip(frags, features, strict=True))
     ]
-    return {"type": "FeatureCollection", "features": out, "gm": {"kind": kind, **gm}}
+    bounds = shapely.bounds(shown) if len(shown) else np.empty((0, 4))
+    meta = {"kind": kind, **gm, "_bounds": bounds}
+    return {"type": "FeatureCollection", "features": out, "gm": meta}
 
 
 def _fields(ml: MapLayer, lang: Lang) -> tuple[list[str], list[list[str]]]:
@@ -249,7 +292,8 @@ def _plain(view: View, ml: MapLayer, fs: FeatureSet) -> dict[str, Any]:
         props.append({**shown, "_s": s})
     extra: dict[str, Any] = {}
     if ml.label_css:
-        extra["labels"] = {"css": ml.label_css, "field": "name"}
+        zoom = LABEL_ZOOM[ml.label_css]
+        extra["labels"] = {"css": ml.label_css, "field": "name", "min_zoom": zoom}
         for p, ll in zip(props, _lat_lon(view, fs.geometries), strict=True):
             p["_lp"] = ll
     quiet = layer_id in ("roads", "buildings")
@@ -302,7 +346,7 @@ def _choropleth(view: View, grids: FeatureSet, colouring: Colouring) -> dict[str
         tooltip=[["name", labels[0]], ["value", colouring.label]],
         popup=[*popup, ["value", colouring.label]],
         search=True,
-        labels={"css": "gm-label-small", "field": "name"},
+        labels={"css": "gm-label-small", "field": "name", "min_zoom": LABEL_ZOOM["gm-label-small"]},
         legend={
             "title": f"{layer_title}{'：' if zh else ': '}{colouring.label}",
             "entries": entries,
@@ -320,7 +364,7 @@ def _areas(view: View, polygons: Any, fs: FeatureSet, styles: list[dict[str, Any
 
 def _toilet_areas(view: View, toilets: FeatureSet, radius_m: float = 300.0) -> dict[str, Any]:
     """Straight-line service radius around each toilet (planned ones dashed)."""
-    polys = from_metric(shapely.buffer(to_metric(toilets.geometries), radius_m, quad_segs=16))
+    polys = from_metric(shapely.buffer(to_metric(toilets.geometries), radius_m, quad_segs=8))
     styles = [
         {"color": "#2166ac", "weight": 1, "fillOpacity": 0.08}
         if p.get("status") == "existing"
@@ -355,43 +399,68 @@ def _camera_views(view: View, cameras: FeatureSet) -> dict[str, Any]:
 
 def _households(store: Store, view: View, scope: Scope) -> dict[str, Any]:
     """Households in view: positions only (no personal data) when zoomed in and not too
-    many, otherwise one figure per grid at the grid's representative point."""
+    many, otherwise counted (see :func:`household_counts` and :func:`clip_counts`)."""
     if points_in_view(view):
         assert view.bbox is not None
         q = Query(bbox=wgs84_box(view.bbox, view.datum), limit=MAX_VIEW_FEATURES + 1)
         fs = store.query("households", q, scope=scope).with_geometry()
         if len(fs) <= MAX_VIEW_FEATURES:
-            xy = shapely.get_coordinates(
-                np.asarray(_shown_points(view, fs.geometries), dtype=object)
-            )
+            xy = shapely.get_coordinates(_display(view, fs.geometries))
             pts = [[round(y, 6), round(x, 6)] for x, y in xy.tolist()]
             return {"type": "Points", "points": pts, "gm": {"kind": "households"}}
-    return household_counts(store, view, scope)
+    return clip_counts(household_counts(store, view, scope), view)
 
 
 def points_in_view(view: View) -> bool:
-    """True if households are drawn one by one at this view (else counted per grid)."""
+    """True if households are drawn one by one at this view (else counted)."""
     return view.bbox is not None and view.zoom is not None and view.zoom >= HOUSEHOLD_POINT_ZOOM
 
 
-def _shown_points(view: View, geoms: Any) -> Any:
-    arr = np.asarray(geoms, dtype=object)
-    return arr if view.datum == CRS84 else transform_geometries(arr, src=CRS84, dst=view.datum)
-
-
 def household_counts(store: Store, view: View, scope: Scope) -> dict[str, Any]:
-    """Households per grid, counted by the database, placed on each grid (the whole
-    scope: a few thousand figures at city scale, the same for every view)."""
+    """Households per grid and per community in the scope, counted by the database, each
+    figure at its area's representative point: the same for every view (cache it, then
+    :func:`clip_counts`)."""
     from gridmap.store.backend import Measure
 
     figures = store.aggregate("households", "grid_id", {"n": Measure()}, Query(), scope=scope)
     counts = {int(g): int(f["n"]) for g, f in figures.items() if g is not None and f["n"]}
+    levels: dict[str, Any] = {}
     grids = store.query("grids", Query(ids=sorted(counts)), scope=scope) if counts else None
-    grids = None if grids is None else grids.with_geometry()
     if grids is None or not len(grids):
-        return {"type": "Counts", "counts": [], "gm": {"kind": "household_counts"}}
-    rows = [
-        [ll[0], ll[1], counts[int(g)]]
-        for g, ll in zip(grids.ids.tolist(), _lat_lon(view, grids.geometries), strict=True)
-    ]
-    return {"type": "Counts", "counts": rows, "gm": {"kind": "household_counts"}}
+        return {"type": "Counts", "levels": {}}
+    grids = grids.with_geometry()
+    levels["grids"] = _placed(view, grids, [counts[int(g)] for g in grids.ids])
+    per: dict[int, int] = {}
+    for g, p in zip(grids.ids.tolist(), grids.properties, strict=True):
+        if p.get("community_id") is not None:
+            per[int(p["community_id"])] = per.get(int(p["community_id"]), 0) + counts[g]
+    if scope.allows_layer("communities") and per:
+        comms = store.query("communities", Query(ids=sorted(per)), scope=scope).with_geometry()
+        levels["communities"] = _placed(view, comms, [per[int(c)] for c in comms.ids])
+    return {"type": "Counts", "levels": levels}
+
+
+def _placed(view: View, areas: FeatureSet, figures: list[int]) -> np.ndarray:
+    """Rows (lat, lon, figure) at each area's representative point, in display datum."""
+    at = np.asarray(_lat_lon(view, areas.geometries), dtype=float).reshape(-1, 2)
+    return np.column_stack([at, np.asarray(figures, dtype=float)])
+
+
+def clip_counts(data: dict[str, Any], view: View) -> dict[str, Any]:
+    """The household figures for a view: per community when zoomed out (or no view), per
+    grid from :data:`COMMUNITY_COUNTS_BELOW`, only those in the view's box."""
+    levels = data["levels"]
+    zoomed_out = view.zoom is None or view.zoom < COMMUNITY_COUNTS_BELOW
+    level = "communities" if zoomed_out and "communities" in levels else "grids"
+    rows = levels.get(level, np.empty((0, 3)))
+    if view.bbox is not None and len(rows):
+        minx, miny, maxx, maxy = view.bbox
+        keep = (
+            (rows[:, 0] >= miny)
+            & (rows[:, 0] <= maxy)
+            & (rows[:, 1] >= minx)
+            & (rows[:, 1] <= maxx)
+        )
+        rows = rows[keep]
+    out = [[round(r[0], 6), round(r[1], 6), int(r[2])] for r in rows.tolist()]
+    return {"type": "Counts", "counts": out, "gm": {"kind": "household_counts", "per": level}}

@@ -24,7 +24,14 @@ SIDE_BY_SIDE_MIN_STOPS = 20
 
 
 def processes() -> int:
-    """Solver processes: one per core this process may use (at most MAX_PROCESSES)."""
+    """Solver processes: one per core this process may use (at most MAX_PROCESSES), or
+    GRIDMAP_SOLVER_PROCESSES; 1 (solve in this process) in a daemon process such as a
+    Dask worker, which may not start processes of its own."""
+    if mp.current_process().daemon:
+        return 1
+    given = os.environ.get("GRIDMAP_SOLVER_PROCESSES", "")
+    if given.isdigit() and int(given) > 0:
+        return min(int(given), MAX_PROCESSES)
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux

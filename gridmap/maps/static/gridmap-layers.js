@@ -63,17 +63,28 @@
     };
   }
 
-  function labelLayer(data, gm) {
-    var g = L.layerGroup();
-    data.features.forEach(function (f) {
-      var p = f.properties, text = p[gm.labels.field];
-      if (!p._lp || text === null || text === undefined) { return; }
-      var d = el("div", gm.labels.css, text);
-      L.marker(p._lp, {
-        icon: L.divIcon({ html: d, className: "", iconSize: [120, 20], iconAnchor: [60, 10] }),
-        interactive: false, keyboard: false,
-      }).addTo(g);
-    });
+  // Labels are DOM nodes: only those in view, and only from their zoom on.
+  var MAX_LABELS = 1500;
+  function labelLayer(map, data, gm) {
+    var g = L.layerGroup(), minZoom = gm.labels.min_zoom || 0;
+    function redraw() {
+      g.clearLayers();
+      if (map.getZoom() < minZoom) { return; }
+      var view = map.getBounds().pad(0.2), n = 0;
+      data.features.some(function (f) {
+        var p = f.properties, text = p[gm.labels.field];
+        if (!p._lp || text === null || text === undefined || !view.contains(p._lp)) { return false; }
+        var d = el("div", gm.labels.css, text);
+        L.marker(p._lp, {
+          icon: L.divIcon({ html: d, className: "", iconSize: [120, 20], iconAnchor: [60, 10] }),
+          interactive: false, keyboard: false,
+        }).addTo(g);
+        n += 1;
+        return n >= MAX_LABELS;
+      });
+    }
+    g.on("add", function () { map.on("moveend", redraw); redraw(); });
+    g.on("remove", function () { map.off("moveend", redraw); });
     return g;
   }
 
@@ -145,7 +156,7 @@
     });
     gj.addTo(group);
     window["gm_layer_" + spec.key] = gj;
-    if (gm.labels) { labelLayer(data, gm).addTo(group); }
+    if (gm.labels) { labelLayer(map, data, gm).addTo(group); }
     if (gm.search) { window.gmIndex[spec.key] = searchRows(gj, gm); }
     legend(map, spec, gm.legend);
     window.gmLoaded[spec.key] = data.features.length;

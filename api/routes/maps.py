@@ -148,7 +148,9 @@ def overview_layer(
         check_lon_lat_bbox(box)
     view = View(lang, basemap, box, zoom)
     policy = stats_scope(principal, scope) if principal.authenticated else None
-    colouring = _colouring(store, scope, policy, measure, lang) if key == "grids" else None
+    coloured = key == "grids" and policy is not None and measure is not None
+    if coloured:
+        measure_of(store, str(measure), scope)  # 404 for a campaign the caller may not see
 
     if key == "households" and points_in_view(view):  # positions in view: not cached
         body = orjson.dumps(layer_data(store, key, view, scope=scope))
@@ -158,11 +160,12 @@ def overview_layer(
     def render() -> tuple[dict[str, Any], bytes]:
         if key == "households":
             return household_counts(store, whole, scope), b""
+        colouring = _colouring(store, scope, policy, measure, lang) if coloured else None
         data = layer_data(store, key, whole, scope=scope, colouring=colouring)
         return data, b"" if ml.by_view else encoded(data)
 
-    tables = depends_on(key, coloured=colouring is not None)
-    cache_key = ("layer", key, scope, policy, lang, basemap, colouring and measure)
+    tables = depends_on(key, coloured=coloured)
+    cache_key = ("layer", key, scope, policy, lang, basemap, coloured and measure)
     cache_key += (store.stamps(tables),)
     cache: PageCache = request.app.state.layers
     data, body = cache.get_or_render(cache_key, render, reads=scope.reads)

@@ -203,8 +203,11 @@
         map.on("moveend", function () { if (map.hasLayer(spec.group)) { load(map, spec); } });
       }
     });
-    map.whenReady(function () {
-      specs.forEach(function (spec) { if (map.hasLayer(spec.group)) { load(map, spec); } });
-    });
+    // after the page's own script has run: it sets the view (fitBounds) after this call
+    setTimeout(function () {
+      map.whenReady(function () {
+        specs.forEach(function (spec) { if (map.hasLayer(spec.group)) { load(map, spec); } });
+      });
+    }, 0);
   };
 })();

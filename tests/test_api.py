@@ -109,7 +109,7 @@ def test_map_page_is_offline(client: TestClient) -> None:
     assert "https://" not in html
     assert "/static/leaflet/leaflet.js" in html
     assert client.get("/static/leaflet/leaflet.js").status_code == 200
-    assert client.get("/static/markercluster/leaflet.markercluster.js").status_code == 200
+    assert client.get("/static/gridmap/gridmap-layers.js").status_code == 200
     assert layer_control_names(html) == ADMIN_LAYERS_ZH
     en = client.get("/map?lang=en").text
     assert layer_control_names(en) == ADMIN_LAYERS_EN

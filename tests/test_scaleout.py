@@ -61,6 +61,7 @@ def test_an_edit_through_one_process_is_served_by_the_other(
     before = {f["id"] for f in b.get(url, params=page).json()["features"]}
     assert fid not in before
     assert b.get("/map").status_code == 200  # the page and its layers cached in B
+    assert b.get("/map/layers/toilets").status_code == 200
 
     r = a.patch(
         f"{url}/{fid}",
@@ -76,7 +77,7 @@ def test_an_edit_through_one_process_is_served_by_the_other(
     _until(lambda: b.get(f"{url}/{fid}").headers["etag"] == new_tag)
     assert b.get(f"{url}/{fid}").json()["properties"]["name"] == "扩容改造测试厕所"
     _until(lambda: fid in {f["id"] for f in b.get(url, params=page).json()["features"]})
-    _until(lambda: "扩容改造测试厕所" in b.get("/map").text)
+    _until(lambda: "扩容改造测试厕所" in b.get("/map/layers/toilets").text)
     stale = b.patch(
         f"{url}/{fid}",
         json={"properties": {"name": "旧版本的修改"}},

@@ -177,3 +177,36 @@ def test_a_replica_must_be_a_postgresql_url(primary: tuple[postgres.Cluster, str
         open_store(url, replicas=["/tmp/replica.gpkg"])
     with pytest.raises(StoreError, match="GeoPackage has none"):
         open_store("/tmp/none.gpkg", replicas=[url])
+
+
+def test_only_a_standby_of_this_primary_gets_reads(
+    primary: tuple[postgres.Cluster, str], replica: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A URL that names a primary (here: the primary itself), or a standby of another
+    cluster (its identifier differs), is left out with a warning; the primary answers."""
+    from gridmap.store.pg_replicas import Replicas
+    from gridmap.store.postgis import _new_pool
+
+    _, url = primary
+    store = open_store(url, replicas=[url])
+    try:
+        (n,) = raw_sql(url, "SELECT count(*) FROM cameras")[0]
+        assert store.count("cameras") == n
+        member = store.backend._replicas.members[0]  # type: ignore[attr-defined]
+        time.sleep(0.3)  # several polls
+        assert member.stamps is None and "not a standby" in caplog.text
+    finally:
+        store.close()
+    caplog.clear()
+    foreign = Replicas([replica], lambda u: _new_pool(u, 1, "probe", opened=True), identity=42)
+    try:
+        time.sleep(0.3)
+        assert foreign.members[0].stamps is None and foreign.pick("cameras", 0) is None
+        assert "standby of another cluster" in caplog.text
+    finally:
+        foreign.close()
+    right = open_store(url, replicas=[replica])
+    try:
+        _until(lambda: right.backend._replicas.members[0].stamps is not None)  # type: ignore[attr-defined]
+    finally:
+        right.close()

@@ -7,7 +7,9 @@ So a process reads its own writes at once (its own write moves the stamp it know
 another process's write as soon as it would have seen it on the primary, and never reads
 older data from a replica than from its caches. A thread polls every replica's stamps
 (:data:`POLL_S`); a replica that lags, fails or cannot be reached is passed over, and the
-primary answers instead.
+primary answers instead. So is a server that is not a standby of the primary (another
+cluster, a primary, a promoted former standby): each poll checks it is in recovery and
+shares the primary's system identifier.
 """
 
 from __future__ import annotations
@@ -32,12 +34,22 @@ FRESH_S = 1.0
 overloaded replica is passed over instead of holding reads until the watchdog cuts it)."""
 
 
+IDENTITY_SQL = "SELECT pg_is_in_recovery(), (SELECT system_identifier FROM pg_control_system())"
+"""Whether a server is a standby, and of which cluster (a standby shares its primary's
+system identifier; a promoted one leaves recovery)."""
+
+
+class NotAStandbyError(Exception):
+    """A replica URL names a server that is not (or no longer) a standby of the primary."""
+
+
 class Replica:
     """One replica: its pool and the stamps it had replayed when last asked."""
 
-    def __init__(self, url: str, pool: ConnectionPool[Any]) -> None:
+    def __init__(self, url: str, pool: ConnectionPool[Any], identity: int | None = None) -> None:
         self.url = url
         self.pool = pool
+        self.identity = identity  # the primary's system identifier
         self.stamps: dict[str, int] | None = None  # None: unknown or failed
         self.failed_at = 0.0
         self.read_at = 0.0  # when the stamps were last read
@@ -48,6 +60,10 @@ class Replica:
             return
         try:
             with self.pool.connection(timeout=2.0) as c:
+                standby, system = c.execute(IDENTITY_SQL).fetchone() or (False, None)
+                if not standby or (self.identity is not None and int(system) != self.identity):
+                    what = "a primary" if not standby else "a standby of another cluster"
+                    raise NotAStandbyError(f"it is {what}, not a standby of this database's")
                 rows = c.execute("SELECT layer, stamp FROM gridmap_changes").fetchall()
             if time.monotonic() - self.failed_at >= RETRY_S:  # not failed meanwhile
                 self.stamps = {str(k): int(v) for k, v in rows}
@@ -66,8 +82,13 @@ class Replica:
 class Replicas:
     """The replicas of one store, their stamps kept fresh by a daemon thread."""
 
-    def __init__(self, urls: list[str], make_pool: Callable[[str], ConnectionPool[Any]]) -> None:
-        self.members = [Replica(u, make_pool(u)) for u in urls]
+    def __init__(
+        self,
+        urls: list[str],
+        make_pool: Callable[[str], ConnectionPool[Any]],
+        identity: int | None = None,
+    ) -> None:
+        self.members = [Replica(u, make_pool(u), identity) for u in urls]
         self._turn = itertools.count()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="gridmap-replicas", daemon=True)

@@ -49,7 +49,7 @@ from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
 from gridmap.store.pg_filter import list_contains, one_item
 from gridmap.store.pg_filter import render as render_filter
-from gridmap.store.pg_replicas import Replicas, retryable
+from gridmap.store.pg_replicas import IDENTITY_SQL, Replicas, retryable
 from gridmap.store.pg_stamps import StampWatch
 from gridmap.store.records import AUDIT_FIELDS, CHUNK, DOCUMENT_FIELDS, RecordTables, _q
 
@@ -234,8 +234,12 @@ class PostGISBackend(RecordTables):
             self._pool = pool
             self._watch = StampWatch(self.url, self._all_stamps)
             if self._replica_urls:
+                with pool.connection() as c:
+                    row = c.execute(IDENTITY_SQL).fetchone()
                 self._replicas = Replicas(
-                    self._replica_urls, lambda u: _new_pool(u, size, "gridmap-replica", opened=True)
+                    self._replica_urls,
+                    lambda u: _new_pool(u, size, "gridmap-replica", opened=True),
+                    identity=int(row[1]) if row else None,
                 )
             return pool
 

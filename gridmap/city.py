@@ -20,7 +20,7 @@ import shapely
 
 from gridmap.layers import get_layer
 from gridmap.sample import ORDER, Sample, autumn_campaign, build_sample, layer_rows
-from gridmap.store import SYNTHETIC, FeatureStore, create_store
+from gridmap.store import SYNTHETIC, UNFINISHED, FeatureStore, create_store
 
 GAP_M = 300.0
 """Open ground between neighbouring subdistricts, in metres."""
@@ -66,6 +66,8 @@ def build_city(
     )
     store = create_store(url, service_area=first.frame.to_wgs84([area.buffer(30.0)])[0])
     try:
+        started = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        store.set_meta(UNFINISHED, f"gridmap city --subdistricts {subdistricts}, started {started}")
         store.set_meta(SYNTHETIC, "true")  # invented people: identifiers nobody can own
         autumn_campaign(store, first.today)  # the campaign every visit belongs to
         before: dict[str, int] = dict.fromkeys(ORDER, 0)
@@ -81,6 +83,7 @@ def build_city(
                 step("subdistricts", k + 1, subdistricts)
         store.set_meta("subdistrict", f"{subdistricts} synthetic subdistricts")
         store.set_meta("built_at", dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))
+        store.set_meta(UNFINISHED, "")
     except BaseException:
         store.close()
         raise

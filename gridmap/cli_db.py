@@ -65,7 +65,7 @@ def city(
     from gridmap.city import build_city
 
     if _holds_store(database):
-        _fail(GridmapError(f"{_shown(database)} already holds a gridmap store; give an empty one"))
+        _fail(GridmapError(f"{_shown(database)} {_occupied(database)}"))
     try:
         ref = dt.date.fromisoformat(today) if today else None
     except ValueError:
@@ -88,3 +88,22 @@ def city(
         f"[green]built[/] {escape(_shown(database))}: "
         + ", ".join(f"{k} {v:,}" for k, v in counts.items())
     )
+
+
+def _occupied(database: str) -> str:
+    """Why a database cannot take a new city: an unfinished build, a store, another file."""
+    from gridmap.store import UNFINISHED, is_server_url, open_store
+
+    try:
+        store = open_store(database)
+    except GridmapError:
+        if is_server_url(database):
+            return "already holds a gridmap store; give an empty database"
+        return "already exists and is no gridmap store; give a new file name"
+    try:
+        note = store.meta(UNFINISHED)
+    finally:
+        store.close()
+    if note:
+        return f"holds an interrupted build ({note}): delete it (dropdb, or the file) and run again"
+    return "already holds a gridmap store; give an empty database or a new file name"

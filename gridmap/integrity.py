@@ -13,6 +13,7 @@ from gridmap.cql import times
 from gridmap.errors import InvalidFeatureError
 from gridmap.layers import LAYERS, Prop
 from gridmap.store.base import ID_LIMIT, Query, Store
+from gridmap.store.core import UNFINISHED
 
 # Tolerances in degrees (≈ 1 cm and ≈ 1 m² at 35° N).
 _EPS_DEG = 1e-7
@@ -40,13 +41,19 @@ def check_store(store: Store) -> list[str]:
     before a rule existed, or by another program, is found. Each kind of problem lists
     its first cases and counts the rest.
     """
+    problems: list[str] = []
+    unfinished = store.meta(UNFINISHED)
+    if unfinished:
+        problems.append(
+            f"the store's build was interrupted and never finished ({unfinished}): "
+            "make it again in an empty database or a new file"
+        )
     # features without geometry are reported by _geometry_problems and left out here
     zones = store.query("zones").with_geometry()
     comms = store.query("communities").with_geometry()
     grids = store.query("grids").with_geometry()
     zone_geom = dict(zip(zones.ids.tolist(), zones.geometries, strict=True))
     comm_geom = dict(zip(comms.ids.tolist(), comms.geometries, strict=True))
-    problems: list[str] = []
 
     outside = []
     for cid, g, p in zip(comms.ids.tolist(), comms.geometries, comms.properties, strict=True):

@@ -111,3 +111,36 @@ def test_the_command_builds_the_same_subdistricts_again(
     again = CliRunner().invoke(app, args)
     said = " ".join(again.output.split())  # as printed, wrapped at the terminal's width
     assert again.exit_code == 1 and "already holds a gridmap store" in said
+
+
+def test_an_interrupted_build_is_reported_not_passed_off(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A build stopped half-way (Ctrl-C after the first subdistrict) leaves a store that
+    `gridmap check` calls unfinished and that `gridmap city` will not build over."""
+    from gridmap.store import open_store
+
+    url = _target(request, tmp_path, "gm_city_cut")
+
+    def stop(_what: str, done: int, _total: int) -> None:
+        if done == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_city(url, 2, today=DAY, step=stop)
+    store = open_store(url)
+    try:
+        problems = check_store(store)
+    finally:
+        store.close()
+    assert any("interrupted" in p and "--subdistricts 2" in p for p in problems), problems
+    args = ["city", "--database", url, "--subdistricts", "2", "--today", DAY.isoformat()]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "interrupted build" in " ".join(r.output.split())
+    r = CliRunner().invoke(app, ["check", "--database", url])
+    assert r.exit_code != 0 and "interrupted" in " ".join(r.output.split())
+    if BACKEND != "postgis":
+        other = tmp_path / "notes.gpkg"
+        other.write_text("not a GeoPackage")
+        r = CliRunner().invoke(app, ["city", "--database", str(other), "--subdistricts", "1"])
+        assert r.exit_code == 1 and "no gridmap store" in " ".join(r.output.split())

@@ -16,11 +16,12 @@ from shapely.geometry.base import BaseGeometry
 from gridmap.errors import StoreError
 from gridmap.store.backend import Backend
 from gridmap.store.base import ID_LIMIT, BBox, Feature, FeatureSet, Query, Scope, Store
-from gridmap.store.core import SYNTHETIC, FeatureStore
+from gridmap.store.core import SYNTHETIC, UNFINISHED, FeatureStore
 
 __all__ = [
     "ID_LIMIT",
     "SYNTHETIC",
+    "UNFINISHED",
     "BBox",
     "Feature",
     "FeatureSet",

@@ -42,6 +42,9 @@ from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 SYNTHETIC = "synthetic_identifiers"
 """Setting: "true" in a store of invented people (the sample), whose identifiers take the
 forms that can belong to nobody (see gridmap.identifiers)."""
+UNFINISHED = "unfinished_build"
+"""Meta key naming a build under way (``gridmap city``; empty once finished): an
+interrupted build leaves it set, and ``gridmap check`` reports the store as unfinished."""
 SERVICE_AREA = "service_area"
 """Setting: WKT of the area every feature must lie inside."""
 _ALL_ROWS = Query()

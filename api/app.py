@@ -16,7 +16,7 @@ from api.routes import campaigns, domain, edit, features, maps, routing
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
-from gridmap.maps.cache import PageCache
+from gridmap.maps.cache import Figures, PageCache
 from gridmap.ratelimit import RateLimiter
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
@@ -34,6 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()
         app.state.layers = PageCache(256)  # the overview's layers, by their own stamps
+        app.state.figures = Figures(settings.map_figures_max_age)
         # counted in the store: every API process over it shares them
         app.state.login_limiter = RateLimiter(store, "login", settings.logins_per_minute, 60)
         app.state.household_limiter = RateLimiter(

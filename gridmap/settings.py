@@ -50,6 +50,13 @@ class Settings(BaseSettings):
         "database: reads go to one that has replayed every change this process knows of, "
         "else to the primary (writes always).",
     )
+    map_figures_max_age: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds a map's grid colours may lag the data while it keeps changing "
+        "(the figures are counted again at most this often; /stats is always exact).",
+    )
     feature_cache: int = Field(
         300_000, ge=0, description="Encoded features kept in memory per process (0: none)."
     )

@@ -137,3 +137,74 @@ def test_a_view_too_wide_for_roads_returns_none(client, sample_store) -> None:  
     near = _get(client, "roads", bbox=",".join(map(str, box)), zoom=16).json()
     want = sample_store.count("roads", Query(bbox=box))
     assert len(near["features"]) == want > 0
+
+
+def _figures(c, headers) -> dict[int, str]:  # type: ignore[no-untyped-def]
+    body = c.get("/map/layers/grids", params={"measure": "households"}, headers=headers).json()
+    return {f["id"]: f["properties"]["value"] for f in body["features"]}
+
+
+@pytest.mark.parametrize("max_age", [0.0, 3600.0])
+def test_map_colours_lag_an_edit_by_at_most_their_age(edit_path, edit_auth, max_age) -> None:  # type: ignore[no-untyped-def]
+    """A household deleted: /stats is exact at once; the map's colours follow at once
+    with GRIDMAP_MAP_FIGURES_MAX_AGE=0, and not before the age with an hour."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+    from gridmap.settings import Settings
+
+    admin = edit_auth["subdistrict_admin"]
+    app = create_app(
+        Settings(
+            database=str(edit_path),
+            map_figures_max_age=max_age,
+            household_reads_per_minute=100_000,
+        )
+    )
+    with TestClient(app) as c:
+        before = _figures(c, admin)
+        page = c.get("/collections/households/items", params={"limit": 1}, headers=admin).json()
+        hid = page["features"][0]["id"]
+        item = c.get(f"/collections/households/items/{hid}", headers=admin)
+        gid = item.json()["properties"]["grid_id"]
+        gone = c.delete(
+            f"/collections/households/items/{hid}",
+            headers={**admin, "If-Match": item.headers["etag"]},
+        )
+        assert gone.status_code == 204, gone.text
+        stats = {
+            r["id"]: r["households"] for r in c.get("/stats/grids", headers=admin).json()["areas"]
+        }
+        assert stats[gid] == int(before[gid]) - 1
+        after = _figures(c, admin)
+        if max_age == 0:
+            assert after[gid] == str(stats[gid])
+        else:
+            assert after == before  # the colours of a minute ago, by design
+
+
+def test_misses_at_once_draw_once() -> None:
+    """Eight requests missing the same layer at once: it is drawn once, all get it."""
+    import threading
+    import time
+
+    from gridmap.maps.cache import PageCache
+
+    cache = PageCache()
+    drawn = []
+
+    def draw() -> str:
+        drawn.append(1)
+        time.sleep(0.2)
+        return "page"
+
+    got: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: got.append(cache.get_or_render("k", draw)))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert drawn == [1] and got == ["page"] * 8

@@ -27,9 +27,10 @@ from gridmap import plans, queries
 from gridmap.errors import FeatureNotFoundError, HiddenLayerError, PermissionDeniedError
 from gridmap.layers import get_layer
 from gridmap.maps import BASEMAPS, grid_sheet, plan_sheet, render_page
-from gridmap.maps.cache import PageCache
+from gridmap.maps.cache import Figures, PageCache
 from gridmap.maps.layer_data import (
     MAP_LAYERS,
+    STATS_TABLES,
     Colouring,
     View,
     clip,
@@ -157,16 +158,24 @@ def overview_layer(
         return Response(body, media_type="application/json", headers=NO_STORE)
     whole = View(lang, basemap)
 
+    version, colouring = 0, None
+    if coloured:
+        figures: Figures = request.app.state.figures
+        version, colouring = figures.get(
+            (scope, policy, measure, lang),
+            store.stamps(STATS_TABLES),
+            lambda: _colouring(store, scope, policy, measure, lang),
+            reads=scope.reads,
+        )
+
     def render() -> tuple[dict[str, Any], bytes]:
         if key == "households":
             return household_counts(store, whole, scope), b""
-        colouring = _colouring(store, scope, policy, measure, lang) if coloured else None
         data = layer_data(store, key, whole, scope=scope, colouring=colouring)
         return data, b"" if ml.by_view else encoded(data)
 
-    tables = depends_on(key, coloured=coloured)
-    cache_key = ("layer", key, scope, policy, lang, basemap, coloured and measure)
-    cache_key += (store.stamps(tables),)
+    cache_key = ("layer", key, scope, policy, lang, basemap, coloured and measure, version)
+    cache_key += (store.stamps(depends_on(key)),)
     cache: PageCache = request.app.state.layers
     data, body = cache.get_or_render(cache_key, render, reads=scope.reads)
     if key == "households":

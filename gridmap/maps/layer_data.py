@@ -111,10 +111,9 @@ STATS_TABLES = ("grids", "households", "visits", "gridmap_documents")
 """What grid figures are counted from: a choropleth moves with any of them."""
 
 
-def depends_on(key: str, *, coloured: bool) -> tuple[str, ...]:
-    """The tables whose change stamps key a layer's cached data."""
-    if key == "grids" and coloured:
-        return STATS_TABLES
+def depends_on(key: str) -> tuple[str, ...]:
+    """The tables whose change stamps key a layer's cached data (a choropleth's figures
+    are keyed apart: :class:`gridmap.maps.cache.Figures`)."""
     if key == "households":
         return ("households", "grids")  # grid aggregates are placed on the grids
     return (MAP_LAYERS[key].source,)

@@ -17,7 +17,6 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from gridmap.errors import IntegrityError, InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
+from gridmap.store.gpkg_index import LayerIndex, LayerIndexes
 from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
     _CORE_SQL,
@@ -90,7 +90,7 @@ class GeoPackageBackend(RecordTables):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
-        self._spatial: dict[str, _LayerIndex] = {}
+        self._indexes = LayerIndexes(self._build_index)
         try:
             if _create:
                 self._init_schema()
@@ -181,6 +181,8 @@ class GeoPackageBackend(RecordTables):
 
     def close(self) -> None:
         """Close every connection this store opened."""
+        self._indexes.close()
+        self._indexes = LayerIndexes(self._build_index)  # a later use reopens, as conns do
         with self._lock:
             for c in self._conns:
                 c.close()
@@ -582,12 +584,21 @@ class GeoPackageBackend(RecordTables):
     def _values_of(
         self, layer: Layer, column: str | None, ids: npt.NDArray[np.int64]
     ) -> list[Any] | None:
-        """Values of one column for some ids (from the in-memory index when it holds them)."""
+        """Values of one column for some ids (from the in-memory index when it holds them,
+        else from SQLite)."""
         if column is None:
             return None
-        idx = self._layer_index(layer, column)
-        if idx.values is None or not len(ids):
-            return [None] * len(ids)
+        if not len(ids):
+            return []
+        idx = self._indexes.fresh(layer, column, self.stamp(layer.id))
+        if idx is None or idx.values is None:
+            rows = self._connect().execute(
+                f"SELECT fid, {_q(column)} FROM {_q(layer.id)} "
+                "WHERE fid IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(ids.tolist()).decode(),),
+            )
+            got = {r[0]: _value(layer.by_name.get(column), r[1]) for r in rows}
+            return [got.get(i) for i in ids.tolist()]
         pos = np.searchsorted(idx.fids, ids)
         ok = (pos < len(idx.fids)) & (idx.fids[np.minimum(pos, len(idx.fids) - 1)] == ids)
         found = idx.values[pos * ok].tolist()
@@ -759,7 +770,9 @@ class GeoPackageBackend(RecordTables):
         ):
             return None
         column = None if sel.within is None else sel.within[0]
-        idx = self._layer_index(layer, column)
+        idx = self._indexes.fresh(layer, column, self.stamp(layer.id))
+        if idx is None:  # being rebuilt after an edit: SQLite's R-tree answers meanwhile
+            return None
         area: BaseGeometry | None = None
         if sel.bbox is not None:
             area = shapely.box(*sel.bbox)
@@ -771,19 +784,10 @@ class GeoPackageBackend(RecordTables):
             ids = ids[np.isin(idx.values[hits], list(sel.within[1]))]
         return ids
 
-    def _layer_index(self, layer: Layer, column: str | None) -> _LayerIndex:
-        """The layer's geometries in an STRtree (with one integer column), rebuilt when the
-        layer's stamp moves."""
+    def _build_index(self, layer: Layer, column: str | None) -> LayerIndex:
+        """The layer's geometries in an STRtree (with one integer column), read now; its
+        stamp is read first, so rows newer than it only make it look stale."""
         stamp = self.stamp(layer.id)
-        cached = self._spatial.get(layer.id)
-        if (
-            cached is not None
-            and cached.stamp == stamp
-            and (column is None or cached.column == column)
-        ):
-            return cached
-        if column is None and cached is not None:
-            column = cached.column
         extra = "" if column is None else f", {_q(column)}"
         sql = f"SELECT fid, geom{extra} FROM {_q(layer.id)} ORDER BY fid"
         rows = self._connect().execute(sql).fetchall()
@@ -794,9 +798,7 @@ class GeoPackageBackend(RecordTables):
             if column is not None
             else None
         )
-        built = _LayerIndex(stamp, fids, shapely.STRtree(geoms), column, values)
-        self._spatial[layer.id] = built
-        return built
+        return LayerIndex(stamp, fids, shapely.STRtree(geoms), column, values)
 
     def _rows_to_set(
         self, layer: Layer, rows: list[tuple[Any, ...]], matched: int | None
@@ -966,18 +968,6 @@ _KNN_SLACK = 1e-9
 of the box's corners."""
 _NO_VALUE = -(2**62)
 """Stands for a null (or non-integer) value in an index's integer column."""
-
-
-@dataclass
-class _LayerIndex:
-    """In-memory spatial index of one layer at one change stamp (ids sorted), with the
-    values of one integer column (a scope's grid restriction) beside it."""
-
-    stamp: int
-    fids: npt.NDArray[np.int64]
-    tree: shapely.STRtree
-    column: str | None
-    values: npt.NDArray[np.int64] | None
 
 
 _OPTIONS: dict[str, Any] = {"timeout": 30.0, "isolation_level": None, "check_same_thread": False}

@@ -2,14 +2,16 @@
 
 A layer's index answers bbox reads from memory while its change stamp holds. When an edit
 moves the stamp, the reads go to SQLite's R-tree (exact and current) and one background
-thread rebuilds the index: no request pays for a rebuild, and many requests at once never
-rebuild it side by side (under a stream of edits that would eat every core).
+thread rebuilds the index, pausing between rebuilds: no request pays for a rebuild, and
+many requests at once never rebuild it side by side (under a stream of edits that would
+eat every core).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,11 @@ import shapely
 from gridmap.layers import Layer
 
 log = logging.getLogger(__name__)
+MIN_PAUSE_S = 1.0
+PAUSE_FACTOR = 10.0
+"""After a rebuild that took t seconds, the next waits max(MIN_PAUSE_S, PAUSE_FACTOR·t):
+under a stream of edits rebuilding takes at most a tenth of a core, and SQLite answers
+between rebuilds."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class LayerIndexes:
         self._build = build
         self._kept: dict[str, LayerIndex] = {}
         self._wanted: dict[str, tuple[Layer, str | None]] = {}
+        self._next: dict[str, float] = {}  # a layer is not rebuilt again before this
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,8 +78,11 @@ class LayerIndexes:
 
     def build_now(self, layer: Layer, column: str | None) -> LayerIndex:
         """Build and keep a layer's index in this thread (tests, warm-up)."""
+        started = time.monotonic()
         built = self._build(layer, column)
+        done = time.monotonic()
         self._kept[layer.id] = built
+        self._next[layer.id] = done + max(MIN_PAUSE_S, PAUSE_FACTOR * (done - started))
         return built
 
     def close(self) -> None:
@@ -83,14 +94,16 @@ class LayerIndexes:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait(1.0)
+            self._wake.wait(0.25)
             self._wake.clear()
+            now = time.monotonic()
             with self._lock:
                 if self._closed:
                     self._thread = None
                     return
-                todo = list(self._wanted.values())
-                self._wanted.clear()
+                todo = [w for k, w in self._wanted.items() if self._next.get(k, 0.0) <= now]
+                for layer, _ in todo:
+                    del self._wanted[layer.id]
             for layer, column in todo:
                 try:
                     self.build_now(layer, column)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import dask
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
@@ -66,6 +67,10 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+QUIET_HTTP = {"distributed.scheduler.http.routes": [], "distributed.worker.http.routes": []}
+"""No diagnostic web routes on a local cluster (they would show workers and tasks)."""
+
+
 @contextmanager
 def connect(
     scheduler: str | None = None,
@@ -85,9 +90,19 @@ def connect(
     n = workers or default_workers()
     if n < 1:
         raise BatchError("workers must be at least 1")
-    cluster = LocalCluster(
-        n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    # Mutual TLS with throw-away certificates, on loopback, no web pages: another user of
+    # the machine can neither submit code to the workers nor read what they hold.
+    with dask.config.set(QUIET_HTTP):
+        cluster = LocalCluster(
+            n_workers=n,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            security=True,
+            dashboard_address=":0",  # its (empty) web server on any free port
+            worker_dashboard_address=None,
+            scheduler_kwargs={"dashboard": False},
+        )
     try:
         client = Client(cluster, set_as_default=False)
         try:
@@ -102,7 +117,7 @@ def _remote_client(address: str, timeout: float) -> Client:
     """A client of the scheduler at ``address`` that has a worker, else BatchError."""
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError, ValueError, TypeError):
+    except Exception:  # not a Dask scheduler, an address that is no address …
         msg = (
             f"no Dask scheduler answers at {address[:100]!r} within {timeout:g} s "
             "(start one with `dask scheduler`, or give its tcp://host:port)"
@@ -424,9 +439,15 @@ class Fixed:
     refused: list[tuple[int, str]] = field(default_factory=list)
 
 
-def write_grids(store: FeatureStore, result: Assignment) -> Fixed:
+def write_grids(
+    store: FeatureStore,
+    result: Assignment,
+    on_write: Callable[[int, Any, int], None] | None = None,
+) -> Fixed:
     """Have the store derive again the grid of each mismatched household that lies in a
-    grid (one update each, through every rule of the store); others are refused."""
+    grid (one update each, through every rule of the store); others are refused.
+    ``on_write(fid, old, new)`` follows each write at once (the CLI audits it there, so
+    an interrupted run leaves no write unaudited)."""
     out = Fixed()
     for fid, located in zip(
         result.mismatched.tolist(),
@@ -444,6 +465,8 @@ def write_grids(store: FeatureStore, result: Assignment) -> Fixed:
             continue
         if new != old:
             out.written.append((fid, old, int(new)))
+            if on_write is not None:
+                on_write(fid, old, int(new))
     return out
 
 
@@ -548,6 +571,8 @@ class PlanRun:
     bodies: dict[int, dict[str, Any]] = field(default_factory=dict)
     saved: dict[int, int] = field(default_factory=dict)
     """Grid id → id of its saved plan."""
+    on_saved: Callable[[FeatureStore, int, int], None] | None = None
+    """Called with (store, grid id, plan id) as each plan is saved (the CLI audits there)."""
     seconds: float = 0.0
 
 
@@ -620,10 +645,12 @@ def visit_plans(
     workers: int | None = None,
     per_task: int = 1,
     progress: Progress | None = None,
+    on_saved: Callable[[FeatureStore, int, int], None] | None = None,
 ) -> PlanRun:
     """The plan of every grid of a campaign (or of ``grid_ids``) for one day, ``walkers``
     grid workers each, computed on the cluster ``per_task`` grids to a task; with ``save``
-    stored here through :func:`gridmap.plans.save` as each task's plans arrive."""
+    stored here through :func:`gridmap.plans.save` as each task's plans arrive (then
+    ``on_saved(store, grid id, plan id)`` for each)."""
     if per_task < 1:
         raise BatchError("per_task must be at least 1")
     url = _canonical(url)
@@ -637,7 +664,7 @@ def visit_plans(
             raise BatchError(f"campaign {campaign_id} has no grid to plan")
         plans.check(store, reqs[0], scope=Scope.ALL)  # open, and the day within it
         batches = [tuple(reqs[k : k + per_task]) for k in range(0, len(reqs), per_task)]
-        run = PlanRun(pd.DataFrame())
+        run = PlanRun(pd.DataFrame(), on_saved=on_saved)
         rows: list[dict[str, Any]] = []
         with _using(client, scheduler, workers) as c:
             started = time.perf_counter()
@@ -664,6 +691,8 @@ def _take(
     if save and done:
         for doc in plans.save(store, done, by=by):
             run.saved[int(doc["grid_id"])] = int(doc["id"])
+            if run.on_saved is not None:
+                run.on_saved(store, int(doc["grid_id"]), int(doc["id"]))
     if keep:
         run.bodies.update({int(b["grid_id"]): b for b in done})
     for r in got:

@@ -64,6 +64,8 @@ def _output(path: Path | None) -> Path | None:
         _stop(f"--output must end in {' or '.join(OUTPUTS)}")
     if not path.resolve().parent.is_dir():
         _stop(f"no folder {path.resolve().parent} to write {path.name} into")
+    if path.is_dir():
+        _stop(f"{path} is a folder; name a file to write")
     return path
 
 
@@ -174,13 +176,15 @@ def _write_back(database: str, result: Any) -> None:
     except GridmapError as exc:
         _stop(str(exc))
     who = _cli_principal()
+
+    def audited(fid: int, old: Any, new: int) -> None:
+        audit(
+            store, who, "update", object=f"collections/households/items/{fid}",
+            grid_id=new, source="cli", detail=f"batch assign: grid_id {old} → {new}",
+        )  # fmt: skip
+
     try:
-        fixed = batch.write_grids(store, result)
-        for fid, old, new in fixed.written:
-            audit(
-                store, who, "update", object=f"collections/households/items/{fid}",
-                grid_id=new, source="cli", detail=f"batch assign: grid_id {old} → {new}",
-            )  # fmt: skip
+        fixed = batch.write_grids(store, result, audited)
     finally:
         store.close()
     console.print(f"[green]wrote[/] the grid of {len(fixed.written):,} households")
@@ -278,10 +282,9 @@ def plans_cmd(
         workers=workers,
         scheduler=scheduler,
         per_task=per_task,
+        on_saved=_audit_plan if save else None,
     )
     frame = run.summary.reset_index()
-    if save and run.saved:
-        _audit_plans(database, run.saved)
     if output is not None:
         _write(frame, output)
     else:
@@ -311,16 +314,11 @@ def _brief(frame: pd.DataFrame, *, saved: bool) -> pd.DataFrame:
     return out
 
 
-def _audit_plans(database: str, saved: dict[int, int]) -> None:
-    """One audit entry per plan saved, as ``gridmap plan`` writes."""
+def _audit_plan(store: Any, grid_id: int, plan_id: int) -> None:
+    """The audit entry of one plan saved, as ``gridmap plan`` writes, right after it."""
     from gridmap.accounts import audit
     from gridmap.cli_field import _cli_principal
-    from gridmap.store import open_store
 
-    store = open_store(database)
-    who = _cli_principal()
-    try:
-        for grid_id, plan_id in saved.items():
-            audit(store, who, "create", object=f"plans/{plan_id}", grid_id=grid_id, source="cli")
-    finally:
-        store.close()
+    audit(
+        store, _cli_principal(), "create", object=f"plans/{plan_id}", grid_id=grid_id, source="cli"
+    )

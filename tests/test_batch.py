@@ -242,13 +242,35 @@ def test_bad_store_and_unknown_campaign_exit_2(sample_path: Path, tmp_path: Path
     assert r.exit_code == 2 and "--output must end in" in r.output
 
 
+@pytest.fixture(scope="module")
+def open_scheduler() -> Iterator[str]:
+    """A plain (tcp://, no TLS) Dask cluster such as `dask scheduler` starts: its address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    ) as plain:
+        yield plain.scheduler_address
+
+
+@pytest.mark.slow
+def test_the_local_cluster_takes_no_stranger(cluster: Client) -> None:
+    """gridmap's own cluster speaks mutual TLS on loopback: a client without its
+    throw-away certificate (another user of the machine) cannot submit code to it."""
+    address = cluster.scheduler.address
+    assert address.startswith("tls://127.0.0.1:")
+    for stranger in (address, address.replace("tls://", "tcp://")):
+        with pytest.raises(Exception):  # noqa: B017  (refused, however it says so)
+            Client(stranger, timeout=3, set_as_default=False)
+    assert cluster.submit(sum, [1, 2]).result() == 3
+
+
 @pytest.mark.slow
 def test_cli_commands_on_a_running_scheduler(
-    cluster: Client, sample_path: Path, edit_path: Path, tmp_path: Path
+    open_scheduler: str, sample_path: Path, edit_path: Path, tmp_path: Path
 ) -> None:
-    """``gridmap batch`` stats, assign --write and plans --save over the test cluster's
-    scheduler."""
-    on = ["--scheduler", cluster.scheduler.address]
+    """``gridmap batch`` stats, assign --write and plans --save over a running scheduler."""
+    on = ["--scheduler", open_scheduler]
     out = tmp_path / "stats.json"
     r = runner.invoke(
         app,

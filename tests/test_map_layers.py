@@ -208,3 +208,38 @@ def test_misses_at_once_draw_once() -> None:
     for t in threads:
         t.join()
     assert drawn == [1] and got == ["page"] * 8
+
+
+@pytest.mark.parametrize(
+    "bbox",
+    ["113.3,34.8,113.3,34.8", "0,0,0,0", "105,35,105,35", "-180,-90,180,90", "150,60,170,70"],
+)
+def test_odd_views_over_amap_answer_quickly(client, bbox: str) -> None:  # type: ignore[no-untyped-def]
+    """A box with no area, the whole world, a box outside China: an answer, not a 500,
+    and the world box costs no more than a few conversions (GCJ-02 only over China)."""
+    import time
+
+    started = time.perf_counter()
+    r = _get(client, "households", basemap="amap", bbox=bbox, zoom=16)
+    assert r.status_code == 200, r.text
+    assert time.perf_counter() - started < 5  # it took 5-10 s of CPU before
+
+
+def test_a_tag_changes_only_with_what_the_caller_sees(edit_client, edit_auth, edit_path) -> None:  # type: ignore[no-untyped-def]
+    """A grid worker's household figures keep their ETag when a household of another grid
+    changes (no activity elsewhere shows), and change when one of theirs does."""
+    from gridmap.store import Query, open_store
+
+    worker = edit_auth["grid_worker"]
+    first = _get(edit_client, "households", worker, zoom=14)
+    mine = {c[2] for c in first.json()["counts"]}
+    store = open_store(edit_path)
+    try:
+        other = store.query("households", Query(limit=1, equals={"grid_id": 20})).ids[0]
+        store.update("households", int(other), properties={"members": 6})
+    finally:
+        store.close()
+    again = _get(
+        edit_client, "households", {**worker, "If-None-Match": first.headers["etag"]}, zoom=14
+    )
+    assert again.status_code == 304 and mine

@@ -200,16 +200,34 @@ def encoded(data: dict[str, Any]) -> bytes:
     return orjson.dumps({**data, "gm": gm})
 
 
+CHINA = (72.0, 0.8, 137.9, 55.9)
+"""Where GCJ-02 differs from WGS84 (outside, the two are the same)."""
+
+
 def wgs84_box(bbox: BBox, datum: str) -> BBox:
     """A box in the basemap's datum as a WGS84 box that covers it (GCJ-02 shifts by a few
-    hundred metres, smoothly: the transformed corners and a small margin cover it)."""
+    hundred metres, smoothly: the transformed outline and a small margin cover it). Only
+    the part over China is shifted; 33 points a side whatever the box's size."""
     if datum == CRS84:
         return bbox
-    ring = shapely.box(*bbox).segmentize(0.002)
+    minx, miny, maxx, maxy = bbox
+    inside = (max(minx, CHINA[0]), max(miny, CHINA[1]), min(maxx, CHINA[2]), min(maxy, CHINA[3]))
+    if inside[0] > inside[2] or inside[1] > inside[3]:
+        return bbox  # nothing of it over China: the datums agree
+    ring = shapely.box(*inside)
+    size = max(inside[2] - inside[0], inside[3] - inside[1])
+    ring = ring.segmentize(size / 32) if size > 0 else ring
     back = transform_geometries(np.asarray([ring], dtype=object), src=datum, dst=CRS84)[0]
-    minx, miny, maxx, maxy = back.bounds
+    bx = back.bounds
     pad = 0.0005
-    return (minx - pad, miny - pad, maxx + pad, maxy + pad)
+    if inside == (minx, miny, maxx, maxy):
+        return (bx[0] - pad, bx[1] - pad, bx[2] + pad, bx[3] + pad)
+    return (  # part of it outside China, where the datums agree
+        min(minx, bx[0] - pad),
+        min(miny, bx[1] - pad),
+        max(maxx, bx[2] + pad),
+        max(maxy, bx[3] + pad),
+    )
 
 
 def _display(view: View, geoms: Any) -> Any:
@@ -345,6 +363,7 @@ def _choropleth(view: View, grids: FeatureSet, colouring: Colouring) -> dict[str
         tooltip=[["name", labels[0]], ["value", colouring.label]],
         popup=[*popup, ["value", colouring.label]],
         search=True,
+        title=layer_title,
         labels={"css": "gm-label-small", "field": "name", "min_zoom": LABEL_ZOOM["gm-label-small"]},
         legend={
             "title": f"{layer_title}{'：' if zh else ': '}{colouring.label}",
@@ -401,9 +420,9 @@ def _households(store: Store, view: View, scope: Scope) -> dict[str, Any]:
     many, otherwise counted (see :func:`household_counts` and :func:`clip_counts`)."""
     if points_in_view(view):
         assert view.bbox is not None
-        q = Query(bbox=wgs84_box(view.bbox, view.datum), limit=MAX_VIEW_FEATURES + 1)
-        fs = store.query("households", q, scope=scope).with_geometry()
-        if len(fs) <= MAX_VIEW_FEATURES:
+        box = wgs84_box(view.bbox, view.datum)
+        if store.count("households", Query(bbox=box), scope=scope) <= MAX_VIEW_FEATURES:
+            fs = store.query("households", Query(bbox=box), scope=scope).with_geometry()
             xy = shapely.get_coordinates(_display(view, fs.geometries))
             pts = [[round(y, 6), round(x, 6)] for x, y in xy.tolist()]
             return {"type": "Points", "points": pts, "gm": {"kind": "households"}}

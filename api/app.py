@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.pages = PageCache()
         app.state.layers = PageCache(256)  # the overview's layers, by their own stamps
         app.state.figures = Figures(settings.map_figures_max_age)
+        app.state.stats = PageCache(128)  # /stats answers, while nothing they count changes
         # counted in the store: every API process over it shares them
         app.state.login_limiter = RateLimiter(store, "login", settings.logins_per_minute, 60)
         app.state.household_limiter = RateLimiter(

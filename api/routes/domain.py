@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from starlette.responses import Response
 
 from api.deps import PrincipalDep, ScopeDep, StoreDep, crs_param
@@ -13,6 +14,7 @@ from gridmap import geojson, queries
 from gridmap.crs import CRS84, to_wgs84_xy
 from gridmap.errors import AuthenticationError, HiddenLayerError, PermissionDeniedError
 from gridmap.layers import get_layer
+from gridmap.maps.cache import PageCache
 from gridmap.security import Principal, business_data_allowed, stats_scope
 
 router = APIRouter(tags=["Queries"])
@@ -90,8 +92,13 @@ def nearest(
     )
 
 
+STATS_SOURCES = ("households", "visits", "gridmap_documents", "grids", "communities", "zones")
+"""What household statistics are counted from (and the areas they are listed by)."""
+
+
 @router.get("/stats/{level}", summary="Household statistics per grid, community or zone")
 def stats(
+    request: Request,
     store: StoreDep,
     scope: ScopeDep,
     principal: PrincipalDep,
@@ -112,7 +119,17 @@ def stats(
     if policy is None:
         raise PermissionDeniedError("this role may not see household statistics")
     scope, small = policy
-    rows = queries.household_stats(
-        store, level, scope=scope, days=days, small_cells=small, campaign=campaign
+    today = dt.date.today()  # as household_stats would take it
+
+    def count() -> bytes:
+        rows = queries.household_stats(
+            store, level, scope=scope, today=today, days=days, small_cells=small, campaign=campaign
+        )
+        return orjson.dumps({"level": level, "areas": rows})
+
+    # exact: kept only while nothing it counts from has changed (and for the same day)
+    key = ("stats", level, scope, small, days, campaign, today, store.stamps(STATS_SOURCES))
+    cache: PageCache = request.app.state.stats
+    return Response(
+        cache.get_or_render(key, count, reads=scope.reads), media_type="application/json"
     )
-    return Response(orjson.dumps({"level": level, "areas": rows}), media_type="application/json")

@@ -90,6 +90,7 @@ class GeoPackageBackend(RecordTables):
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._writer = threading.Lock()  # one write transaction at a time in this process
         self._indexes = LayerIndexes(self._build_index)
         try:
             if _create:
@@ -208,10 +209,14 @@ class GeoPackageBackend(RecordTables):
             if depth == 0
             else (f"SAVEPOINT w{depth}", f"RELEASE w{depth}", f"ROLLBACK TO w{depth}")
         )
+        if depth == 0:  # this process's writers queue here, not in SQLite's busy sleeps
+            self._writer.acquire()
         try:
             conn.execute(begin)
-        except sqlite3.OperationalError as exc:
-            if _denied(exc):
+        except BaseException as exc:
+            if depth == 0:
+                self._writer.release()
+            if isinstance(exc, sqlite3.OperationalError) and _denied(exc):
                 raise ReadOnlyError(self.path) from None
             raise
         self._local.depth = depth + 1
@@ -229,6 +234,8 @@ class GeoPackageBackend(RecordTables):
             conn.execute(commit)
         finally:
             self._local.depth = depth
+            if depth == 0:
+                self._writer.release()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

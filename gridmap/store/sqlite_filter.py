@@ -159,6 +159,11 @@ class _Renderer:
     def array(self, a: t.Array) -> str:
         """Set semantics (order and repeats do not matter); a null list is unknown."""
         col = self.expr(a.prop)
+        one = len(a.values) == 1 and isinstance(a.values[0], str | int | float)
+        if one and a.op in ("contains", "overlaps"):  # one value: the list holds it
+            value = self.bind(a.values[0])
+            cond = f"EXISTS (SELECT 1 FROM json_each({col}) WHERE value = {value})"
+            return f"(CASE WHEN {list_guard(col)} THEN ({cond}) ELSE NULL END)"
         given = self.bind(json.dumps(list(a.values), ensure_ascii=False))
         inner = f"SELECT value FROM json_each({given})"
         mine = f"SELECT value FROM json_each({col})"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import gc
 import os
 import threading
 import time
@@ -118,6 +119,9 @@ def _remote_client(address: str, timeout: float) -> Client:
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except Exception:  # not a Dask scheduler, an address that is no address …
+        # the half-made client closes itself when collected: let that happen now, not
+        # inside the next client's start (where distributed's loop lock deadlocks it)
+        gc.collect()
         msg = (
             f"no Dask scheduler answers at {address[:100]!r} within {timeout:g} s "
             "(start one with `dask scheduler`, or give its tcp://host:port)"

@@ -38,10 +38,19 @@
     return L.divIcon({ html: d, className: "gm-facility", iconSize: [22, 22], iconAnchor: [11, 11] });
   }
 
-  function pointLayer(gm) {
+  // Points above areas whatever order the layers arrive in (a click on a toilet inside
+  // a zone opens the toilet).
+  var POINTS = "gmPoints";
+  function pointPane(map) {
+    if (!map.getPane(POINTS)) { map.createPane(POINTS).style.zIndex = 450; }
+    return POINTS;
+  }
+
+  function pointLayer(map, gm) {
     return function (f, ll) {
       if (gm.kind === "icon") { return L.marker(ll, { icon: facilityIcon(f) }); }
-      var o = { radius: 6, color: "#ffffff", weight: 1, fill: true, fillOpacity: 0.95 };
+      var o = { radius: 6, color: "#ffffff", weight: 1, fill: true, fillOpacity: 0.95,
+                pane: pointPane(map) };
       return L.circleMarker(ll, Object.assign(o, f.properties._s || {}));
     };
   }
@@ -150,7 +159,7 @@
     }
     var gj = L.geoJSON(data, {
       style: function (f) { return f.properties._s || {}; },
-      pointToLayer: pointLayer(gm),
+      pointToLayer: pointLayer(map, gm),
       onEachFeature: bind(gm),
       interactive: gm.interactive !== false,
     });

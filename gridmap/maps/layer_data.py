@@ -29,9 +29,9 @@ from gridmap.maps.layers import (
     STYLE,
     _area_style,
     _point_style,
+    camera_sectors,
     popup_fields,
     ramp,
-    sector,
     title,
 )
 from gridmap.store.base import BBox, FeatureSet, Query, Scope, Store
@@ -394,16 +394,6 @@ def _toilet_areas(view: View, toilets: FeatureSet, radius_m: float = 300.0) -> d
 
 def _camera_views(view: View, cameras: FeatureSet) -> dict[str, Any]:
     """Each camera's field of view from its direction, field of view and range."""
-    polys = [
-        sector(
-            pt.x,
-            pt.y,
-            float(p.get("direction_deg") or 0),
-            float(p.get("fov_deg") or 60),
-            float(p.get("range_m") or 50),
-        )
-        for pt, p in zip(to_metric(cameras.geometries), cameras.properties, strict=True)
-    ]
     styles = [
         {
             "color": "#b2182b" if p.get("status") == "online" else "#969696",
@@ -412,7 +402,7 @@ def _camera_views(view: View, cameras: FeatureSet) -> dict[str, Any]:
         }
         for p in cameras.properties
     ]
-    return _areas(view, from_metric(polys), cameras, styles, tooltip=[["name", ""]], popup=[])
+    return _areas(view, camera_sectors(cameras), cameras, styles, tooltip=[["name", ""]], popup=[])
 
 
 def _households(store: Store, view: View, scope: Scope) -> dict[str, Any]:

@@ -331,25 +331,28 @@ def sector(
     return shapely.Polygon(ring)
 
 
+def camera_sectors(cameras: FeatureSet) -> Any:
+    """Each camera's view (:func:`sector`) as a WGS84 polygon."""
+    polys = [
+        sector(
+            pt.x,
+            pt.y,
+            float(p.get("direction_deg") or 0),
+            float(p.get("fov_deg") or 60),
+            float(p.get("range_m") or 50),
+        )
+        for pt, p in zip(to_metric(cameras.geometries), cameras.properties, strict=True)
+    ]
+    return from_metric(polys)
+
+
 def add_camera_sectors(
     frame: MapFrame, cameras: FeatureSet, *, name: str, show: bool = False
 ) -> folium.FeatureGroup:
     """Each camera's field of view drawn from its direction, field of view and range."""
-    metric = to_metric(cameras.geometries)
-    polys = []
-    for pt, p in zip(metric, cameras.properties, strict=True):
-        polys.append(
-            sector(
-                pt.x,
-                pt.y,
-                float(p.get("direction_deg") or 0),
-                float(p.get("fov_deg") or 60),
-                float(p.get("range_m") or 50),
-            )
-        )
     return _add_areas(
         frame,
-        from_metric(polys),
+        camera_sectors(cameras),
         cameras,
         name=name,
         show=show,

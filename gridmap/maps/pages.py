@@ -120,6 +120,28 @@ def measure_values(rows: Sequence[Mapping[str, Any]], measure: str) -> dict[int,
     return out
 
 
+def overview_frame(
+    store: Store,
+    scope: Scope,
+    basemap: str,
+    lang: Lang,
+    tianditu_key: str | None,
+    prefix: str,
+) -> tuple[MapFrame, Any]:
+    """The overview's base map centred on the areas the scope sees, and their extent."""
+    extent = store.extent("grids", scope=scope) or store.extent("zones", scope=scope)
+    centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
+    frame = base_map(
+        location=centre or (34.8096, 113.2919),
+        basemap=basemap,
+        lang=lang,
+        tianditu_key=tianditu_key,
+        prefix=prefix,
+    )
+    add_page_css(frame)
+    return frame, extent
+
+
 def overview_map(
     store: Store,
     *,
@@ -138,16 +160,7 @@ def overview_map(
     """
     zh_name, en_name, fmt = measure_of(store, measure, scope)
     zh = lang == "zh"
-    extent = store.extent("grids") or store.extent("zones")
-    centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
-    frame = base_map(
-        location=centre or (34.8096, 113.2919),
-        basemap=basemap,
-        lang=lang,
-        tianditu_key=tianditu_key,
-        prefix=prefix,
-    )
-    add_page_css(frame)
+    frame, extent = overview_frame(store, Scope.ALL, basemap, lang, tianditu_key, prefix)
     allowed = scope.allows_layer
     search: list[tuple[str, str, float, float]] = []
 

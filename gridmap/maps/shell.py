@@ -16,12 +16,12 @@ import shapely
 
 from gridmap.layers import FACILITY_KIND_ZH, RENOVATION_STATUS_ZH, get_layer
 from gridmap.maps.assets import ASSET_PREFIX
-from gridmap.maps.base import Lang, base_map
+from gridmap.maps.base import Lang
 from gridmap.maps.elements import RemoteLayers
 from gridmap.maps.layer_data import OVERVIEW, MapLayer
 from gridmap.maps.layers import FACILITY_MARK, RENOVATION_COLOUR, title
-from gridmap.maps.pages import GROUPS, MEASURES, campaign_measures, measure_of
-from gridmap.maps.widgets import add_legend, add_measure_picker, add_page_css, add_title, add_tools
+from gridmap.maps.pages import GROUPS, MEASURES, campaign_measures, measure_of, overview_frame
+from gridmap.maps.widgets import add_legend, add_measure_picker, add_title, add_tools
 from gridmap.store.base import Scope, Store
 
 SHELL_TABLES = ("grids", "zones", "gridmap_documents")
@@ -50,16 +50,7 @@ def overview_shell(
     group the browser fills; ``coloured`` offers the measure picker (grid figures)."""
     zh_name, en_name, fmt = measure_of(store, measure, scope)
     zh = lang == "zh"
-    extent = store.extent("grids", scope=scope) or store.extent("zones", scope=scope)
-    centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
-    frame = base_map(
-        location=centre or (34.8096, 113.2919),
-        basemap=basemap,
-        lang=lang,
-        tianditu_key=tianditu_key,
-        prefix=prefix,
-    )
-    add_page_css(frame)
+    frame, extent = overview_frame(store, scope, basemap, lang, tianditu_key, prefix)
     shown = shell_layers(scope)
     query = {"lang": lang, "basemap": basemap}
     if coloured:

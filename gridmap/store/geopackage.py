@@ -16,7 +16,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,18 @@ class GeoPackageBackend(RecordTables):
         return cls(path)
 
     def _connect(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, closed by :meth:`close`)."""
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        conn = self._open()
+        self._local.conn = conn
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def _open(self) -> sqlite3.Connection:
+        """A new connection, set up as every gridmap connection is; the caller closes it."""
         if self.read_only:
             conn = self._connect_read_only()
         else:
@@ -140,9 +149,6 @@ class GeoPackageBackend(RecordTables):
         except BaseException:
             conn.close()
             raise
-        self._local.conn = conn
-        with self._lock:
-            self._conns.append(conn)
         return conn
 
     def _connect_read_only(self) -> sqlite3.Connection:
@@ -360,12 +366,7 @@ class GeoPackageBackend(RecordTables):
 
     def stamp(self, layer_id: str) -> int:
         """A number that changes whenever the layer changes (by any client)."""
-        row = (
-            self._connect()
-            .execute("SELECT stamp FROM gridmap_changes WHERE layer = ?", (layer_id,))
-            .fetchone()
-        )
-        return int(row[0]) if row else -1
+        return _stamp_on(self._connect(), layer_id)
 
     def _check_schema(self) -> None:
         """Refuse a file that is no gridmap GeoPackage; bring an older schema up to this
@@ -793,11 +794,14 @@ class GeoPackageBackend(RecordTables):
 
     def _build_index(self, layer: Layer, column: str | None) -> LayerIndex:
         """The layer's geometries in an STRtree (with one integer column), read now; its
-        stamp is read first, so rows newer than it only make it look stale."""
-        stamp = self.stamp(layer.id)
+        stamp is read first, so rows newer than it only make it look stale. It reads on a
+        connection of its own, closed at once: the background builder may still be at work
+        when the store closes, and must not leave a connection behind."""
         extra = "" if column is None else f", {_q(column)}"
         sql = f"SELECT fid, geom{extra} FROM {_q(layer.id)} ORDER BY fid"
-        rows = self._connect().execute(sql).fetchall()
+        with closing(self._open()) as conn:
+            stamp = _stamp_on(conn, layer.id)
+            rows = conn.execute(sql).fetchall()
         fids = np.array([r[0] for r in rows], dtype=np.int64)
         geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if rows else np.empty(0, dtype=object)
         values = (
@@ -1053,6 +1057,12 @@ def _stamp_statements(layer: Layer) -> list[str]:
     """The triggers that move a layer's change stamp."""
     text = _STAMP_TRIGGERS.format(t=layer.id)
     return [stmt + "END;" for stmt in text.split("END;") if stmt.strip()]
+
+
+def _stamp_on(conn: sqlite3.Connection, layer_id: str) -> int:
+    """A layer's change stamp read on ``conn`` (-1 for a table without one)."""
+    row = conn.execute("SELECT stamp FROM gridmap_changes WHERE layer = ?", (layer_id,)).fetchone()
+    return int(row[0]) if row else -1
 
 
 @functools.cache

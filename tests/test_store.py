@@ -144,3 +144,85 @@ def test_a_point_blob_is_read_as_a_point() -> None:
     for blob in to_gpkg_blobs(others):
         assert blob_point(blob) is None
     assert blob_point(None) is None and blob_point(b"not a blob") is None
+
+
+def test_layer_extent_follows_every_edit(store: FeatureStore) -> None:
+    """gpkg_contents' extent (what GDAL and QGIS zoom to) stays the layer's bounds through
+    moves and deletes of its outermost features, though a single edit rescans only when
+    it must: checked against shapely's bounds of what is left and the R-tree's min/max."""
+    import random
+
+    rng = random.Random(5)
+    ids = store.insert(
+        "toilets",
+        [P(113.28 + rng.uniform(-0.01, 0.01), 34.80 + rng.uniform(-0.01, 0.01)) for _ in range(30)],
+        [{"name": f"厕{i}"} for i in range(30)],
+    )
+    alive = set(ids)
+    for step in range(60):
+        feats = [store.get("toilets", i) for i in sorted(alive)]
+        xs = [f.geometry.x for f in feats]
+        if step % 5 == 4:  # delete the westernmost, an edge of the extent
+            f = feats[xs.index(min(xs))]
+            store.delete("toilets", f.id, expected_version=f.version)
+            alive.discard(f.id)
+        else:  # move one: sometimes the easternmost inwards, sometimes anything outwards
+            f = feats[xs.index(max(xs))] if step % 3 == 0 else rng.choice(feats)
+            spread = 0.005 if step % 3 == 0 else 0.02
+            g = P(113.28 + rng.uniform(-spread, spread), 34.80 + rng.uniform(-spread, spread))
+            store.update("toilets", f.id, geometry=g, expected_version=f.version)
+        truth = shapely.MultiPoint([store.get("toilets", i).geometry for i in alive]).bounds
+        with sqlite3.connect(store.path) as conn:
+            got = conn.execute(
+                "SELECT min_x, min_y, max_x, max_y FROM gpkg_contents WHERE table_name='toilets'"
+            ).fetchone()
+            rtree = conn.execute(
+                "SELECT min(minx), min(miny), max(maxx), max(maxy) FROM rtree_toilets_geom"
+            ).fetchone()
+        conn.close()
+        assert got == rtree, step
+        # the R-tree holds float32 rounded outwards (one step is 7.6e-6° at 113°E)
+        assert got[0] <= truth[0] and got[1] <= truth[1], step
+        assert got[2] >= truth[2] and got[3] >= truth[3], step
+        assert got == pytest.approx(truth, abs=2e-5), step
+
+
+def test_record_writes_from_many_threads_commit_together_each_error_its_own(
+    store: FeatureStore,
+) -> None:
+    """Audit entries and rate-limit turns from many threads at once (group commit): every
+    one is in the file afterwards (read by plain SQLite), a refused turn is refused to its
+    caller alone, and a statement that fails fails only its caller."""
+    import threading
+
+    backend = store.backend
+    errors: list[BaseException] = []
+    refused: list[float] = []
+
+    def worker(t: int) -> None:
+        for i in range(40):
+            store.audit_append(
+                {"at": "2026-12-03T00:00:00Z", "action": f"t{t}", "object": str(i), "result": "ok"}
+            )
+            if (wait := store.take_turn(f"k{t}", 1000.0 + i, 1.0, 0.0)) is not None:
+                refused.append(wait)
+            if i == 7:
+                try:  # a broken statement among the others: the audit log takes no update
+                    backend._run("UPDATE gridmap_audit SET action = 'x'", ())
+                except sqlite3.Error as exc:
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(errors) == 8 and all("append-only" in str(e) for e in errors)
+    assert refused == []  # one turn a second, taken a second apart
+    with sqlite3.connect(store.path) as conn:
+        rows = conn.execute("SELECT action, count(*) FROM gridmap_audit GROUP BY action").fetchall()
+        turns = conn.execute("SELECT count(*) FROM gridmap_limits").fetchone()[0]
+    conn.close()
+    assert dict(rows) == {f"t{t}": 40 for t in range(8)}
+    assert turns == 8
+    assert store.take_turn("k0", 1039.0, 1.0, 0.0) is not None  # its turn is taken already

@@ -31,6 +31,7 @@ from gridmap.errors import IntegrityError, InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
+from gridmap.store.gpkg_group import GroupCommit
 from gridmap.store.gpkg_index import LayerIndex, LayerIndexes
 from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
@@ -91,6 +92,7 @@ class GeoPackageBackend(RecordTables):
         self._conns: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self._writer = threading.Lock()  # one write transaction at a time in this process
+        self._group = GroupCommit(self._write)  # record writes from many threads, one commit
         self._indexes = LayerIndexes(self._build_index)
         try:
             if _create:
@@ -340,11 +342,19 @@ class GeoPackageBackend(RecordTables):
     # ---------------------------------------------------------------- records, stamps
 
     def _run(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        """One statement of :class:`RecordTables` (a write in a write transaction)."""
+        """One statement of :class:`RecordTables`: a write in a write transaction — the
+        caller's, or one committed with other threads' (:class:`GroupCommit`)."""
         if sql.startswith("SELECT"):
             return self._connect().execute(sql, params).fetchall()
-        with self._write() as c:
-            return c.execute(sql, params).fetchall()
+        if getattr(self._local, "depth", 0):
+            with self._write() as c:
+                return c.execute(sql, params).fetchall()
+        try:
+            return self._group.run(sql, params)
+        except sqlite3.OperationalError as exc:
+            if _denied(exc):
+                raise ReadOnlyError(self.path) from None
+            raise
 
     def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
         """Always at hand: the file is local."""
@@ -922,15 +932,49 @@ class GeoPackageBackend(RecordTables):
                 [[e.get(f) for f in AUDIT_FIELDS] for e in entries],
             )
 
+    def _box(self, c: sqlite3.Connection, layer: Layer, fid: int) -> _Box | None:
+        """One row's entry in the layer's R-tree (minx, maxx, miny, maxy), if it has one."""
+        t = _q("rtree_" + layer.id + "_geom")
+        row = c.execute(f"SELECT minx, maxx, miny, maxy FROM {t} WHERE id = ?", (fid,)).fetchone()
+        return tuple(row) if row else None  # type: ignore[return-value]
+
+    def _touch_row(
+        self, c: sqlite3.Connection, layer: Layer, before: _Box | None, after: _Box | None
+    ) -> None:
+        """Refresh gpkg_contents after one row changed from box ``before`` to ``after``:
+        the extent grows to hold ``after``; it is recounted from the R-tree (a scan of the
+        whole layer) only when ``before`` touched one of its sides, so it may shrink."""
+        ext = c.execute(
+            "SELECT min_x, max_x, min_y, max_y FROM gpkg_contents WHERE table_name = ?",
+            (layer.id,),
+        ).fetchone()
+        if ext is None or None in ext:
+            self._touch(c, layer)
+            return
+        x0, x1, y0, y1 = ext
+        if before is not None and not (
+            x0 < before[0] and before[1] < x1 and y0 < before[2] and before[3] < y1
+        ):
+            self._touch(c, layer)
+            return
+        if after is not None:
+            x0, x1 = min(x0, after[0]), max(x1, after[1])
+            y0, y1 = min(y0, after[2]), max(y1, after[3])
+        c.execute(
+            "UPDATE gpkg_contents SET last_change = ?, min_x = ?, max_x = ?, min_y = ?, "
+            "max_y = ? WHERE table_name = ?",
+            (_now_text(), x0, x1, y0, y1, layer.id),
+        )
+
     def _touch(self, c: sqlite3.Connection, layer: Layer) -> None:
-        """Refresh gpkg_contents' extent and last_change for a layer."""
+        """Refresh gpkg_contents' extent (from the whole R-tree) and last_change."""
         t = _q("rtree_" + layer.id + "_geom")
         c.execute(
             "UPDATE gpkg_contents SET last_change = ?, "
             f"min_x = (SELECT min(minx) FROM {t}), min_y = (SELECT min(miny) FROM {t}), "
             f"max_x = (SELECT max(maxx) FROM {t}), max_y = (SELECT max(maxy) FROM {t}) "
             "WHERE table_name = ?",
-            (dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z", layer.id),
+            (_now_text(), layer.id),
         )
 
     def update_row(
@@ -941,13 +985,14 @@ class GeoPackageBackend(RecordTables):
         blob = geo.to_gpkg_blobs(np.asarray([geometry], dtype=object))[0]
         values = [blob, *(_to_sql(p, row.get(p.name)) for p in layer.properties)]
         with self._write() as c:
+            before = self._box(c, layer, int(fid))
             n = c.execute(
                 f"UPDATE {_q(layer.id)} SET {sets}, version = version + 1 "
                 "WHERE fid = ? AND version = ?",
                 [*values, int(fid), int(version)],
             ).rowcount
             if n:
-                self._touch(c, layer)
+                self._touch_row(c, layer, before, self._box(c, layer, int(fid)))
         return bool(n)
 
     def set_values(self, layer: Layer, column: str, pairs: Sequence[tuple[int, Any]]) -> None:
@@ -962,12 +1007,13 @@ class GeoPackageBackend(RecordTables):
     def delete_row(self, layer: Layer, fid: int, version: int) -> bool:
         """Delete a row if it is still at ``version``."""
         with self._write() as c:
+            before = self._box(c, layer, int(fid))
             n = c.execute(
                 f"DELETE FROM {_q(layer.id)} WHERE fid = ? AND version = ?",
                 (int(fid), int(version)),
             ).rowcount
             if n:
-                self._touch(c, layer)
+                self._touch_row(c, layer, before, None)
         return bool(n)
 
 
@@ -1057,6 +1103,15 @@ def _stamp_statements(layer: Layer) -> list[str]:
     """The triggers that move a layer's change stamp."""
     text = _STAMP_TRIGGERS.format(t=layer.id)
     return [stmt + "END;" for stmt in text.split("END;") if stmt.strip()]
+
+
+_Box = tuple[float, float, float, float]
+"""An R-tree entry: minx, maxx, miny, maxy."""
+
+
+def _now_text() -> str:
+    """Now as gpkg_contents.last_change holds it (UTC, milliseconds, a Z)."""
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
 
 
 def _stamp_on(conn: sqlite3.Connection, layer_id: str) -> int:

@@ -716,6 +716,20 @@ def test_a_refused_grid_edit_leaves_no_trace_in_later_writes(store: FeatureStore
     assert store.get("households", h).properties["grid_id"] == g2
 
 
+def test_a_refused_edit_keeps_the_grids_lookup_built_before_it(store: FeatureStore) -> None:
+    """A version conflict (a 412 under concurrent edits) threw away the service's lookup of
+    grids, built from committed rows, so the next edits rebuilt it: a load test found it."""
+    g1, _ = _grid(store)
+    (h,) = store.insert("households", [P(113.27, 34.80)], [{"room": "1"}])
+    built = store._located["grids"]
+    with pytest.raises(VersionConflictError):
+        store.update("households", h, properties={"room": "2"}, expected_version=7)
+    assert store._located["grids"] is built
+    store.update("households", h, geometry=P(113.27, 34.805))
+    assert store._located["grids"] is built
+    assert store.get("households", h).properties["grid_id"] == g1
+
+
 def test_another_client_cannot_give_an_etag_to_other_content(store: FeatureStore) -> None:
     """Review: an outside edit that sets an older version still moves the version on."""
     (fid,) = store.insert("toilets", [P(113.28, 34.80)], [{"name": "a"}])

@@ -147,12 +147,17 @@ class FeatureStore:
     @contextmanager
     def _rolled_back_forgets(self) -> Iterator[None]:
         """What was cached from inside a transaction that then rolled back (a grid's
-        uncommitted shape, keyed by an uncommitted stamp) is forgotten with it."""
+        uncommitted shape, keyed by an uncommitted stamp) is forgotten with it; what was
+        cached before it is kept (a refused edit, e.g. a version conflict, must not cost
+        the next edits a rebuild of the grids' index)."""
+        before = dict(self._located)
         try:
             yield
         except BaseException:
             with self._lock:
-                self._located.clear()
+                for key, entry in list(self._located.items()):
+                    if before.get(key) is not entry:
+                        del self._located[key]
             raise
 
     # ---------------------------------------------------------------- passed through

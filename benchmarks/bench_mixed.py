@@ -673,6 +673,20 @@ def sample_or(database: str | None) -> Iterator[str | Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextmanager
+def serve_workers(database: str | Path, workers: int) -> Iterator[str]:
+    """The API over ``database``: one uvicorn worker, or ``workers`` behind uvicorn's
+    own process manager (as ``benchmarks/bench_scaleout.py`` serves them)."""
+    if workers == 1:
+        with gridmap_server(database, **LIFTED) as url:
+            yield url
+        return
+    from benchmarks.bench_scaleout import serve  # it imports this module
+
+    with serve(database, workers) as url:
+        yield url
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -685,6 +699,13 @@ def main() -> None:
         help="an existing store instead of the sample (its edits go through the API to a "
         "few toilets and households, each between two values)",
     )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="uvicorn worker processes (issue 11's goal is for one; more shows how the "
+        "same load fares with one process per core)",
+    )
     args = ap.parse_args()
     with sample_or(args.database) as db:
         token = admin_token(db)
@@ -692,7 +713,8 @@ def main() -> None:
         mixed = dataclasses.replace(reads, mix=MIXED)
         n_households = len(reads.ids["households"])
         print(
-            f"{n_households:,} households ({db}); one uvicorn worker; {args.clients} clients; "
+            f"{n_households:,} households ({db}); {args.workers} uvicorn worker(s); "
+            f"{args.clients} clients; "
             f"{args.warmup:g} s warm-up + {args.seconds:g} s per phase"
         )
         print(
@@ -702,7 +724,7 @@ def main() -> None:
             + ", ".join(k for k, _ in reads.layers)
             + f" over {PARALLEL} connections at once"
         )
-        with gridmap_server(db, **LIFTED) as url:
+        with serve_workers(db, args.workers) as url:
             cpu = CpuMeter()
             figures = []
             for title, load, seed in (

@@ -149,8 +149,24 @@ def test_a_point_blob_is_read_as_a_point() -> None:
 def test_layer_extent_follows_every_edit(store: FeatureStore) -> None:
     """gpkg_contents' extent (what GDAL and QGIS zoom to) stays the layer's bounds through
     moves and deletes of its outermost features, though a single edit rescans only when
-    it must: checked against shapely's bounds of what is left and the R-tree's min/max."""
+    it must; another program's edits (which leave the extent as it was) are caught up
+    with at gridmap's next edit. Checked against shapely's bounds of what is left and the
+    R-tree's min/max."""
     import random
+
+    from gridmap import geometry as geo
+
+    def outside(step: int, feats: list) -> None:  # as QGIS or sqlite3 would: no refresh
+        conn = external_connection(store.path)
+        f = rng.choice(feats)
+        if step % 2:
+            conn.execute("DELETE FROM toilets WHERE fid = ?", (f.id,))
+            alive.discard(f.id)
+        else:
+            blob = geo.to_gpkg_blobs([P(113.28 + rng.choice((-1, 1)) * 0.0199, 34.80)])[0]
+            conn.execute("UPDATE toilets SET geom = ? WHERE fid = ?", (blob, f.id))
+        conn.commit()
+        conn.close()
 
     rng = random.Random(5)
     ids = store.insert(
@@ -159,9 +175,12 @@ def test_layer_extent_follows_every_edit(store: FeatureStore) -> None:
         [{"name": f"厕{i}"} for i in range(30)],
     )
     alive = set(ids)
-    for step in range(60):
+    for step in range(80):
         feats = [store.get("toilets", i) for i in sorted(alive)]
         xs = [f.geometry.x for f in feats]
+        if step % 7 == 6:
+            outside(step, feats)
+            continue
         if step % 5 == 4:  # delete the westernmost, an edge of the extent
             f = feats[xs.index(min(xs))]
             store.delete("toilets", f.id, expected_version=f.version)
@@ -211,13 +230,23 @@ def test_record_writes_from_many_threads_commit_together_each_error_its_own(
                     backend._run("UPDATE gridmap_audit SET action = 'x'", ())
                 except sqlite3.Error as exc:
                     errors.append(exc)
+            if i == 9:
+                try:  # a value SQLite cannot take (a lone surrogate) fails its caller alone
+                    store.audit_append({"at": "x", "action": "bad", "detail": "\ud800"})
+                except UnicodeEncodeError as exc:
+                    errors.append(exc)
 
     threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
     for th in threads:
         th.start()
     for th in threads:
         th.join()
-    assert len(errors) == 8 and all("append-only" in str(e) for e in errors)
+    assert (
+        sorted(type(e).__name__ for e in errors)
+        == ["IntegrityError"] * 8 + ["UnicodeEncodeError"] * 8
+    )
+    assert all("append-only" in str(e) for e in errors if isinstance(e, sqlite3.Error))
+    assert len({id(e) for e in errors}) == 16  # each caller its own exception object
     assert refused == []  # one turn a second, taken a second apart
     with sqlite3.connect(store.path) as conn:
         rows = conn.execute("SELECT action, count(*) FROM gridmap_audit GROUP BY action").fetchall()

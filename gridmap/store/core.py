@@ -141,13 +141,14 @@ class FeatureStore:
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """Group writes (features, documents) so that all or none happen."""
-        with self._rolled_back_forgets(), self.backend.transaction():
+        with self.backend.transaction(), self._rolled_back_forgets():
             yield
 
     @contextmanager
     def _rolled_back_forgets(self) -> Iterator[None]:
         """What was cached from inside a transaction that then rolled back (a grid's
-        uncommitted shape, keyed by an uncommitted stamp) is forgotten with it; what was
+        uncommitted shape, keyed by an uncommitted stamp) is forgotten with it, before the
+        rollback lets another writer in (so it is entered inside the transaction); what was
         cached before it is kept (a refused edit, e.g. a version conflict, must not cost
         the next edits a rebuild of the grids' index)."""
         before = dict(self._located)
@@ -624,7 +625,7 @@ class FeatureStore:
         geoms = np.asarray(
             list(geometries) if not isinstance(geometries, np.ndarray) else geometries, dtype=object
         )
-        with self._rolled_back_forgets(), self.backend.transaction():
+        with self.backend.transaction(), self._rolled_back_forgets():
             # checked inside the transaction: a referenced feature cannot vanish meanwhile
             geoms, clean = self._prepare(layer, geoms, properties, scope, trusted=trusted)
             return self.backend.insert_rows(layer, geoms, clean, progress=progress)
@@ -666,7 +667,7 @@ class FeatureStore:
         ``expected_version`` guards against lost updates (VersionConflictError).
         """
         layer = self._layer(layer_id, scope)
-        with self._rolled_back_forgets(), self.backend.transaction():
+        with self.backend.transaction(), self._rolled_back_forgets():
             current = self._current(layer, fid, scope)
             require(scope.allows_write(layer.id), f"you may not edit {layer.id}")
             require(not layer.append_only, _APPEND_ONLY.format(layer.id))
@@ -712,7 +713,7 @@ class FeatureStore:
     ) -> None:
         """Delete one feature (FeatureNotFoundError / VersionConflictError as for update)."""
         layer = self._layer(layer_id, scope)
-        with self._rolled_back_forgets(), self.backend.transaction():
+        with self.backend.transaction(), self._rolled_back_forgets():
             current = self._current(layer, fid, scope)
             require(scope.allows_delete(layer.id), f"you may not delete features of {layer.id}")
             require(not layer.append_only, _APPEND_ONLY.format(layer.id))

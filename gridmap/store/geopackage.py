@@ -941,14 +941,17 @@ class GeoPackageBackend(RecordTables):
     def _touch_row(
         self, c: sqlite3.Connection, layer: Layer, before: _Box | None, after: _Box | None
     ) -> None:
-        """Refresh gpkg_contents after one row changed from box ``before`` to ``after``:
-        the extent grows to hold ``after``; it is recounted from the R-tree (a scan of the
-        whole layer) only when ``before`` touched one of its sides, so it may shrink."""
+        """Refresh gpkg_contents after this transaction changed one row (the layer's stamp
+        moved by one) from box ``before`` to ``after``: the extent grows to hold ``after``.
+        It is recounted from the R-tree (a scan of the whole layer) when ``before`` touched
+        one of its sides, so it may shrink, and when it was not exact before this change
+        (another program — QGIS, GDAL, sqlite3 — changed rows without refreshing it)."""
         ext = c.execute(
             "SELECT min_x, max_x, min_y, max_y FROM gpkg_contents WHERE table_name = ?",
             (layer.id,),
         ).fetchone()
-        if ext is None or None in ext:
+        exact_at = _stamp_on(c, layer.id + _EXTENT)
+        if ext is None or None in ext or exact_at != _stamp_on(c, layer.id) - 1:
             self._touch(c, layer)
             return
         x0, x1, y0, y1 = ext
@@ -965,6 +968,15 @@ class GeoPackageBackend(RecordTables):
             "max_y = ? WHERE table_name = ?",
             (_now_text(), x0, x1, y0, y1, layer.id),
         )
+        self._extent_exact(c, layer)
+
+    def _extent_exact(self, c: sqlite3.Connection, layer: Layer) -> None:
+        """Note that gpkg_contents' extent of the layer is exact at its current stamp."""
+        c.execute(
+            "INSERT INTO gridmap_changes VALUES (?, ?) "
+            "ON CONFLICT (layer) DO UPDATE SET stamp = excluded.stamp",
+            (layer.id + _EXTENT, _stamp_on(c, layer.id)),
+        )
 
     def _touch(self, c: sqlite3.Connection, layer: Layer) -> None:
         """Refresh gpkg_contents' extent (from the whole R-tree) and last_change."""
@@ -976,6 +988,7 @@ class GeoPackageBackend(RecordTables):
             "WHERE table_name = ?",
             (_now_text(), layer.id),
         )
+        self._extent_exact(c, layer)
 
     def update_row(
         self, layer: Layer, fid: int, geometry: BaseGeometry, row: Mapping[str, Any], version: int
@@ -1105,6 +1118,9 @@ def _stamp_statements(layer: Layer) -> list[str]:
     return [stmt + "END;" for stmt in text.split("END;") if stmt.strip()]
 
 
+_EXTENT = "#extent"
+"""``gridmap_changes`` holds, under a layer's name and this, the layer's stamp when its
+extent in gpkg_contents was last exact."""
 _Box = tuple[float, float, float, float]
 """An R-tree entry: minx, maxx, miny, maxy."""
 

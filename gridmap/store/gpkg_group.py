@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from gridmap.errors import StoreError
+
 Rows = list[tuple[Any, ...]]
 Write = Callable[[], AbstractContextManager[sqlite3.Connection]]
 
@@ -28,7 +30,8 @@ class _Job:
     params: Sequence[Any]
     rows: Rows = field(default_factory=list)
     error: BaseException | None = None
-    done: bool = False
+    settled: bool = False  # committed (rows) or failed (error)
+    done: bool = False  # its leader has finished with it
 
 
 class GroupCommit:
@@ -44,24 +47,29 @@ class GroupCommit:
     def run(self, sql: str, params: Sequence[Any] = ()) -> Rows:
         """Run one writing statement; return its rows once it is committed."""
         job = _Job(sql, params)
-        with self._cond:
-            self._pending.append(job)
-            while self._leading and not job.done:
-                self._cond.wait()
-            if not job.done:
-                self._leading = True
-                batch, self._pending = self._pending, []
-        if not job.done:
-            try:
+        lead, batch = False, []
+        try:
+            with self._cond:
+                self._pending.append(job)
+                while self._leading and not job.done:
+                    self._cond.wait()
+                if not job.done:
+                    lead = True  # first: the finally below then always hands the lead on
+                    self._leading = True
+                    batch, self._pending = self._pending, []
+            if lead:
                 self._commit(batch)
-            finally:
+        finally:
+            if lead:
                 with self._cond:
                     for j in batch:
+                        if not j.settled:  # the leader was interrupted before it ended
+                            j.error = StoreError("the write was interrupted; try again")
                         j.done = True
                     self._leading = False
                     self._cond.notify_all()
-        if job.error is not None:
-            raise job.error
+        if job.error is not None:  # each caller raises an exception object of its own
+            raise _twin(job.error) from job.error.__cause__
         return job.rows
 
     def _commit(self, batch: list[_Job]) -> None:
@@ -71,12 +79,23 @@ class GroupCommit:
                     conn.execute("SAVEPOINT g")
                     try:
                         job.rows = conn.execute(job.sql, job.params).fetchall()
-                    except sqlite3.Error as exc:
+                    except Exception as exc:  # its caller's alone (a value SQLite refuses)
                         if not conn.in_transaction:  # SQLite ended it (SQLITE_FULL): all fail
                             raise
                         conn.execute("ROLLBACK TO g")
-                        job.error = exc
+                        job.rows, job.error = [], exc
                     conn.execute("RELEASE g")
-        except BaseException as exc:
+        except Exception as exc:
             for job in batch:
                 job.rows, job.error = [], exc
+        for job in batch:
+            job.settled = True
+
+
+def _twin(exc: BaseException) -> BaseException:
+    """A new exception object like ``exc`` (type, args, attributes; no traceback), so that
+    threads failing together do not share, and keep alive, one another's frames."""
+    twin = BaseException.__new__(type(exc))
+    twin.args = exc.args
+    twin.__dict__.update(exc.__dict__)
+    return twin

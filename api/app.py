@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from anyio import to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -30,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         replicas = [u.strip() for u in settings.database_replicas.split(",") if u.strip()]
         store = open_store(settings.database, replicas=replicas)
+        to_thread.current_default_thread_limiter().total_tokens = settings.threads
         app.state.store = store
         app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import random
 import re
-import uuid
 from collections.abc import Iterable
 from typing import Any
 
@@ -77,7 +77,10 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        # a request's id names it in the log, it guards nothing: Python's generator (which
+        # the child of a fork reseeds) rather than the OS's, whose system call lets go of
+        # the interpreter lock, and the event loop then waits for it behind the threads
+        request_id = f"{random.getrandbits(128):032x}"
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         held: Message | None = None

@@ -52,9 +52,13 @@ def running(
             proc.kill()
 
 
-UVICORN_STACK = ("--loop", "uvloop", "--http", "httptools", "--no-proxy-headers")
+UVICORN_STACK = (
+    "--loop", "uvloop", "--http", "httptools", "--no-proxy-headers", "--timeout-keep-alive", "75",
+)  # fmt: skip
 """The server stack every benchmarked service runs on (uvicorn[standard]); X-Forwarded-For
-is not believed (no proxy in front)."""
+is not believed (no proxy in front); an idle connection is kept 75 s, as ``gridmap serve``
+and nginx keep it (uvicorn's own 5 s makes a browser that opens the map now and then
+connect again each time)."""
 
 
 @contextmanager

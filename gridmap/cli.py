@@ -289,6 +289,7 @@ def serve(
         workers=workers,
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
+        timeout_keep_alive=75,  # as nginx: a browser's idle connections are not reopened
     )
 
 

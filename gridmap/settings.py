@@ -60,6 +60,14 @@ class Settings(BaseSettings):
     feature_cache: int = Field(
         300_000, ge=0, description="Encoded features kept in memory per process (0: none)."
     )
+    threads: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Threads that run the API's blocking work in each process. Few is faster: "
+        "the work holds Python's interpreter lock, and every thread more makes the event loop "
+        "wait longer for it after each short release (a socket write, an SQLite read).",
+    )
     reveals_per_hour: int = Field(
         20, ge=1, description="Reveals of personal fields per user per hour."
     )

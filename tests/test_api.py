@@ -114,3 +114,26 @@ def test_map_page_is_offline(client: TestClient) -> None:
     en = client.get("/map?lang=en").text
     assert layer_control_names(en) == ADMIN_LAYERS_EN
     _problem(client.get("/map?lang=fr"), 400)
+
+
+def test_blocking_work_runs_on_as_many_threads_as_set(sample_path) -> None:  # type: ignore[no-untyped-def]
+    from anyio import to_thread
+
+    from api.app import create_app
+    from gridmap.settings import Settings
+
+    def tokens() -> float:
+        return to_thread.current_default_thread_limiter().total_tokens
+
+    for threads in (3, 11):
+        app = create_app(Settings(database=str(sample_path), threads=threads))
+        with TestClient(app) as c:
+            assert c.get("/collections/grids/items?limit=1").status_code == 200
+            assert c.portal is not None and c.portal.call(tokens) == threads
+
+
+def test_every_request_gets_an_id_of_its_own(client: TestClient) -> None:
+    ids = [
+        client.get("/collections/grids/items?limit=1").headers["x-request-id"] for _ in range(50)
+    ]
+    assert len(set(ids)) == 50 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)

@@ -85,9 +85,14 @@ class FeatureCache:
 
     A page of features is served by joining cached bytes; only features not yet cached are
     read from the store and encoded. When the layer's stamp moves (any write by anyone),
-    that layer's entries are dropped. Entries are kept per view (which fields are
-    masked), so a role never gets bytes encoded for another; ids come from a scoped query
-    and uncached features are read with the caller's scope.
+    the features the store logged as changed since are dropped (all of the layer's when
+    the store cannot tell, or too many changed). Entries are kept per view (which fields
+    are masked), so a role never gets bytes encoded for another; ids come from a scoped
+    query and uncached features are read with the caller's scope.
+
+    Threads: a stamp's features are held in a dictionary of their own; a newer stamp gets
+    a copy less the changed features, so bytes a slower request read before the change
+    can only land in the older one, which no longer serves.
     """
 
     def __init__(self, max_features: int = 300_000) -> None:
@@ -100,8 +105,10 @@ class FeatureCache:
         stamp = store.stamp(layer_id)
         key = f"{layer_id}|{','.join(map(str, scope.view_key))}"
         entry = self._layers.get(key)
-        if entry is None or entry[0] != stamp:
-            entry = (stamp, {})
+        if entry is not None and entry[0] > stamp:  # moved on since this request began
+            entry = (stamp, {})  # read and encoded here, kept nowhere
+        elif entry is None or entry[0] != stamp:
+            entry = (stamp, self._kept_across(store, layer_id, entry))
             self._layers[key] = entry
         items = entry[1]
         missing = [i for i in ids if i not in items]
@@ -115,6 +122,23 @@ class FeatureCache:
                 items.update(fresh)
             return page
         return [items[i] for i in ids if i in items]
+
+    @staticmethod
+    def _kept_across(
+        store: Store, layer_id: str, entry: tuple[int, dict[int, bytes]] | None
+    ) -> dict[int, bytes]:
+        """A copy of an older stamp's features less those changed since (empty when
+        there are none, the store cannot tell, or more than a quarter changed)."""
+        if entry is None or not entry[1]:
+            return {}
+        old, items = entry
+        changed = store.changed_since(layer_id, old, max(64, len(items) // 4))
+        if changed is None:
+            return {}
+        kept = dict(items)
+        for i in changed:
+            kept.pop(i, None)
+        return kept
 
 
 def collection_bytes(

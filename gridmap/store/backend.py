@@ -219,6 +219,12 @@ class Stamps(Protocol):
         """The stamps if they are known without asking a server (None: use stamps())."""
         ...
 
+    def changed_since(self, table: str, stamp: int, limit: int) -> frozenset[int] | None:
+        """Ids of the table's rows written or deleted (by any client) at or after ``stamp``,
+        if at most ``limit`` and the backend keeps a log of row changes; else None (all may
+        have changed)."""
+        ...
+
 
 class Accounts(Protocol):
     """User records (the policy on them is :mod:`gridmap.accounts`)."""

@@ -192,6 +192,11 @@ class Store(Protocol):
         """Several layers' (or record tables') stamps in one read."""
         ...
 
+    def changed_since(self, layer_id: str, stamp: int, limit: int) -> frozenset[int] | None:
+        """Ids of the layer's features written or deleted at or after ``stamp``, if at most
+        ``limit`` and known; else None (all may have changed)."""
+        ...
+
     @property
     def remote(self) -> bool:
         """True if the data lives on a server (keep reads off an event loop)."""

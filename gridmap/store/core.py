@@ -129,6 +129,11 @@ class FeatureStore:
         """Several layers' (or record tables') stamps in one read."""
         return self.backend.stamps(tables)
 
+    def changed_since(self, layer_id: str, stamp: int, limit: int) -> frozenset[int] | None:
+        """Ids of the layer's features written or deleted at or after ``stamp``, if at most
+        ``limit`` and known; else None (all may have changed)."""
+        return self.backend.changed_since(layer_id, stamp, limit)
+
     def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
         """The stamps if known without a round trip to a server (None: call stamps())."""
         return self.backend.stamps_at_hand(tables)

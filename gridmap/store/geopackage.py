@@ -32,10 +32,11 @@ from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
 from gridmap.store.gpkg_group import GroupCommit
-from gridmap.store.gpkg_index import LayerIndex, LayerIndexes
+from gridmap.store.gpkg_index import REBUILD_AFTER, LayerIndex, LayerIndexes
 from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
     _CORE_SQL,
+    _ROW_LOG_SQL,
     _RTREE_TRIGGERS,
     _STAMP_TRIGGERS,
     _WGS84_WKT,
@@ -93,7 +94,7 @@ class GeoPackageBackend(RecordTables):
         self._lock = threading.Lock()
         self._writer = threading.Lock()  # one write transaction at a time in this process
         self._group = GroupCommit(self._write)  # record writes from many threads, one commit
-        self._indexes = LayerIndexes(self._build_index)
+        self._indexes = LayerIndexes(self._build_index, self._patch_index)
         try:
             if _create:
                 self._init_schema()
@@ -191,7 +192,8 @@ class GeoPackageBackend(RecordTables):
     def close(self) -> None:
         """Close every connection this store opened."""
         self._indexes.close()
-        self._indexes = LayerIndexes(self._build_index)  # a later use reopens, as conns do
+        # a later use reopens, as connections do
+        self._indexes = LayerIndexes(self._build_index, self._patch_index)
         with self._lock:
             for c in self._conns:
                 c.close()
@@ -262,7 +264,7 @@ class GeoPackageBackend(RecordTables):
         raw.execute("VACUUM")
         raw.close()
         with self._write() as c:
-            for stmt in _CORE_SQL.split(";"):
+            for stmt in (_CORE_SQL + _ROW_LOG_SQL).split(";"):
                 if stmt.strip():
                     c.execute(stmt)
             srs = [
@@ -320,6 +322,9 @@ class GeoPackageBackend(RecordTables):
                 "CREATE TABLE IF NOT EXISTS gridmap_meta "
                 "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
+            for stmt in _ROW_LOG_SQL.split(";"):
+                if stmt.strip():
+                    c.execute(stmt)
             tables = {
                 r[0]
                 for r in c.execute(
@@ -377,6 +382,25 @@ class GeoPackageBackend(RecordTables):
     def stamp(self, layer_id: str) -> int:
         """A number that changes whenever the layer changes (by any client)."""
         return _stamp_on(self._connect(), layer_id)
+
+    def changed_since(self, table: str, stamp: int, limit: int) -> frozenset[int] | None:
+        """Ids of the table's rows written or deleted (by any client) at or after ``stamp``,
+        if at most ``limit`` and the backend keeps a log of row changes; else None (all may
+        have changed)."""
+        if stamp < 0:
+            return None
+        try:
+            rows = (
+                self._connect()
+                .execute(
+                    "SELECT fid FROM gridmap_row_changes WHERE layer = ? AND stamp >= ? LIMIT ?",
+                    (table, stamp, limit + 1),
+                )
+                .fetchall()
+            )
+        except sqlite3.OperationalError:  # a file without the log (read-only, not upgraded)
+            return None
+        return None if len(rows) > limit else frozenset(int(r[0]) for r in rows)
 
     def _check_schema(self) -> None:
         """Refuse a file that is no gridmap GeoPackage; bring an older schema up to this
@@ -617,11 +641,10 @@ class GeoPackageBackend(RecordTables):
             )
             got = {r[0]: _value(layer.by_name.get(column), r[1]) for r in rows}
             return [got.get(i) for i in ids.tolist()]
-        pos = np.searchsorted(idx.fids, ids)
-        ok = (pos < len(idx.fids)) & (idx.fids[np.minimum(pos, len(idx.fids) - 1)] == ids)
-        found = idx.values[pos * ok].tolist()
+        found, ok = idx.values_of(ids)
         return [
-            None if not k or g == _NO_VALUE else g for g, k in zip(found, ok.tolist(), strict=True)
+            None if not k or g == _NO_VALUE else g
+            for g, k in zip(found.tolist(), ok.tolist(), strict=True)
         ]
 
     def count(self, layer: Layer, sel: Selection = EVERY_ROW) -> int:
@@ -796,11 +819,7 @@ class GeoPackageBackend(RecordTables):
             area = shapely.box(*sel.bbox)
         if sel.geometry is not None:
             area = sel.geometry if area is None else shapely.intersection(area, sel.geometry)
-        hits = np.sort(idx.tree.query(area, predicate="intersects"))
-        ids = idx.fids[hits]  # fids are in ascending order, so ids are too
-        if sel.within is not None and idx.values is not None:
-            ids = ids[np.isin(idx.values[hits], list(sel.within[1]))]
-        return ids
+        return idx.query(area, None if sel.within is None else list(sel.within[1]))
 
     def _build_index(self, layer: Layer, column: str | None) -> LayerIndex:
         """The layer's geometries in an STRtree (with one integer column), read now; its
@@ -812,14 +831,31 @@ class GeoPackageBackend(RecordTables):
         with closing(self._open()) as conn:
             stamp = _stamp_on(conn, layer.id)
             rows = conn.execute(sql).fetchall()
-        fids = np.array([r[0] for r in rows], dtype=np.int64)
-        geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if rows else np.empty(0, dtype=object)
-        values = (
-            np.array([r[2] if isinstance(r[2], int) else _NO_VALUE for r in rows], dtype=np.int64)
-            if column is not None
-            else None
+        fids, geoms, values = _index_rows(rows, column)
+        return LayerIndex(
+            stamp, fids, shapely.STRtree(geoms), column, values if column is not None else None
         )
-        return LayerIndex(stamp, fids, shapely.STRtree(geoms), column, values)
+
+    def _patch_index(self, layer: Layer, kept: LayerIndex, stamp: int) -> LayerIndex | None:
+        """The index patched to ``stamp``: the rows logged as changed since it was (read
+        now, with their column), or None when more changed than a patch should carry."""
+        limit = max(REBUILD_AFTER, len(kept.fids) // 10)
+        touched = self.changed_since(layer.id, kept.stamp, limit)
+        if touched is None:
+            return None
+        ids = np.array(sorted(touched), dtype=np.int64)
+        extra = "" if kept.column is None else f", {_q(kept.column)}"
+        rows = (
+            self._connect()
+            .execute(
+                f"SELECT fid, geom{extra} FROM {_q(layer.id)} "
+                "WHERE fid IN (SELECT value FROM json_each(?)) ORDER BY fid",
+                (orjson.dumps(ids.tolist()).decode(),),
+            )
+            .fetchall()
+        )
+        fids, geoms, values = _index_rows(rows, kept.column)
+        return kept.patched(stamp, ids, fids, geoms, values)
 
     def _rows_to_set(
         self, layer: Layer, rows: list[tuple[Any, ...]], matched: int | None
@@ -1037,6 +1073,21 @@ _KNN_SLACK = 1e-9
 """Degrees (0.1 mm) by which a nearest search's box holds its circle beyond the rounding
 of the box's corners."""
 _NO_VALUE = -(2**62)
+
+
+def _index_rows(
+    rows: list[tuple[Any, ...]], column: str | None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.object_], npt.NDArray[np.int64]]:
+    """Ids, geometries and (with ``column``) its integer values of (fid, geom[, value]) rows."""
+    fids = np.array([r[0] for r in rows], dtype=np.int64)
+    geoms = geo.from_gpkg_blobs([r[1] for r in rows]) if rows else np.empty(0, dtype=object)
+    values = np.array(
+        [r[2] if column is not None and isinstance(r[2], int) else _NO_VALUE for r in rows],
+        dtype=np.int64,
+    )
+    return fids, geoms, values
+
+
 """Stands for a null (or non-integer) value in an index's integer column."""
 
 
@@ -1140,7 +1191,7 @@ def _stamp_on(conn: sqlite3.Connection, layer_id: str) -> int:
 def schema_digest() -> str:
     """A digest of this release's GeoPackage schema: a file that records it (in
     gridmap_meta) needs no DDL on open, so a read-only one opens."""
-    parts = [_CORE_SQL, _ACCOUNTS_SQL]
+    parts = [_CORE_SQL, _ROW_LOG_SQL, _ACCOUNTS_SQL]
     for layer in LAYERS:
         parts += _layer_statements(layer) + _stamp_statements(layer)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

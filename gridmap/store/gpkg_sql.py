@@ -52,6 +52,16 @@ CREATE TABLE IF NOT EXISTS gpkg_extensions (
 CREATE TABLE IF NOT EXISTS gridmap_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS gridmap_changes (layer TEXT PRIMARY KEY, stamp INTEGER NOT NULL);
 """
+_ROW_LOG_SQL = """
+CREATE TABLE IF NOT EXISTS gridmap_row_changes (
+  layer TEXT NOT NULL, fid INTEGER NOT NULL, stamp INTEGER NOT NULL,
+  PRIMARY KEY (layer, fid)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS gridmap_row_changes_by_stamp ON gridmap_row_changes (layer, stamp);
+"""
+"""``gridmap_row_changes`` holds, for every id of a layer ever written, the layer's stamp
+around its last change (its triggers below). Whether such a trigger runs before or after the
+stamp trigger is SQLite's choice, so the logged stamp is the one before or after the
+change: rows changed since a stamp ``s`` are those logged at ``s`` or later."""
 
 # Accounts and the append-only audit log (not registered in gpkg_contents: GIS clients do
 # not list them).
@@ -98,6 +108,18 @@ CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_update" AFTER UPDATE ON "{t}"
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
 CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_delete" AFTER DELETE ON "{t}"
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
+CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_rows_insert" AFTER INSERT ON "{t}"
+BEGIN INSERT OR REPLACE INTO gridmap_row_changes
+ SELECT '{t}', NEW.fid, stamp FROM gridmap_changes WHERE layer = '{t}'; END;
+CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_rows_update" AFTER UPDATE ON "{t}"
+BEGIN INSERT OR REPLACE INTO gridmap_row_changes
+ SELECT '{t}', NEW.fid, stamp FROM gridmap_changes WHERE layer = '{t}';
+ INSERT OR REPLACE INTO gridmap_row_changes
+ SELECT '{t}', OLD.fid, stamp FROM gridmap_changes WHERE layer = '{t}' AND OLD.fid != NEW.fid;
+ END;
+CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_rows_delete" AFTER DELETE ON "{t}"
+BEGIN INSERT OR REPLACE INTO gridmap_row_changes
+ SELECT '{t}', OLD.fid, stamp FROM gridmap_changes WHERE layer = '{t}'; END;
 """
 
 # GeoPackage 1.3 R-tree triggers (spec Annex F.3), so edits by GDAL/QGIS keep the index right.

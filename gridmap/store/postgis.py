@@ -453,6 +453,10 @@ class PostGISBackend(RecordTables):
             rows = c.execute("SELECT layer, stamp FROM gridmap_changes").fetchall()
         return {str(k): int(v) for k, v in rows}
 
+    def changed_since(self, table: str, stamp: int, limit: int) -> frozenset[int] | None:
+        """Not kept here (a stamp moves once per statement): None, all may have changed."""
+        return None
+
     def stamps_at_hand(self, tables: Sequence[str]) -> tuple[int, ...] | None:
         """From memory while the change listener runs and nothing is stale, else None."""
         watch = self._watch

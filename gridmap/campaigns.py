@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from gridmap.cql import Filter, FilterError, check_filter
+from gridmap.cql import Filter, FilterError, check_filter, one_of
 from gridmap.cql.tree import Prop
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, PermissionDeniedError
 from gridmap.identifiers import IdentifierError, check_text
@@ -289,23 +289,38 @@ class Standing:
         return self.outcome in FINAL_OUTCOMES
 
 
-def standings(store: Store, c: Campaign, *, scope: Scope) -> dict[int, Standing]:
+_STANDINGS_BY_ID = 5_000
+"""At most this many households' standings are asked for by id (a bound parameter each)."""
+
+
+def standings(
+    store: Store, c: Campaign, *, scope: Scope, households: Sequence[int] | None = None
+) -> dict[int, Standing]:
     """Household id → its latest outcome in the campaign's ledger (visible rows only): the
     entry latest by ``visited_at`` (of equal times the last recorded) and how many entries
     the household has, reduced in the database (only each household's latest entry is
-    read)."""
+    read). With ``households``, of those alone (a grid's plan reads its own households'
+    entries, not the whole city's ledger; by household, not by the entries' grid, which
+    is the grid a household was in when visited)."""
+    filters = []
+    if households is not None and not len(households):
+        return {}
+    ids = sorted({int(h) for h in households}) if households is not None else []
+    if 0 < len(ids) <= _STANDINGS_BY_ID:  # beyond: the campaign's whole ledger, then picked
+        filters.append(one_of(get_layer("visits"), "household_id", ids))
     rows = store.latest(
         "visits",
         "household_id",
         "visited_at",
         ("household_id", "outcome", "visited_at"),
-        Query(equals={"campaign_id": c.id}),
+        Query(equals={"campaign_id": c.id}, filters=filters),
         scope=target_scope(c, scope),
     )
+    wanted = set(ids) if ids else None
     return {
         h: Standing(str(outcome), str(visited_at), int(tries))
         for _id, h, outcome, visited_at, tries in rows
-        if isinstance(h, int)
+        if isinstance(h, int) and (wanted is None or h in wanted)
     }
 
 

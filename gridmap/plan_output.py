@@ -44,7 +44,8 @@ def details(
         if bs
         else {}
     )
-    standing = camp.standings(store, camp.get(store, doc["body"]["campaign_id"]), scope=scope)
+    c = camp.get(store, doc["body"]["campaign_id"])
+    standing = camp.standings(store, c, scope=scope, households=ids)
     return people, addresses, standing
 
 

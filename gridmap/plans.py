@@ -193,7 +193,7 @@ def _entrances(store: Store, groups: list[Group], scope: Scope) -> dict[int, Fea
 def build(store: Store, c: camp.Campaign, grid_id: int, scope: Scope) -> Built:
     """The campaign's open households of the grid, as stops with their entrances."""
     hh = camp.targets(store, c, scope=scope, grid_id=grid_id)
-    standing = camp.standings(store, c, scope=scope)
+    standing = camp.standings(store, c, scope=scope, households=hh.ids.tolist())
     groups = group_stops(hh, standing, c.rules)
     buildings = _entrances(store, groups, scope)
     missing = [g for g in groups if g.building_id not in buildings]

@@ -506,3 +506,23 @@ def test_nested_parentheses_are_refused_before_parsing(public_client: TestClient
         assert time.monotonic() - started < 5  # was 21 s for 23 '(' (and doubling)
     ok = "((((name = 'a' OR (units > 1 AND (units < 9 OR (grade = 'I')))))))"
     assert public_client.get("/collections/toilets/items", params={"filter": ok}).status_code == 200
+
+
+def test_one_of_keeps_the_rows_whose_value_is_listed(sample_store) -> None:  # type: ignore[no-untyped-def]
+    """A list filter built in code (no parser) finds what a scan of every row finds."""
+    from gridmap.cql import FilterError, one_of
+    from gridmap.layers import get_layer
+    from gridmap.store import Query
+
+    every = sample_store.query("households")
+    wanted = {3, 7, 11, 10**9}
+    truth = sorted(
+        int(i) for i, p in zip(every.ids, every.properties, strict=True) if p["grid_id"] in wanted
+    )
+    f = one_of(get_layer("households"), "grid_id", sorted(wanted))
+    assert truth and sample_store.query("households", Query(filters=[f])).ids.tolist() == truth
+    some = truth[::7]
+    by_id = one_of(get_layer("households"), "id", some)
+    assert sample_store.query("households", Query(filters=[by_id])).ids.tolist() == some
+    with pytest.raises(FilterError):
+        one_of(get_layer("households"), "head_name", [1])

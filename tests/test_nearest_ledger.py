@@ -198,7 +198,15 @@ def test_standings_are_the_ledger_reduced_per_household(store: FeatureStore) -> 
         for grids in (None, frozenset({g1}), frozenset({g1, g2})):
             scope = Scope(grid_ids=grids)
             limit = camp.target_scope(c, scope).grid_ids
-            assert camp.standings(store, c, scope=scope) == brute(c, limit), (c.id, grids)
+            want = brute(c, limit)
+            assert camp.standings(store, c, scope=scope) == want, (c.id, grids)
+            some = [h for k, h in enumerate(hh) if k % 3 == 0] + [10**9]
+            got = camp.standings(store, c, scope=scope, households=some)
+            assert got == {h: s for h, s in want.items() if h in some}, (c.id, grids)
+            assert camp.standings(store, c, scope=scope, households=[]) == {}
+            with pytest.MonkeyPatch.context() as mp:  # more than are asked for by id
+                mp.setattr(camp, "_STANDINGS_BY_ID", 2)
+                assert camp.standings(store, c, scope=scope, households=some) == got
     # the read log: the latest entries read, the others counted
     log = ReadLog()
     mine = camp.standings(store, c1, scope=Scope(grid_ids=frozenset({g1}), reads=log))

@@ -8,6 +8,7 @@ own SQL (the GeoPackage store: :mod:`gridmap.store.sqlite_filter`).
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from gridmap import crs as gcrs
@@ -24,6 +25,7 @@ __all__ = [
     "check_filter",
     "datetime_filter",
     "equal_time",
+    "one_of",
     "parse",
     "times",
     "tree",
@@ -102,3 +104,13 @@ def within_calendar(layer: Layer, name: str) -> Filter:
     lo, hi = times.cast("0001-01-01", kind), times.cast("9999-12-31T23:59:59.999999", kind)
     root = tree.Between(tree.Prop(name, kind), tree.Lit(lo, kind), tree.Lit(hi, kind))
     return Filter(layer.id, root, frozenset({name}))
+
+
+def one_of(layer: Layer, name: str, values: Sequence[int]) -> Filter:
+    """A filter keeping the features whose integer ``name`` is one of ``values`` (built
+    here, not parsed: a list of ids the code holds)."""
+    if name != "id" and layer.by_name[name].type != "int":
+        msg = f"{name} is not an integer property"
+        raise FilterError(msg)
+    items = tuple(tree.Lit(int(v), "num") for v in values)
+    return Filter(layer.id, tree.In(tree.Prop(name, "num"), items), frozenset({name}))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from anyio import to_thread
+from anyio import CapacityLimiter, to_thread
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
@@ -18,7 +18,7 @@ from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
 from gridmap.maps.cache import Figures, PageCache
-from gridmap.ratelimit import RateLimiter
+from gridmap.ratelimit import SOLVING, RateLimiter
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
 
@@ -32,6 +32,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         replicas = [u.strip() for u in settings.database_replicas.split(",") if u.strip()]
         store = open_store(settings.database, replicas=replicas)
         to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        app.state.solver_threads = CapacityLimiter(SOLVING.limit)  # see api.deps.solving
         app.state.store = store
         app.state.features = FeatureCache(settings.feature_cache)
         app.state.pages = PageCache()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
+from anyio import to_thread
 from fastapi import Depends, Path, Request
 
 from api.auth import client_address, get_principal
@@ -21,6 +23,15 @@ from gridmap.layers import Layer, get_layer
 from gridmap.security import Principal, scope_for
 from gridmap.settings import Settings
 from gridmap.store import BBox, Scope, Store
+
+T = TypeVar("T")
+
+
+async def solving(request: Request, job: Callable[[], T]) -> T:
+    """Run a route solve off the event loop on threads of its own (as many as
+    :data:`gridmap.ratelimit.SOLVING` admits at once), so that long solves never hold the
+    threads every other request needs (``GRIDMAP_THREADS``)."""
+    return await to_thread.run_sync(job, limiter=request.app.state.solver_threads)
 
 
 async def get_store(request: Request) -> Store:

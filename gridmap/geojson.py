@@ -133,7 +133,7 @@ class FeatureCache:
             return {}
         old, items = entry
         changed = store.changed_since(layer_id, old, max(64, len(items) // 4))
-        if changed is None:
+        if not changed:  # unknown; or none though the stamp moved: the log is not kept
             return {}
         kept = dict(items)
         for i in changed:

@@ -137,3 +137,46 @@ def test_every_request_gets_an_id_of_its_own(client: TestClient) -> None:
         client.get("/collections/grids/items?limit=1").headers["x-request-id"] for _ in range(50)
     ]
     assert len(set(ids)) == 50 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+
+
+def test_a_long_route_solve_does_not_hold_the_threads_reads_need(  # type: ignore[no-untyped-def]
+    sample_path, admin_headers: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one thread for blocking work, a read is answered while a route solve is under
+    way: solves run on threads of their own."""
+    import threading
+
+    from api.app import create_app
+    from api.routes import routing
+    from gridmap.settings import Settings
+
+    started, release = threading.Event(), threading.Event()
+    real = routing.optimize
+
+    def slow(req, store):  # type: ignore[no-untyped-def]
+        started.set()
+        assert release.wait(60)
+        return real(req, store)
+
+    monkeypatch.setattr(routing, "optimize", slow)
+    app = create_app(Settings(database=str(sample_path), threads=1))
+    body = {"stops": [{"id": "a", "lon": 113.2919, "lat": 34.8096}],
+            "start": {"lon": 113.2900, "lat": 34.8080}}  # fmt: skip
+    out: dict[str, int] = {}
+    with TestClient(app, headers=admin_headers) as c:
+
+        def call(name: str, method: str, url: str, **kw: object) -> None:
+            out[name] = c.request(method, url, **kw).status_code  # type: ignore[arg-type]
+
+        solve = threading.Thread(target=call, args=("solve", "POST", "/routes/optimize"),
+                                 kwargs={"json": body})  # fmt: skip
+        solve.start()
+        assert started.wait(60)
+        read = threading.Thread(target=call, args=("read", "GET", "/collections/grids/items"))
+        read.start()
+        read.join(30)
+        answered = not read.is_alive()
+        release.set()
+        solve.join(60)
+        read.join(30)
+    assert answered and out == {"read": 200, "solve": 200}

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from gridmap.layers import LAYERS
 from gridmap.store import open_store
 from gridmap.store.base import ID_LIMIT
 from gridmap.store.geopackage import schema_digest
@@ -236,6 +237,7 @@ sys.stdin.read()
 """
 READ_META = """
 import sys
+from gridmap.layers import LAYERS
 from gridmap.store import open_store
 s = open_store(sys.argv[1])
 print(s.backend.read_only, s.meta("marker"))
@@ -327,3 +329,26 @@ def test_check_lists_ids_outside_what_the_api_addresses(edit_path: Path) -> None
     said = " ".join(r.output.split())  # as printed, lines wrapped at the terminal's width
     listed = re.findall(rf"toilets (-?\d+): its id is outside 1–{ID_LIMIT - 1}", said)
     assert r.exit_code == 1 and sorted(map(int, listed)) == sorted([HUGE, ID_LIMIT, -5, 0]), said
+
+
+def test_a_file_without_the_row_log_opens_read_only_and_gets_it_when_writable(
+    edit_path: Path, locked: Path
+) -> None:
+    """The row-change log only serves caches: a read-only file of an older release (no
+    log) opens and reads; opened with write access, it gets the log's table and triggers."""
+    names = (
+        "SELECT count(*) FROM sqlite_master WHERE name LIKE 'gridmap\\_%\\_rows\\_%' ESCAPE '\\'"
+    )
+    db = _place(edit_path, locked)
+    for (name,) in raw_sql(db, "SELECT name FROM sqlite_master WHERE name LIKE 'gridmap_%_rows_%'"):
+        raw_sql(db, f'DROP TRIGGER "{name}"')
+    raw_sql(db, "DROP TABLE gridmap_row_changes")
+    assert raw_sql(db, names) == [(0,)]
+    lock(locked)
+    r = gridmap("info", "--database", str(db))
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    for p in (locked, db):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    open_store(db).close()
+    assert raw_sql(db, names) == [(3 * len(LAYERS),)]
+    assert raw_sql(db, "SELECT count(*) FROM gridmap_row_changes") == [(0,)]

@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import geopandas as gpd
+import orjson
 import pyogrio
 import pytest
 import shapely
@@ -392,3 +393,58 @@ def test_feature_cache_keeps_unchanged_features_across_edits(store: FeatureStore
         was = dict(zip(ids, first, strict=True))
         now = dict(zip([i for i in ids if i in cold], again, strict=True))
         assert all(now[i] is was[i] for i in now if i not in changed), step  # kept, not encoded
+
+
+def test_an_index_read_in_a_rolled_back_transaction_is_not_kept(store: FeatureStore) -> None:
+    """A bbox read inside a transaction that edits the layer sees the edit, and after the
+    rollback the reads (through the in-memory index) see the committed rows again, also
+    once later edits have moved the stamp past the rolled-back one."""
+    from gridmap.layers import get_layer
+
+    store.insert("toilets", [P(113.28 + i * 1e-3, 34.80) for i in range(10)], [{"name": "厕"}] * 10)
+    store.backend._indexes.build_now(get_layer("toilets"), None)  # type: ignore[attr-defined]
+    box = (113.279, 34.799, 113.2815, 34.801)  # toilets 1 and 2
+
+    def brute() -> list[int]:
+        rows = _rows(store.path, "toilets")
+        from gridmap import geometry as geo
+
+        geoms = geo.from_gpkg_blobs([rows[i][0] for i in sorted(rows)])
+        return [
+            i for i, g in zip(sorted(rows), geoms, strict=True) if g.intersects(shapely.box(*box))
+        ]
+
+    with pytest.raises(RuntimeError), store.transaction():
+        store.update("toilets", 1, geometry=P(113.32, 34.83))
+        assert store.query("toilets", Query(bbox=box)).ids.tolist() == [2]
+        raise RuntimeError
+    for k in range(5):
+        assert store.query("toilets", Query(bbox=box)).ids.tolist() == brute() == [1, 2], k
+        store.update("toilets", 6 + k % 3, properties={"units": k})
+
+
+def test_reads_stay_right_when_another_program_drops_the_row_log(store: FeatureStore) -> None:
+    """With the log's triggers dropped by another program while the store is open, a moved
+    stamp with no logged row is taken as "unknown": the index and the feature cache read
+    everything again rather than serve what was."""
+    from gridmap import geometry as geo
+    from gridmap.geojson import FeatureCache
+    from gridmap.layers import get_layer
+    from gridmap.store import Scope
+
+    store.insert("toilets", [P(113.28 + i * 1e-3, 34.80) for i in range(10)], [{"name": "厕"}] * 10)
+    store.backend._indexes.build_now(get_layer("toilets"), None)  # type: ignore[attr-defined]
+    cache = FeatureCache()
+    ids = list(range(1, 11))
+    cache.page(store, "toilets", ids, scope=Scope())
+    conn = external_connection(store.path)
+    for event in ("insert", "update", "delete"):
+        conn.execute(f'DROP TRIGGER "gridmap_toilets_rows_{event}"')
+    blob = geo.to_gpkg_blobs([P(113.35, 34.85)])[0]
+    conn.execute("UPDATE toilets SET geom = ?, name = 'moved' WHERE fid = 1", (blob,))
+    conn.commit()
+    conn.close()
+    box = (113.279, 34.799, 113.2815, 34.801)
+    assert store.query("toilets", Query(bbox=box)).ids.tolist() == [2]
+    first = orjson.loads(cache.page(store, "toilets", ids, scope=Scope())[0])
+    assert first["properties"]["name"] == "moved"

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from api.auth import record, require
-from api.deps import PrincipalDep, ScopeDep, StoreDep
+from api.deps import PrincipalDep, ScopeDep, StoreDep, solving
 from api.routes.routing import clock_seconds
 from gridmap import campaigns as camp
 from gridmap import plan_output, plans, queries, visits
@@ -247,7 +247,7 @@ async def create_plans(
         return plans.save(store, bodies, by=principal.username)
 
     with SOLVING.enter(principal.username):
-        docs = await run_in_threadpool(run)
+        docs = await solving(request, run)
     for d in docs:
         await run_in_threadpool(
             record, request, principal, "create", object=f"plans/{d['id']}", grid_id=d["grid_id"]

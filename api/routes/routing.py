@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal
 import orjson
 import shapely
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
+from fastapi import Request as HttpRequest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import Response
 
 from api.auth import require
-from api.deps import PrincipalDep, StoreDep, crs_param
+from api.deps import PrincipalDep, StoreDep, crs_param, solving
 from gridmap import geojson
 from gridmap.crs import CRS84, from_input, to_output
 from gridmap.errors import InvalidFeatureError
@@ -107,7 +107,9 @@ class OptimizeIn(BaseModel):
 
 
 @router.post("/routes/optimize", summary="Order stops into walking routes for workers")
-async def route(body: OptimizeIn, principal: PrincipalDep, store: StoreDep) -> Response:
+async def route(
+    request: HttpRequest, body: OptimizeIn, principal: PrincipalDep, store: StoreDep
+) -> Response:
     """Routes over the walking network (or straight lines × a detour factor, flagged) for
     one or several workers within their shift; every stop left out has a reason."""
     require(principal, *PLANNERS)
@@ -154,7 +156,7 @@ async def route(body: OptimizeIn, principal: PrincipalDep, store: StoreDep) -> R
     )
     try:
         with SOLVING.enter(principal.username):
-            plan = await run_in_threadpool(optimize, req, store)
+            plan = await solving(request, lambda: optimize(req, store))
     except ValueError as exc:
         raise InvalidFeatureError(str(exc)) from None
     lines = to_output(plan.lines, crs) if plan.lines and crs != CRS84 else plan.lines

@@ -37,6 +37,7 @@ from gridmap.store.gpkg_sql import (
     _ACCOUNTS_SQL,
     _CORE_SQL,
     _ROW_LOG_SQL,
+    _ROW_TRIGGERS,
     _RTREE_TRIGGERS,
     _STAMP_TRIGGERS,
     _WGS84_WKT,
@@ -95,11 +96,13 @@ class GeoPackageBackend(RecordTables):
         self._writer = threading.Lock()  # one write transaction at a time in this process
         self._group = GroupCommit(self._write)  # record writes from many threads, one commit
         self._indexes = LayerIndexes(self._build_index, self._patch_index)
+        self._row_log = False  # the file keeps gridmap_row_changes (see _ensure_row_log)
         try:
             if _create:
                 self._init_schema()
             else:
                 self._check_schema()
+            self._row_log = self._ensure_row_log()
         except BaseException:
             self.close()  # no connection outlives a store that could not open
             raise
@@ -264,7 +267,7 @@ class GeoPackageBackend(RecordTables):
         raw.execute("VACUUM")
         raw.close()
         with self._write() as c:
-            for stmt in (_CORE_SQL + _ROW_LOG_SQL).split(";"):
+            for stmt in _CORE_SQL.split(";"):
                 if stmt.strip():
                     c.execute(stmt)
             srs = [
@@ -310,6 +313,38 @@ class GeoPackageBackend(RecordTables):
         for stmt in _stamp_statements(layer):
             c.execute(stmt)
 
+    def _ensure_row_log(self) -> bool:
+        """True if the file keeps the row-change log: its table and every layer's triggers,
+        made here if any is missing and the file may be written (a file of an older
+        release, or one whose triggers another tool dropped); else False, and the caches
+        drop a whole layer when it changes."""
+        want = {"gridmap_row_changes"} | {
+            f"gridmap_{layer.id}_rows_{event}"
+            for layer in LAYERS
+            for event in ("insert", "update", "delete")
+        }
+        have = {
+            str(r[0])
+            for r in self._connect().execute(
+                "SELECT name FROM sqlite_master WHERE name LIKE 'gridmap%'"
+            )
+        }
+        if want <= have:
+            return True
+        if self.read_only:
+            return False
+        try:
+            with self._write() as c:
+                for stmt in _ROW_LOG_SQL.split(";"):
+                    if stmt.strip():
+                        c.execute(stmt)
+                for layer in LAYERS:
+                    for stmt in _split_triggers(_ROW_TRIGGERS.format(t=layer.id)):
+                        c.execute(stmt)
+        except ReadOnlyError:
+            return False
+        return True
+
     def _upgrade(self) -> None:
         """Create what a file lacks (change stamps, accounts, audit log) and record this
         release's :func:`schema_digest`; idempotent."""
@@ -322,9 +357,6 @@ class GeoPackageBackend(RecordTables):
                 "CREATE TABLE IF NOT EXISTS gridmap_meta "
                 "(key TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
-            for stmt in _ROW_LOG_SQL.split(";"):
-                if stmt.strip():
-                    c.execute(stmt)
             tables = {
                 r[0]
                 for r in c.execute(
@@ -387,7 +419,7 @@ class GeoPackageBackend(RecordTables):
         """Ids of the table's rows written or deleted (by any client) at or after ``stamp``,
         if at most ``limit`` and the backend keeps a log of row changes; else None (all may
         have changed)."""
-        if stamp < 0:
+        if stamp < 0 or not self._row_log:
             return None
         try:
             rows = (
@@ -839,9 +871,11 @@ class GeoPackageBackend(RecordTables):
     def _patch_index(self, layer: Layer, kept: LayerIndex, stamp: int) -> LayerIndex | None:
         """The index patched to ``stamp``: the rows logged as changed since it was (read
         now, with their column), or None when more changed than a patch should carry."""
+        if getattr(self._local, "depth", 0):
+            return None  # this thread's transaction sees rows a rollback may take back
         limit = max(REBUILD_AFTER, len(kept.fids) // 10)
         touched = self.changed_since(layer.id, kept.stamp, limit)
-        if touched is None:
+        if not touched:  # the stamp moved, so a row changed: no entry means no log
             return None
         ids = np.array(sorted(touched), dtype=np.int64)
         extra = "" if kept.column is None else f", {_q(kept.column)}"
@@ -1165,7 +1199,11 @@ def _layer_statements(layer: Layer) -> list[str]:
 
 def _stamp_statements(layer: Layer) -> list[str]:
     """The triggers that move a layer's change stamp."""
-    text = _STAMP_TRIGGERS.format(t=layer.id)
+    return _split_triggers(_STAMP_TRIGGERS.format(t=layer.id))
+
+
+def _split_triggers(text: str) -> list[str]:
+    """CREATE TRIGGER statements, one each."""
     return [stmt + "END;" for stmt in text.split("END;") if stmt.strip()]
 
 
@@ -1191,7 +1229,7 @@ def _stamp_on(conn: sqlite3.Connection, layer_id: str) -> int:
 def schema_digest() -> str:
     """A digest of this release's GeoPackage schema: a file that records it (in
     gridmap_meta) needs no DDL on open, so a read-only one opens."""
-    parts = [_CORE_SQL, _ROW_LOG_SQL, _ACCOUNTS_SQL]
+    parts = [_CORE_SQL, _ACCOUNTS_SQL]
     for layer in LAYERS:
         parts += _layer_statements(layer) + _stamp_statements(layer)
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]

@@ -108,6 +108,11 @@ CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_update" AFTER UPDATE ON "{t}"
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
 CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_stamp_delete" AFTER DELETE ON "{t}"
 BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = '{t}'; END;
+"""
+
+# The row-change log's triggers (see _ROW_LOG_SQL); not part of the schema digest: a file
+# without them (an older release's, read-only) opens, and its caches drop whole layers.
+_ROW_TRIGGERS = """
 CREATE TRIGGER IF NOT EXISTS "gridmap_{t}_rows_insert" AFTER INSERT ON "{t}"
 BEGIN INSERT OR REPLACE INTO gridmap_row_changes
  SELECT '{t}', NEW.fid, stamp FROM gridmap_changes WHERE layer = '{t}'; END;

@@ -430,7 +430,7 @@ class GeoPackageBackend(RecordTables):
                 )
                 .fetchall()
             )
-        except sqlite3.OperationalError:  # a file without the log (read-only, not upgraded)
+        except sqlite3.OperationalError:  # the log's table dropped by another program
             return None
         return None if len(rows) > limit else frozenset(int(r[0]) for r in rows)
 
@@ -1107,6 +1107,7 @@ _KNN_SLACK = 1e-9
 """Degrees (0.1 mm) by which a nearest search's box holds its circle beyond the rounding
 of the box's corners."""
 _NO_VALUE = -(2**62)
+"""Stands for a null (or non-integer) value in an index's integer column."""
 
 
 def _index_rows(
@@ -1120,9 +1121,6 @@ def _index_rows(
         dtype=np.int64,
     )
     return fids, geoms, values
-
-
-"""Stands for a null (or non-integer) value in an index's integer column."""
 
 
 _OPTIONS: dict[str, Any] = {"timeout": 30.0, "isolation_level": None, "check_same_thread": False}

@@ -13,7 +13,7 @@ from fastapi_offline import FastAPIOffline
 
 from api import auth, errors
 from api.middleware import BodyLimit, HeadAsGet, ReadAudit, SecurityHeaders
-from api.routes import campaigns, domain, edit, features, maps, routing
+from api.routes import analysis, campaigns, domain, edit, features, maps, routing
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(maps.router)
     app.include_router(routing.router)
     app.include_router(campaigns.router)
+    app.include_router(analysis.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")
     return app

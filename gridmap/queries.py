@@ -8,6 +8,7 @@ import itertools
 import math
 import secrets
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -193,9 +194,11 @@ def household_stats(
     days: int = 30,
     small_cells: int | None = None,
     campaign: int | None = None,
+    toilets: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Households, population, tag counts and visits in the last ``days`` per area, and
-    with ``campaign`` that campaign's households, those done and its coverage.
+    with ``campaign`` that campaign's households, those done and its coverage; with
+    ``toilets`` (walking distances) the households within each of a toilet.
 
     ``level`` is ``grids``, ``communities`` or ``zones``. Only households within ``scope``
     are counted, and only areas that hold grids of the scope are listed. With
@@ -206,7 +209,9 @@ def household_stats(
     both of its counts show. The window must then be one of :data:`PROTECTED_WINDOWS`.
     Campaign counts are protected with the rest, every campaign's at once whichever is
     asked for, with the orderings their targets imply (done ≤ target ≤ households; a
-    target inside a tag's households at most that tag's count, and so on).
+    target inside a tag's households at most that tag's count, and so on). Toilet access
+    is protected with the rest too, at :data:`gridmap.analysis.toilets.DISTANCES` only,
+    whether asked for or not.
     """
     if level not in LEVELS:
         msg = "level must be grids, communities or zones"
@@ -214,16 +219,21 @@ def household_stats(
     if small_cells and days not in PROTECTED_WINDOWS:
         msg = f"days must be one of {', '.join(map(str, PROTECTED_WINDOWS))} for this role"
         raise QueryError(msg)
+    if toilets is not None:
+        from gridmap.analysis.toilets import check_distances
+
+        toilets = check_distances(toilets, protected=bool(small_cells))
     today = today or dt.date.today()
     windows = sorted({days, *PROTECTED_WINDOWS}) if small_cells else [days]
     tree = _hierarchy(store, scope)
     members = campaign_members(store, scope, campaign, protected=bool(small_cells))
-    counts, orders, aliases = _count_households(store, scope, tree, today, windows, members)
+    extra = _toilet_measures(store, scope, toilets, protected=bool(small_cells))
+    counts, orders, aliases = _count_households(store, scope, tree, today, windows, members, extra)
     values = {(m, c): v for c, row in counts.items() for m, v in row.items() if m not in aliases}
     if small_cells:
         prot = _protected(
             tuple(sorted(values.items(), key=repr)),
-            tuple(_relations(tree, windows, members, orders, aliases)),
+            tuple(_relations(tree, windows, members, orders, aliases, extra)),
             small_cells,
             disclosure_key(store),
         )
@@ -259,8 +269,73 @@ def household_stats(
                 "done": done,
                 "coverage": _share(done, target),
             }
+        if toilets:
+            row["toilets"] = _toilet_row(shown, cell, hh, toilets)
         out.append(row)
     return out
+
+
+def _toilet_row(
+    shown: dict[tuple[str, Any], Any], cell: Any, hh: Any, distances: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Per distance: households within it of an open toilet, of an open or planned one,
+    and their shares."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in distances:
+        a, b = shown[(f"toilet:existing:{d}", cell)], shown[(f"toilet:all:{d}", cell)]
+        out[str(d)] = {
+            "existing": a,
+            "existing_share": _share(a, hh),
+            "with_planned": b,
+            "with_planned_share": _share(b, hh),
+        }
+    return out
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Further per-grid counts protected with the household statistics: their names, the
+    counts, how they are ordered (a ≤ b) and which are another measure under a new name."""
+
+    names: tuple[str, ...] = ()
+    per_grid: Mapping[int, Mapping[str, int]] = dataclasses.field(default_factory=dict)
+    orders: tuple[tuple[str, str], ...] = ()
+    aliases: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _toilet_measures(
+    store: Store, scope: Scope, distances: Sequence[int] | None, *, protected: bool
+) -> Extra:
+    """Households within walking distance of a toilet, per grid (always where protected,
+    so that asking for them changes nothing about what is withheld)."""
+    from gridmap.analysis import toilets as tl
+
+    if protected:
+        distances = tl.DISTANCES
+    if not distances or not scope.allows_layer("households"):
+        return Extra()
+    acc = tl.access(store, scope, limit=max(distances))
+    names = tl.measure_names(distances)
+    everyone = frozenset(acc.homes.ids.tolist())
+    named: dict[str, frozenset[int]] = {"households": everyone}
+    aliases: dict[str, str] = {}
+    for name in names:
+        _, which, d = name.split(":")
+        served = acc.served("existing" if which == "existing" else "with_planned", int(d))
+        mine = frozenset(acc.homes.ids[served].tolist())
+        twin = next((other for other, s in named.items() if s == mine), None)
+        if twin is not None:
+            aliases[name] = twin
+        else:
+            named[name] = mine
+
+    def real(m: str) -> str:
+        return aliases.get(m, m)
+
+    orders = tuple(
+        (real(a), real(b)) for a, b in tl.measure_orders(distances) if real(a) != real(b)
+    )
+    return Extra(tuple(names), tl.per_grid(acc, distances), orders, aliases)
 
 
 def _share(part: Any, whole: Any) -> float | None:
@@ -341,9 +416,10 @@ def _relations(
     members: Members,
     orders: list[tuple[str, str]],
     aliases: dict[str, str],
+    extra: Extra = Extra(),
 ) -> list[tuple[str, Any, Any]]:
     """How the counts are related: ("sum", parent, children) and ("order", a, b) for a ≤ b."""
-    measures = [m for m in _measures(windows, members) if m not in aliases]
+    measures = [m for m in _measures(windows, members, extra) if m not in aliases]
     out: list[tuple[str, Any, Any]] = [
         ("sum", (m, up), tuple((m, k) for k in kids))
         for m in measures
@@ -358,13 +434,16 @@ def _relations(
     return out
 
 
-def _measures(windows: list[int], members: Members = Members()) -> list[str]:
+def _measures(
+    windows: list[int], members: Members = Members(), extra: Extra = Extra()
+) -> list[str]:
     return [
         "households",
         "population",
         *(f"visited:{w}" for w in windows),
         *(f"tag:{t}" for t in HOUSEHOLD_TAGS),
         *(m for cid in members.ids for m in (f"campaign:{cid}", f"done:{cid}")),
+        *extra.names,
     ]
 
 
@@ -507,10 +586,11 @@ def _count_households(
     today: dt.date,
     windows: list[int],
     members: Members = Members(),
+    extra: Extra = Extra(),
 ) -> tuple[dict[tuple[str, int], dict[str, int]], list[tuple[str, str]], dict[str, str]]:
-    """Per cell of every level: households, population, visited in each window, tags and
-    the campaigns' counts; the orderings and aliases the campaigns' memberships imply."""
-    measures = _measures(windows, members)
+    """Per cell of every level: households, population, visited in each window, tags,
+    the campaigns' counts and ``extra``'s; the orderings and aliases they imply."""
+    measures = _measures(windows, members, extra)
     grid_ids = [i for i, _ in tree.names["grids"]]
     pos = {g: k for k, g in enumerate(grid_ids)}
     table = np.zeros((len(grid_ids), len(measures)), dtype=np.int64)
@@ -524,6 +604,13 @@ def _count_households(
                 table[pos[g], : len(base)] = [figures[m] for m in base]
         if members.ids:
             orders, aliases = _count_members(store, scope, members, pos, table, len(base))
+        first = len(measures) - len(extra.names)
+        for g, figures in extra.per_grid.items():
+            if g in pos:
+                for j, name in enumerate(extra.names):
+                    table[pos[g], first + j] = figures.get(name, 0)
+        orders = [*orders, *extra.orders]
+        aliases = {**aliases, **extra.aliases}
     counts: dict[tuple[str, int], dict[str, int]] = {
         (lv, i): dict.fromkeys(measures, 0) for lv, rows in tree.names.items() for i, _ in rows
     }

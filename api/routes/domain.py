@@ -92,7 +92,17 @@ def nearest(
     )
 
 
-STATS_SOURCES = ("households", "visits", "gridmap_documents", "grids", "communities", "zones")
+STATS_SOURCES = (
+    "households",
+    "visits",
+    "gridmap_documents",
+    "grids",
+    "communities",
+    "zones",
+    "toilets",
+    "roads",
+    "buildings",
+)
 """What household statistics are counted from (and the areas they are listed by)."""
 
 

@@ -1,8 +1,9 @@
 """The walking network: walkable roads noded into a graph (metres, EPSG:4547), points attached
 to their nearest edge, shortest paths by scipy.sparse.csgraph.
 
-Roads are noded where they cross (``shapely.unary_union``) and their vertices snapped to
-``snap_m``, so that lines drawn to meet do. Only walkable roads take part, planned ones
+Roads are noded where they cross (``shapely.unary_union``), after each is snapped to the
+road ends within ``snap_m`` of it, so that lines drawn to meet do (a road ending a fraction
+of a metre beside another joins it: a T-junction). Only walkable roads take part, planned ones
 only when asked. A point (a building entrance, a worker's office) is attached to the
 nearest edge: a straight access leg to its foot on the edge.
 Distances between points come from one multi-source Dijkstra over the network as built,
@@ -70,9 +71,9 @@ def build(lines_wgs84: Sequence[shapely.LineString], *, snap_m: float = SNAP_M) 
     if len(lines_wgs84) == 0:
         empty = np.empty(0, dtype=np.int64)
         return Network(np.empty((0, 2)), empty, empty, np.empty(0))
-    metric = to_metric(np.asarray(lines_wgs84, dtype=object))
-    metric = shapely.set_precision(metric, snap_m)  # snap vertices to a snap_m grid
+    metric = _snap_ends(to_metric(np.asarray(lines_wgs84, dtype=object)), snap_m)
     noded = shapely.get_parts(shapely.unary_union(metric))
+    noded = shapely.set_precision(noded, snap_m)  # shared vertices stay shared, on a grid
     coords, index = shapely.get_coordinates(noded, return_index=True)
     same_line = index[1:] == index[:-1]
     a = coords[:-1][same_line]
@@ -85,6 +86,22 @@ def build(lines_wgs84: Sequence[shapely.LineString], *, snap_m: float = SNAP_M) 
     keep = u != v
     length = np.hypot(*(a[keep] - b[keep]).T)
     return Network(xy, u[keep].astype(np.int64), v[keep].astype(np.int64), length)
+
+
+def _snap_ends(lines: npt.NDArray[np.object_], snap_m: float) -> npt.NDArray[np.object_]:
+    """Each line snapped to the line ends within ``snap_m`` of it: GEOS inserts such an end
+    into the segment it lies near, so a road drawn to end on another (a T-junction a
+    fraction of a metre off) is noded into it, and ends drawn to meet do meet."""
+    ends = np.r_[shapely.get_point(lines, 0), shapely.get_point(lines, -1)]
+    which, near = shapely.STRtree(ends).query(lines, predicate="dwithin", distance=snap_m)
+    out = lines.copy()
+    if len(which) == 0:
+        return out
+    cut = np.flatnonzero(np.diff(which)) + 1
+    for group, points in zip(np.split(which, cut), np.split(near, cut), strict=True):
+        i = int(group[0])
+        out[i] = shapely.snap(lines[i], shapely.multipoints(ends[points]), snap_m)
+    return out
 
 
 _cache: dict[tuple[int, bool], Network] = {}

@@ -1,0 +1,1 @@
+"""Planning analyses: toilet access and siting, camera coverage, renovation, grid balance."""

@@ -78,7 +78,9 @@ def test_pmedian_equals_the_best_k_subset(seed: int) -> None:
     assert exact.objective == pytest.approx(best, rel=1e-9)
     assert total(exact.chosen) == pytest.approx(best, rel=1e-9)
     greedy = covering.greedy_pmedian(csr_matrix(reach_m), base, w, k)
-    assert greedy.objective == pytest.approx(total(greedy.chosen)) and greedy.objective >= best - 1e-6
+    assert (
+        greedy.objective == pytest.approx(total(greedy.chosen)) and greedy.objective >= best - 1e-6
+    )
 
 
 # --- walking distances against networkx -----------------------------------------------
@@ -88,7 +90,9 @@ def _node(xy: Any) -> tuple[float, float]:
     return (round(float(xy[0]), 6), round(float(xy[1]), 6))
 
 
-def _nx_graph(lines_wgs84: list[shapely.LineString], points: np.ndarray) -> tuple[nx.Graph, list[Any]]:
+def _nx_graph(
+    lines_wgs84: list[shapely.LineString], points: np.ndarray
+) -> tuple[nx.Graph, list[Any]]:
     """Roads noded where they cross (shapely), every point spliced into its nearest road at
     the foot of the perpendicular; nodes are coordinates, weights metres (EPSG:4547)."""
     metric = [
@@ -158,3 +162,173 @@ def test_walking_distances_match_networkx_on_the_sample(sample_store: Any) -> No
     theirs_only = np.isfinite(expected) & ~np.isfinite(ours.metres)
     assert (ours.metres[mine] >= limit - 3).all()
     assert (expected[theirs_only] >= limit - 3).all()
+
+
+# --- over HTTP, per role --------------------------------------------------------------
+
+
+def _get(client: TestClient, url: str, headers: dict[str, str]) -> Any:
+    r = client.get(url, headers=headers)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_access_per_grid_adds_up_and_matches_the_library(
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: Any
+) -> None:
+    body = _get(client, "/analysis/toilet-access", auth["subdistrict_admin"])
+    assert body["method"] == "walk" and body["distances_m"] == [300, 500]
+    assert body["protected"] is False
+    assert body["toilets"] == {"existing": 12, "planned": 3}
+    acc = tl.access(sample_store, Scope.ALL)
+    grids = {a["id"]: a for a in body["areas"]}
+    stats = {a["id"]: a for a in _get(client, "/stats/grids", auth["subdistrict_admin"])["areas"]}
+    for gid, a in grids.items():
+        mine = acc.homes.grid == gid
+        assert a["households"] == stats[gid]["households"] == int(mine.sum())
+        for d in ("300", "500"):
+            t = a["toilets"][d]
+            assert t["existing"] == int(acc.served("existing", int(d))[mine].sum())
+            assert t["existing"] <= t["with_planned"] <= a["households"]
+            assert t["existing_share"] == round(t["existing"] / a["households"], 4)
+        assert a["toilets"]["300"]["existing"] <= a["toilets"]["500"]["existing"]
+    total = sum(a["toilets"]["300"]["existing"] for a in grids.values())
+    assert 0 < total < sum(a["households"] for a in grids.values())
+    communities = _get(
+        client, "/analysis/toilet-access?level=communities", auth["subdistrict_admin"]
+    )
+    assert sum(a["toilets"]["500"]["with_planned"] for a in communities["areas"]) == sum(
+        a["toilets"]["500"]["with_planned"] for a in grids.values()
+    )
+    other = _get(client, "/analysis/toilet-access?distances=200,800", auth["subdistrict_admin"])
+    assert set(other["areas"][0]["toilets"]) == {"200", "800"}
+
+
+def test_planners_get_the_same_protection_as_in_the_statistics(
+    client: TestClient, public_client: TestClient, auth: dict[str, dict[str, str]]
+) -> None:
+    planner = auth["planner"]
+    body = _get(client, "/analysis/toilet-access", planner)
+    assert body["protected"] is True
+    stats = {a["id"]: a for a in _get(client, "/stats/grids", planner)["areas"]}
+    for a in body["areas"]:
+        assert a["households"] == stats[a["id"]]["households"]  # one protected table
+        for t in a["toilets"].values():
+            for key in ("existing", "with_planned"):
+                assert (isinstance(t[key], int) and t[key] >= 5) or t[key] in (0, "<5", "x")
+    r = client.get("/analysis/toilet-access?distances=400", headers=planner)
+    assert r.status_code == 400 and "300 and 500" in r.json()["detail"]
+    assert public_client.get("/analysis/toilet-access").status_code == 401
+    assert client.get("/analysis/toilet-access", headers=auth["auditor"]).status_code == 403
+    for bad in ("distances=10", "distances=300,abc", "distances=1,2,3,4", "level=city"):
+        r = client.get(f"/analysis/toilet-access?{bad}", headers=auth["subdistrict_admin"])
+        assert r.status_code in (400, 422), bad
+
+
+def test_grid_workers_see_their_own_grids_only(
+    client: TestClient, auth: dict[str, dict[str, str]], sample_store: Any
+) -> None:
+    body = _get(client, "/analysis/toilet-access", auth["grid_worker"])
+    stats = _get(client, "/stats/grids", auth["grid_worker"])
+    assert [a["id"] for a in body["areas"]] == [a["id"] for a in stats["areas"]]
+    assert 1 <= len(body["areas"]) < 40
+
+
+def test_the_unserved_are_squares_never_points(
+    client: TestClient, auth: dict[str, dict[str, str]]
+) -> None:
+    admin = _get(client, "/analysis/toilet-access/unserved?distance=300", auth["subdistrict_admin"])
+    access = _get(client, "/analysis/toilet-access", auth["subdistrict_admin"])
+    unserved = sum(a["households"] - a["toilets"]["300"]["existing"] for a in access["areas"])
+    assert sum(f["properties"]["households"] for f in admin["features"]) == unserved
+    assert {f["geometry"]["type"] for f in admin["features"]} == {"Polygon"}
+    planner = _get(client, "/analysis/toilet-access/unserved", auth["planner"])
+    shown = [f["properties"]["households"] for f in planner["features"]]
+    assert shown and all(
+        isinstance(v, str) and v[0].isdigit() and int(v.split("–")[0].rstrip("+")) >= 5
+        for v in shown
+    )
+    assert len(planner["features"]) <= len(admin["features"])
+    r = client.get("/analysis/toilet-access/unserved?cell=100", headers=auth["planner"])
+    assert r.status_code == 400
+
+
+def test_siting_over_http(
+    client: TestClient, public_client: TestClient, auth: dict[str, dict[str, str]]
+) -> None:
+    admin = auth["subdistrict_admin"]
+    r = client.post("/analysis/toilet-siting", json={"k": 3}, headers=admin)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["exact"]["optimal"] is True and out["exact"]["gap"] == 0
+    assert out["exact"]["covered"] >= out["greedy"]["covered"] > 0
+    assert out["exact"]["covered"] == sum(s["gain"] for s in out["sites"])
+    assert out["exact"]["covered"] + out["exact"]["unserved_after"] == out["before"]["unserved"]
+    assert [s["rank"] for s in out["sites"]] == [1, 2, 3]
+    gains = [s["gain"] for s in out["sites"]]
+    assert gains == sorted(gains, reverse=True)
+    # supplied candidates: the answer is among them
+    cands = [{"lon": s["lon"] + 0.0003, "lat": s["lat"]} for s in out["greedy_sites"]]
+    cands += [{"lon": 113.29, "lat": 34.81}, {"lon": 113.28, "lat": 34.805}]
+    r = client.post("/analysis/toilet-siting", json={"k": 2, "candidates": cands}, headers=admin)
+    picked = {(s["lon"], s["lat"]) for s in r.json()["sites"]}
+    assert picked <= {(c["lon"], c["lat"]) for c in cands} and len(picked) == 2
+    r = client.post(
+        "/analysis/toilet-siting",
+        json={"k": 2, "objective": "distance", "spacing_m": 250},
+        headers=admin,
+    )
+    far = r.json()
+    assert (
+        far["exact"]["mean_walk_m"] <= far["greedy"]["mean_walk_m"] < far["before"]["mean_walk_m"]
+    )
+    planner = client.post("/analysis/toilet-siting", json={"k": 3}, headers=auth["planner"]).json()
+    assert planner["rounded"] is True
+    assert all(s["gain"] % 5 == 0 for s in planner["sites"])
+    assert planner["exact"]["covered"] % 5 == 0
+    for bad in (
+        {"k": 0},
+        {"k": 3, "extra": 1},
+        {"candidates": [{"lon": "x", "lat": 1}]},
+        {"candidates": []},
+        {"distance_m": 10},
+        {"time_limit_s": 0},
+    ):
+        assert client.post("/analysis/toilet-siting", json=bad, headers=admin).status_code in (
+            400,
+            422,
+        ), bad
+    r = client.post("/analysis/toilet-siting", json={"distance_m": 400}, headers=auth["planner"])
+    assert r.status_code == 400
+    r = client.post(
+        "/analysis/toilet-siting",
+        content=b'{"k": NaN}',
+        headers={**admin, "content-type": "application/json"},
+    )
+    assert r.status_code in (400, 422)
+    assert public_client.post("/analysis/toilet-siting", json={}).status_code == 401
+
+
+def test_a_chosen_site_saved_as_a_planned_toilet_counts_as_planned(
+    edit_client: TestClient, edit_auth: dict[str, dict[str, str]]
+) -> None:
+    before = edit_client.get("/analysis/toilet-access?level=zones").json()
+    site = edit_client.post("/analysis/toilet-siting", json={"k": 1}).json()["sites"][0]
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Point", "coordinates": [site["lon"], site["lat"]]},
+        "properties": {"name": "规划公厕（选址1）", "status": "planned"},
+    }
+    worker = edit_auth["grid_worker"]
+    r = edit_client.post("/collections/toilets/items", json=feature, headers=worker)
+    assert r.status_code in (403, 404)
+    r = edit_client.post("/collections/toilets/items", json=feature)
+    assert r.status_code == 201, r.text
+    after = edit_client.get("/analysis/toilet-access?level=zones").json()
+    assert after["toilets"]["planned"] == before["toilets"]["planned"] + 1
+
+    def served(body: Any, key: str) -> int:
+        return sum(a["toilets"]["300"][key] for a in body["areas"])
+
+    assert served(after, "existing") == served(before, "existing")
+    assert served(after, "with_planned") == served(before, "with_planned") + site["gain"]

@@ -107,7 +107,15 @@ OVERVIEW: tuple[MapLayer, ...] = (
 )
 MAP_LAYERS = {m.key: m for m in OVERVIEW}
 
-STATS_TABLES = ("grids", "households", "visits", "gridmap_documents", "toilets", "roads", "buildings")
+STATS_TABLES = (
+    "grids",
+    "households",
+    "visits",
+    "gridmap_documents",
+    "toilets",
+    "roads",
+    "buildings",
+)
 """What grid figures are counted from: a choropleth moves with any of them."""
 
 

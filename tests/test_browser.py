@@ -186,3 +186,37 @@ def test_pages_run_under_a_strict_policy(browser, server: str) -> None:  # type:
     policy = httpx.get(server + "/map").headers["content-security-policy"]
     scripts = policy.split("script-src ")[1].split(";")[0]
     assert "'unsafe-inline'" not in scripts and "'sha256-" in scripts
+
+
+def test_toilet_map_for_a_planner_shows_squares_and_sites_never_households(
+    browser, server: str, auth
+) -> None:  # type: ignore[no-untyped-def]
+    page, errors, blocked, failed = _open(browser, f"{server}/map/toilets?k=3", auth["planner"])
+    assert errors == [] and blocked == [] and failed == []
+    labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
+    assert {"建议新建公厕", "选址服务范围", "未覆盖住户（密度）", "公厕"} <= labels
+    found = page.evaluate(
+        """() => {
+            const out = {sites: 0, squares: [], points: 0};
+            for (const k in window) {
+                const v = window[k];
+                if (v && v instanceof L.GeoJSON) {
+                    v.eachLayer((l) => {
+                        const p = l.feature && l.feature.properties;
+                        if (!p) return;
+                        const point = l.feature.geometry.type === "Point";
+                        if (point && !("status" in p) && !("gain" in p)) out.points++;
+                        if ("households" in p) out.squares.push(p.households);
+                        if ("gain" in p) out.sites++;
+                    });
+                }
+            }
+            return out;
+        }"""
+    )
+    assert found["points"] == 0  # toilets are the only points
+    assert found["squares"] and all(isinstance(v, str) for v in found["squares"])
+    assert found["sites"] == 6  # three marks and three catchments
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "toilets.png"))
+    page.close()

@@ -11,10 +11,11 @@ import orjson
 import shapely
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
-from api.deps import PrincipalDep, ScopeDep, StoreDep, crs_param, solving
+from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep, crs_param, solving
 from api.routes.domain import STATS_SOURCES
+from api.routes.maps import BasemapParam, Lang, page_of, respond
 from gridmap import queries
 from gridmap.analysis import toilets as tl
 from gridmap.crs import CRS84, from_input
@@ -25,6 +26,7 @@ from gridmap.errors import (
     QueryError,
 )
 from gridmap.maps.cache import PageCache
+from gridmap.maps.toilet_page import toilet_map
 from gridmap.ratelimit import SOLVING
 from gridmap.security import Principal, stats_scope
 from gridmap.store.base import Scope
@@ -209,3 +211,58 @@ async def toilet_siting(
     with SOLVING.enter(principal.username):
         out = await solving(request, run)
     return Response(orjson.dumps(out), media_type="application/json")
+
+
+@router.get("/map/toilets", response_class=HTMLResponse, summary="Toilet access and siting map")
+async def toilet_page(
+    request: Request,
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    distance: Annotated[int, Query(description="Walking distance (m): 300 or 500.")] = 300,
+    k: Annotated[int, Query(ge=0, le=10, description="New toilets to site (0: none).")] = 3,
+    lang: Lang = "zh",
+    basemap: BasemapParam = "none",
+) -> HTMLResponse:
+    """Grids by the share of households within `distance` of a toilet, walking catchments,
+    the unserved as density squares and, with `k`, the k best new sites (maximal covering,
+    planned toilets counted as open). Offline like every map page."""
+    count_scope, small = _policy(principal, scope)
+    if distance not in tl.DISTANCES:
+        raise QueryError("distance is 300 or 500")
+    if basemap == "tianditu" and not settings.tianditu_key:
+        raise QueryError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
+
+    def render() -> tuple[bytes, str]:
+        rows = queries.household_stats(
+            store, "grids", scope=count_scope, small_cells=small, toilets=tl.DISTANCES
+        )
+        sites: list[dict[str, Any]] = []
+        if k:
+            plan = tl.site(store, count_scope, k=k, distance_m=distance)
+            sites = tl.describe(plan, protected=bool(small))["sites"]  # type: ignore[assignment]
+        m = toilet_map(
+            store,
+            scope=scope,
+            count_scope=count_scope,
+            small_cells=small,
+            grid_rows=rows,
+            distance=distance,
+            sites=sites,
+            lang=lang,
+            basemap=basemap,
+            tianditu_key=settings.tianditu_key,
+        )
+        return page_of(m, basemap)
+
+    key = ("toilet-map", scope, small, distance, k, lang, basemap, store.stamps(STATS_SOURCES))
+    cache: PageCache = request.app.state.pages
+
+    def cached() -> tuple[bytes, str]:
+        return cache.get_or_render(key, render, reads=count_scope.reads)
+
+    if k:
+        with SOLVING.enter(principal.username):
+            return respond(await solving(request, cached))
+    return respond(await solving(request, cached))

@@ -62,13 +62,13 @@ BasemapParam = Annotated[
 ]
 
 
-def _page(m: Map, basemap: str) -> tuple[bytes, str]:
+def page_of(m: Map, basemap: str) -> tuple[bytes, str]:
     """The page and its CSP: its own inline scripts by hash, the basemap's tile host."""
     page = render_page(m)
     return page.html.encode(), page_csp(page.script_hashes, BASEMAPS[basemap].hosts)
 
 
-def _respond(page: tuple[bytes, str]) -> HTMLResponse:
+def respond(page: tuple[bytes, str]) -> HTMLResponse:
     return HTMLResponse(page[0], headers={"Content-Security-Policy": page[1]})
 
 
@@ -108,11 +108,11 @@ def overview(
             coloured=policy is not None,
             tianditu_key=settings.tianditu_key,
         )
-        return _page(m, basemap)
+        return page_of(m, basemap)
 
     cache: PageCache = request.app.state.pages
     key = ("overview", scope, policy, lang, measure, basemap, store.stamps(SHELL_TABLES))
-    return _respond(cache.get_or_render(key, render, reads=scope.reads))
+    return respond(cache.get_or_render(key, render, reads=scope.reads))
 
 
 @router.get(
@@ -224,7 +224,7 @@ def grid_page(
     m = grid_sheet(
         store, fid, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
     )
-    return _respond(_page(m, basemap))
+    return respond(page_of(m, basemap))
 
 
 @router.get("/map/plans/{plan_id}", response_class=HTMLResponse, summary="A visit plan's map")
@@ -246,4 +246,4 @@ def plan_page(
     m = plan_sheet(
         store, doc, scope=scope, lang=lang, basemap=basemap, tianditu_key=settings.tianditu_key
     )
-    return _respond(_page(m, basemap))
+    return respond(page_of(m, basemap))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import shapely
+from scipy.sparse.csgraph import dijkstra
 
 from gridmap.analysis import covering, reach
 from gridmap.crs import from_metric, to_metric
@@ -331,25 +332,41 @@ def site(
     return Plan(objective, distance_m, lon, lat, exact, greedy, len(acc.homes.ids), before, method)
 
 
-def catchment(
-    store: Store, lon: float, lat: float, distance_m: float, *, width_m: float = 25.0
-) -> shapely.Geometry:
-    """The walking service area of a point: the roads within ``distance_m`` on foot,
-    widened by ``width_m`` (WGS84)."""
+def catchments(
+    store: Store,
+    lon: npt.ArrayLike,
+    lat: npt.ArrayLike,
+    distance_m: float,
+    *,
+    width_m: float = 25.0,
+) -> list[shapely.Geometry]:
+    """Each point's walking service area (WGS84): the road pieces whose middle lies within
+    ``distance_m`` on foot, widened by ``width_m``; a circle of distance ÷ 1.3 where there
+    are no walkable roads, an empty polygon for a point off the network."""
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
     net = network.of_store(store)
+    if len(lon) == 0:
+        return []
     if len(net.u) == 0:
-        centre = to_metric(np.array([shapely.Point(lon, lat)], dtype=object))[0]
-        return from_metric([shapely.buffer(centre, distance_m / DETOUR_FACTOR)])[0]
-    mid = shapely.get_coordinates(
-        shapely.line_interpolate_point(net.segments, 0.5, normalized=True)
+        centres = to_metric(shapely.points(lon, lat))
+        return list(from_metric(shapely.buffer(centres, distance_m / DETOUR_FACTOR)))
+    att = network.attach(net, lon, lat)
+    walks = network.Walks.of(net, att)
+    out: list[shapely.Geometry] = [shapely.Polygon()] * len(lon)
+    ok = np.flatnonzero(att.attached)
+    if len(ok) == 0:
+        return out
+    dist = np.atleast_2d(
+        dijkstra(walks.graph, directed=True, indices=walks.row[ok], limit=distance_m)
     )
-    mid_wgs = shapely.get_coordinates(from_metric(shapely.points(mid)))
-    near = reach.nearest(net, ([lon], [lat]), (mid_wgs[:, 0], mid_wgs[:, 1]), distance_m)
-    inside = np.isfinite(near.metres)
-    if not inside.any():
-        return shapely.Polygon()
-    area = shapely.buffer(shapely.union_all(net.segments[inside]), width_m)
-    return from_metric([area])[0]
+    half = net.length / 2
+    middle = np.minimum(dist[:, net.u] + half, dist[:, net.v] + half)
+    for row, i in enumerate(ok):
+        inside = middle[row] <= distance_m
+        inside[att.edge[i]] = True  # its own road
+        area = shapely.buffer(shapely.union_all(net.segments[inside]), width_m)
+        out[i] = from_metric([area])[0]
+    return out
 
 
 def summary(store: Store) -> dict[str, object]:

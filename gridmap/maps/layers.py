@@ -388,13 +388,21 @@ def _add_areas(
 
 
 def add_toilet_service_areas(
-    frame: MapFrame, toilets: FeatureSet, *, name: str, radius_m: float = 300.0, show: bool = True
+    frame: MapFrame,
+    toilets: FeatureSet,
+    *,
+    name: str,
+    radius_m: float = 300.0,
+    show: bool = True,
+    areas: Any = None,
 ) -> folium.FeatureGroup:
-    """Straight-line service radius around each toilet (planned ones dashed)."""
-    metric = to_metric(toilets.geometries)
+    """Each toilet's service area (planned ones dashed): ``areas`` (WGS84, one per toilet,
+    e.g. its walking catchment), else a straight-line radius."""
+    if areas is None:
+        areas = from_metric(shapely.buffer(to_metric(toilets.geometries), radius_m, quad_segs=16))
     return _add_areas(
         frame,
-        from_metric(shapely.buffer(metric, radius_m, quad_segs=16)),
+        areas,
         toilets,
         name=name,
         show=show,
@@ -430,5 +438,29 @@ def add_labels(
             ),
             interactive=False,
         ).add_to(group)
+    group.add_to(frame.map)
+    return group
+
+
+def add_shapes(
+    frame: MapFrame,
+    geoms: Any,
+    props: Sequence[Mapping[str, Any]],
+    *,
+    name: str,
+    style: Any,
+    tooltip: tuple[Sequence[str], Sequence[str]] | None = None,
+    show: bool = True,
+    marker: folium.CircleMarker | None = None,
+) -> folium.FeatureGroup:
+    """Any shapes with their own properties (escaped like every layer's), one style
+    function, an optional tooltip (fields, labels) and how points are marked."""
+    group = folium.FeatureGroup(name=name, show=show)
+    folium.GeoJson(
+        _collection(frame, geoms, props),
+        style_function=style,
+        marker=marker,
+        tooltip=geojson_tooltip(*tooltip) if tooltip and len(props) else None,
+    ).add_to(group)
     group.add_to(frame.map)
     return group

@@ -283,6 +283,10 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/plans/{plan_id}", ""):        [401, 200, 200, 200, 403, 403],
     ("GET", "/map/plans/{plan_id}", ""):    [401, 200, 200, 200, 403, 403],
     ("POST", "/visits", ""):                [401, 201, 201, 201, 403, 403],
+    ("GET", "/analysis/toilet-access", ""): [401, 200, 200, 200, 200, 403],
+    ("GET", "/analysis/toilet-access/unserved", ""): [401, 200, 200, 200, 200, 403],
+    ("POST", "/analysis/toilet-siting", ""): [401, 200, 200, 200, 200, 403],
+    ("GET", "/map/toilets", ""):            [401, 200, 200, 200, 200, 403],
 }  # fmt: skip
 
 
@@ -337,6 +341,10 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/plans/{plan_id}", ""):        [D,   R,   R,   R,   D,   D],
     ("GET", "/map/plans/{plan_id}", ""):    [D,   R,   R,   R,   D,   D],
     ("POST", "/visits", ""):                [D,   CR,  CR,  CR,  D,   D],
+    ("GET", "/analysis/toilet-access", ""): [D,   R,   R,   R,   R,   D],
+    ("GET", "/analysis/toilet-access/unserved", ""): [D, R, R,  R,   R,   D],
+    ("POST", "/analysis/toilet-siting", ""): [D,  R,   R,   R,   R,   D],
+    ("GET", "/map/toilets", ""):            [D,   R,   R,   R,   R,   D],
 }  # fmt: skip
 
 
@@ -443,6 +451,7 @@ def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str]
         ("POST", "/campaigns/{campaign_id}/plans"): lambda role: {
             "grid_ids": [1], "date": day, "time_limit_s": 0.2,
         },
+        ("POST", "/analysis/toilet-siting"): lambda role: {"k": 1, "spacing_m": 200},
         ("POST", "/visits"): lambda role: {
             "visits": [
                 {

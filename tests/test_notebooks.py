@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
         ("01_overview.ipynb", "overview.html"),
         ("02_grid_sheet.ipynb", "grid-1.html"),
         ("03_visit_campaign.ipynb", "campaign-coverage.html"),
+        ("04_toilet_siting.ipynb", "toilets.html"),
     ],
 )
 def test_notebook_runs(

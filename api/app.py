@@ -13,7 +13,16 @@ from fastapi_offline import FastAPIOffline
 
 from api import auth, errors
 from api.middleware import BodyLimit, HeadAsGet, ReadAudit, SecurityHeaders
-from api.routes import analysis, campaigns, domain, edit, features, maps, routing
+from api.routes import (
+    analysis,
+    camera_analysis,
+    campaigns,
+    domain,
+    edit,
+    features,
+    maps,
+    routing,
+)
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
@@ -87,6 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routing.router)
     app.include_router(campaigns.router)
     app.include_router(analysis.router)
+    app.include_router(camera_analysis.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")
     return app

@@ -287,6 +287,10 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/analysis/toilet-access/unserved", ""): [401, 200, 200, 200, 200, 403],
     ("POST", "/analysis/toilet-siting", ""): [401, 200, 200, 200, 200, 403],
     ("GET", "/map/toilets", ""):            [401, 200, 200, 200, 200, 403],
+    ("GET", "/analysis/camera-coverage", ""): [401, 200, 200, 200, 200, 403],
+    ("GET", "/analysis/camera-coverage/blind-spots", ""): [401, 200, 200, 404, 404, 403],
+    ("GET", "/analysis/camera-coverage/views", ""): [401, 200, 200, 404, 404, 403],
+    ("POST", "/analysis/camera-siting", ""): [401, 200, 200, 404, 404, 403],
 }  # fmt: skip
 
 
@@ -345,6 +349,10 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/analysis/toilet-access/unserved", ""): [D, R, R,  R,   R,   D],
     ("POST", "/analysis/toilet-siting", ""): [D,  R,   R,   R,   R,   D],
     ("GET", "/map/toilets", ""):            [D,   R,   R,   R,   R,   D],
+    ("GET", "/analysis/camera-coverage", ""): [D, R,   R,   N,   N,   D],
+    ("GET", "/analysis/camera-coverage/blind-spots", ""): [D, R, R, DS, DS, D],
+    ("GET", "/analysis/camera-coverage/views", ""): [D, R, R, DS, DS, D],
+    ("POST", "/analysis/camera-siting", ""): [D,  R,   R,   DS,  DS,  D],
 }  # fmt: skip
 
 
@@ -452,6 +460,7 @@ def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str]
             "grid_ids": [1], "date": day, "time_limit_s": 0.2,
         },
         ("POST", "/analysis/toilet-siting"): lambda role: {"k": 1, "spacing_m": 200},
+        ("POST", "/analysis/camera-siting"): lambda role: {"k": 1, "spacing_m": 100},
         ("POST", "/visits"): lambda role: {
             "visits": [
                 {

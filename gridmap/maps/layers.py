@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ import orjson
 import shapely
 from folium.plugins import FastMarkerCluster
 
+from gridmap.analysis.cameras import sector
 from gridmap.crs import from_metric, to_metric
 from gridmap.escape import html_text
 from gridmap.geojson import geometry_fragments
@@ -312,23 +312,6 @@ def add_grid_choropleth(
             )
         )
     return entries
-
-
-def sector(
-    x: float, y: float, direction: float, fov: float, radius: float, steps: int = 24
-) -> shapely.Polygon:
-    """A camera's view: a circular sector in metres, direction clockwise from north."""
-    if fov >= 360:
-        return shapely.Point(x, y).buffer(radius, quad_segs=16)
-    start = math.radians(direction - fov / 2)
-    end = math.radians(direction + fov / 2)
-    angles = np.linspace(start, end, steps)
-    ring = [
-        (x, y),
-        *zip(x + radius * np.sin(angles), y + radius * np.cos(angles), strict=True),
-        (x, y),
-    ]
-    return shapely.Polygon(ring)
 
 
 def camera_sectors(cameras: FeatureSet) -> Any:

@@ -220,3 +220,38 @@ def test_toilet_map_for_a_planner_shows_squares_and_sites_never_households(
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "toilets.png"))
     page.close()
+
+
+def test_camera_map_draws_views_blind_spots_and_proposals(browser, server: str, auth) -> None:  # type: ignore[no-untyped-def]
+    page, errors, blocked, failed = _open(
+        browser, f"{server}/map/cameras?k=2", auth["subdistrict_admin"]
+    )
+    assert errors == [] and blocked == [] and failed == []
+    labels = {t.strip() for t in page.locator(".leaflet-control-layers label").all_inner_texts()}
+    assert {"监控视域（遮挡后）", "监控盲区路段", "建议新增监控", "道路监控覆盖率"} <= labels
+    found = page.evaluate(
+        """() => {
+            const out = {blind: 0, views: 0, proposed: 0};
+            for (const k in window) {
+                const v = window[k];
+                if (v && v instanceof L.GeoJSON) {
+                    v.eachLayer((l) => {
+                        const p = l.feature && l.feature.properties;
+                        if (!p) return;
+                        if ("length_m" in p) out.blind++;
+                        if ("camera_id" in p) out.views++;
+                        if ("gain" in p && l.feature.geometry.type === "Point") out.proposed++;
+                    });
+                }
+            }
+            return out;
+        }"""
+    )
+    assert found["blind"] == 200 and found["views"] > 100 and found["proposed"] == 2
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "cameras.png"))
+    page.close()
+    # a planner may not see cameras at all
+    page, *_ = open_page(browser, f"{server}/map/cameras", auth["planner"], wait_for="body")
+    assert "监控视域" not in page.content()
+    page.close()

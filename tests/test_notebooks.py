@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
         ("02_grid_sheet.ipynb", "grid-1.html"),
         ("03_visit_campaign.ipynb", "campaign-coverage.html"),
         ("04_toilet_siting.ipynb", "toilets.html"),
+        ("05_camera_coverage.ipynb", "cameras.html"),
     ],
 )
 def test_notebook_runs(

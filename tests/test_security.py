@@ -291,6 +291,7 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/analysis/camera-coverage/blind-spots", ""): [401, 200, 200, 404, 404, 403],
     ("GET", "/analysis/camera-coverage/views", ""): [401, 200, 200, 404, 404, 403],
     ("POST", "/analysis/camera-siting", ""): [401, 200, 200, 404, 404, 403],
+    ("GET", "/map/cameras", ""):            [401, 200, 200, 404, 404, 403],
 }  # fmt: skip
 
 
@@ -353,6 +354,7 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/analysis/camera-coverage/blind-spots", ""): [D, R, R, DS, DS, D],
     ("GET", "/analysis/camera-coverage/views", ""): [D, R, R, DS, DS, D],
     ("POST", "/analysis/camera-siting", ""): [D,  R,   R,   DS,  DS,  D],
+    ("GET", "/map/cameras", ""):            [D,   R,   R,   DS,  DS,  D],
 }  # fmt: skip
 
 

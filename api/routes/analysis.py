@@ -43,7 +43,7 @@ DistancesParam = Annotated[
 ]
 
 
-def _policy(principal: Principal, scope: Scope) -> tuple[Scope, int | None]:
+def policy(principal: Principal, scope: Scope) -> tuple[Scope, int | None]:
     """The scope to count households in and the small-cell limit (as for /stats)."""
     if not principal.authenticated:
         raise AuthenticationError("log in first (POST /token)")
@@ -70,7 +70,7 @@ def toilet_access(
     of an open or planned one, with shares. Planners get small counts protected as in
     `/stats`; the walk is on the walking network (`method`: `straight` only when the
     subdistrict has no walkable roads, as straight line × 1.3)."""
-    scope, small = _policy(principal, scope)
+    scope, small = policy(principal, scope)
     ds = _distances(distances, bool(small))
     today = dt.date.today()
 
@@ -105,7 +105,7 @@ def unserved(
     """Unserved households counted in squares (GeoJSON, CRS84), never as points. Where
     statistics are protected, the distance is 300 or 500 m, squares of fewer than 5 are
     left out and the rest are shown as bands (`5–9`, `10–19` …), and squares are ≥ 200 m."""
-    scope, small = _policy(principal, scope)
+    scope, small = policy(principal, scope)
     if small and (distance not in tl.DISTANCES or cell < tl.DENSITY_CELL_M):
         msg = f"for this role: distance 300 or 500, cell at least {tl.DENSITY_CELL_M} m"
         raise QueryError(msg)
@@ -176,7 +176,7 @@ async def toilet_siting(
     exactly by HiGHS with the proven gap, the greedy answer beside it and each site's
     marginal gain. Nothing is saved: an admin POSTs a chosen site to
     `/collections/toilets/items` (`status: planned`)."""
-    scope, small = _policy(principal, scope)
+    scope, small = policy(principal, scope)
     protected = bool(small)
     if protected and body.distance_m not in tl.DISTANCES:
         raise QueryError("for this role distance_m is 300 or 500")
@@ -228,7 +228,7 @@ async def toilet_page(
     """Grids by the share of households within `distance` of a toilet, walking catchments,
     the unserved as density squares and, with `k`, the k best new sites (maximal covering,
     planned toilets counted as open). Offline like every map page."""
-    count_scope, small = _policy(principal, scope)
+    count_scope, small = policy(principal, scope)
     if distance not in tl.DISTANCES:
         raise QueryError("distance is 300 or 500")
     if basemap == "tianditu" and not settings.tianditu_key:

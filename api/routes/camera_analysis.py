@@ -10,14 +10,16 @@ import orjson
 import shapely
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.responses import Response
+from starlette.responses import HTMLResponse, Response
 
-from api.deps import PrincipalDep, ScopeDep, StoreDep, solving
-from api.routes.analysis import _policy
+from api.deps import PrincipalDep, ScopeDep, SettingsDep, StoreDep, solving
+from api.routes.analysis import policy
+from api.routes.maps import BasemapParam, Lang, page_of, respond
 from gridmap.analysis import cameras as cm
 from gridmap.crs import from_metric
-from gridmap.errors import HiddenLayerError
+from gridmap.errors import HiddenLayerError, QueryError
 from gridmap.maps.cache import PageCache
+from gridmap.maps.camera_page import camera_map
 from gridmap.ratelimit import SOLVING
 from gridmap.store.base import Scope, Store
 
@@ -54,7 +56,7 @@ def camera_coverage(
     """Per grid: the share of walkable road length and of building entrances that an online
     camera sees (views cut by buildings). Roles that may see cameras also get the metres,
     counts and the number of cameras; others only the shares."""
-    count_scope, _ = _policy(principal, scope)
+    count_scope, _ = policy(principal, scope)
     detail = scope.allows_layer("cameras")
     cov = _coverage(request, store, count_scope, households=detail)
     grids = count_scope.grid_ids if count_scope.grid_ids is not None else None
@@ -89,7 +91,7 @@ def blind_spots(
     limit: Annotated[int, Query(ge=1, le=5000)] = 100,
 ) -> Response:
     """The blind road pieces (≤ 50 m each, GeoJSON CRS84), most households along first."""
-    count_scope, _ = _policy(principal, scope)
+    count_scope, _ = policy(principal, scope)
     _camera_roles(scope)
     cov = _coverage(request, store, count_scope)
     order = sorted(
@@ -113,7 +115,7 @@ def camera_views(
     request: Request, store: StoreDep, scope: ScopeDep, principal: PrincipalDep
 ) -> Response:
     """Each online camera's view as a polygon, cut where buildings block it (GeoJSON)."""
-    count_scope, _ = _policy(principal, scope)
+    count_scope, _ = policy(principal, scope)
     _camera_roles(scope)
     cov = _coverage(request, store, count_scope)
     geoms = from_metric(cov.cameras.views) if cov.cameras.views else []
@@ -141,7 +143,7 @@ async def camera_siting(
 ) -> Response:
     """k new PTZ cameras along walkable roads covering the most households along blind
     pieces (maximal covering, HiGHS; greedy beside it), each with its view."""
-    count_scope, _ = _policy(principal, scope)
+    count_scope, _ = policy(principal, scope)
     _camera_roles(scope)
     cov = _coverage(request, store, count_scope)
 
@@ -160,3 +162,47 @@ async def camera_siting(
     with SOLVING.enter(principal.username):
         out = await solving(request, run)
     return Response(orjson.dumps(out), media_type="application/json")
+
+
+@router.get("/map/cameras", response_class=HTMLResponse, summary="Camera coverage map")
+async def camera_page(
+    request: Request,
+    store: StoreDep,
+    scope: ScopeDep,
+    principal: PrincipalDep,
+    settings: SettingsDep,
+    k: Annotated[int, Query(ge=0, le=20, description="New cameras to propose (0: none).")] = 0,
+    lang: Lang = "zh",
+    basemap: BasemapParam = "none",
+) -> HTMLResponse:
+    """Views cut by buildings, blind road pieces with most households along them, grids by
+    the share of road seen and, with `k`, proposed cameras. Offline like every map page."""
+    count_scope, _ = policy(principal, scope)
+    _camera_roles(scope)
+    if basemap == "tianditu" and not settings.tianditu_key:
+        raise QueryError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
+    cov = _coverage(request, store, count_scope)
+
+    def render() -> tuple[bytes, str]:
+        proposal = cm.propose(store, count_scope, k=k, cov=cov) if k else None
+        m = camera_map(
+            store,
+            cov,
+            scope=scope,
+            proposal=proposal,
+            lang=lang,
+            basemap=basemap,
+            tianditu_key=settings.tianditu_key,
+        )
+        return page_of(m, basemap)
+
+    key = ("camera-map", scope, k, lang, basemap, store.stamps(SOURCES))
+    cache: PageCache = request.app.state.pages
+
+    def cached() -> tuple[bytes, str]:
+        return cache.get_or_render(key, render, reads=count_scope.reads)
+
+    if k:
+        with SOLVING.enter(principal.username):
+            return respond(await solving(request, cached))
+    return respond(await solving(request, cached))

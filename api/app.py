@@ -21,6 +21,7 @@ from api.routes import (
     edit,
     features,
     maps,
+    renovation,
     routing,
 )
 from gridmap.accounts import Accounts, token_secret
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(campaigns.router)
     app.include_router(analysis.router)
     app.include_router(camera_analysis.router)
+    app.include_router(renovation.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")
     return app

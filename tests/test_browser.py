@@ -255,3 +255,23 @@ def test_camera_map_draws_views_blind_spots_and_proposals(browser, server: str, 
     page, *_ = open_page(browser, f"{server}/map/cameras", auth["planner"], wait_for="body")
     assert "监控视域" not in page.content()
     page.close()
+
+
+def test_renovation_map_moves_through_the_months(browser, server: str, auth) -> None:  # type: ignore[no-untyped-def]
+    page, errors, blocked, failed = _open(
+        browser, f"{server}/map/renovation?on=2026-06-01", auth["planner"]
+    )
+    assert errors == [] and blocked == [] and failed == []
+    assert page.locator("#gm-month-shown").inner_text() == "2026-06"
+    slider = page.locator("#gm-month")
+    value = int(slider.input_value())
+    with page.expect_navigation():
+        slider.evaluate(
+            "(el, v) => { el.value = v; el.dispatchEvent(new Event('change')); }", value + 1
+        )
+    page.wait_for_selector(".leaflet-control-layers label")
+    assert "on=2026-07-01" in page.url
+    assert page.locator("#gm-month-shown").inner_text() == "2026-07"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "renovation.png"))
+    page.close()

@@ -292,6 +292,10 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/analysis/camera-coverage/views", ""): [401, 200, 200, 404, 404, 403],
     ("POST", "/analysis/camera-siting", ""): [401, 200, 200, 404, 404, 403],
     ("GET", "/map/cameras", ""):            [401, 200, 200, 404, 404, 403],
+    ("GET", "/analysis/renovation", ""):    [401, 200, 200, 200, 200, 403],
+    ("GET", "/analysis/renovation/affected", ""): [401, 200, 200, 200, 200, 403],
+    ("POST", "/analysis/renovation/{neighbourhood_id}/status", ""): [401, 201, 403, 403, 201, 403],
+    ("GET", "/map/renovation", ""):         [401, 200, 200, 200, 200, 403],
 }  # fmt: skip
 
 
@@ -355,6 +359,10 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/analysis/camera-coverage/views", ""): [D, R, R, DS, DS, D],
     ("POST", "/analysis/camera-siting", ""): [D,  R,   R,   DS,  DS,  D],
     ("GET", "/map/cameras", ""):            [D,   R,   R,   DS,  DS,  D],
+    ("GET", "/analysis/renovation", ""):    [D,   R,   R,   R,   R,   D],
+    ("GET", "/analysis/renovation/affected", ""): [D, R, R,  R,   R,   D],
+    ("POST", "/analysis/renovation/{neighbourhood_id}/status", ""): [D, UPD, D, D, UPD, D],
+    ("GET", "/map/renovation", ""):         [D,   R,   R,   R,   R,   D],
 }  # fmt: skip
 
 
@@ -400,12 +408,14 @@ def test_route_role_matrix(
                 url = path.replace("{collection_id}", coll).replace("{feature_id}", str(fid))
                 url = url.replace("{level}", "grids").replace("{grid_id}", "1")
                 url = url.replace("{campaign_id}", "1").replace("{plan_id}", str(plan["id"]))
-                url = url.replace("{key}", coll)
+                url = url.replace("{key}", coll).replace("{neighbourhood_id}", "1")
                 kw: dict[str, Any] = {}
                 if (method, path) in bodies:
                     kw["json"] = bodies[(method, path)](role)
                 if url == "/nearest":
                     kw["params"] = {"collection": coll, "lon": point[0], "lat": point[1]}
+                if url == "/analysis/renovation/affected":
+                    kw["params"] = {"start": "2026-01-01", "end": "2026-12-31"}
                 if url == "/locate":
                     kw["params"] = {"lon": 113.29, "lat": 34.81}
                 if method in ("PUT", "PATCH", "DELETE") and "{feature_id}" in path:
@@ -463,6 +473,9 @@ def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str]
         },
         ("POST", "/analysis/toilet-siting"): lambda role: {"k": 1, "spacing_m": 200},
         ("POST", "/analysis/camera-siting"): lambda role: {"k": 1, "spacing_m": 100},
+        ("POST", "/analysis/renovation/{neighbourhood_id}/status"): lambda role: {
+            "status": "approved", "on": day,
+        },
         ("POST", "/visits"): lambda role: {
             "visits": [
                 {

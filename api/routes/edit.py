@@ -58,7 +58,7 @@ def _parse_feature(body: Any, crs: str) -> tuple[BaseGeometry, dict[str, Any]]:
     return _geometry(body["geometry"], crs), props
 
 
-def _expected_version(layer: Layer, fid: int, if_match: str | None) -> int | None:
+def expected_version(layer: Layer, fid: int, if_match: str | None) -> int | None:
     """The version named by If-Match; 428 when missing, 412 when it names another feature.
 
     ``*`` matches any existing feature (RFC 9110 §13.1.1): None, no version check. Weak
@@ -92,7 +92,7 @@ async def _edit_request(
     """Feature id (404 first), If-Match version (428/412), body CRS and parsed body."""
     fid = parse_fid(layer, feature_id)
     await run_in_threadpool(store.get, layer.id, fid, scope=scope)
-    version = _expected_version(layer, fid, if_match)
+    version = expected_version(layer, fid, if_match)
     crs = crs_param(content_crs, "Content-Crs")
     body = await read_json(request, max_bytes=settings.max_body_bytes)
     return fid, version, crs, body
@@ -206,7 +206,7 @@ async def delete(
     _login(principal)
     fid = parse_fid(layer, feature_id)
     feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
-    version = _expected_version(layer, fid, if_match)
+    version = expected_version(layer, fid, if_match)
     await run_in_threadpool(
         lambda: store.delete(layer.id, fid, expected_version=version, scope=scope)
     )

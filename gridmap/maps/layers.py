@@ -435,15 +435,17 @@ def add_shapes(
     tooltip: tuple[Sequence[str], Sequence[str]] | None = None,
     show: bool = True,
     marker: folium.CircleMarker | None = None,
+    popup: tuple[Sequence[str], Sequence[str]] | None = None,
 ) -> folium.FeatureGroup:
     """Any shapes with their own properties (escaped like every layer's), one style
-    function, an optional tooltip (fields, labels) and how points are marked."""
+    function, an optional tooltip and popup (fields, labels) and how points are marked."""
     group = folium.FeatureGroup(name=name, show=show)
     folium.GeoJson(
         _collection(frame, geoms, props),
         style_function=style,
         marker=marker,
         tooltip=geojson_tooltip(*tooltip) if tooltip and len(props) else None,
+        popup=geojson_popup(*popup) if popup and len(props) else None,
     ).add_to(group)
     group.add_to(frame.map)
     return group

@@ -192,3 +192,32 @@ def add_title(frame: MapFrame, text: str) -> None:
 
 
 __all__ = ["add_legend", "add_page_css", "add_title", "add_tools", "folium"]
+
+
+def add_month_slider(frame: MapFrame, current: str, months: list[str], label: str) -> None:
+    """A slider over ``months`` (YYYY-MM-01) that reloads the page on another (``?on=``)."""
+    if not months:
+        return
+    at = months.index(current) if current in months else len(months) - 1
+    script = f"""
+      var gmMonths = {script_json(months)};
+      var gmSlider = document.getElementById('gm-month');
+      var gmShown = document.getElementById('gm-month-shown');
+      gmSlider.addEventListener('input', function(e) {{
+        gmShown.textContent = gmMonths[+e.target.value].slice(0, 7);
+      }});
+      gmSlider.addEventListener('change', function(e) {{
+        var q = new URLSearchParams(window.location.search);
+        q.set('on', gmMonths[+e.target.value]); window.location.search = q.toString();
+      }});
+    """
+    frame.map.add_child(
+        Control(
+            f'<label>{html_text(label)} <input type="range" id="gm-month" min="0" '
+            f'max="{len(months) - 1}" step="1" value="{at}"> '
+            f'<b id="gm-month-shown">{html_text(months[at][:7])}</b></label>',
+            position="topleft",
+            css="gm-measure",
+            script=script,
+        )
+    )

@@ -15,6 +15,7 @@ from api import auth, errors
 from api.middleware import BodyLimit, HeadAsGet, ReadAudit, SecurityHeaders
 from api.routes import (
     analysis,
+    balance,
     camera_analysis,
     campaigns,
     domain,
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(analysis.router)
     app.include_router(camera_analysis.router)
     app.include_router(renovation.router)
+    app.include_router(balance.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")
     return app

@@ -296,6 +296,9 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/analysis/renovation/affected", ""): [401, 200, 200, 200, 200, 403],
     ("POST", "/analysis/renovation/{neighbourhood_id}/status", ""): [401, 201, 403, 403, 201, 403],
     ("GET", "/map/renovation", ""):         [401, 200, 200, 200, 200, 403],
+    ("GET", "/analysis/grid-balance", ""):  [401, 200, 200, 200, 200, 403],
+    ("POST", "/analysis/grid-balance/apply", ""): [401, 412, 403, 403, 403, 403],
+    ("GET", "/map/grid-balance", ""):       [401, 200, 200, 200, 200, 403],
 }  # fmt: skip
 
 
@@ -363,6 +366,9 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/analysis/renovation/affected", ""): [D, R, R,  R,   R,   D],
     ("POST", "/analysis/renovation/{neighbourhood_id}/status", ""): [D, UPD, D, D, UPD, D],
     ("GET", "/map/renovation", ""):         [D,   R,   R,   R,   R,   D],
+    ("GET", "/analysis/grid-balance", ""):  [D,   R,   R,   R,   R,   D],
+    ("POST", "/analysis/grid-balance/apply", ""): [D, R, D,  D,   D,   D],
+    ("GET", "/map/grid-balance", ""):       [D,   R,   R,   R,   R,   D],
 }  # fmt: skip
 
 
@@ -473,6 +479,7 @@ def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str]
         },
         ("POST", "/analysis/toilet-siting"): lambda role: {"k": 1, "spacing_m": 200},
         ("POST", "/analysis/camera-siting"): lambda role: {"k": 1, "spacing_m": 100},
+        ("POST", "/analysis/grid-balance/apply"): lambda role: {"basis": "stale"},
         ("POST", "/analysis/renovation/{neighbourhood_id}/status"): lambda role: {
             "status": "approved", "on": day,
         },

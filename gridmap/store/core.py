@@ -708,6 +708,47 @@ class FeatureStore:
                     self._relocate(layer, shapely.union(current.geometry, geoms[0]).bounds)
             return mask_feature(layer, self._current(layer, fid, Scope.ALL), scope)
 
+    def reshape(
+        self,
+        layer_id: str,
+        geometries: Mapping[int, BaseGeometry],
+        *,
+        expected_versions: Mapping[int, int] | None = None,
+        scope: Scope = Scope.ALL,
+    ) -> list[Feature]:
+        """New geometries for several features at once, in one transaction: every row is
+        checked and written, and only then are the features located in them derived again
+        (grids redrawn together: land passing from one to another is never in two grids, or
+        in none, between the steps). Properties stay as they are."""
+        layer = self._layer(layer_id, scope)
+        expected = expected_versions or {}
+        with self.backend.transaction(), self._rolled_back_forgets():
+            require(scope.allows_write(layer.id), f"you may not edit {layer.id}")
+            require(not layer.append_only, _APPEND_ONLY.format(layer.id))
+            derived = {p.name for p in layer.properties if p.derived}
+            written: list[tuple[int, BaseGeometry, dict[str, Any]]] = []
+            boxes = []
+            for fid, geom in geometries.items():
+                current = self._current(layer, fid, scope)
+                _check_version(layer, fid, current.version, expected.get(fid))
+                kept = {k: v for k, v in current.properties.items() if k not in derived}
+                geoms, clean = self._prepare(
+                    layer, np.asarray([geom], dtype=object), [kept], scope, trusted=False
+                )
+                if not self.backend.update_row(layer, fid, geoms[0], clean[0], current.version):
+                    _check_version(layer, fid, current.version + 1, current.version)
+                written.append((fid, geoms[0], clean[0]))
+                boxes.append(shapely.box(*shapely.union(current.geometry, geoms[0]).bounds))
+            if written and relations.located_by(layer.id):
+                self._relocate(layer, shapely.union_all(boxes).bounds)
+            for fid, geom, props in written:
+                relations.check_named_by(
+                    self.backend, layer, fid, geom, props.get(relations.GRID_KEY)
+                )
+            return [
+                mask_feature(layer, self._current(layer, f, Scope.ALL), scope) for f, *_ in written
+            ]
+
     def delete(
         self,
         layer_id: str,

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
         ("04_toilet_siting.ipynb", "toilets.html"),
         ("05_camera_coverage.ipynb", "cameras.html"),
         ("06_renovation.ipynb", "renovation.html"),
+        ("07_grid_balance.ipynb", "grid-balance.html"),
     ],
 )
 def test_notebook_runs(

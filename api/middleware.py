@@ -207,7 +207,22 @@ class ReadAudit:
                     return
             await send(message)
 
-        await self.app(scope, receive, send_after_audit)
+        started = False
+
+        async def send_started(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send_after_audit(message)
+
+        try:
+            await self.app(scope, receive, send_started)
+        except Exception:
+            if not started:  # a 500 answered from outside: what was read is still recorded
+                try:
+                    await self._audit(scope, 500)
+                except Exception as exc:
+                    log.error("the reads of a failed request were not recorded (%r)", exc)
+            raise
 
     @staticmethod
     async def _audit(scope: Scope, status: int) -> None:

@@ -209,9 +209,8 @@ def household_stats(
     both of its counts show. The window must then be one of :data:`PROTECTED_WINDOWS`.
     Campaign counts are protected with the rest, every campaign's at once whichever is
     asked for, with the orderings their targets imply (done ≤ target ≤ households; a
-    target inside a tag's households at most that tag's count, and so on). Toilet access
-    is protected with the rest too, at :data:`gridmap.analysis.toilets.DISTANCES` only,
-    whether asked for or not.
+    target inside a tag's households at most that tag's count, and so on). Toilet counts
+    are for roles whose counts are not protected.
     """
     if level not in LEVELS:
         msg = "level must be grids, communities or zones"
@@ -222,7 +221,10 @@ def household_stats(
     if toilets is not None:
         from gridmap.analysis.toilets import check_distances
 
-        toilets = check_distances(toilets, protected=bool(small_cells))
+        if small_cells:
+            msg = "for this role toilet access is given as shares (GET /analysis/toilet-access)"
+            raise QueryError(msg)
+        toilets = check_distances(toilets, protected=False)
     today = today or dt.date.today()
     windows = sorted({days, *PROTECTED_WINDOWS}) if small_cells else [days]
     tree = _hierarchy(store, scope)
@@ -306,13 +308,13 @@ class Extra:
 def _toilet_measures(
     store: Store, scope: Scope, distances: Sequence[int] | None, *, protected: bool
 ) -> Extra:
-    """Households within walking distance of a toilet, per grid (always where protected,
-    so that asking for them changes nothing about what is withheld)."""
+    """Households within walking distance of a toilet, per grid. Never where counts are
+    protected: a planner may move toilets and roads, and two protected tables around such an
+    edit would tell one household apart (planners get shares, see
+    :func:`gridmap.analysis.toilets.area_shares`)."""
     from gridmap.analysis import toilets as tl
 
-    if protected:
-        distances = tl.DISTANCES
-    if not distances or not scope.allows_layer("households"):
+    if not distances or protected or not scope.allows_layer("households"):
         return Extra()
     acc = tl.access(store, scope, limit=max(distances))
     names = tl.measure_names(distances)

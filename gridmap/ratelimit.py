@@ -135,11 +135,15 @@ class LoginThrottle:
 
 
 class Gate:
-    """Long work (route solving) held to one job per user and ``limit`` jobs at once."""
+    """Long work (route solving, analyses) held to one job per user and ``limit`` jobs at
+    once; ``what`` names the work in the refusals."""
 
-    def __init__(self, limit: int, retry_after: int = 30) -> None:
+    def __init__(
+        self, limit: int, retry_after: int = 30, what: tuple[str, str] = ("routes", "route planner")
+    ) -> None:
         self.limit = limit
         self.retry_after = retry_after
+        self.what = what
         self._busy: set[str] = set()
         self._lock = threading.Lock()
 
@@ -149,10 +153,10 @@ class Gate:
         under way or the server is full."""
         with self._lock:
             if user in self._busy:
-                msg = "you have routes being computed already; wait for them, then ask again"
+                msg = f"you have {self.what[0]} being computed already; wait, then ask again"
                 raise RateLimitedError(msg, self.retry_after)
             if len(self._busy) >= self.limit:
-                msg = f"the route planner is busy; try again in {self.retry_after} s"
+                msg = f"the {self.what[1]} is busy; try again in {self.retry_after} s"
                 raise RateLimitedError(msg, self.retry_after)
             self._busy.add(user)
         try:
@@ -164,3 +168,6 @@ class Gate:
 
 SOLVING = Gate(limit=4)
 """Route solving in this server process: one job per user, four at once."""
+ANALYSING = Gate(limit=2, what=("analyses", "planning analysis"))
+"""Planning analyses (siting, balance, their maps) in this server process: one job per user,
+two at once, apart from route solving so that neither holds up the other."""

@@ -27,7 +27,7 @@ from gridmap.errors import (
 )
 from gridmap.maps.cache import PageCache
 from gridmap.maps.toilet_page import toilet_map
-from gridmap.ratelimit import SOLVING
+from gridmap.ratelimit import ANALYSING
 from gridmap.security import Principal, stats_scope
 from gridmap.store.base import Scope
 
@@ -67,19 +67,23 @@ def toilet_access(
     distances: DistancesParam = "300,500",
 ) -> Response:
     """Per area: households, and those within each walking distance of an open toilet and
-    of an open or planned one, with shares. Planners get small counts protected as in
-    `/stats`; the walk is on the walking network (`method`: `straight` only when the
-    subdistrict has no walkable roads, as straight line × 1.3)."""
+    of an open or planned one, with shares. Planners get the shares only, in steps of 5 %
+    (they may move toilets and roads: counts before and after would tell one household);
+    the walk is on the walking network (`method`: `straight` only when the subdistrict has
+    no walkable roads, as straight line × 1.3)."""
     scope, small = policy(principal, scope)
     ds = _distances(distances, bool(small))
     today = dt.date.today()
 
     def count() -> bytes:
-        rows = queries.household_stats(
-            store, level, scope=scope, today=today, small_cells=small, toilets=ds, days=30
-        )
-        keep = ("id", "name", "households", "toilets")
-        areas = [{k: r[k] for k in keep} for r in rows]
+        if small:  # shares in 5 % steps, no counts (see gridmap.analysis.toilets.area_shares)
+            areas = tl.area_shares(store, scope, level, ds)
+        else:
+            rows = queries.household_stats(
+                store, level, scope=scope, today=today, toilets=ds, days=30
+            )
+            keep = ("id", "name", "households", "toilets")
+            areas = [{k: r[k] for k in keep} for r in rows]
         body = {"level": level, "distances_m": list(ds), **tl.summary(store), "areas": areas}
         return orjson.dumps({**body, "protected": bool(small)})
 
@@ -175,7 +179,8 @@ async def toilet_siting(
     """The k sites that serve the most unserved households (or shorten walks most), solved
     exactly by HiGHS with the proven gap, the greedy answer beside it and each site's
     marginal gain. Nothing is saved: an admin POSTs a chosen site to
-    `/collections/toilets/items` (`status: planned`)."""
+    `/collections/toilets/items` (`status: planned`). Planners get shares of the unserved
+    (whole percent) and whole metres instead of household counts."""
     scope, small = policy(principal, scope)
     protected = bool(small)
     if protected and body.distance_m not in tl.DISTANCES:
@@ -208,7 +213,7 @@ async def toilet_siting(
         )
         return tl.describe(plan, protected=protected)
 
-    with SOLVING.enter(principal.username):
+    with ANALYSING.enter(principal.username):
         out = await solving(request, run)
     return Response(orjson.dumps(out), media_type="application/json")
 
@@ -235,8 +240,10 @@ async def toilet_page(
         raise QueryError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
 
     def render() -> tuple[bytes, str]:
-        rows = queries.household_stats(
-            store, "grids", scope=count_scope, small_cells=small, toilets=tl.DISTANCES
+        rows = (
+            tl.area_shares(store, count_scope, "grids")
+            if small
+            else queries.household_stats(store, "grids", scope=count_scope, toilets=tl.DISTANCES)
         )
         sites: list[dict[str, Any]] = []
         if k:
@@ -263,6 +270,6 @@ async def toilet_page(
         return cache.get_or_render(key, render, reads=count_scope.reads)
 
     if k:
-        with SOLVING.enter(principal.username):
+        with ANALYSING.enter(principal.username):
             return respond(await solving(request, cached))
     return respond(await solving(request, cached))

@@ -18,7 +18,7 @@ from api.routes.maps import BasemapParam, Lang, page_of, respond
 from gridmap.analysis import balance as bl
 from gridmap.errors import QueryError, VersionConflictError
 from gridmap.maps.balance_page import balance_map
-from gridmap.ratelimit import SOLVING
+from gridmap.ratelimit import ANALYSING
 from gridmap.security import Role
 
 router = APIRouter(tags=["Analysis"])
@@ -52,7 +52,7 @@ async def grid_balance(
         p = bl.plan(store, count_scope, lo=lo, hi=hi)
         return bl.describe(store, p, rounded=small)
 
-    with SOLVING.enter(principal.username):
+    with ANALYSING.enter(principal.username):
         out = await solving(request, run)
     return Response(orjson.dumps(out), media_type="application/json")
 
@@ -85,7 +85,7 @@ async def apply_balance(
             bl.apply(store, p.after_shapes, scope=scope)
         return bl.describe(store, p)
 
-    with SOLVING.enter(principal.username):
+    with ANALYSING.enter(principal.username):
         out = await solving(request, run)
     detail = f"grid balance {body.min}-{body.max}: {out['buildings_moved']} buildings moved"
     await run_in_threadpool(record, request, principal, "update", object="grids", detail=detail)
@@ -118,5 +118,5 @@ async def balance_page(
         )
         return page_of(m, basemap)
 
-    with SOLVING.enter(principal.username):
+    with ANALYSING.enter(principal.username):
         return respond(await solving(request, render))

@@ -20,7 +20,7 @@ from gridmap.crs import from_metric
 from gridmap.errors import HiddenLayerError, QueryError
 from gridmap.maps.cache import PageCache
 from gridmap.maps.camera_page import camera_map
-from gridmap.ratelimit import SOLVING
+from gridmap.ratelimit import ANALYSING
 from gridmap.store.base import Scope, Store
 
 router = APIRouter(tags=["Analysis"])
@@ -159,7 +159,7 @@ async def camera_siting(
         )
         return cm.describe(p)
 
-    with SOLVING.enter(principal.username):
+    with ANALYSING.enter(principal.username):
         out = await solving(request, run)
     return Response(orjson.dumps(out), media_type="application/json")
 
@@ -203,6 +203,6 @@ async def camera_page(
         return cache.get_or_render(key, render, reads=count_scope.reads)
 
     if k:
-        with SOLVING.enter(principal.username):
+        with ANALYSING.enter(principal.username):
             return respond(await solving(request, cached))
     return respond(await solving(request, cached))

@@ -111,18 +111,25 @@ def mclp(
         constraints=[LinearConstraint(link, -np.inf, 0), LinearConstraint(count, k, k)],
         options={"time_limit": time_limit, "mip_rel_gap": 0.0, "presolve": True},
     )
-    if res.x is None:
-        msg = f"the covering model found no solution in {time_limit:g} s ({res.message})"
-        raise RuntimeError(msg)
-    picked = [int(keep[i]) for i in np.flatnonzero(res.x[:n_x] > 0.5)]
+    greedy = greedy_mclp(cover, w_all, k)
+    picked = [] if res.x is None else [int(keep[i]) for i in np.flatnonzero(res.x[:n_x] > 0.5)]
     order, gains = _gains_order(cover, w_all, picked)
     value = covered_weight(cover, w_all, order)
-    bound = -float(res.mip_dual_bound) if res.mip_dual_bound is not None else value
-    bound = max(bound, value)
-    gap = 0.0 if bound <= 0 else (bound - value) / bound
-    return Siting(
-        order, gains, value, bound, gap, res.status == 0, time.perf_counter() - t0, "milp"
-    )
+    if greedy.objective > value:  # stopped early with less than the greedy answer: take it
+        order, gains, value = greedy.chosen, greedy.gains, greedy.objective
+    dual = res.mip_dual_bound
+    bound = -float(dual) if dual is not None and np.isfinite(dual) else float(w.sum())
+    bound = max(min(bound, float(w.sum())), value)
+    gap = 0.0 if bound <= 0 else max((bound - value) / bound, 0.0)
+    order, gains = _useful(order, gains)
+    optimal = res.status == 0 and res.x is not None
+    return Siting(order, gains, value, bound, gap, optimal, time.perf_counter() - t0, "milp")
+
+
+def _useful(order: list[int], gains: list[float]) -> tuple[list[int], list[float]]:
+    """The sites that add something (a site of no gain is no proposal)."""
+    keep = [k for k, g in enumerate(gains) if g > 1e-9]
+    return [order[k] for k in keep], [gains[k] for k in keep]
 
 
 def greedy_mclp(cover: csr_matrix, weights: npt.ArrayLike, k: int) -> Siting:
@@ -208,18 +215,30 @@ def pmedian(
         ],
         options={"time_limit": time_limit, "mip_rel_gap": 0.0},
     )
-    if res.x is None:
-        msg = f"the p-median model found no solution in {time_limit:g} s ({res.message})"
-        raise RuntimeError(msg)
-    picked = [int(i) for i in np.flatnonzero(res.x[:n_c] > 0.5)]
+    greedy = greedy_pmedian(dist, b, w, k)
+    picked = [] if res.x is None else [int(i) for i in np.flatnonzero(res.x[:n_c] > 0.5)]
     order, gains = _saving_order(dist, b, w, picked)
     value = total_distance(dist, b, w, order)
-    bound = start + float(res.mip_dual_bound) if res.mip_dual_bound is not None else value
+    if greedy.objective < value:  # stopped early with more walking than the greedy answer
+        order, gains, value = greedy.chosen, greedy.gains, greedy.objective
+    nearest = _nearest_each(dist, b)
+    bound = float(np.dot(w, nearest))  # everyone at their nearest candidate: never beaten
+    dual = res.mip_dual_bound
+    if dual is not None and np.isfinite(dual):
+        bound = max(bound, start + float(dual))
     bound = min(bound, value)
-    gap = 0.0 if value <= 0 else (value - bound) / value
-    return Siting(
-        order, gains, value, bound, gap, res.status == 0, time.perf_counter() - t0, "milp"
-    )
+    gap = 0.0 if value <= 0 else max((value - bound) / value, 0.0)
+    order, gains = _useful(order, gains)
+    optimal = res.status == 0 and res.x is not None
+    return Siting(order, gains, value, bound, gap, optimal, time.perf_counter() - t0, "milp")
+
+
+def _nearest_each(dist: csr_matrix, base: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Each demand's distance to its nearest candidate, or its base if nearer."""
+    best = base.copy()
+    m = dist.tocoo()
+    np.minimum.at(best, m.col, m.data)
+    return best
 
 
 def _ones_then(n_one: int, n_zero: int) -> npt.NDArray[np.float64]:

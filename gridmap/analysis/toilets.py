@@ -38,6 +38,9 @@ MAX_DISTANCE_M = 2000
 PMEDIAN_CAP_M = 2000.0
 """In the p-median, a household with no toilet within this walk counts this far."""
 MAX_CANDIDATES = 20_000
+MAX_PAIRS = 400_000
+"""The p-median's model grows with the pairs nearer than a household's toilet: bounded so
+that one request stays within a few hundred MB."""
 DENSITY_CELL_M = 200
 
 
@@ -253,8 +256,10 @@ def road_candidates(store: Store, spacing_m: float = SPACING_M) -> tuple[npt.NDA
     lengths = shapely.length(lines)
     pts: list[npt.NDArray] = []
     for line, length in zip(lines, lengths, strict=True):
-        at = np.arange(spacing_m / 2, max(length, spacing_m / 2 + 1e-9), spacing_m)
-        pts.append(shapely.get_coordinates(shapely.line_interpolate_point(line, at[at <= length])))
+        # every spacing_m from half a spacing in; a piece shorter than that gets its middle
+        at = np.arange(spacing_m / 2, length, spacing_m)
+        at = at if len(at) else np.array([length / 2])
+        pts.append(shapely.get_coordinates(shapely.line_interpolate_point(line, at)))
     xy = np.unique(np.round(np.vstack(pts) / 5.0) * 5.0, axis=0)
     if len(xy) > MAX_CANDIDATES:
         msg = f"{len(xy)} candidate sites at {spacing_m:g} m; use a larger spacing"
@@ -281,6 +286,8 @@ class Plan:
     greedy: covering.Siting
     demand: int
     """Households the objective counts: unserved (coverage) or all in scope (distance)."""
+    households: int
+    """Households in scope."""
     before: float
     """Unserved households (coverage), or total household-metres (distance), before."""
     method: str
@@ -315,10 +322,24 @@ def site(
         cover, method = reach.pairs_within(
             net, (lon, lat), (acc.homes.lon, acc.homes.lat), distance_m
         )
+        if cover.nnz > 5 * MAX_PAIRS:
+            msg = f"{cover.nnz:,} candidate–household pairs; use a larger spacing_m or distance"
+            raise QueryError(msg)
         exact = covering.mclp(cover, w, k, time_limit=time_limit)
         greedy = covering.greedy_mclp(cover, w, k)
         demand = int(unserved.sum())
-        return Plan(objective, distance_m, lon, lat, exact, greedy, demand, demand, method)
+        return Plan(
+            objective,
+            distance_m,
+            lon,
+            lat,
+            exact,
+            greedy,
+            demand,
+            len(acc.homes.ids),
+            demand,
+            method,
+        )
     acc = access(store, scope, limit=PMEDIAN_CAP_M)
     metres = acc.with_planned if include_planned else acc.existing
     base = np.minimum(metres, PMEDIAN_CAP_M)
@@ -326,10 +347,18 @@ def site(
     dist, method = reach.pairs_within(
         net, (lon, lat), (acc.homes.lon, acc.homes.lat), float(base.max(initial=0.0))
     )
+    useful = int((dist.tocoo().data < base[dist.tocoo().col]).sum())
+    if useful > MAX_PAIRS:
+        msg = (
+            f"{useful:,} candidate–household pairs for the distance objective (at most "
+            f"{MAX_PAIRS:,}); use a larger spacing_m or supply fewer candidates"
+        )
+        raise QueryError(msg)
     exact = covering.pmedian(dist, base, w, k, time_limit=time_limit)
     greedy = covering.greedy_pmedian(dist, base, w, k)
     before = float(np.dot(w, base))
-    return Plan(objective, distance_m, lon, lat, exact, greedy, len(acc.homes.ids), before, method)
+    n = len(acc.homes.ids)
+    return Plan(objective, distance_m, lon, lat, exact, greedy, n, n, before, method)
 
 
 def catchments(
@@ -382,57 +411,75 @@ def summary(store: Store) -> dict[str, object]:
     }
 
 
-def rounded(n: float, base: int = 5) -> int:
-    """A household count rounded to a multiple of ``base`` (for roles whose figures are
-    protected: a site's gain near a point must not tell one household)."""
-    return int(base * round(float(n) / base))
+def _share(part: float, whole: float) -> float:
+    """part / whole to the whole percent (what a protected role sees of a count)."""
+    return round(part / whole, 2) if whole > 0 else 0.0
 
 
 def _site_list(plan: Plan, answer: covering.Siting, protected: bool) -> list[dict[str, object]]:
+    """The sites in the order their gains were taken; where ``protected`` the gains are
+    shares of the unserved (whole percent) or whole metres, and sites showing none left out."""
     out: list[dict[str, object]] = []
-    for rank, (i, gain) in enumerate(zip(answer.chosen, answer.gains, strict=True), start=1):
+    for i, gain in zip(answer.chosen, answer.gains, strict=True):
         if plan.objective == "coverage":
-            shown: object = rounded(gain) if protected else round(gain)
-        else:
-            shown = round(gain / max(plan.demand, 1), 1)  # metres saved per household
-        out.append(
-            {"rank": rank, "lon": float(plan.lon[i]), "lat": float(plan.lat[i]), "gain": shown}
-        )
+            shown: float = _share(gain, plan.before) if protected else round(gain)
+        else:  # metres of walk saved per household
+            shown = round(gain / max(plan.demand, 1), 0 if protected else 1)
+        if protected and shown == 0:
+            continue
+        out.append({"lon": float(plan.lon[i]), "lat": float(plan.lat[i]), "gain": shown})
+    for rank, site in enumerate(out, start=1):
+        site["rank"] = rank
     return out
 
 
 def _figures(plan: Plan, answer: covering.Siting, protected: bool) -> dict[str, object]:
-    """What an answer achieves: households covered, or the mean walk, with its proof."""
+    """What an answer achieves, with its proof: households covered (for a protected role,
+    shares of the unserved), or the mean walk."""
+    out: dict[str, object]
+    milp = answer.method == "milp"
     if plan.objective == "coverage":
-        count = rounded if protected else round
-        out: dict[str, object] = {
-            "covered": count(answer.objective),
-            "unserved_after": count(plan.before - answer.objective),
-        }
-        if answer.method == "milp":
-            out["bound"] = count(answer.bound)
+        if protected:
+            out = {"covered_share": _share(answer.objective, plan.before)}
+            if milp:
+                out["bound_share"] = _share(answer.bound, plan.before)
+        else:
+            out = {
+                "covered": round(answer.objective),
+                "unserved_after": round(plan.before - answer.objective),
+            }
+            if milp:
+                out["bound"] = round(answer.bound)
     else:
-        n = max(plan.demand, 1)
-        out = {"mean_walk_m": round(answer.objective / n, 1)}
-        if answer.method == "milp":
-            out["bound_mean_walk_m"] = round(answer.bound / n, 1)
+        n, places = max(plan.demand, 1), 0 if protected else 1
+        out = {"mean_walk_m": round(answer.objective / n, places)}
+        if milp:
+            out["bound_mean_walk_m"] = round(answer.bound / n, places)
     out["seconds"] = round(answer.seconds, 3)
-    if answer.method == "milp":
+    if milp:
         out |= {"optimal": answer.optimal, "gap": round(max(answer.gap, 0.0), 9)}
     return out
 
 
 def describe(plan: Plan, *, protected: bool = False) -> dict[str, object]:
     """A siting answer as plain data (WGS84): the exact sites with their marginal gains,
-    the greedy ones beside them, and what each achieves. Where ``protected``, household
-    counts are rounded to multiples of 5."""
+    the greedy ones beside them, and what each achieves. Where ``protected`` no household
+    count is given: shares of the unserved to the whole percent, walks to the whole metre
+    (a site's gain near a point must not tell one household)."""
+    n = max(plan.households, 1)
     if plan.objective == "coverage":
-        before: dict[str, object] = {
-            "unserved": rounded(plan.before) if protected else int(plan.before)
-        }
-        gain = "households newly within distance_m of a toilet"
+        before: dict[str, object] = (
+            {"unserved_share": _share(plan.before, n)}
+            if protected
+            else {"unserved": int(plan.before), "households": plan.households}
+        )
+        gain = (
+            "share of the unserved households newly within distance_m of a toilet"
+            if protected
+            else "households newly within distance_m of a toilet"
+        )
     else:
-        before = {"mean_walk_m": round(plan.before / max(plan.demand, 1), 1)}
+        before = {"mean_walk_m": round(plan.before / n, 0 if protected else 1)}
         gain = "metres of walk saved per household in scope"
     return {
         "objective": plan.objective,
@@ -446,5 +493,46 @@ def describe(plan: Plan, *, protected: bool = False) -> dict[str, object]:
         "gain": gain,
         "sites": _site_list(plan, plan.exact, protected),
         "greedy_sites": _site_list(plan, plan.greedy, protected),
-        "rounded": protected,
+        "protected": protected,
     }
+
+
+def area_shares(
+    store: Store, scope: Scope, level: str, distances: Sequence[int] = DISTANCES
+) -> list[dict[str, object]]:
+    """Per grid, community or zone: the shares of households within each distance of an
+    open toilet and of an open or planned one, in steps of 5 % — what a role whose counts
+    are protected sees (no counts: shares this coarse do not move for one household)."""
+    acc = access(store, scope, limit=max(distances))
+    grids = store.query("grids", Query())
+    up = {int(i): p.get("community_id") for i, p in zip(grids.ids, grids.properties, strict=True)}
+    communities = store.query("communities", Query())
+    zone = {
+        int(i): p.get("zone_id")
+        for i, p in zip(communities.ids, communities.properties, strict=True)
+    }
+    area_of = {
+        "grids": lambda g: g,
+        "communities": lambda g: up.get(g),
+        "zones": lambda g: zone.get(up.get(g)) if up.get(g) is not None else None,
+    }[level]
+    areas = np.array([area_of(int(g)) if g >= 0 else None for g in acc.homes.grid], dtype=object)
+    names = store.query(level, Query())
+    out: list[dict[str, object]] = []
+    for aid, p in zip(names.ids.tolist(), names.properties, strict=True):
+        mine = areas == aid
+        total = int(mine.sum())
+        if total == 0:
+            continue
+        shares = {}
+        for d in distances:
+            shares[str(d)] = {
+                "existing_share": _step(acc.served("existing", d)[mine].sum() / total),
+                "with_planned_share": _step(acc.served("with_planned", d)[mine].sum() / total),
+            }
+        out.append({"id": aid, "name": p.get("name"), "toilets": shares})
+    return out
+
+
+def _step(share: float, step: float = 0.05) -> float:
+    return round(step * round(share / step), 2)

@@ -19,12 +19,15 @@ from gridmap.maps.widgets import add_legend, add_page_css, add_title
 from gridmap.store.base import Query, Scope, Store
 
 SITE_COLOUR = "#d7301f"
+FEW_COLOUR = "#fff5f0"
 BAND_COLOUR = ["#fee5d9", "#fcae91", "#fb6a4a", "#de2d26", "#a50f15"]
 
 
 def _shade(value: int | str) -> str:
     """A density square's fill: by band (5–9 … 100+), counts put into the same bands."""
     lo = int(value.split("–")[0].rstrip("+")) if isinstance(value, str) else value
+    if lo < tl.BANDS[0][0]:  # 1–4: drawn for roles that see them, paler than any band
+        return FEW_COLOUR
     edges = [lo_ for lo_, _ in tl.BANDS]
     return BAND_COLOUR[max(0, int(np.searchsorted(edges, lo, side="right")) - 1)]
 

@@ -113,7 +113,7 @@ def main() -> None:
         path = Path(tempfile.mkdtemp()) / "sample.gpkg"
         build_demo(path).close()
     store = open_store(path)
-    for lo, hi in ((300, 500), (350, 420), (330, 450)):
+    for lo, hi in ((300, 500), (350, 420)):
         run(store, lo, hi)
     store.close()
 

@@ -49,8 +49,8 @@ def test_profiles_count_what_sql_counts(sample_store: Any, sample_path: Path | s
     rows = raw_sql(
         sample_path,
         "SELECT b.neighbourhood_id, COUNT(*), "
-        "SUM(CASE WHEN h.tags LIKE '%\"hardship\"%' THEN 1 ELSE 0 END), "
-        "SUM(CASE WHEN h.tags LIKE '%\"elderly_alone\"%' THEN 1 ELSE 0 END) "
+        "SUM(CASE WHEN CAST(h.tags AS TEXT) LIKE '%\"hardship\"%' THEN 1 ELSE 0 END), "
+        "SUM(CASE WHEN CAST(h.tags AS TEXT) LIKE '%\"elderly_alone\"%' THEN 1 ELSE 0 END) "
         "FROM households h JOIN buildings b ON h.building_id = b.fid "
         "WHERE b.neighbourhood_id IS NOT NULL GROUP BY b.neighbourhood_id",
     )

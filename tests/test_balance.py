@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from gridmap.analysis import balance as bl
 from gridmap.integrity import check_store
 from gridmap.store import open_store
-from gridmap.store.base import Scope
+from gridmap.store.base import Query, Scope
 from tests.conftest import raw_sql
 
 
@@ -113,7 +113,11 @@ def test_grid_balance_over_http(
     admin = edit_client.get(url).json()
     assert admin["in_range_after"] > admin["in_range_before"] and admin["moves"]
     assert admin["households_moved"] == sum(m["households"] for m in admin["moves"])
-    planner = edit_client.get(url, headers=edit_auth["planner"]).json()
+    r = edit_client.get(url, headers=edit_auth["planner"])
+    assert r.status_code == 400  # targets in steps of 50 for planners
+    planner = edit_client.get(
+        "/analysis/grid-balance?min=350&max=400", headers=edit_auth["planner"]
+    ).json()
     assert planner["rounded"] and all(g["before"] % 5 == 0 for g in planner["grids"])
     community = edit_client.get(url, headers=edit_auth["community_admin"]).json()
     mine = {g["id"] for g in community["grids"]}
@@ -134,3 +138,36 @@ def test_grid_balance_over_http(
         assert edit_client.get(f"/analysis/grid-balance?{bad}").status_code in (400, 422), bad
     page = edit_client.get("/map/grid-balance?min=350&max=400")
     assert page.status_code == 200 and "gm-legend" in page.text
+
+
+def test_applying_refuses_a_grid_edited_since_the_proposal(edit_path: Any) -> None:
+    from gridmap.errors import VersionConflictError
+
+    store = open_store(edit_path)
+    p = bl.plan(store, Scope.ALL, lo=350, hi=420)
+    g = next(iter(p.after_shapes))
+    name = store.get("grids", g).properties["name"]
+    store.update("grids", g, properties={"name": f"{name}（改）"})  # another admin, meanwhile
+    before = {int(i): int(v) for i, v in zip(*_versions(store), strict=True)}
+    with pytest.raises(VersionConflictError):
+        bl.apply(store, p.after_shapes, versions=p.versions)
+    assert {int(i): int(v) for i, v in zip(*_versions(store), strict=True)} == before
+    assert bl.plan(store, Scope.ALL, lo=350, hi=420).basis != p.basis
+    store.close()
+
+
+def _versions(store: Any) -> tuple[Any, Any]:
+    fs = store.query("grids", Query())
+    return fs.ids, fs.versions
+
+
+def test_households_with_no_building_move_with_the_land_they_are_on(edit_path: Any) -> None:
+    store = open_store(edit_path)
+    c, _, _ = bl.cells(store, Scope.ALL)
+    total = int(c.households.sum())
+    one = int(store.query("households", Query(equals={"grid_id": 1}, limit=1)).ids[0])
+    raw_sql(edit_path, "UPDATE households SET building_id = NULL WHERE fid = ?", one)
+    c2, _, _ = bl.cells(store, Scope.ALL)
+    assert int(c2.households.sum()) == total  # still counted, in the cell it lies in
+    assert bl.counts(c2)[1] == bl.counts(c)[1]
+    store.close()

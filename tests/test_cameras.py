@@ -120,9 +120,10 @@ def test_camera_coverage_over_http_per_role(
     planner = _get(client, "/analysis/camera-coverage", auth["planner"])
     assert set(planner["grids"][0]) == {"grid_id", "road_seen_share", "entrances_seen_share"}
     assert "cameras" not in planner
-    assert [r["road_seen_share"] for r in planner["grids"]] == [
-        r["road_seen_share"] for r in admin["grids"]
-    ]
+    for mine, exact in zip(planner["grids"], admin["grids"], strict=True):
+        v = mine["road_seen_share"]  # 5 % steps: a planner's road edit cannot probe a view
+        assert abs(v * 20 - round(v * 20)) < 1e-9
+        assert abs(v - exact["road_seen_m"] / exact["road_m"]) <= 0.025 + 1e-9
     for url in ("/analysis/camera-coverage/blind-spots", "/analysis/camera-coverage/views"):
         assert client.get(url, headers=auth["planner"]).status_code == 404
         assert client.get(url, headers=auth["grid_worker"]).status_code == 404

@@ -32,6 +32,13 @@ def _check(lo: int, hi: int) -> None:
         raise QueryError("min must not exceed max")
 
 
+def _coarse(lo: int, hi: int, small: int | None) -> None:
+    """Where counts are protected the target moves in steps of 50: flags read at every
+    threshold would give each grid's count exactly."""
+    if small and (lo % 50 or hi % 50):
+        raise QueryError("for this role min and max are multiples of 50")
+
+
 @router.get("/analysis/grid-balance", summary="Households per grid and a redrawing proposal")
 async def grid_balance(
     request: Request,
@@ -47,6 +54,7 @@ async def grid_balance(
     community admins and grid workers their own grids, moves among those only."""
     _check(lo, hi)
     count_scope, small = policy(principal, scope)
+    _coarse(lo, hi, small)
 
     def run() -> dict[str, Any]:
         p = bl.plan(store, count_scope, lo=lo, hi=hi)
@@ -82,7 +90,7 @@ async def apply_balance(
             msg = "the grids, buildings or households changed since that proposal; get it again"
             raise VersionConflictError(msg)
         if p.after_shapes:
-            bl.apply(store, p.after_shapes, scope=scope)
+            bl.apply(store, p.after_shapes, versions=p.versions, scope=scope)
         return bl.describe(store, p)
 
     with ANALYSING.enter(principal.username):
@@ -107,6 +115,7 @@ async def balance_page(
     """Before (grids by flag) and after (proposed boundaries, the buildings that move)."""
     _check(lo, hi)
     count_scope, small = policy(principal, scope)
+    _coarse(lo, hi, small)
     if basemap == "tianditu" and not settings.tianditu_key:
         raise QueryError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
 

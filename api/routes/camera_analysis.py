@@ -55,12 +55,12 @@ def camera_coverage(
 ) -> Response:
     """Per grid: the share of walkable road length and of building entrances that an online
     camera sees (views cut by buildings). Roles that may see cameras also get the metres,
-    counts and the number of cameras; others only the shares."""
+    counts and the number of cameras; others only the shares, in steps of 5 %."""
     count_scope, _ = policy(principal, scope)
     detail = scope.allows_layer("cameras")
     cov = _coverage(request, store, count_scope, households=detail)
     grids = count_scope.grid_ids if count_scope.grid_ids is not None else None
-    rows = cm.per_grid_shares(cov, grids)
+    rows = cm.per_grid_shares(cov, grids, step=None if detail else 0.05)
     if detail:
         for r in rows:
             r.update({k: round(v, 1) for k, v in cov.per_grid[int(r["grid_id"])].items()})
@@ -129,7 +129,7 @@ class CameraSitingIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     k: int = Field(5, ge=1, le=30)
     range_m: float = Field(cm.PTZ_RANGE_M, ge=10, le=300)
-    spacing_m: float = Field(25.0, ge=5, le=500)
+    spacing_m: float = Field(25.0, ge=10, le=500)
     time_limit_s: float = Field(30.0, gt=0, le=120)
 
 
@@ -145,9 +145,9 @@ async def camera_siting(
     pieces (maximal covering, HiGHS; greedy beside it), each with its view."""
     count_scope, _ = policy(principal, scope)
     _camera_roles(scope)
-    cov = _coverage(request, store, count_scope)
 
     def run() -> dict[str, Any]:
+        cov = _coverage(request, store, count_scope)
         p = cm.propose(
             store,
             count_scope,
@@ -181,9 +181,9 @@ async def camera_page(
     _camera_roles(scope)
     if basemap == "tianditu" and not settings.tianditu_key:
         raise QueryError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
-    cov = _coverage(request, store, count_scope)
 
     def render() -> tuple[bytes, str]:
+        cov = _coverage(request, store, count_scope)
         proposal = cm.propose(store, count_scope, k=k, cov=cov) if k else None
         m = camera_map(
             store,

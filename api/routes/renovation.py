@@ -113,7 +113,7 @@ def affected(
     found, rounded = _found(store, scope, principal)
     hits = rn.affected(found, start, end)
     ids = [p.id for p in hits]
-    fs = store.query("buildings", StoreQuery(), scope=Scope.ALL).with_geometry()
+    fs = store.query("buildings", StoreQuery(), scope=scope).with_geometry()  # within scope
     features = [
         {
             "type": "Feature",
@@ -180,8 +180,6 @@ async def change_status(
     policy(principal, scope)
     if not scope.allows_write("old_neighbourhoods"):
         raise PermissionDeniedError("this role may not change old neighbourhoods")
-    if body.on > dt.date.today() + dt.timedelta(days=1):
-        raise QueryError("a status change cannot be dated in the future")
     header = request.headers.get("if-match")
     layer = get_layer("old_neighbourhoods")
     version = expected_version(layer, neighbourhood_id, header) if header else None
@@ -218,10 +216,13 @@ def renovation_page(
     found, _ = _found(store, scope, principal)
     if basemap == "tianditu" and not settings.tianditu_key:
         raise QueryError("the tianditu basemap needs GRIDMAP_TIANDITU_KEY to be set")
-    day = on or dt.date.today()
+    day = on or rn.local_today()
+    if not rn.EARLIEST <= day <= rn.LATEST:
+        raise QueryError(f"on must lie between {rn.EARLIEST} and {rn.LATEST}")
     m = renovation_map(
         store,
         found,
+        scope=scope,
         day=day,
         ranking=rn.rank(found, today=dt.date.today(), lang=lang),
         lang=lang,

@@ -35,6 +35,8 @@ DOOR_M = 1.5
 PIECE_M = 50.0
 """Blind road stretches are cut into pieces at most this long."""
 PTZ_RANGE_M = 60.0
+MAX_CANDIDATES = 5_000
+"""Candidate camera positions one proposal may weigh (each needs its line-of-sight view)."""
 """Range of a proposed camera (a PTZ dome turning full circle)."""
 
 
@@ -243,9 +245,19 @@ def _households_along(
 
 
 def per_grid_shares(
-    cov: Coverage, grid_ids: frozenset[int] | None = None
+    cov: Coverage, grid_ids: frozenset[int] | None = None, *, step: float | None = None
 ) -> list[dict[str, object]]:
-    """Per grid: the share of walkable road length and of building entrances seen."""
+    """Per grid: the share of walkable road length and of building entrances seen; with
+    ``step`` (for roles that may not see cameras) to that step only: a role that may edit
+    roads must not learn, from a share moving by a hair, whether a camera sees a spot."""
+
+    def share(part: float, whole: float) -> float | None:
+        if not whole:
+            return None
+        if step is None:
+            return round(part / whole, 4)
+        return round(step * round(part / whole / step), 2)
+
     out: list[dict[str, object]] = []
     for g, f in sorted(cov.per_grid.items()):
         if grid_ids is not None and g not in grid_ids:
@@ -253,12 +265,8 @@ def per_grid_shares(
         out.append(
             {
                 "grid_id": g,
-                "road_seen_share": round(f["road_seen_m"] / f["road_m"], 4)
-                if f["road_m"]
-                else None,
-                "entrances_seen_share": round(f["entrances_seen"] / f["entrances"], 4)
-                if f["entrances"]
-                else None,
+                "road_seen_share": share(f["road_seen_m"], f["road_m"]),
+                "entrances_seen_share": share(f["entrances_seen"], f["entrances"]),
             }
         )
     return out
@@ -289,8 +297,8 @@ def propose(
     """``k`` new PTZ cameras (range ``range_m``, line of sight cut by buildings) along the
     walkable roads, chosen to cover the most households along blind pieces (the length of
     blind road where no household is along any)."""
-    if not 10 <= range_m <= 300 or spacing_m < 5:
-        raise QueryError("range_m must be 10–300 m and spacing_m at least 5 m")
+    if not 10 <= range_m <= 300 or spacing_m < 10:
+        raise QueryError("range_m must be 10–300 m and spacing_m at least 10 m")
     cov = cov or coverage(store, scope)
     mids = (
         shapely.line_interpolate_point(cov.blind, 0.5, normalized=True)
@@ -314,6 +322,10 @@ def propose(
         keep = np.unique(near)
         xy, lon, lat = xy[keep], lon[keep], lat[keep]
     n = len(xy)
+    if n > MAX_CANDIDATES:
+        msg = f"{n:,} candidate positions near blind road (at most {MAX_CANDIDATES:,}); "
+        msg += "use a larger spacing_m"
+        raise QueryError(msg)
     polys = views(
         xy, np.zeros(n), np.full(n, 360.0), np.full(n, range_m), _buildings(store), step=5.0
     )

@@ -18,11 +18,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gridmap.campaigns import local_now
 from gridmap.errors import QueryError
 from gridmap.layers import RENOVATION_STATUS, RENOVATION_STATUS_ZH
 from gridmap.store.base import Query, Scope, Store
 
+
+def local_today() -> dt.date:
+    """Today in Beijing time (as every date of the service)."""
+    return local_now().date()
+
+
 EVENT = "renovation_event"
+EARLIEST = dt.date(1950, 1, 1)
+LATEST = dt.date(2100, 12, 31)
+"""Days a status change or a map may be dated on (nothing of this kind is older or later)."""
 WEIGHTS: dict[str, float] = {
     "age": 0.3,
     "households": 0.25,
@@ -218,7 +228,22 @@ def set_status(
     if status not in RENOVATION_STATUS:
         msg = f"status must be one of {', '.join(RENOVATION_STATUS)}"
         raise QueryError(msg)
+    today = local_today()
+    if not EARLIEST <= on <= today:
+        msg = f"date a status change between {EARLIEST.isoformat()} and today ({today})"
+        raise QueryError(msg)
     with store.transaction():
+        before = events(store, neighbourhood)
+        if before and on.isoformat() < before[-1]["on"]:
+            msg = (
+                f"its timeline already has a change dated {before[-1]['on']}; date this one "
+                "on or after it"
+            )
+            raise QueryError(msg)
+        current = store.get("old_neighbourhoods", neighbourhood, scope=scope)
+        if current.properties.get("renovation_status") == status:
+            msg = f"old neighbourhood {neighbourhood} is {status} already"
+            raise QueryError(msg)
         feat = store.update(
             "old_neighbourhoods",
             neighbourhood,
@@ -233,29 +258,38 @@ def set_status(
 
 
 def timeline(store: Store, p: Profile) -> list[dict[str, Any]]:
-    """A neighbourhood's stages with the day each began (None: not known)."""
-    seen = events(store, p.id)
-    if not seen:
-        return [{"status": p.status, "on": None, "zh": RENOVATION_STATUS_ZH.get(p.status or "")}]
-    return [
+    """A neighbourhood's stages with the day each began (None: not known — the status as
+    it is now when it was set without a dated change, e.g. by a PATCH)."""
+    seen = [
         {"status": e["status"], "on": e["on"], "zh": RENOVATION_STATUS_ZH[e["status"]]}
-        for e in seen
+        for e in events(store, p.id)
     ]
+    if not seen or seen[-1]["status"] != p.status:
+        seen.append(
+            {"status": p.status, "on": None, "zh": RENOVATION_STATUS_ZH.get(p.status or "")}
+        )
+    return seen
 
 
 def status_on(store: Store, found: list[Profile], day: dt.date) -> dict[int, str | None]:
     """Each neighbourhood's status on ``day``: its last event on or before it; with no
-    events, its current status; before its first event, not yet listed (None)."""
+    events, its current status; before its first event, not yet listed (None). A status
+    set later without a date (a PATCH) counts from the last event on."""
     by_hood: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for e in events(store):
         by_hood[int(e["neighbourhood_id"])].append(e)
     out: dict[int, str | None] = {}
     for p in found:
-        mine = [e for e in by_hood.get(p.id, []) if e["on"] <= day.isoformat()]
-        if mine:
-            out[p.id] = mine[-1]["status"]
+        mine = by_hood.get(p.id, [])
+        before = [e for e in mine if e["on"] <= day.isoformat()]
+        if not mine:
+            out[p.id] = p.status
+        elif not before:
+            out[p.id] = None
+        elif before[-1] is mine[-1]:
+            out[p.id] = p.status  # the last dated change, or what was set without a date since
         else:
-            out[p.id] = p.status if not by_hood.get(p.id) else None
+            out[p.id] = before[-1]["status"]
     return out
 
 

@@ -16,32 +16,40 @@ from gridmap.maps.assets import ASSET_PREFIX
 from gridmap.maps.base import Lang, base_map
 from gridmap.maps.layers import RENOVATION_COLOUR, add_shapes
 from gridmap.maps.widgets import add_legend, add_month_slider, add_page_css, add_title
-from gridmap.store.base import Query, Store
+from gridmap.store.base import Query, Scope, Store
 
 UNKNOWN = "#bdbdbd"
 
 
 def _months(found: Sequence[rn.Profile], store: Store, day: dt.date) -> list[str]:
-    """First days of the months from six before the earliest date to six after the latest."""
+    """First days of the months around the works and events: from six before the earliest
+    date to six after the latest, at most ten years either side of ``day`` (dates outside
+    1950–2100, which no renovation has, are left out)."""
     dates = [d for p in found for d in (p.planned_start, p.planned_end) if d]
     dates += [e["on"] for e in rn.events(store)]
-    dates.append(day.isoformat())
-    lo, hi = dt.date.fromisoformat(min(dates)), dt.date.fromisoformat(max(dates))
-    y, m = lo.year, lo.month - 6
+    seen = [day]
+    for d in dates:
+        try:
+            when = dt.date.fromisoformat(str(d))
+        except ValueError:
+            continue
+        if rn.EARLIEST <= when <= rn.LATEST:
+            seen.append(when)
+    lo = max(min(seen), day - dt.timedelta(days=3653)) - dt.timedelta(days=183)
+    hi = min(max(seen), day + dt.timedelta(days=3653)) + dt.timedelta(days=183)
     out: list[str] = []
-    while True:
-        y, m = (y + (m - 1) // 12, (m - 1) % 12 + 1)
-        first = dt.date(y, m, 1)
-        if first > hi + dt.timedelta(days=183) or len(out) > 240:
-            return out
-        out.append(first.isoformat())
-        m += 1
+    y, m = lo.year, lo.month
+    while dt.date(y, m, 1) <= hi:
+        out.append(dt.date(y, m, 1).isoformat())
+        y, m = (y + 1, 1) if m == 12 else (y, m + 1)
+    return out
 
 
 def renovation_map(
     store: Store,
     found: Sequence[rn.Profile],
     *,
+    scope: Scope = Scope.ALL,
     day: dt.date,
     ranking: Sequence[dict[str, Any]],
     lang: Lang = "zh",
@@ -110,7 +118,7 @@ def renovation_map(
         tooltip=(fields[:2], names[:2]),
         popup=(fields, names),
     )
-    buildings = store.query("buildings", Query()).with_geometry()
+    buildings = store.query("buildings", Query(), scope=scope).with_geometry()
     keep = [k for k, p in enumerate(buildings.properties) if p.get("neighbourhood_id") in by_id]
     add_shapes(
         frame,

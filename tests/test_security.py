@@ -481,7 +481,7 @@ def _new_route_bodies(point: list[float], hh: list[int]) -> dict[tuple[str, str]
         ("POST", "/analysis/camera-siting"): lambda role: {"k": 1, "spacing_m": 100},
         ("POST", "/analysis/grid-balance/apply"): lambda role: {"basis": "stale"},
         ("POST", "/analysis/renovation/{neighbourhood_id}/status"): lambda role: {
-            "status": "approved", "on": day,
+            "status": "in_progress" if role == "planner" else "approved", "on": day,
         },
         ("POST", "/visits"): lambda role: {
             "visits": [

@@ -9,10 +9,11 @@ import numpy as np
 from gridmap.analysis import balance as bl
 from gridmap.crs import from_metric
 from gridmap.maps.assets import ASSET_PREFIX
-from gridmap.maps.base import Lang, base_map
+from gridmap.maps.base import Lang
 from gridmap.maps.layers import add_shapes
-from gridmap.maps.widgets import add_legend, add_page_css, add_title
-from gridmap.store.base import Query, Store
+from gridmap.maps.pages import overview_frame
+from gridmap.maps.widgets import add_legend, add_title
+from gridmap.store.base import Query, Scope, Store
 
 FLAG_COLOUR = {"under": "#92c5de", "ok": "#a6dba0", "over": "#f4a582"}
 MOVED = "#762a83"
@@ -31,16 +32,7 @@ def balance_map(
     """Before (grids by flag, with their counts) and after (new boundaries dashed, with the
     new counts), and the moved buildings; ``summary`` is :func:`balance.describe`'s."""
     zh = lang == "zh"
-    extent = store.extent("grids")
-    centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
-    frame = base_map(
-        location=centre or (34.8096, 113.2919),
-        basemap=basemap,
-        lang=lang,
-        tianditu_key=tianditu_key,
-        prefix=prefix,
-    )
-    add_page_css(frame)
+    frame, _ = overview_frame(store, Scope.ALL, basemap, lang, tianditu_key, prefix)
     rows = {int(r["id"]): r for r in summary["grids"]}  # type: ignore[attr-defined]
     ids = sorted(p.shapes)
     before = from_metric(np.asarray([p.shapes[g] for g in ids], dtype=object))

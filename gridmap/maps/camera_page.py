@@ -11,9 +11,10 @@ import shapely
 from gridmap.analysis import cameras as cm
 from gridmap.crs import from_metric
 from gridmap.maps.assets import ASSET_PREFIX
-from gridmap.maps.base import Lang, base_map
+from gridmap.maps.base import Lang
 from gridmap.maps.layers import add_grid_choropleth, add_shapes
-from gridmap.maps.widgets import add_legend, add_page_css, add_title
+from gridmap.maps.pages import overview_frame
+from gridmap.maps.widgets import add_legend, add_title
 from gridmap.store.base import Query, Scope, Store
 
 BLIND_COLOUR = "#d7301f"
@@ -36,16 +37,7 @@ def camera_map(
     """The page: ``cov`` from :func:`gridmap.analysis.cameras.coverage`, the ``blind``
     pieces with most households along them, and ``proposal``'s exact sites if given."""
     zh = lang == "zh"
-    extent = store.extent("grids", scope=scope)
-    centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
-    frame = base_map(
-        location=centre or (34.8096, 113.2919),
-        basemap=basemap,
-        lang=lang,
-        tianditu_key=tianditu_key,
-        prefix=prefix,
-    )
-    add_page_css(frame)
+    frame, _ = overview_frame(store, scope, basemap, lang, tianditu_key, prefix)
     grids = store.query("grids", Query(), scope=scope).with_geometry()
     shares = {int(r["grid_id"]): r["road_seen_share"] for r in cm.per_grid_shares(cov)}
     label = "道路监控覆盖率" if zh else "Road length seen"

@@ -13,9 +13,10 @@ import shapely
 
 from gridmap.analysis import toilets as tl
 from gridmap.maps.assets import ASSET_PREFIX
-from gridmap.maps.base import Lang, base_map
+from gridmap.maps.base import Lang
 from gridmap.maps.layers import add_grid_choropleth, add_layer, add_shapes, add_toilet_service_areas
-from gridmap.maps.widgets import add_legend, add_page_css, add_title
+from gridmap.maps.pages import overview_frame
+from gridmap.maps.widgets import add_legend, add_title
 from gridmap.store.base import Query, Scope, Store
 
 SITE_COLOUR = "#d7301f"
@@ -50,16 +51,7 @@ def toilet_map(
     caller's role needs); ``count_scope`` is where households are counted; ``sites`` are
     a siting answer's (rank, lon, lat, gain)."""
     zh = lang == "zh"
-    extent = store.extent("grids", scope=scope)
-    centre = ((extent[1] + extent[3]) / 2, (extent[0] + extent[2]) / 2) if extent else None
-    frame = base_map(
-        location=centre or (34.8096, 113.2919),
-        basemap=basemap,
-        lang=lang,
-        tianditu_key=tianditu_key,
-        prefix=prefix,
-    )
-    add_page_css(frame)
+    frame, _ = overview_frame(store, scope, basemap, lang, tianditu_key, prefix)
     grids = store.query("grids", Query(), scope=scope).with_geometry()
     shares = {int(r["id"]): r["toilets"][str(distance)]["existing_share"] for r in grid_rows}
     label = f"{distance}米内有公厕的住户比例" if zh else f"Households within {distance} m"

@@ -431,4 +431,4 @@ if __name__ == "__main__":  # pragma: no cover
     app()
 
 
-from gridmap import cli_batch, cli_db, cli_field  # noqa: E402, F401  (`grant-service`, `campaign`, `plan`, `batch`…)
+from gridmap import cli_batch, cli_db, cli_field, cli_io  # noqa: E402, F401  (`campaign`, `import`…)

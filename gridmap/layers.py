@@ -117,6 +117,12 @@ class Layer:
     """Property used as a feature's display label."""
     append_only: bool = False
     """Features are never changed or deleted once written (a ledger: corrections are new rows)."""
+    keys: tuple[tuple[str, ...], ...] = ()
+    """Properties that identify a feature in files exchanged with other systems, tried in
+    order (an import matches rows to stored features by the first whose values it has)."""
+    tiles: bool = False
+    """Features tile the area (or their parent, the feature they lie ``inside``) without
+    overlaps or gaps: zones, communities, grids."""
 
     def __post_init__(self) -> None:
         names = [p.name for p in self.properties]
@@ -329,6 +335,18 @@ RENOVATION_WORKS = (
     "lighting",
     "greening",
 )
+RENOVATION_WORKS_ZH = {
+    "roof": "屋面防水",
+    "pipes": "管网改造",
+    "elevators": "加装电梯",
+    "facade": "外墙保温",
+    "heating": "供暖改造",
+    "gas": "燃气管道",
+    "drainage": "雨污分流",
+    "parking": "停车设施",
+    "lighting": "照明",
+    "greening": "绿化",
+}
 FACILITY_KINDS = (
     "mediation_room",
     "psych_service",
@@ -358,6 +376,8 @@ LAYERS: tuple[Layer, ...] = (
             _p("community_ids", "list", "所辖社区", "Communities"),
         ),
         description_zh="街道划分的联合片区，每个片区由若干社区组成。",
+        keys=(("name",),),
+        tiles=True,
     ),
     Layer(
         "communities",
@@ -371,6 +391,8 @@ LAYERS: tuple[Layer, ...] = (
             _p("office_address", "str", "社区办公地址", "Office address"),
             _p("phone", "str", "社区电话", "Phone", max_length=40, format="phone"),
         ),
+        keys=(("name",), ("code",)),
+        tiles=True,
     ),
     Layer(
         "grids",
@@ -402,6 +424,8 @@ LAYERS: tuple[Layer, ...] = (
             ),
             _p("target_households", "int", "应访户数", "Target households", minimum=0),
         ),
+        keys=(("code",),),
+        tiles=True,
     ),
     Layer(
         "buildings",
@@ -435,6 +459,7 @@ LAYERS: tuple[Layer, ...] = (
             ),
         ),
         label="address",
+        keys=(("address",),),
     ),
     Layer(
         "households",
@@ -459,13 +484,28 @@ LAYERS: tuple[Layer, ...] = (
                 format="id_number",
             ),
             _p("members", "int", "人口", "Members", minimum=0, maximum=50),
-            _p("tags", "list", "标签", "Tags", choices=HOUSEHOLD_TAGS),
+            _p(
+                "tags",
+                "list",
+                "标签",
+                "Tags",
+                choices=HOUSEHOLD_TAGS,
+                choice_labels_zh=HOUSEHOLD_TAG_ZH,
+            ),
             _p("last_visit_at", "datetime", "最近走访", "Last visit"),
-            _p("last_visit_status", "enum", "走访结果", "Visit status", choices=VISIT_STATUS),
+            _p(
+                "last_visit_status",
+                "enum",
+                "走访结果",
+                "Visit status",
+                choices=VISIT_STATUS,
+                choice_labels_zh=VISIT_STATUS_ZH,
+            ),
         ),
         restricted=True,
         temporal="last_visit_at",
         label="room",
+        keys=(("id_number",), ("building_id", "room")),
     ),
     Layer(
         "visits",
@@ -493,6 +533,7 @@ LAYERS: tuple[Layer, ...] = (
                 "Outcome",
                 required=True,
                 choices=VISIT_STATUS,
+                choice_labels_zh=VISIT_STATUS_ZH,
             ),
             _p("worker", "str", "走访人", "Visited by", max_length=40, derived=True),
             _p("note", "str", "备注", "Note", sensitive=True, max_length=500),
@@ -504,6 +545,7 @@ LAYERS: tuple[Layer, ...] = (
         temporal="visited_at",
         label="outcome",
         append_only=True,
+        keys=(("client_key",),),
     ),
     Layer(
         "old_neighbourhoods",
@@ -520,12 +562,21 @@ LAYERS: tuple[Layer, ...] = (
                 "改造状态",
                 "Renovation status",
                 choices=RENOVATION_STATUS,
+                choice_labels_zh=RENOVATION_STATUS_ZH,
             ),
             _p("planned_start", "date", "计划开工", "Planned start"),
             _p("planned_end", "date", "计划完工", "Planned end"),
             _p("budget_wan", "float", "预算(万元)", "Budget (10k CNY)", minimum=0),
-            _p("works", "list", "改造内容", "Works", choices=RENOVATION_WORKS),
+            _p(
+                "works",
+                "list",
+                "改造内容",
+                "Works",
+                choices=RENOVATION_WORKS,
+                choice_labels_zh=RENOVATION_WORKS_ZH,
+            ),
         ),
+        keys=(("name",),),
     ),
     Layer(
         "toilets",
@@ -540,12 +591,25 @@ LAYERS: tuple[Layer, ...] = (
                 "状态",
                 "Status",
                 choices=("existing", "planned", "under_construction"),
+                choice_labels_zh={
+                    "existing": "现有",
+                    "planned": "规划",
+                    "under_construction": "在建",
+                },
             ),
-            _p("grade", "enum", "等级", "Grade", choices=("I", "II", "III")),
+            _p(
+                "grade",
+                "enum",
+                "等级",
+                "Grade",
+                choices=("I", "II", "III"),
+                choice_labels_zh={"I": "一类", "II": "二类", "III": "三类"},
+            ),
             _p("open_hours", "str", "开放时间", "Opening hours", max_length=40),
             _p("accessible", "bool", "无障碍", "Accessible"),
             _p("units", "int", "厕位数", "Stalls", minimum=0, maximum=200),
         ),
+        keys=(("name",),),
     ),
     Layer(
         "cameras",
@@ -554,14 +618,29 @@ LAYERS: tuple[Layer, ...] = (
         "Point",
         (
             _p("name", "str", "名称", "Name", required=True, max_length=100),
-            _p("kind", "enum", "类型", "Kind", choices=("bullet", "dome", "ptz")),
+            _p(
+                "kind",
+                "enum",
+                "类型",
+                "Kind",
+                choices=("bullet", "dome", "ptz"),
+                choice_labels_zh={"bullet": "枪机", "dome": "半球", "ptz": "球机"},
+            ),
             _p("direction_deg", "float", "朝向(度)", "Direction (deg)", minimum=0, maximum=360),
             _p("fov_deg", "float", "视场角(度)", "Field of view (deg)", minimum=1, maximum=360),
             _p("range_m", "float", "视距(米)", "Range (m)", minimum=1, maximum=1000),
-            _p("status", "enum", "状态", "Status", choices=("online", "offline")),
+            _p(
+                "status",
+                "enum",
+                "状态",
+                "Status",
+                choices=("online", "offline"),
+                choice_labels_zh={"online": "在线", "offline": "离线"},
+            ),
             _p("installed_at", "date", "安装日期", "Installed"),
         ),
         restricted=True,
+        keys=(("name",),),
     ),
     Layer(
         "facilities",
@@ -570,12 +649,28 @@ LAYERS: tuple[Layer, ...] = (
         "Point",
         (
             _p("name", "str", "名称", "Name", required=True, max_length=100),
-            _p("kind", "enum", "类型", "Kind", required=True, choices=FACILITY_KINDS),
-            _p("level", "enum", "层级", "Level", choices=("subdistrict", "community")),
+            _p(
+                "kind",
+                "enum",
+                "类型",
+                "Kind",
+                required=True,
+                choices=FACILITY_KINDS,
+                choice_labels_zh=FACILITY_KIND_ZH,
+            ),
+            _p(
+                "level",
+                "enum",
+                "层级",
+                "Level",
+                choices=("subdistrict", "community"),
+                choice_labels_zh={"subdistrict": "街道级", "community": "社区级"},
+            ),
             _p("address", "str", "地址", "Address"),
             _p("hours", "str", "开放时间", "Hours", max_length=60),
             _p("area_m2", "float", "面积(平方米)", "Floor area (m²)", minimum=0),
         ),
+        keys=(("name",),),
     ),
     Layer(
         "roads",
@@ -590,10 +685,23 @@ LAYERS: tuple[Layer, ...] = (
                 "等级",
                 "Class",
                 choices=("arterial", "secondary", "lane", "footpath"),
+                choice_labels_zh={
+                    "arterial": "主干道",
+                    "secondary": "次干道",
+                    "lane": "支路",
+                    "footpath": "步行道",
+                },
             ),
             _p("walkable", "bool", "可步行", "Walkable"),
             _p("oneway", "bool", "单行", "One-way"),
-            _p("status", "enum", "状态", "Status", choices=("existing", "planned")),
+            _p(
+                "status",
+                "enum",
+                "状态",
+                "Status",
+                choices=("existing", "planned"),
+                choice_labels_zh={"existing": "现有", "planned": "规划"},
+            ),
         ),
     ),
 )

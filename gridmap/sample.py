@@ -112,6 +112,17 @@ def synthetic_id_number(rng: np.random.Generator, birth: dt.date) -> str:
     return first17 + wrong[int(rng.integers(len(wrong)))]
 
 
+def _unique(id_number: str, used: set[str]) -> str:
+    """The ID number, its sequence digits stepped on (no random draw) while another
+    household already holds it: one person, one number."""
+    while id_number in used:
+        seq = (int(id_number[14:17]) + 1) % 1000
+        first17 = f"{id_number[:14]}{seq:03d}"
+        id_number = first17 + str((int(id_check_digit(first17).replace("X", "10")) + 1) % 10)
+    used.add(id_number)
+    return id_number
+
+
 # ------------------------------------------------------------------ geometry helpers
 
 
@@ -529,10 +540,11 @@ def _assign_tags(s: Sample, rng: np.random.Generator, today: dt.date) -> None:
     for i in rest[975:1005]:
         props[i]["tags"].append("key_person")
     statuses = ["visited"] * 14 + ["not_home"] * 4 + ["refused", "follow_up"]
+    used: set[str] = set()
     for p in props:
         p["tags"] = sorted(set(p["tags"]))
         birth: dt.date = p.pop("_birth")
-        p["id_number"] = synthetic_id_number(rng, birth)
+        p["id_number"] = _unique(synthetic_id_number(rng, birth), used)
         if rng.random() < 0.72:
             days = int(rng.integers(0, 60))
             t = dt.datetime.combine(today - dt.timedelta(days=days), dt.time(9, 0)) + dt.timedelta(

@@ -768,6 +768,12 @@ class FeatureStore:
             if not self.backend.delete_row(layer, fid, current.version):
                 _check_version(layer, fid, current.version + 1, current.version)
 
+    def relocate(self, layer_id: str, bounds: tuple[float, ...]) -> None:
+        """Derive again, within ``bounds``, the references located in ``layer_id`` (after
+        several features of it were written at once); IntegrityError if one is left in none."""
+        with self.backend.transaction(), self._rolled_back_forgets():
+            self._relocate(get_layer(layer_id), bounds)
+
     def _relocate(self, target: Layer, bounds: tuple[float, ...]) -> None:
         """After a feature of ``target`` (a grid) moved: derive again the references of the
         features around it that are located in ``target``; a feature left in none refuses

@@ -1,0 +1,1 @@
+"""Import and export: files as Chinese offices exchange them, in and out of the store."""

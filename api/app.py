@@ -24,6 +24,7 @@ from api.routes import (
     maps,
     renovation,
     routing,
+    transfer,
 )
 from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
@@ -79,7 +80,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(ReadAudit)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimit, max_bytes=settings.max_body_bytes, upload_bytes=settings.max_upload_bytes
+    )
     app.add_middleware(SecurityHeaders)
     app.add_middleware(HeadAsGet)
     if settings.cors_origins:
@@ -101,6 +104,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(camera_analysis.router)
     app.include_router(renovation.router)
     app.include_router(balance.router)
+    app.include_router(transfer.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")
     return app

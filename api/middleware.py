@@ -117,25 +117,30 @@ class SecurityHeaders:
 
 
 class BodyLimit:
-    """413 for a request body over ``max_bytes``: at once when Content-Length says so,
-    and as soon as a streamed body crosses the limit, before the app buffers it."""
+    """413 for a request body over ``max_bytes`` (``upload_bytes`` for a file import): at
+    once when Content-Length says so, and as soon as a streamed body crosses the limit,
+    before the app buffers it."""
 
-    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, *, max_bytes: int, upload_bytes: int | None = None) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.body_bytes = max_bytes
+        self.upload_bytes = upload_bytes or max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = scope.get("path", "")
+        upload = path.startswith("/collections/") and path.endswith("/import")
+        limit = self.upload_bytes if upload else self.body_bytes
         for name, value in scope.get("headers", []):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
-                    declared = self.max_bytes + 1
-                if declared > self.max_bytes:
-                    await self._refuse(send)
+                    declared = limit + 1
+                if declared > limit:
+                    await self._refuse(send, limit)
                     return
         seen = 0
         refused = False
@@ -147,9 +152,9 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > limit:
                     refused = True
-                    await self._refuse(send)
+                    await self._refuse(send, limit)
                     return {"type": "http.disconnect"}
             return message
 
@@ -163,10 +168,10 @@ class BodyLimit:
             if not refused:
                 raise
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, send: Send, limit: int) -> None:
         body = (
             b'{"type":"about:blank","title":"Content Too Large","status":413,'
-            b'"detail":"the request body exceeds ' + str(self.max_bytes).encode() + b' bytes"}'
+            b'"detail":"the request body exceeds ' + str(limit).encode() + b' bytes"}'
         )
         await send(
             {

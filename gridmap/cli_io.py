@@ -10,6 +10,7 @@ from rich.markup import escape
 
 from gridmap.cli import DbOption, _fail, _open, app, console, err, progress_bar
 from gridmap.errors import GridmapError
+from gridmap.io.report import Report
 from gridmap.settings import DEFAULT_DATABASE
 
 _H0 = "GeoPackage, Shapefile (.shp, folder or .zip), GeoJSON, KML/KMZ, GPX, CSV or XLSX."
@@ -112,10 +113,9 @@ def import_file(
     console.print(f"[{colour}]{escape(report.summary())}[/]")
 
 
-def _show(report) -> None:  # type: ignore[no-untyped-def]
-    console.print(
-        f"{escape(report.file)}: {report.format}, {report.rows} rows, encoding {report.encoding or '-'}, CRS {report.crs or '-'}"
-    )
+def _show(report: Report) -> None:
+    enc, crs = report.encoding or "-", report.crs or "-"
+    console.print(f"{escape(report.file)}: {report.format}, {report.rows} rows, {enc}, CRS {crs}")
     if report.columns:
         pairs = ", ".join(f"{c} → {t}" for c, t in report.columns.items())
         console.print(f"columns: {escape(pairs)}")

@@ -373,6 +373,7 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
     # ---- buildings and households
     hh_count = 0
     birth_base = dt.date(1930, 1, 1)
+    courtyards: set[str] = set()
     for gi, (c, seq, poly) in enumerate(grid_rows):
         village = c in _VILLAGE
         target = int(grid_targets[gi])
@@ -417,11 +418,11 @@ def build_sample(*, seed: int = 20261124, today: dt.date | None = None) -> Sampl
             minx, miny, maxx, maxy = fp.bounds
             entrance = ((minx + maxx) / 2, miny + 0.5)
             street = _NS_ROADS[min(3, int((fp.centroid.x + 1500) // 725))][0]
-            address = (
-                f"{c}村{seq}组{bi + 1}号"
-                if village
-                else f"{street}{seq * 10 + bi + 1}号院{bi + 1}号楼"
-            )
+            number = seq * 10 + bi + 1
+            while f"{street}{number}号院" in courtyards:  # one courtyard, one number
+                number += 100
+            address = f"{c}村{seq}组{bi + 1}号" if village else f"{street}{number}号院{bi + 1}号楼"
+            courtyards.add(f"{street}{number}号院")
             bid = s.add(
                 "buildings",
                 fp,

@@ -25,6 +25,9 @@ class Settings(BaseSettings):
         100_000, ge=1, description="Most features one CSV download holds (f=csv)."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest request body accepted.")
+    max_upload_bytes: int = Field(
+        200_000_000, ge=1024, description="Largest file accepted by an import (multipart)."
+    )
     title: str = Field("中心路街道网格化管理", description="Service title on the landing page.")
     docs: bool = Field(True, description="Serve /docs (turn off in production if wished).")
     secret_key: str | None = Field(

@@ -329,44 +329,28 @@ ITEMS_QUERY = (
 ITEM_PARAMS = {p.name for p in ITEMS_QUERY}
 
 
-@router.get(
-    "/collections/{collection_id}/items",
-    summary="Features",
-    tags=["OGC API"],
-    openapi_extra=documented(ITEMS_QUERY),
-)
-def items(request: Request, reader: ReaderDep) -> Response:
-    """Features of a layer as GeoJSON: bbox, datetime, property filters, CQL2, paging, CRS.
-
-    Besides the parameters listed, any property of the layer filters by equality.
-    """
-    layer, scope, principal = reader.layer, reader.scope, reader.principal
-    store: Store = request.app.state.store
-    settings: Settings = request.app.state.settings
-    a = read_params(request, ITEMS_QUERY)
-    bbox, crs, limit, offset, datetime = a["bbox"], a["crs"], a["limit"], a["offset"], a["datetime"]
-    properties, sortby, f, filter = a["properties"], a["sortby"], a["f"], a["filter"]
+def items_query(
+    request: Request,
+    layer: Layer,
+    a: dict[str, Any],
+    *,
+    limit: int,
+    offset: int,
+    known: set[str] | frozenset[str],
+) -> StoreQuery:
+    """The store query of an items-like request: property equalities (any parameter not in
+    ``known``), CQL2 filter, datetime and bbox, sorted and paged."""
+    bbox, datetime, sortby, filter = a["bbox"], a["datetime"], a["sortby"], a["filter"]
     bbox_crs, filter_lang, filter_crs = a["bbox_crs"], a["filter_lang"], a["filter_crs"]
-    out_crs = crs_param(crs, "crs")
     in_crs = crs_param(bbox_crs, "bbox-crs")
     fcrs = crs_param(filter_crs, "filter-crs")
-    if f is not None and f.lower() not in ("json", "geojson", "html", "csv"):
-        raise BadRequestError("f must be json, html or csv")
-    csv_export = f is not None and f.lower() == "csv"
-    # a download holds everything asked for (up to max_export), a page up to max_limit
-    n = (
-        min(limit or settings.max_export, settings.max_export)
-        if csv_export
-        else min(limit or settings.default_limit, settings.max_limit)
-    )
-
     equals: dict[str, Any] = {}
     for key, raw in request.query_params.multi_items():
-        if key in ITEM_PARAMS:
+        if key in known:
             continue
         prop = layer.by_name.get(key)
         if prop is None:
-            accepted = ", ".join(sorted(ITEM_PARAMS))
+            accepted = ", ".join(sorted(known))
             msg = (
                 f"unknown parameter {key[:40]!r}; use one of {accepted} "
                 f"or a property of {layer.id}: {', '.join(layer.names)}"
@@ -394,15 +378,45 @@ def items(request: Request, reader: ReaderDep) -> Response:
         box, geometry = bbox_to_wgs84(values, in_crs)
         check_lon_lat_bbox(box)
 
-    q = StoreQuery(
+    return StoreQuery(
         bbox=box,
         geometry=geometry,
         equals=equals,
         filters=filters,
         order_by=_sortby(layer, sortby),
-        limit=n,
+        limit=limit,
         offset=offset,
     )
+
+
+@router.get(
+    "/collections/{collection_id}/items",
+    summary="Features",
+    tags=["OGC API"],
+    openapi_extra=documented(ITEMS_QUERY),
+)
+def items(request: Request, reader: ReaderDep) -> Response:
+    """Features of a layer as GeoJSON: bbox, datetime, property filters, CQL2, paging, CRS.
+
+    Besides the parameters listed, any property of the layer filters by equality.
+    """
+    layer, scope, principal = reader.layer, reader.scope, reader.principal
+    store: Store = request.app.state.store
+    settings: Settings = request.app.state.settings
+    a = read_params(request, ITEMS_QUERY)
+    crs, limit, offset, properties, f = a["crs"], a["limit"], a["offset"], a["properties"], a["f"]
+    out_crs = crs_param(crs, "crs")
+    if f is not None and f.lower() not in ("json", "geojson", "html", "csv"):
+        raise BadRequestError("f must be json, html or csv")
+    csv_export = f is not None and f.lower() == "csv"
+    # a download holds everything asked for (up to max_export), a page up to max_limit
+    n = (
+        min(limit or settings.max_export, settings.max_export)
+        if csv_export
+        else min(limit or settings.default_limit, settings.max_limit)
+    )
+
+    q = items_query(request, layer, a, limit=n, offset=offset, known=ITEM_PARAMS)
     selected = _select(layer, properties)
     html = wants_html(request)
     if csv_export:

@@ -29,8 +29,8 @@ ROLES = ("lon", "lat", "wkt", "address", "grid", "id")
 """Column roles that are not properties (see the module docstring)."""
 
 _ROLE_WORDS = {
-    "lon": ("经度", "lon", "lng", "long", "longitude", "x", "东经", "x坐标"),
-    "lat": ("纬度", "lat", "latitude", "y", "北纬", "y坐标"),
+    "lon": ("经度", "經度", "lon", "lng", "long", "longitude", "x", "东经", "x坐标"),
+    "lat": ("纬度", "緯度", "lat", "latitude", "y", "北纬", "y坐标"),
     "wkt": ("geometry_wkt", "wkt", "geometry", "几何", "geom"),
     "address": ("地址", "住址", "家庭住址", "楼栋", "楼栋地址", "所在楼栋", "address"),
     "grid": ("网格", "所属网格", "网格名称", "网格编码", "grid"),
@@ -43,7 +43,7 @@ _EXTRA_WORDS: dict[str, tuple[str, ...]] = {
     "room": ("房号", "门牌号", "房间号", "室号"),
     "members": ("人数", "家庭人口", "人口数", "家庭人数"),
     "tags": ("类别", "人员类别", "户类别"),
-    "name": ("名称", "名字", "站点名称", "点位名称"),
+    "name": ("名称", "名稱", "名字", "站点名称", "点位名称"),
     "worker_name": ("网格员姓名",),
     "worker_phone": ("网格员电话", "网格员手机"),
 }

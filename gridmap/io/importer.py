@@ -91,6 +91,7 @@ def run(
                 work_dir=Path(work),
             )
         plan = _check(store, layer, table, options, report, principal, say)
+        report.problems.sort(key=lambda p: (p.row is not None, p.row or 0))
         if not report.ok:
             raise ImportRefusedError(report)
         if options.dry_run:
@@ -265,7 +266,9 @@ def _tiles(
     for pid, area, where in topology.gaps(tiles, parents, options.min_area_m2):
         inside = f" inside {parent.replace('_id', '')} {pid}" if pid is not None and parent else ""
         report.add(
-            None, f"a gap of {area:.1f} m²{inside} at {where}: no {layer.id} covers it", "topology"
+            None,
+            f"a gap of {area:.1f} m²{inside} at {where}: no feature of {layer.id} covers it",
+            "topology",
         )
 
 

@@ -128,16 +128,18 @@ def _row(table: Table, i: int) -> int:
     return i + 2 if table.format in ("CSV", "XLSX") else i + 1
 
 
-def _buildings(store: FeatureStore) -> dict[str, tuple[int, BaseGeometry]]:
-    """Buildings by normalised address → (id, the point a household there is placed at)."""
+def _buildings(store: FeatureStore) -> dict[str, tuple[int, BaseGeometry] | None]:
+    """Buildings by normalised address → (id, the point a household there is placed at);
+    None for an address that several buildings share (a roster cannot say which)."""
     fs = store.query("buildings", Query())
-    out: dict[str, tuple[int, BaseGeometry]] = {}
+    out: dict[str, tuple[int, BaseGeometry] | None] = {}
     for fid, props, g in zip(fs.ids.tolist(), fs.properties, fs.geometries, strict=True):
         lon, lat = props.get("entrance_lon"), props.get("entrance_lat")
         at = shapely.Point(lon, lat) if lon is not None and lat is not None else None
         if at is None or not g.covers(at):
             at = g.point_on_surface()
-        out[normalise_address(props["address"])] = (int(fid), at)
+        key = normalise_address(props["address"])
+        out[key] = None if key in out else (int(fid), at)
     return out
 
 
@@ -188,9 +190,11 @@ def candidates(
         geom = converted[i]
         if by_address is not None:
             addr = table.values[address_col][i]  # type: ignore[index]
-            hit = by_address.get(normalise_address(str(addr))) if addr is not None else None
-            if addr is not None and hit is None:
-                report.add(row, f"address {str(addr)[:60]!r} matches no building", "unmatched")
+            key = normalise_address(str(addr)) if addr is not None else None
+            hit = by_address.get(key) if key is not None else None
+            if key is not None and hit is None:
+                why = "several buildings" if key in by_address else "no building"
+                report.add(row, f"address {str(addr)[:60]!r} matches {why}", "unmatched")
                 continue
             if hit is not None:
                 props.setdefault("building_id", hit[0])

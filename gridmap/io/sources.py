@@ -39,6 +39,7 @@ TABULAR = {".csv": "CSV", ".tsv": "CSV", ".txt": "CSV", ".xlsx": "XLSX"}
 MAX_UNZIPPED = 2_000_000_000
 """Bytes a .zip may expand to (a zip bomb is refused before it is written out)."""
 MAX_ZIP_ENTRIES = 1000
+_GDAL_NAMES = {"latin-1": "ISO-8859-1"}  # pyogrio reads "latin-1" as UTF-8
 
 
 class SourceError(InvalidFeatureError):
@@ -179,8 +180,9 @@ def _read_vector(path: Path, declared: str | None, wanted: str | None) -> Table:
     elif declared:
         codec = text.encoding_name(declared)
     try:
+        raw = codec or ("latin-1" if fmt == "Shapefile" else None)
         meta, _, wkb, data = pyogrio.raw.read(
-            path, layer=layer, encoding=codec or ("latin-1" if fmt == "Shapefile" else None)
+            path, layer=layer, encoding=_GDAL_NAMES.get(raw or "", raw)
         )
     except Exception as exc:
         raise SourceError(f"{path.name} cannot be read: {str(exc)[:200]}") from None
@@ -188,6 +190,8 @@ def _read_vector(path: Path, declared: str | None, wanted: str | None) -> Table:
     values = {n: _plain(col) for n, col in zip(names, data, strict=True)}
     if fmt == "Shapefile" and codec is None:
         codec = _redecode(values)
+        names = [n.encode("latin-1").decode(codec, "replace") for n in names]
+        values = dict(zip(names, values.values(), strict=True))
         notes.append(f"text detected as {codec}")
     geoms = shapely.from_wkb(wkb) if wkb is not None else None
     table = Table(fmt, names, values, geoms, meta.get("crs"), codec or meta.get("encoding"), notes)
@@ -213,7 +217,8 @@ def _texts(values: dict[str, list[Any]], per_column: int = 500) -> list[str]:
 
 def _redecode(values: dict[str, list[Any]]) -> str:
     """Decode text read byte for byte as Latin-1 with the encoding the bytes show."""
-    raw = b"\n".join(v.encode("latin-1") for v in _texts(values, per_column=10**9))
+    texts = [*values, *_texts(values, per_column=10**9)]  # field names are text too
+    raw = b"\n".join(v.encode("latin-1") for v in texts)
     codec, _ = text.detect(raw)
     for col in values.values():
         for i, v in enumerate(col):

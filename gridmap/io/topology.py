@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import shapely
+import shapely.ops
 from shapely.geometry.base import BaseGeometry
 
 from gridmap.crs import to_metric
@@ -43,31 +44,64 @@ def parent_prop(layer: Layer) -> str | None:
 def snap(
     tiles: list[Tile], parents: dict[int, BaseGeometry], tolerance_m: float
 ) -> list[tuple[int, float]]:
-    """Snap the imported tiles (``row`` set) to their neighbours in place, two passes;
-    returns (index, metres the furthest vertex moved) for each tile that changed."""
+    """Snap the imported tiles (``row`` set) to their neighbours and parent, in place;
+    returns (index, metres the furthest vertex moved) for each tile that changed.
+
+    First each vertex within the tolerance of a neighbour's edge is moved onto it (onto
+    the neighbour's vertex if one is that close); then the vertices now lying on an
+    imported tile's edges are inserted into it, so both sides of a T-junction share one.
+    """
     tol = tolerance_m / METRES_PER_DEGREE
+    if tol <= 0:
+        return []
     geoms = np.array([t.geometry for t in tiles], dtype=object)
+    tree = shapely.STRtree(geoms)
     moved: dict[int, float] = {}
-    for _ in range(2):
-        tree = shapely.STRtree(geoms)
-        for i, t in enumerate(tiles):
-            if t.row is None:
-                continue
-            near = [j for j in tree.query(shapely.buffer(geoms[i], tol)) if j != i]
-            refs = [shapely.boundary(geoms[j]) for j in near]
-            if t.parent is not None and t.parent in parents:
-                refs.append(shapely.boundary(parents[t.parent]))
-            if not refs:
-                continue
-            snapped = shapely.snap(geoms[i], shapely.union_all(refs), tol)
-            snapped = shapely.make_valid(snapped) if not snapped.is_valid else snapped
-            if not shapely.equals_exact(snapped, geoms[i], tolerance=0):
-                shift = shapely.hausdorff_distance(snapped, geoms[i]) * METRES_PER_DEGREE
-                moved[i] = max(moved.get(i, 0.0), shift)
-                geoms[i] = snapped
-    for i in moved:
-        tiles[i].geometry = geoms[i]
+    for i, t in enumerate(tiles):
+        if t.row is None:
+            continue
+        near = [j for j in tree.query(shapely.buffer(geoms[i], tol)) if j != i]
+        refs = [shapely.boundary(geoms[j]) for j in near]
+        if t.parent is not None and t.parent in parents:
+            refs.append(shapely.boundary(parents[t.parent]))
+        if refs:
+            geoms[i] = _onto(geoms[i], refs, tol)
+    tree = shapely.STRtree(geoms)
+    for i, t in enumerate(tiles):
+        if t.row is None:
+            continue
+        near = [j for j in tree.query(shapely.buffer(geoms[i], tol)) if j != i]
+        if near:
+            points = shapely.multipoints(shapely.get_coordinates(geoms[near]))
+            geoms[i] = shapely.snap(geoms[i], points, tol * 1e-3)
+        if not geoms[i].is_valid:
+            geoms[i] = shapely.make_valid(geoms[i])
+        if not shapely.equals_exact(geoms[i], t.geometry, tolerance=0):
+            moved[i] = shapely.hausdorff_distance(geoms[i], t.geometry) * METRES_PER_DEGREE
+            t.geometry = geoms[i]
     return sorted(moved.items())
+
+
+def _onto(g: BaseGeometry, refs: list[BaseGeometry], tol: float) -> BaseGeometry:
+    """``g`` with each vertex that lies within ``tol`` of a neighbour's edge but not on it
+    moved onto it (onto a neighbour's vertex if one is that close). Neighbours are taken
+    one by one: a vertex on one neighbour's edge may still be near another's."""
+    corners = shapely.multipoints(np.concatenate([shapely.get_coordinates(r) for r in refs]))
+
+    def move(xy: np.ndarray) -> np.ndarray:
+        out = xy.copy()
+        pts = shapely.points(xy)
+        for r in refs:
+            dist = shapely.distance(pts, r)
+            for k in np.flatnonzero((dist > 0) & (dist <= tol)):
+                corner = shapely.ops.nearest_points(pts[k], corners)[1]
+                near = shapely.distance(pts[k], corner) <= tol
+                target = corner if near else shapely.ops.nearest_points(pts[k], r)[1]
+                out[k] = (target.x, target.y)
+                pts[k] = target
+        return out
+
+    return shapely.transform(g, move)
 
 
 def _where(g: BaseGeometry) -> str:

@@ -29,13 +29,15 @@ def to_csv(
     properties: Sequence[str] | None = None,
     crs: str = CRS84,
     lon_first: bool = False,
+    exact: bool = False,
 ) -> bytes:
     """Features as UTF-8 CSV (with BOM, for Excel): gridmap_id (the feature id, by which an
     import of the file updates the features it came from), properties, WKT geometry in ``crs``
     (WGS84 lon/lat by default; a CRS's own axis order, as in GeoJSON output).
 
     The geometry column's header names its CRS (``geometry_wkt(EPSG:4547)``; `` lat/lon``
-    added where the CRS's own axis order puts latitude first, unless ``lon_first``).
+    added where the CRS's own axis order puts latitude first, unless ``lon_first``);
+    ``exact`` writes every digit (a file meant to come back) instead of about a centimetre.
     Values are as the caller's scope returned them (masked where it says so), and every
     text cell that a spreadsheet would read as a formula is neutralised.
     """
@@ -49,7 +51,7 @@ def to_csv(
         geoms = (
             transform_geometries(geoms, src=CRS84, dst=crs) if lon_first else to_output(geoms, crs)
         )
-    digits = 7 if is_geographic(crs) else 3  # about a centimetre either way
+    digits = -1 if exact else 7 if is_geographic(crs) else 3  # about a centimetre either way
     wkt = shapely.to_wkt(geoms, rounding_precision=digits) if len(fs) else []
     for fid, props, g in zip(fs.ids.tolist(), fs.properties, wkt, strict=True):
         row = []

@@ -22,7 +22,7 @@ import pandas as pd
 import pyogrio
 import shapely
 
-from gridmap.crs import CRS84, is_geographic, transform_geometries
+from gridmap.crs import CRS84, transform_geometries
 from gridmap.errors import QueryError
 from gridmap.exports import to_csv
 from gridmap.geojson import geometry_fragments
@@ -69,7 +69,7 @@ def write(
     """The feature set as a file of format ``fmt`` (see FORMATS), geometries in ``crs``."""
     f = check_format(fmt, fs.layer, encoding=encoding)
     if f == "csv":
-        return to_csv(fs, crs=crs, lon_first=True)
+        return to_csv(fs, crs=crs, lon_first=True, exact=True)
     if f == "xlsx":
         return _xlsx(fs, crs, lang)
     if f == "geojson":
@@ -208,16 +208,15 @@ def _xlsx(fs: FeatureSet, crs: str, lang: str) -> bytes:
     bold = Font(bold=True)
     ws.append([_cell(ws, h, font=bold) for h in head])
     geoms = _lon_first(fs.geometries, crs)
-    digits = 7 if is_geographic(crs) else 3
     for fid, props, g in zip(fs.ids.tolist(), fs.properties, geoms, strict=True):
         row: list[Any] = [fid]
         for p in layer.properties:
             v = props.get(p.name)
             row.append(_cell(ws, _label(p, v) if zh else _plain(layer, {p.name: v})[p.name]))
         if point:
-            row.extend([round(g.x, digits), round(g.y, digits)])
+            row.extend([g.x, g.y])  # every digit: the file may come back
         else:
-            wkt = shapely.to_wkt(g, rounding_precision=digits)
+            wkt = shapely.to_wkt(g, rounding_precision=-1)
             if len(wkt) > EXCEL_CELL:
                 msg = f"feature {fid} has too many vertices for an Excel cell; export as gpkg"
                 raise QueryError(msg)

@@ -65,7 +65,7 @@ def test_readme_examples_run_as_written(
             assert json.loads(out)["id"] > 0
         if "-X PATCH" in cmd:
             assert json.loads(out)["properties"]["open_hours"] == "24小时"
-    assert (tmp_path / "hh.csv").read_text(encoding="utf-8-sig").startswith("id,")
+    assert (tmp_path / "hh.csv").read_text(encoding="utf-8-sig").startswith("gridmap_id,")
     # the campaign walk-through: files a phone, a spreadsheet and a browser open
     import pyogrio
 
@@ -79,5 +79,7 @@ def test_readme_examples_run_as_written(
         json.loads(outputs[k]) for k, c in enumerate(commands) if '/campaigns/$CAMPAIGN"' in c
     )
     assert sum(r["done"] for r in campaign["coverage"]["grids"]) == 1
+    dry = next(json.loads(outputs[k]) for k, c in enumerate(commands) if "/import" in c)
+    assert dry["unchanged"] > 0 and dry["inserted"] == dry["updated"] == 0 and not dry["committed"]
     route = next(json.loads(outputs[k]) for k, c in enumerate(commands) if "/routes/optimize" in c)
     assert route["mode"] == "walk" and route["routes"][0]["stops"]

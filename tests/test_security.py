@@ -299,6 +299,8 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     ("GET", "/analysis/grid-balance", ""):  [401, 200, 200, 200, 200, 403],
     ("POST", "/analysis/grid-balance/apply", ""): [401, 412, 403, 403, 403, 403],
     ("GET", "/map/grid-balance", ""):       [401, 200, 200, 200, 200, 403],
+    ("GET", C + "/export", HH):             [404, 200, 200, 200, 404, 404],
+    ("POST", C + "/import", TL):            [401, 200, 403, 403, 403, 404],
 }  # fmt: skip
 
 
@@ -369,6 +371,8 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     ("GET", "/analysis/grid-balance", ""):  [D,   R,   R,   R,   R,   D],
     ("POST", "/analysis/grid-balance/apply", ""): [D, R, D,  D,   D,   D],
     ("GET", "/map/grid-balance", ""):       [D,   R,   R,   R,   R,   D],
+    ("GET", C + "/export", HH):             [DS,  "export", "export", "export", DS, DS],
+    ("POST", C + "/import", TL):            [D,   "import", D, D,   D,   DS],
 }  # fmt: skip
 
 
@@ -424,6 +428,13 @@ def test_route_role_matrix(
                     kw["params"] = {"start": "2026-01-01", "end": "2026-12-31"}
                 if url == "/locate":
                     kw["params"] = {"lon": 113.29, "lat": 34.81}
+                if url.endswith("/import"):
+                    kw["files"] = {
+                        "file": ("t.csv", "名称,经度,纬度\n矩阵导入公厕,113.29,34.81\n".encode())
+                    }
+                    kw["params"] = {"crs": "wgs84", "dry_run": "true"}
+                if url.endswith("/export"):
+                    kw["params"] = {"f": "csv", "limit": 5}
                 if method in ("PUT", "PATCH", "DELETE") and "{feature_id}" in path:
                     cur = c.get(f"/collections/{coll}/items/{fid}", headers=admin)
                     h["If-Match"] = cur.headers["etag"]

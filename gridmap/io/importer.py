@@ -95,6 +95,7 @@ def run(
         if not report.ok:
             raise ImportRefusedError(report)
         if options.dry_run:
+            _audit_dry_run(store, principal, report, source, request_id)
             return report
         say("writing")
         _commit(store, layer, plan, report, principal, source, request_id)
@@ -102,8 +103,7 @@ def run(
         if not isinstance(exc, ImportRefusedError):
             report.add(None, str(exc), "file")
             exc = ImportRefusedError(report)
-        if not options.dry_run:
-            _audit_refusal(store, principal, report, source, request_id)
+        _audit_refusal(store, principal, report, source, request_id)
         raise exc from None
     return report
 
@@ -344,6 +344,21 @@ def _commit(
             ),
         )
     report.committed = True
+
+
+def _audit_dry_run(
+    store: FeatureStore, principal: Principal, report: Report, source: str | None, rid: str | None
+) -> None:
+    audit(
+        store,
+        principal,
+        "import",
+        result="dry-run",
+        object=f"{report.layer}: {report.file}"[:200],
+        source=source,
+        request_id=rid,
+        detail=f"{report.rows} rows, sha256 {report.digest[:16]}; nothing written",
+    )
 
 
 def _audit_refusal(

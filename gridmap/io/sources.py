@@ -163,6 +163,8 @@ def _layer_name(path: Path, wanted: str | None) -> str | None:
                 f"no layer {wanted[:60]!r} in {path.name}; it has: {', '.join(layers)}"
             )
         return wanted
+    if path.suffix.lower() == ".gpx" and "waypoints" in layers:
+        return "waypoints"  # a phone's marked points; tracks are not features of a layer
     if len(layers) > 1:
         msg = f"{path.name} holds {len(layers)} layers ({', '.join(layers[:10])}); name one"
         raise SourceError(msg + " with --source-layer")

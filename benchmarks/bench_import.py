@@ -38,10 +38,12 @@ def households(sample: Path, n: int, seed: int = 7) -> gpd.GeoDataFrame:
     rng = np.random.default_rng(seed)
     store = open_store(sample)
     b = store.query("buildings")
+    used = {p["id_number"] for p in store.query("households").properties}  # one person, one ID
     store.close()
     pick = rng.integers(0, len(b), size=n)
-    rows, geoms, used = [], [], set()
-    inner = shapely.buffer(b.geometries, -1.0)
+    rows, geoms = [], []
+    inner = shapely.buffer(b.geometries, -1e-5)  # about a metre inside each footprint
+    inner = np.where(shapely.is_empty(inner), b.geometries, inner)
     for k, i in enumerate(pick.tolist()):
         x0, y0, x1, y1 = inner[i].bounds
         p = shapely.Point(rng.uniform(x0, x1), rng.uniform(y0, y1))
@@ -55,7 +57,7 @@ def households(sample: Path, n: int, seed: int = 7) -> gpd.GeoDataFrame:
         rows.append(
             {
                 "building_id": int(b.ids[i]),
-                "room": f"{k % 6 + 1}-{k % 30 + 101}",
+                "room": f"新{k + 1}号",
                 "head_name": f"测某{k}",
                 "phone": synthetic_phone(rng),
                 "id_number": idn,

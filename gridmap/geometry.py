@@ -298,12 +298,17 @@ def blob_point(blob: bytes | None) -> tuple[float, float] | None:
 def blob_is_empty(blob: bytes | None) -> bool:
     """ST_IsEmpty for a GeoPackage blob (flag bit 4), as the R-tree triggers need; an
     unreadable blob counts as empty (it gets no R-tree entry; `gridmap check` reports it)."""
+    if blob_point(blob) is not None:  # the common case, read without decoding
+        return False
     g = from_gpkg_blobs([blob])[0]
     return g is None or bool(blob[3] & 0b0001_0000) or bool(shapely.is_empty(g))
 
 
 def blob_envelope(blob: bytes | None) -> tuple[float, float, float, float] | None:
     """(minx, maxx, miny, maxy) of a GeoPackage blob, from its header or its geometry."""
+    p = blob_point(blob)
+    if p is not None:  # a point has no envelope in its header: read it straight
+        return p[0], p[0], p[1], p[1]
     if _wkb_of(blob) is None:
         return None
     env = (blob[3] >> 1) & 0b111

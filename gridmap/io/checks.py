@@ -184,31 +184,18 @@ def _fits(
 
 
 def values(
-    layer: Layer,
-    c: Candidates,
-    report: Report,
-    bad: set[int],
-    *,
-    synthetic: bool,
-    grid_of: Mapping[int, int],
+    store: FeatureStore, layer: Layer, c: Candidates, report: Report, bad: set[int]
 ) -> dict[int, dict[str, Any]]:
-    """Each remaining row's properties validated as the registry types them (derived
-    grids filled in from ``grid_of``)."""
+    """Each remaining row's properties validated by the store as an insert would be."""
+    idx = [i for i in range(len(c.properties)) if i not in bad]
+    checked = store.check_properties(layer.id, [c.properties[i] for i in idx])
     clean: dict[int, dict[str, Any]] = {}
-    for i, props in enumerate(c.properties):
-        if i in bad:
-            continue
-        try:
-            d = layer.validate_properties(props, synthetic=synthetic)
-        except InvalidFeatureError as exc:
-            report.add(
-                c.rows[i], str(exc).replace(f"invalid properties for layer {layer.id}: ", "")
-            )
+    for i, d in zip(idx, checked, strict=True):
+        if isinstance(d, InvalidFeatureError):
+            report.add(c.rows[i], str(d).replace(f"invalid properties for layer {layer.id}: ", ""))
             bad.add(i)
-            continue
-        if i in grid_of:
-            d[GRID_KEY] = grid_of[i]
-        clean[i] = d
+        else:
+            clean[i] = d
     return clean
 
 
@@ -217,6 +204,7 @@ def references(
     layer: Layer,
     c: Candidates,
     clean: dict[int, dict[str, Any]],
+    grid_of: Mapping[int, int],
     report: Report,
     bad: set[int],
 ) -> None:
@@ -238,7 +226,7 @@ def references(
                 continue
             if v not in shape:
                 report.add(c.rows[i], f"{p.name} {v} names no {target.id[:-1]}")
-            elif p.same_grid and grid[v] != d.get(GRID_KEY):
+            elif p.same_grid and grid[v] != grid_of.get(i):
                 report.add(c.rows[i], f"{p.name} {v} lies in another grid than the row")
             elif p.inside and not shape[v].buffer(INSIDE_TOLERANCE_DEG).covers(c.geometries[i]):
                 report.add(c.rows[i], f"does not lie inside {target.id[:-1]} {v} ({p.zh})")

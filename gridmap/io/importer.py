@@ -157,8 +157,8 @@ def _check(
     stored = store.query(layer.id, Query())
     by_id = {int(i): k for k, i in enumerate(stored.ids.tolist())}
     _unmask(layer, c, stored, by_id, principal)
-    clean = checks.values(layer, c, report, bad, synthetic=store.synthetic, grid_of=grid_of)
-    checks.references(store, layer, c, clean, report, bad)
+    clean = checks.values(store, layer, c, report, bad)
+    checks.references(store, layer, c, clean, grid_of, report, bad)
     checks.duplicates(layer, c, clean, report, bad)
     plan = _match(layer, c, clean, stored, by_id, options, report)
     if layer.tiles:
@@ -295,7 +295,7 @@ def _commit(
         boxes = []
         if plan.inserts:
             geoms = np.array([c.geometries[i] for i in plan.inserts], dtype=object)
-            props = [checks.strip_derived(layer, clean[i]) for i in plan.inserts]
+            props = [clean[i] for i in plan.inserts]  # checked by the store: not again
             store.insert(layer.id, geoms, props)
             boxes.extend(geoms)
         moved = {fid: c.geometries[i] for i, fid in plan.updates}

@@ -579,6 +579,9 @@ class FeatureStore:
         geoms = geo.promote(geoms, layer.geometry_type)
         clean: list[dict[str, Any]] = []
         for i, p in enumerate(props):
+            if isinstance(p, Checked) and p.layer_id == layer.id and p.synthetic == self.synthetic:
+                clean.append(dict(p))  # validated by check_properties: not twice
+                continue
             try:
                 clean.append(
                     layer.validate_properties(p, allow_derived=trusted, synthetic=self.synthetic)
@@ -608,6 +611,27 @@ class FeatureStore:
                     raise OutOfScopeError(msg)
         relations.check_references(self.backend, layer, clean, geoms)
         return geoms, clean
+
+    def check_properties(
+        self, layer_id: str, properties: Sequence[Mapping[str, Any]]
+    ) -> list[Checked | InvalidFeatureError]:
+        """Each property set validated as :meth:`insert` validates it, or the error in its
+        place (a bulk import reports every bad row). The checked sets may be passed to
+        :meth:`insert` as they are, which then does not validate them again."""
+        layer = get_layer(layer_id)
+        out: list[Checked | InvalidFeatureError] = []
+        for p in properties:
+            try:
+                out.append(
+                    Checked(
+                        layer.validate_properties(p, synthetic=self.synthetic),
+                        layer_id,
+                        self.synthetic,
+                    )
+                )
+            except InvalidFeatureError as exc:
+                out.append(exc)
+        return out
 
     def insert(
         self,
@@ -803,6 +827,15 @@ class FeatureStore:
                 moved_by_layer.append((other, dict(changed)))
         for other, moved in moved_by_layer:
             relations.check_same_grid(self.backend, other, moved)
+
+
+class Checked(dict[str, Any]):
+    """A property set validated by :meth:`FeatureStore.check_properties` for one layer."""
+
+    def __init__(self, values: Mapping[str, Any], layer_id: str, synthetic: bool) -> None:
+        super().__init__(values)
+        self.layer_id = layer_id
+        self.synthetic = synthetic
 
 
 def _check_equal_value(prop: Any, value: Any) -> None:

@@ -156,11 +156,17 @@ BEGIN UPDATE "{t}" SET version = OLD.version + 1 WHERE fid = NEW.fid; END;
 """
 
 
+@lru_cache(maxsize=16)
+def _envelope(b: bytes | None) -> tuple[float, float, float, float] | None:
+    """A blob's envelope, once for the four ST_Min/Max calls an R-tree trigger makes."""
+    return geo.blob_envelope(b)
+
+
 def _envelope_part(i: int):  # type: ignore[no-untyped-def]
     """ST_MinX/MaxX/MinY/MaxY: part ``i`` of a blob's (minx, maxx, miny, maxy) envelope."""
 
     def part(b: bytes | None) -> float | None:
-        e = geo.blob_envelope(b)
+        e = _envelope(b)
         return None if e is None else e[i]
 
     return part

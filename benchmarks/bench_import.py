@@ -102,7 +102,8 @@ def main() -> None:
             w.writerow(
                 ["楼栋", "门牌", "户主", "联系电话", "身份证号", "人口", "标签", "经度", "纬度"]
             )
-            for r, g in zip(frame[COLUMNS].itertuples(index=False), frame.geometry, strict=True):
+            cells = frame[COLUMNS].astype(object).where(frame[COLUMNS].notna(), "")
+            for r, g in zip(cells.itertuples(index=False), frame.geometry, strict=True):
                 w.writerow([*r, f"{g.x:.9f}", f"{g.y:.9f}"])
         version = subprocess.run([ogr, "--version"], capture_output=True, text=True).stdout
         print(f"{args.rows:,} households over {base:,} in the sample; ogr2ogr: {version.strip()}")

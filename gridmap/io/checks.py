@@ -23,40 +23,47 @@ _FAMILY = {"Point": "Point", "LineString": "LineString", "Polygon": "Polygon"}
 
 
 def geometry(layer: Layer, c: Candidates, report: Report, bad: set[int], *, repair: bool) -> None:
-    """Type, emptiness, finiteness and validity of each geometry (repaired if asked)."""
-    for i, g in enumerate(c.geometries):
-        row = c.rows[i]
-        g = _single(g, layer)
-        if g is None or g.is_empty:
+    """Type, emptiness, finiteness and validity of each geometry (repaired if asked);
+    vectorised, with a row looked at alone only when something is wrong with it."""
+    geoms = np.array([_single(g, layer) for g in c.geometries], dtype=object)
+    present = ~np.asarray(shapely.is_missing(geoms), dtype=bool)
+    ok = present.copy()
+    ok[present] &= ~shapely.is_empty(geoms[present])
+    types = np.array(
+        [g.geom_type if p else "" for g, p in zip(geoms, ok, strict=True)], dtype=object
+    )
+    accepted = np.array([layer.accepts_geometry(t) for t in types], dtype=bool) & ok
+    coords, owner = shapely.get_coordinates(geoms[accepted], return_index=True)
+    finite = np.ones(len(geoms), bool)
+    finite[np.flatnonzero(accepted)[owner[~np.isfinite(coords).all(axis=1)]]] = False
+    valid = np.zeros(len(geoms), bool)
+    valid[accepted & finite] = shapely.is_valid(geoms[accepted & finite])
+    for i in np.flatnonzero(~valid).tolist():
+        row, g = c.rows[i], geoms[i]
+        if not ok[i]:
             report.add(row, "the geometry is empty")
-            bad.add(i)
-            continue
-        if not layer.accepts_geometry(g.geom_type):
-            report.add(row, f"a {g.geom_type} cannot be a {layer.geometry_type} of {layer.id}")
-            bad.add(i)
-            continue
-        if not np.isfinite(shapely.get_coordinates(g)).all():
+        elif not accepted[i]:
+            report.add(row, f"a {types[i]} cannot be a {layer.geometry_type} of {layer.id}")
+        elif not finite[i]:
             report.add(row, "coordinates must be finite numbers")
-            bad.add(i)
-            continue
-        if not g.is_valid:
+        else:
             reason = shapely.is_valid_reason(g)
             fixed = _repaired(g, layer) if repair else None
-            if fixed is None:
-                hint = "" if repair else "; --repair makes it valid (and reports what changed)"
-                report.add(row, f"invalid geometry: {reason}{hint}")
-                bad.add(i)
+            if fixed is not None:
+                report.repaired.append(f"row {row}: {reason}; made valid")
+                geoms[i] = fixed
                 continue
-            report.repaired.append(f"row {row}: {reason}; made valid")
-            g = fixed
-        c.geometries[i] = g
+            hint = "" if repair else "; --repair makes it valid (and reports what changed)"
+            report.add(row, f"invalid geometry: {reason}{hint}")
+        bad.add(i)
+    c.geometries[:] = list(geoms)
 
 
 def _single(g: BaseGeometry | None, layer: Layer) -> BaseGeometry | None:
     """A one-part multi-geometry taken as its part (KML and shapefiles write them so), and
     a third dimension dropped."""
-    if g is None:
-        return None
+    if g is None or (g.geom_type == "Point" and not g.has_z):
+        return g  # the common case, at once
     if shapely.has_z(g):
         g = shapely.force_2d(g)
     multi = g.geom_type.startswith("Multi") and layer.geometry_type != g.geom_type

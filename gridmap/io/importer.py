@@ -21,7 +21,12 @@ import numpy as np
 import shapely
 
 from gridmap.accounts import audit
-from gridmap.errors import InvalidFeatureError, PermissionDeniedError
+from gridmap.errors import (
+    IntegrityError,
+    InvalidFeatureError,
+    PermissionDeniedError,
+    VersionConflictError,
+)
 from gridmap.io import checks, fields, sources, topology
 from gridmap.io.report import ImportRefusedError, Report
 from gridmap.io.rows import Candidates, candidates
@@ -57,6 +62,7 @@ class _Plan:
     inserts: list[int]
     updates: list[tuple[int, int]]  # (row index, feature id)
     deletes: list[int]
+    versions: dict[int, int]  # feature id → version the checks saw (a change meanwhile: 412)
 
 
 def run(
@@ -105,6 +111,10 @@ def run(
             exc = ImportRefusedError(report)
         _audit_refusal(store, principal, report, source, request_id)
         raise exc from None
+    except (VersionConflictError, IntegrityError) as exc:  # found while writing: nothing kept
+        report.add(None, f"{exc}; nothing was imported: check the file again and retry", "conflict")
+        _audit_refusal(store, principal, report, source, request_id)
+        raise
     return report
 
 
@@ -194,7 +204,9 @@ def _match(
     report: Report,
 ) -> _Plan:
     index = checks.index_existing(layer, stored.ids.tolist(), stored.properties)
-    plan = _Plan(c, clean, [], [], [])
+    plan = _Plan(
+        c, clean, [], [], [], dict(zip(stored.ids.tolist(), stored.versions.tolist(), strict=True))
+    )
     kept: set[int] = set()
     for i in sorted(clean):
         fid = index.get(("id", c.ids[i])) if c.ids[i] is not None else None
@@ -301,19 +313,20 @@ def _commit(
         moved = {fid: c.geometries[i] for i, fid in plan.updates}
         located = bool(relations.located_by(layer.id))
         if located and moved:
-            store.reshape(layer.id, moved)
+            store.reshape(layer.id, moved, expected_versions=plan.versions)
         for i, fid in plan.updates:
             store.update(
                 layer.id,
                 fid,
                 geometry=None if located else c.geometries[i],
                 properties=checks.strip_derived(layer, clean[i]),
+                expected_version=None if located else plan.versions[fid],
             )
         boxes.extend(moved.values())
         if located and boxes:
             store.relocate(layer.id, shapely.union_all(boxes).bounds)
         for fid in plan.deletes:
-            store.delete(layer.id, fid)
+            store.delete(layer.id, fid, expected_version=plan.versions[fid])
         counts = {
             "inserted": report.inserted,
             "updated": report.updated,

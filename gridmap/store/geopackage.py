@@ -151,6 +151,7 @@ class GeoPackageBackend(RecordTables):
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA cache_size = -65536")  # 64 MB: bulk writes touch many pages
             register_functions(conn)
         except BaseException:
             conn.close()

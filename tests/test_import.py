@@ -379,3 +379,62 @@ def test_t_junction_slivers_are_snapped_and_reported(store: FeatureStore, tmp_pa
         for j in range(i + 1, 3):
             assert m2(shapely.intersection(got[i], got[j])) < 0.01
     assert m2(shapely.difference(_square(x0, y0, x1, y1), shapely.union_all(got))) < 0.01
+
+
+def test_a_feature_changed_while_the_import_was_checked_refuses_it_whole(
+    edit_path: Any, tmp_path: Path
+) -> None:
+    from gridmap.errors import VersionConflictError
+
+    path = tmp_path / "t.csv"
+    path.write_text("名称,厕位数,经度,纬度\n改前公厕,4,113.2921,34.8101\n", encoding="utf-8")
+    imp(edit_path, path, "toilets", crs="wgs84")
+    (fid,) = raw_sql(edit_path, "SELECT fid FROM toilets WHERE name = '改前公厕'")[0]
+    path.write_text(
+        "名称,厕位数,经度,纬度\n改前公厕,9,113.2921,34.8101\n新来公厕,2,113.2925,34.8105\n",
+        encoding="utf-8",
+    )
+    store = open_store(edit_path)
+
+    def meanwhile(stage: str) -> None:  # another editor, between the checks and the writes
+        if stage == "writing":
+            other = open_store(edit_path)
+            other.update("toilets", fid, properties={"units": 6})
+            other.close()
+
+    try:
+        with pytest.raises(VersionConflictError):
+            run(store, path, Options(layer="toilets", crs="wgs84", mode="upsert"),
+                principal=ADMIN, progress=meanwhile)  # fmt: skip
+    finally:
+        store.close()
+    assert raw_sql(edit_path, "SELECT units FROM toilets WHERE fid = ?", fid) == [(6,)]
+    assert raw_sql(edit_path, "SELECT COUNT(*) FROM toilets WHERE name = '新来公厕'") == [(0,)]
+    last = raw_sql(edit_path, "SELECT action, result FROM gridmap_audit ORDER BY id DESC LIMIT 1")
+    assert last == [("import", "refused")]
+
+
+def test_replace_cannot_leave_a_gap_or_delete_what_is_named(edit_path: Any, tmp_path: Path) -> None:
+    from gridmap.errors import IntegrityError
+
+    store = open_store(edit_path)
+    g, b = store.query("grids"), store.query("buildings")
+    store.close()
+    for layer, fs, cols in (
+        ("grids", g, ("code", "name", "community_id")),
+        ("buildings", b, ("address", "floors")),
+    ):
+        frame = gpd.GeoDataFrame(
+            [{k: p[k] for k in cols} for p in fs.properties[:-1]],
+            geometry=list(fs.geometries[:-1]),
+            crs=4326,
+        )
+        frame.to_file(tmp_path / f"{layer}.gpkg", layer=layer)
+    n = count(edit_path, "grids")
+    report = refused(edit_path, tmp_path / "grids.gpkg", "grids", "gap", mode="replace")
+    assert report.deleted == 1 and [p.kind for p in report.problems] == ["topology"]
+    report = imp(edit_path, tmp_path / "buildings.gpkg", "buildings", mode="replace", dry_run=True)
+    assert report.deleted == 1 and report.unchanged == len(b) - 1
+    with pytest.raises(IntegrityError, match="still named by"):
+        imp(edit_path, tmp_path / "buildings.gpkg", "buildings", mode="replace")
+    assert (count(edit_path, "grids"), count(edit_path, "buildings")) == (n, len(b))

@@ -281,14 +281,20 @@ def same_geometry(a: BaseGeometry | None, b: BaseGeometry | None) -> bool:
     return bool(shapely.equals_exact(shapely.normalize(a), shapely.normalize(b), tolerance=1e-7))
 
 
-def strip_derived(layer: Layer, props: Mapping[str, Any]) -> dict[str, Any]:
-    """Properties without those the server derives."""
-    return {k: v for k, v in props.items() if not layer.by_name[k].derived}
+def given(c: Candidates) -> frozenset[str]:
+    """The properties the file gives a value for (a column it has, even if empty there);
+    an import compares and writes these only: a column the file lacks keeps its values."""
+    return frozenset(k for props in c.properties for k in props)
 
 
-def comparable(layer: Layer, props: Mapping[str, Any]) -> dict[str, Any]:
-    """Properties as files can hold them: no derived ones, an empty list as no value."""
-    return {k: (None if v == [] else v) for k, v in strip_derived(layer, props).items()}
+def only(props: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The properties named."""
+    return {k: v for k, v in props.items() if k in names}
+
+
+def comparable(props: Mapping[str, Any], names: frozenset[str]) -> dict[str, Any]:
+    """The named properties as files can hold them: an empty list as no value."""
+    return {k: (None if props.get(k) == [] else props.get(k)) for k in names}
 
 
 def index_existing(

@@ -59,6 +59,7 @@ class Options:
 class _Plan:
     rows: Candidates
     clean: dict[int, dict[str, Any]]
+    names: frozenset[str]  # the properties the file gives: compared and written
     inserts: list[int]
     updates: list[tuple[int, int]]  # (row index, feature id)
     deletes: list[int]
@@ -204,9 +205,9 @@ def _match(
     report: Report,
 ) -> _Plan:
     index = checks.index_existing(layer, stored.ids.tolist(), stored.properties)
-    plan = _Plan(
-        c, clean, [], [], [], dict(zip(stored.ids.tolist(), stored.versions.tolist(), strict=True))
-    )
+    names = checks.given(c)
+    versions = dict(zip(stored.ids.tolist(), stored.versions.tolist(), strict=True))
+    plan = _Plan(c, clean, names, [], [], [], versions)
     kept: set[int] = set()
     for i in sorted(clean):
         fid = index.get(("id", c.ids[i])) if c.ids[i] is not None else None
@@ -223,8 +224,8 @@ def _match(
             continue
         kept.add(fid)
         k = by_id[fid]
-        same = checks.comparable(layer, stored.properties[k]) == checks.comparable(
-            layer, clean[i]
+        same = checks.comparable(stored.properties[k], names) == checks.comparable(
+            clean[i], names
         ) and checks.same_geometry(stored.geometries[k], c.geometries[i])
         if same:
             report.unchanged += 1
@@ -319,7 +320,7 @@ def _commit(
                 layer.id,
                 fid,
                 geometry=None if located else c.geometries[i],
-                properties=checks.strip_derived(layer, clean[i]),
+                properties=checks.only(clean[i], plan.names),
                 expected_version=None if located else plan.versions[fid],
             )
         boxes.extend(moved.values())

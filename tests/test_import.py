@@ -438,3 +438,31 @@ def test_replace_cannot_leave_a_gap_or_delete_what_is_named(edit_path: Any, tmp_
     with pytest.raises(IntegrityError, match="still named by"):
         imp(edit_path, tmp_path / "buildings.gpkg", "buildings", mode="replace")
     assert (count(edit_path, "grids"), count(edit_path, "buildings")) == (n, len(b))
+
+
+def test_a_declared_mapping_and_a_gpx_from_a_phone(edit_path: Any, tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("站名,X坐标,Y坐标,蹲位\n映射公厕,113.2921,34.8101,7\n", encoding="utf-8")
+    mapping = tmp_path / "map.toml"
+    mapping.write_text(
+        '[columns]\n"站名" = "name"\n"X坐标" = "lon"\n"Y坐标" = "lat"\n"蹲位" = "units"\n'
+    )
+    report = imp(edit_path, path, "toilets", crs="wgs84", mapping=mapping)
+    assert report.inserted == 1 and report.columns["蹲位"] == "units"
+    assert raw_sql(edit_path, "SELECT units FROM toilets WHERE name = '映射公厕'") == [(7,)]
+    mapping.write_text('[columns]\n"站名" = "nonsense"\n')
+    refused(edit_path, path, "toilets", "nonsense", crs="wgs84", mapping=mapping)
+    gpx = tmp_path / "phone.gpx"
+    gpx.write_text(
+        '<?xml version="1.0"?><gpx version="1.1" creator="奥维" xmlns="http://www.topografix.com/GPX/1/1">'
+        '<wpt lat="34.8102" lon="113.2922"><name>手机标注公厕</name></wpt>'
+        '<trk><name>走访轨迹</name><trkseg><trkpt lat="34.81" lon="113.29"/></trkseg></trk></gpx>',
+        encoding="utf-8",
+    )
+    report = imp(edit_path, gpx, "toilets")
+    assert report.inserted == 1 and report.format == "GPX"
+    (row,) = stored(edit_path, "toilets", ["name"])[-1:]
+    assert row[1] == "手机标注公厕" and (round(row[-1].x, 4), round(row[-1].y, 4)) == (
+        113.2922,
+        34.8102,
+    )

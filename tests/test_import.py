@@ -466,3 +466,41 @@ def test_a_declared_mapping_and_a_gpx_from_a_phone(edit_path: Any, tmp_path: Pat
         113.2922,
         34.8102,
     )
+
+
+@pytest.mark.gpkg_only  # the GeoPackage's own R-tree and triggers, read by GDAL and SQLite
+def test_a_bulk_import_leaves_the_spatial_index_and_triggers_as_row_by_row_writes_do(
+    edit_path: Any, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    n = 3000  # above the bulk threshold: the insert triggers' work is done set-wise
+    xs, ys = rng.uniform(113.280, 113.300, n), rng.uniform(34.800, 34.820, n)
+    frame = gpd.GeoDataFrame(
+        {"name": [f"批量公厕{k}" for k in range(n)]}, geometry=gpd.points_from_xy(xs, ys), crs=4326
+    )
+    frame.to_file(tmp_path / "many.gpkg", layer="toilets")
+    triggers = "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+    before = raw_sql(edit_path, triggers)
+    stamp = raw_sql(edit_path, "SELECT stamp FROM gridmap_changes WHERE layer = 'toilets'")[0][0]
+    old = count(edit_path, "toilets")
+    imp(edit_path, tmp_path / "many.gpkg", "toilets")
+    assert raw_sql(edit_path, triggers) == before  # created again exactly as they were
+    after = raw_sql(edit_path, "SELECT stamp FROM gridmap_changes WHERE layer = 'toilets'")[0][0]
+    assert after == stamp + n  # as n row-by-row inserts move it
+    logged = raw_sql(
+        edit_path,
+        "SELECT COUNT(*) FROM gridmap_row_changes WHERE layer = 'toilets' AND stamp > ?",
+        stamp,
+    )
+    assert logged[0][0] == n
+    # GDAL answers a bbox through the R-tree: every new point in the box is found
+    box = (113.285, 34.805, 113.295, 34.815)
+    inside = int(((xs >= box[0]) & (xs <= box[2]) & (ys >= box[1]) & (ys <= box[3])).sum())
+    got = pyogrio.read_dataframe(edit_path, layer="toilets", bbox=box)
+    assert got["name"].str.startswith("批量公厕").sum() == inside
+    assert count(edit_path, "rtree_toilets_geom") == old + n
+    # and a later write by another program still goes through the triggers
+    raw_sql(
+        edit_path, "INSERT INTO toilets (geom, name) SELECT geom, '外来公厕' FROM toilets LIMIT 1"
+    )
+    assert count(edit_path, "rtree_toilets_geom") == old + n + 1

@@ -940,6 +940,7 @@ class GeoPackageBackend(RecordTables):
         with self._write() as c:
             start = c.execute("SELECT coalesce(max(fid), 0) FROM " + _q(layer.id)).fetchone()[0]
             _refuse_ids_beyond(c, layer, int(start), len(blobs))
+            deferred = _defer_insert_triggers(c, layer) if len(blobs) >= BULK else []
             for lo in range(0, len(blobs), CHUNK):
                 chunk = [
                     (blobs[i], *(_to_sql(p, rows[i].get(p.name)) for p in props_def))
@@ -954,6 +955,8 @@ class GeoPackageBackend(RecordTables):
                     f"SELECT fid FROM {_q(layer.id)} WHERE fid > ? ORDER BY fid", (start,)
                 )
             ]
+            if deferred:
+                _run_deferred(c, layer, deferred, ids, geometries, int(start))
             self._touch(c, layer)
         return ids
 
@@ -1194,6 +1197,60 @@ def _layer_statements(layer: Layer) -> list[str]:
         if p.ref is not None or p.indexed
     ]
     return out
+
+
+BULK = 2000
+"""Rows from which an insert does its triggers' work once, set-wise, after the rows."""
+
+
+def _defer_insert_triggers(c: sqlite3.Connection, layer: Layer) -> list[tuple[str, str]]:
+    """Drop (inside the caller's transaction) the layer's insert triggers that
+    :func:`_run_deferred` does the work of; (name, SQL) of each, to create them again."""
+    t = layer.id
+    names = (f"rtree_{t}_geom_insert", f"gridmap_{t}_stamp_insert", f"gridmap_{t}_rows_insert")
+    marks = ", ".join("?" * len(names))
+    found = c.execute(
+        f"SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name IN ({marks})", names
+    ).fetchall()
+    for name, _ in found:
+        c.execute(f"DROP TRIGGER {_q(name)}")
+    return [(str(n), str(q)) for n, q in found]
+
+
+def _run_deferred(
+    c: sqlite3.Connection,
+    layer: Layer,
+    deferred: list[tuple[str, str]],
+    ids: list[int],
+    geometries: npt.NDArray[np.object_],
+    start: int,
+) -> None:
+    """What the dropped insert triggers would have done for rows ``ids``, done at once
+    (R-tree entries, the stamp moved by one per row, the row log), then the triggers
+    created again as they were. The transaction is the caller's: all of it or none."""
+    t = layer.id
+    dropped = {name for name, _ in deferred}
+    if f"rtree_{t}_geom_insert" in dropped:
+        keep = ~(shapely.is_missing(geometries) | shapely.is_empty(geometries))
+        bounds = shapely.bounds(geometries[keep])
+        c.executemany(
+            f"INSERT OR REPLACE INTO {_q('rtree_' + t + '_geom')} VALUES (?, ?, ?, ?, ?)",
+            [
+                (fid, b[0], b[2], b[1], b[3])
+                for fid, b in zip(np.asarray(ids)[keep].tolist(), bounds.tolist(), strict=True)
+            ],
+        )
+    if f"gridmap_{t}_stamp_insert" in dropped:
+        c.execute("UPDATE gridmap_changes SET stamp = stamp + ? WHERE layer = ?", (len(ids), t))
+    if f"gridmap_{t}_rows_insert" in dropped:
+        c.execute(
+            "INSERT OR REPLACE INTO gridmap_row_changes "
+            f"SELECT ?, fid, (SELECT stamp FROM gridmap_changes WHERE layer = ?) FROM {_q(t)} "
+            "WHERE fid > ?",
+            (t, t, start),
+        )
+    for _, create in deferred:
+        c.execute(create)
 
 
 def _stamp_statements(layer: Layer) -> list[str]:

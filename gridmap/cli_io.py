@@ -162,11 +162,16 @@ def export_file(
     from gridmap.layers import get_layer
 
     try:
-        fmt = check_format(format, get_layer(layer), encoding=encoding)
         out_crs = normalize_crs(crs) if crs else CRS84
+        fmt = check_format(format, get_layer(layer), encoding=encoding, crs=out_crs)
     except (GridmapError, UnsupportedCRSError) as exc:
         _fail(exc)
+    if lang not in ("zh", "en"):
+        _fail(GridmapError("--lang must be zh or en"))
     target = out or Path(f"{layer}.{FORMATS[fmt][1]}")
+    if target.is_dir():
+        name = f"{layer}.{FORMATS[fmt][1]}"
+        _fail(GridmapError(f"{target} is a folder; name the file to write (-o {target}/{name})"))
     if not target.resolve().parent.is_dir():
         _fail(GridmapError(f"no folder {target.resolve().parent} to write {target.name} into"))
     store = _open(database)

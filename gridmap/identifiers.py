@@ -32,7 +32,12 @@ _SYNTHETIC_LANDLINE = re.compile(r"(0(?:10|2\d|[3-9]\d{2}))(0\d{6,7})", re.ASCII
 _SEPARATORS = str.maketrans("", "", " -()（）")
 # Text that must never be stored: control characters (NUL included), line and paragraph
 # separators, and the bidirectional overrides that make text display other than it reads.
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+_FORBIDDEN = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u00ad\u061c\u200b-\u200f\u2028\u2029\u202a-\u202e"
+    "\u2060-\u2069\ufeff\U000e0000-\U000e007f]"
+)
+"""Control, bidi and invisible characters (zero-width, soft hyphen, tags): two names that
+look alike are alike."""
 
 
 class IdentifierError(ValueError):

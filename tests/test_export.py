@@ -203,3 +203,107 @@ def test_an_upload_over_the_cap_is_refused_before_it_is_read(edit_path: Any) -> 
         assert r.status_code == 413
         small = "名称,经度,纬度\n小公厕,113.2921,34.8101\n".encode()
         assert _upload(c, "toilets", "s.csv", small, crs="wgs84").status_code == 200
+
+
+def test_what_the_review_found_is_refused_clearly(
+    edit_client: TestClient, edit_path: Any, tmp_path: Path
+) -> None:
+    """Each of these once wrote something wrong, lost rows or answered 500."""
+    n = int(raw_sql(edit_path, "SELECT COUNT(*) FROM toilets")[0][0])
+    # a header-only file would have deleted the whole layer in replace mode
+    r = _upload(
+        edit_client, "toilets", "t.csv", "名称,经度,纬度\n".encode(), crs="wgs84", mode="replace"
+    )
+    assert r.status_code == 422 and "delete every toilet" in r.json()["detail"]
+    # GeoJSON, KML and GPX hold WGS84 only: a GCJ-02 one would come back 600 m off
+    for f in ("geojson", "kml", "gpx"):
+        assert edit_client.get(f"/collections/toilets/export?f={f}&crs=gcj02").status_code == 400
+    # a cut export would delete the rest when imported with replace
+    from api.app import create_app
+    from gridmap.settings import Settings
+    from tests.conftest import tokens_for
+
+    small = create_app(Settings(database=str(edit_path), max_export=5))
+    with TestClient(small, headers=tokens_for(edit_path)["subdistrict_admin"]) as c:
+        assert c.get("/collections/toilets/export?f=csv").status_code == 400
+        assert c.get("/collections/toilets/export?f=csv&limit=5").status_code == 200
+    # a CSV cell beyond the field limit, a file named "..", two file parts
+    big = ('名称,经度,纬度\n"' + "长" * 1_100_000 + '",113.29,34.81\n').encode()
+    assert _upload(edit_client, "toilets", "t.csv", big, crs="wgs84").status_code == 422
+    ok = "名称,经度,纬度\n点点公厕,113.2921,34.8101\n".encode()
+    assert _upload(edit_client, "toilets", "..", ok, crs="wgs84").status_code == 422
+    r = edit_client.post(
+        "/collections/toilets/import",
+        files=[("file", ("a.csv", ok)), ("file", ("b.csv", ok))],
+        params={"crs": "wgs84"},
+    )
+    assert r.status_code == 400
+    assert int(raw_sql(edit_path, "SELECT COUNT(*) FROM toilets")[0][0]) == n
+    # a mapping sent as a text field is used
+    body = "站名,X,Y\n映射字段公厕,113.2921,34.8101\n".encode()
+    r = edit_client.post(
+        "/collections/toilets/import",
+        files={"file": ("t.csv", body)},
+        data={"mapping": '[columns]\n"站名" = "name"\n"X" = "lon"\n"Y" = "lat"\n'},
+        params={"crs": "wgs84"},
+    )
+    assert r.status_code == 200 and r.json()["columns"]["站名"] == "name"
+
+
+@pytest.mark.parametrize("fmt", ["shp", "kml"])
+def test_multipolygon_layers_come_back_unchanged_from_formats_that_drop_multi(
+    edit_client: TestClient, edit_path: Any, tmp_path: Path, fmt: str
+) -> None:
+    path = tmp_path / f"c.{FILES[fmt]}"
+    path.write_bytes(_export(edit_client, "communities", fmt, {}))
+    store = open_store(edit_path)
+    try:
+        report = run(store, path, Options(layer="communities", mode="upsert"), principal=ADMIN)
+    finally:
+        store.close()
+    assert report.updated == 0 and report.unchanged == report.rows > 0
+
+
+def test_zips_and_workbooks_that_lied_about_themselves(edit_path: Any, tmp_path: Path) -> None:
+    from gridmap.io.report import ImportRefusedError
+
+    store = open_store(edit_path)
+    try:
+        z = tmp_path / "two.zip"
+        with zipfile.ZipFile(z, "w") as zf:
+            zf.writestr("a/t.csv", "名称,经度,纬度\n甲,113.29,34.81\n")
+            zf.writestr("b/t.csv", "名称,经度,纬度\n乙,113.29,34.81\n")
+        with pytest.raises(ImportRefusedError, match=r"two files named t\.csv"):
+            run(store, z, Options(layer="toilets", crs="wgs84"), principal=ADMIN)
+        # a workbook whose stated size is one row short: every row is still read
+        wb = openpyxl.Workbook()
+        ws = wb.active
+        ws.append(["名称", "经度", "纬度"])
+        for k in range(3):
+            ws.append([f"尺寸公厕{k}", 113.2921 + k * 1e-4, 34.8101])
+        wb.save(tmp_path / "w.xlsx")
+        _shrink_dimension(tmp_path / "w.xlsx", "A1:C2")
+        report = run(
+            store,
+            tmp_path / "w.xlsx",
+            Options(layer="toilets", crs="wgs84", dry_run=True),
+            principal=ADMIN,
+        )
+        assert report.rows == 3 and report.inserted == 3
+    finally:
+        store.close()
+
+
+def _shrink_dimension(path: Path, ref: str) -> None:
+    """Rewrite the sheet's <dimension> as some tools write it: wrong."""
+    import re
+
+    src = zipfile.ZipFile(path)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item.filename)
+            if item.filename == "xl/worksheets/sheet1.xml":
+                data = re.sub(rb'<dimension ref="[^"]*"', f'<dimension ref="{ref}"'.encode(), data)
+            dst.writestr(item, data)
+    path.write_bytes(out.getvalue())

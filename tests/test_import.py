@@ -156,9 +156,10 @@ def test_a_file_without_a_crs_needs_one_declared(edit_path: Any, tmp_path: Path)
     refused(edit_path, path, "toilets", "--crs")
 
 
-def _gcj_roster(store: FeatureStore, path: Path, n: int = 30) -> list[int]:
+def _gcj_roster(store: FeatureStore, path: Path, n: int = 30, *, grid: bool = True) -> list[int]:
     """An Excel roster of new households at existing buildings' entrances, with the grid
-    each is in, coordinates picked on Amap (GCJ-02). Returns the grid ids expected."""
+    each is in (unless not ``grid``), coordinates picked on Amap (GCJ-02). Returns the
+    grid ids expected."""
     b = store.query("buildings")
     g = store.query("grids")
     grids = {int(i): p["code"] for i, p in zip(g.ids.tolist(), g.properties, strict=True)}
@@ -176,7 +177,7 @@ def _gcj_roster(store: FeatureStore, path: Path, n: int = 30) -> list[int]:
                 None,
                 f"100{k:08d}",
                 f"{k + 1}-101",
-                grids[p["grid_id"]],
+                grids[p["grid_id"]] if grid else None,
                 float(gx[0]),
                 float(gy[0]),
             ]
@@ -209,6 +210,31 @@ def test_an_undeclared_gcj02_roster_is_caught_and_imported_when_declared(
         ax, ay = t.transform(r[-1].x, r[-1].y)
         bx, by = t.transform(x, y)
         assert np.hypot(ax - bx, ay - by) < 1.0
+
+
+def test_an_undeclared_gcj02_roster_without_grids_is_caught_by_its_buildings(
+    edit_path: Any, tmp_path: Path
+) -> None:
+    """No 网格 column and every point still inside the subdistrict and some grid: only
+    that the households lie in no building (and would, read as GCJ-02) gives it away."""
+    store = open_store(edit_path)
+    b = store.query("buildings")
+    lon = np.array([p["entrance_lon"] for p in b.properties])
+    lat = np.array([p["entrance_lat"] for p in b.properties])
+    gx, gy = wgs84_to_gcj02(lon, lat)
+    shifted = shapely.points(gx, gy)
+    fits = (store.derive_grid_ids(shifted) >= 0) & shapely.covers(store.service_area, shifted)
+    store.close()
+    pick = np.flatnonzero(fits)[:30]
+    path = tmp_path / "roster.csv"
+    rows = ["户主,门牌,经度,纬度"] + [
+        f"测某{k},{k}-1,{gx[i]:.8f},{gy[i]:.8f}" for k, i in enumerate(pick)
+    ]
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    report = refused(edit_path, path, "households", "--crs gcj02", crs="wgs84")
+    msg = report.problems[0].message  # (a shifted point may land in a neighbouring building)
+    assert "of 30 rows lie in no building" in msg and "30 would" in msg
+    assert imp(edit_path, path, "households", crs="gcj02").inserted == 30
 
 
 def test_rows_are_refused_where_they_lie_outside_the_subdistrict(

@@ -73,19 +73,27 @@ async def _upload(request: Request, limit: int, work: Path) -> tuple[Path, str, 
     except MultiPartException as exc:
         raise MalformedBodyError(f"the multipart body cannot be read: {exc.message}") from None
     try:
+        unknown = sorted(set(form.keys()) - {"file", "mapping"})
+        if unknown or len(form.getlist("file")) > 1 or len(form.getlist("mapping")) > 1:
+            msg = "send one part named file (and at most one named mapping), nothing else"
+            raise MalformedBodyError(msg)
         upload = form.get("file")
         if not isinstance(upload, UploadFile) or not upload.filename:
             raise MalformedBodyError("the body needs a file part: -F file=@roster.xlsx")
-        name = _SAFE_NAME.sub("_", Path(upload.filename).name)[-120:] or "upload"
+        name = _SAFE_NAME.sub("_", Path(upload.filename).name)[-120:].lstrip(".") or "upload"
         path = work / name
         with path.open("wb") as out:
             while chunk := await upload.read(1 << 20):
                 out.write(chunk)
         mapping = form.get("mapping")
         mpath = None
-        if isinstance(mapping, UploadFile):
+        if mapping is not None:  # a file part, or the TOML as a text field
+            text = await mapping.read(100_001) if isinstance(mapping, UploadFile) else mapping
+            data = text.encode() if isinstance(text, str) else text
+            if len(data) > 100_000:
+                raise MalformedBodyError("the mapping is larger than 100 kB")
             mpath = work / "mapping.toml"
-            mpath.write_bytes(await mapping.read(100_000))
+            mpath.write_bytes(data)
         return path, name, mpath
     finally:
         await form.close()
@@ -182,16 +190,22 @@ def export_file(request: Request, reader: ReaderDep, settings: SettingsDep) -> R
     personal fields masked; every export is audited. Up to ``max_export`` features."""
     layer, scope, principal = reader.layer, reader.scope, reader.principal
     a = read_params(request, EXPORT_QUERY)
-    fmt = writers.check_format(a["f"] or "gpkg", layer, encoding=a["encoding"])
+    out_crs = crs_param(a["crs"], "crs")
+    fmt = writers.check_format(a["f"] or "gpkg", layer, encoding=a["encoding"], crs=out_crs)
     if (a["lang"] or "zh") not in ("zh", "en"):
         raise BadRequestError("lang must be zh or en")
-    out_crs = crs_param(a["crs"], "crs")
     limit = min(a["limit"] or settings.max_export, settings.max_export)
     q = items_query(request, layer, a, limit=limit, offset=a["offset"], known=EXPORT_PARAMS)
     store = request.app.state.store
     if scope.reads is not None:
         scope.reads.action = "export"  # personal rows read here leave as a file
     fs = store.query(layer.id, q, scope=scope)
+    if a["limit"] is None and (fs.number_matched or 0) > len(fs) + a["offset"]:
+        msg = (
+            f"{fs.number_matched} features match, more than one export holds "
+            f"({settings.max_export}); narrow it (bbox, filter) or page with limit and offset"
+        )
+        raise BadRequestError(msg)  # a cut file, imported with mode=replace, would delete the rest
     data = writers.write(fs, fmt, crs=out_crs, encoding=a["encoding"], lang=a["lang"] or "zh")
     if not layer.personal:
         record(

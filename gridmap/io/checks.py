@@ -49,11 +49,11 @@ def geometry(layer: Layer, c: Candidates, report: Report, bad: set[int], *, repa
         else:
             reason = shapely.is_valid_reason(g)
             fixed = _repaired(g, layer) if repair else None
-            if fixed is not None:
+            if fixed is not None and not isinstance(fixed, str):
                 report.repaired.append(f"row {row}: {reason}; made valid")
                 geoms[i] = fixed
                 continue
-            hint = "" if repair else "; --repair makes it valid (and reports what changed)"
+            hint = f"; {fixed}" if fixed else "; --repair makes it valid (and reports what changed)"
             report.add(row, f"invalid geometry: {reason}{hint}")
         bad.add(i)
     c.geometries[:] = list(geoms)
@@ -72,14 +72,22 @@ def _single(g: BaseGeometry | None, layer: Layer) -> BaseGeometry | None:
     return g
 
 
-def _repaired(g: BaseGeometry, layer: Layer) -> BaseGeometry | None:
+def _repaired(g: BaseGeometry, layer: Layer) -> BaseGeometry | str:
+    """The geometry made valid, or why that is no geometry of the layer."""
     fixed = shapely.make_valid(g)
     polys = [p for p in shapely.get_parts(fixed) if p.geom_type == "Polygon"]
     if layer.geometry_type in ("Polygon", "MultiPolygon") and polys:
         fixed = shapely.union_all(polys)
-    if fixed.is_empty or not fixed.is_valid or not layer.accepts_geometry(fixed.geom_type):
-        return None
+    if fixed.is_empty or not fixed.is_valid:
+        return "it cannot be made valid"
+    if not layer.accepts_geometry(fixed.geom_type):
+        return f"made valid it is a {fixed.geom_type}, which a {layer.id} feature cannot be"
     return fixed
+
+
+def one(layer_id: str) -> str:
+    """A layer's name for one of its features (communities → community)."""
+    return layer_id[:-3] + "y" if layer_id.endswith("ies") else layer_id.removesuffix("s")
 
 
 def location(
@@ -137,7 +145,41 @@ def location(
             bad.add(i)
     if outside_area or wrong_grid:
         _gcj_signature(store, layer, c, outside_area + wrong_grid, report)
+    elif "building_id" in layer.by_name and report.crs not in ("gcj02", "bd09"):
+        _off_buildings(store, c, [i for i in idx if i not in bad], report, allow_outside)
     return grid_of
+
+
+def _off_buildings(
+    store: FeatureStore, c: Candidates, idx: list[int], report: Report, allow: bool
+) -> None:
+    """Households with coordinates of their own should mostly lie in buildings: when most
+    do not, and read as GCJ-02 most would, the file is GCJ-02 declared as WGS84."""
+    own = [i for i in idx if c.source_geometries[i] is not None]
+    if len(own) < 10:
+        return
+    b = store.query("buildings").geometries
+    tree = shapely.STRtree(b)
+    near = 2e-5  # about 2 m: a point picked at a door
+    now = _in_buildings(tree, np.array([c.geometries[i] for i in own], dtype=object), near)
+    src = np.array([c.source_geometries[i] for i in own], dtype=object)
+    for name in ("gcj02", "bd09"):
+        then = _in_buildings(tree, rowsmod.to_wgs84(src, name), near)
+        if now * 2 <= len(own) and then * 2 > len(own) and then >= 2 * max(now, 1):
+            msg = (
+                f"{len(own) - now} of {len(own)} rows lie in no building; read as {name.upper()} "
+                f"coordinates, {then} would: import it again with --crs {name}"
+            )
+            if allow:
+                report.warnings.append(msg)
+            else:
+                report.add(None, msg + " (or --allow-outside-grid to keep them)", "outside")
+            return
+
+
+def _in_buildings(tree: shapely.STRtree, points: np.ndarray, near: float) -> int:
+    hits = tree.query(points, predicate="dwithin", distance=near)
+    return len(np.unique(hits[0]))
 
 
 def _grid_names(store: FeatureStore) -> dict[str, int]:
@@ -216,7 +258,8 @@ def references(
     bad: set[int],
 ) -> None:
     """Each reference names a stored feature (in the same grid, or around the row, where
-    the registry says so)."""
+    the registry says so); rows in another grid than what they name are tried as GCJ-02."""
+    misplaced: list[int] = []
     for p in layer.references:
         if p.derived:
             continue
@@ -232,15 +275,18 @@ def references(
             if v is None:
                 continue
             if v not in shape:
-                report.add(c.rows[i], f"{p.name} {v} names no {target.id[:-1]}")
+                report.add(c.rows[i], f"{p.name} {v} names no {one(target.id)}")
             elif p.same_grid and grid[v] != grid_of.get(i):
-                report.add(c.rows[i], f"{p.name} {v} lies in another grid than the row")
+                report.add(c.rows[i], f"{p.name} {v} lies in another grid than the row", "outside")
+                misplaced.append(i)
             elif p.inside and not shape[v].buffer(INSIDE_TOLERANCE_DEG).covers(c.geometries[i]):
-                report.add(c.rows[i], f"does not lie inside {target.id[:-1]} {v} ({p.zh})")
+                report.add(c.rows[i], f"does not lie inside {one(target.id)} {v} ({p.zh})")
             else:
                 continue
             bad.add(i)
             del clean[i]
+    if misplaced:
+        _gcj_signature(store, layer, c, misplaced, report)
 
 
 def key_of(layer: Layer, props: Mapping[str, Any]) -> tuple[Any, ...] | None:
@@ -275,10 +321,17 @@ def duplicates(
 
 
 def same_geometry(a: BaseGeometry | None, b: BaseGeometry | None) -> bool:
-    """Equal within about a centimetre (a CSV's 7 decimals keep 5e-8 degrees per axis)."""
+    """Equal within about a centimetre (a CSV's 7 decimals keep 5e-8 degrees per axis); a
+    one-part multi-geometry equals its part (a Shapefile or KML does not tell them apart)."""
     if a is None or b is None:
         return a is b
+    a, b = _one_part(a), _one_part(b)
     return bool(shapely.equals_exact(shapely.normalize(a), shapely.normalize(b), tolerance=1e-7))
+
+
+def _one_part(g: BaseGeometry) -> BaseGeometry:
+    parts = shapely.get_parts(g)
+    return parts[0] if g.geom_type.startswith("Multi") and len(parts) == 1 else g
 
 
 def given(c: Candidates) -> frozenset[str]:

@@ -69,7 +69,7 @@ def export(
     """The layer as the principal may see it, as a file; (bytes, features). Audited."""
     scope = scope_for(principal)
     fs = read_all(store, layer_id, scope, progress=progress)
-    writers.check_format(fmt, fs.layer, encoding=encoding)
+    writers.check_format(fmt, fs.layer, encoding=encoding, crs=crs)
     data = writers.write(fs, fmt, crs=crs, encoding=encoding, lang=lang)
     audit(
         store,

@@ -162,6 +162,8 @@ def declared(layer: Layer, columns: list[str], path: Path) -> ColumnMap:
         if target not in layer.by_name and target not in ROLES:
             allowed = ", ".join([*layer.names, *ROLES])
             raise MappingError(f"the mapping names {target[:40]!r}; use one of: {allowed}")
+        if target in mapped.values():
+            raise MappingError(f"the mapping sends two columns to {target}; one column each")
         mapped[col] = target
     return ColumnMap(mapped, [c for c in columns if c not in mapped], declared=True)
 

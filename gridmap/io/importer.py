@@ -223,6 +223,14 @@ def _match(
             )
             continue
         kept.add(fid)
+        key = checks.key_of(layer, clean[i])
+        other = index.get(key) if key is not None else None
+        if other is not None and other != fid:  # matched by id, but its key is another's
+            what = "/".join(key[0]) if key else "key"
+            report.add(
+                c.rows[i], f"its {what} is feature {other}'s, not feature {fid}'s", "duplicate"
+            )
+            continue
         k = by_id[fid]
         same = checks.comparable(stored.properties[k], names) == checks.comparable(
             clean[i], names
@@ -236,6 +244,11 @@ def _match(
             plan.updates.append((i, fid))
     if options.mode == "replace":
         plan.deletes = sorted(set(stored.ids.tolist()) - kept)
+        if not clean and plan.deletes:
+            msg = (
+                f"the file holds no row to keep: replace would delete every {checks.one(layer.id)}"
+            )
+            report.add(None, msg, "file")
     report.inserted, report.updated, report.deleted = (
         len(plan.inserts),
         len(plan.updates),
@@ -269,15 +282,20 @@ def _tiles(
         tiles.append(topology.Tile(f"row {c.rows[i]}", c.geometries[i], p, c.rows[i]))
     parents = _parents(store, layer, parent)
     for t, shift in topology.snap(tiles, parents, options.snap_m):
-        report.snapped.append(f"{tiles[t].key}: snapped to its neighbours (moved ≤ {shift:.2f} m)")
+        what = f"moved ≤ {shift:.2f} m" if shift >= 0.005 else "vertices shared, none moved"
+        report.snapped.append(f"{tiles[t].key}: snapped to its neighbours ({what})")
     for n, i in enumerate(rows):
-        c.geometries[i] = tiles[first + n].geometry
+        g = tiles[first + n].geometry
+        if not layer.accepts_geometry(g.geom_type):  # snapping pinched it into pieces
+            msg = f"snapped to its neighbours it falls into pieces ({g.geom_type}); redraw it"
+            report.add(c.rows[i], msg, "topology")
+        c.geometries[i] = g
     for a, b, area, where in topology.overlaps(tiles, options.min_area_m2):
         row = tiles[b].row if tiles[b].row is not None else tiles[a].row
         msg = f"{tiles[a].key} and {tiles[b].key} overlap by {area:.1f} m² at {where}"
         report.add(row, msg, "topology")
     for pid, area, where in topology.gaps(tiles, parents, options.min_area_m2):
-        inside = f" inside {parent.replace('_id', '')} {pid}" if pid is not None and parent else ""
+        inside = f" inside {parent.removesuffix('_id')} {pid}" if pid is not None and parent else ""
         report.add(
             None,
             f"a gap of {area:.1f} m²{inside} at {where}: no feature of {layer.id} covers it",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import sys
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,10 +37,18 @@ VECTOR = {
     ".gpx": "GPX",
 }
 TABULAR = {".csv": "CSV", ".tsv": "CSV", ".txt": "CSV", ".xlsx": "XLSX"}
-MAX_UNZIPPED = 2_000_000_000
-"""Bytes a .zip may expand to (a zip bomb is refused before it is written out)."""
+MAX_UNZIPPED = 500_000_000
+"""Bytes a .zip may expand to (a zip bomb is refused, whatever its entries claim)."""
 MAX_ZIP_ENTRIES = 1000
+MAX_ROWS = 1_000_000
+"""Rows one import reads (a bigger layer is imported in parts)."""
+MAX_COLUMNS = 200
+MAX_CELL = 1_000_000
+"""Characters one CSV cell may hold."""
 _GDAL_NAMES = {"latin-1": "ISO-8859-1"}  # pyogrio reads "latin-1" as UTF-8
+
+
+csv.field_size_limit(min(MAX_CELL, sys.maxsize))
 
 
 class SourceError(InvalidFeatureError):
@@ -113,13 +122,28 @@ def _unzip(path: Path, work_dir: Path | None) -> Path:
             raise SourceError(f"{path.name} expands to too much; zip one layer's files only")
         out = work_dir / "unzipped"
         out.mkdir(parents=True, exist_ok=True)
+        left = MAX_UNZIPPED
+        seen: set[str] = set()
         for i in infos:
             name = Path(i.filename)
-            if name.is_absolute() or ".." in name.parts or name.name.startswith("."):
+            if (
+                name.is_absolute()
+                or ".." in name.parts
+                or any(p.startswith(".") or p == "__MACOSX" for p in name.parts)
+            ):
                 continue  # no writing outside the folder, no hidden files (__MACOSX, .DS_Store)
-            target = out / name.name
-            with zf.open(i) as src, target.open("wb") as dst:
-                dst.write(src.read())
+            if name.name.lower() in seen:
+                msg = f"{path.name} holds two files named {name.name}; zip one layer's files only"
+                raise SourceError(msg)
+            seen.add(name.name.lower())
+            with zf.open(i) as src, (out / name.name).open("wb") as dst:
+                while block := src.read(1 << 20):  # counted as written: sizes may lie
+                    left -= len(block)
+                    if left < 0:
+                        raise SourceError(
+                            f"{path.name} expands to too much; zip one layer's files only"
+                        )
+                    dst.write(block)
     shp = [p for p in out.iterdir() if p.suffix.lower() == ".shp"]
     if shp:
         return _single(out, ".shp")
@@ -156,7 +180,7 @@ def _layer_name(path: Path, wanted: str | None) -> str | None:
     try:
         layers = [str(name) for name, _ in pyogrio.list_layers(path)]
     except Exception as exc:  # GDAL's own errors: the file is not what its name says
-        raise SourceError(f"{path.name} cannot be read: {str(exc)[:200]}") from None
+        raise SourceError(f"{path.name} cannot be read: {_plain_error(exc, path)}") from None
     if wanted is not None:
         if wanted not in layers:
             raise SourceError(
@@ -184,10 +208,16 @@ def _read_vector(path: Path, declared: str | None, wanted: str | None) -> Table:
     try:
         raw = codec or ("latin-1" if fmt == "Shapefile" else None)
         meta, _, wkb, data = pyogrio.raw.read(
-            path, layer=layer, encoding=_GDAL_NAMES.get(raw or "", raw)
+            path,
+            layer=layer,
+            encoding=_GDAL_NAMES.get(raw or "", raw),
+            max_features=MAX_ROWS + 1,
         )
     except Exception as exc:
-        raise SourceError(f"{path.name} cannot be read: {str(exc)[:200]}") from None
+        raise SourceError(f"{path.name} cannot be read: {_plain_error(exc, path)}") from None
+    n = len(wkb) if wkb is not None else (len(data[0]) if len(data) else 0)
+    if n > MAX_ROWS:
+        raise SourceError(f"{path.name} has more than {MAX_ROWS:,} features; import it in parts")
     names = [str(n) for n in meta["fields"]]
     values = {n: _plain(col) for n, col in zip(names, data, strict=True)}
     if fmt == "Shapefile" and codec is None:
@@ -199,6 +229,11 @@ def _read_vector(path: Path, declared: str | None, wanted: str | None) -> Table:
     table = Table(fmt, names, values, geoms, meta.get("crs"), codec or meta.get("encoding"), notes)
     text.refuse_mojibake(_texts(values), what=path.name, used=table.encoding or "UTF-8")
     return table
+
+
+def _plain_error(exc: Exception, path: Path) -> str:
+    """GDAL's message without the server's working folder in it."""
+    return str(exc).replace(str(path.parent) + "/", "").replace(str(path.parent), "")[:200]
 
 
 def _plain(col: np.ndarray) -> list[Any]:
@@ -239,8 +274,7 @@ def _read_csv(path: Path, declared: str | None) -> Table:
         dialect: Any = csv.Sniffer().sniff(sample, delimiters=",\t;|")
     except csv.Error:
         dialect = csv.excel_tab if path.suffix.lower() == ".tsv" else csv.excel
-    rows = list(csv.reader(io.StringIO(body, newline=""), dialect))
-    rows = [r for r in rows if any(c.strip() for c in r)]
+    rows = _capped_rows(csv.reader(io.StringIO(body, newline=""), dialect), path.name)
     if not rows:
         raise SourceError(f"{path.name} holds no rows")
     table = _from_rows(
@@ -263,14 +297,33 @@ def _read_xlsx(path: Path, sheet: str | None) -> Table:
         if sheet is not None and sheet not in wb.sheetnames:
             raise SourceError(f"no sheet {sheet[:40]!r} in {path.name}; it has {wb.sheetnames}")
         ws = wb[sheet] if sheet is not None else wb.worksheets[0]
-        rows = [list(r) for r in ws.iter_rows(values_only=True)]
+        ws.reset_dimensions()  # the stated size may be wrong (too small: rows lost; huge: padding)
+        rows = _capped_rows(ws.iter_rows(values_only=True), path.name)
     finally:
         wb.close()
-    rows = [r for r in rows if any(c is not None and str(c).strip() for c in r)]
     if not rows:
         raise SourceError(f"{path.name} holds no rows")
     header = ["" if h is None else str(h) for h in rows[0]]
     return _from_rows("XLSX", header, rows[1:], path.name, notes=[f"sheet: {ws.title}"])
+
+
+def _capped_rows(rows: Any, name: str) -> list[list[Any]]:
+    """The non-empty rows, refused beyond MAX_ROWS rows or MAX_COLUMNS columns."""
+    out: list[list[Any]] = []
+    try:
+        for r in rows:
+            if len(r) > MAX_COLUMNS:
+                r = list(r)
+                if any(c is not None and str(c).strip() for c in r[MAX_COLUMNS:]):
+                    raise SourceError(f"{name} has more than {MAX_COLUMNS} columns")
+                r = r[:MAX_COLUMNS]
+            if any(c is not None and str(c).strip() for c in r):
+                out.append(list(r))
+                if len(out) > MAX_ROWS + 1:
+                    raise SourceError(f"{name} has more than {MAX_ROWS:,} rows; import it in parts")
+    except csv.Error as exc:
+        raise SourceError(f"{name} is not readable CSV: {str(exc)[:100]}") from None
+    return out
 
 
 def _from_rows(

@@ -46,11 +46,21 @@ EXCEL_CELL = 32_767
 SHP_ENCODINGS = {"utf-8": "UTF-8", "gbk": "GBK"}
 
 
-def check_format(fmt: str, layer: Layer, *, encoding: str | None = None) -> str:
+WGS84_ONLY = ("geojson", "kml", "gpx")
+"""Formats whose coordinates are WGS84 by definition (RFC 7946, OGC KML, GPX)."""
+
+
+def check_format(fmt: str, layer: Layer, *, encoding: str | None = None, crs: str = CRS84) -> str:
     """The format name, lower case (QueryError for an unknown one or a wrong pairing)."""
     f = fmt.strip().lower()
     if f not in FORMATS:
         raise QueryError(f"format must be one of {', '.join(FORMATS)}")
+    if f in WGS84_ONLY and crs != CRS84:
+        msg = (
+            f"{f} holds WGS84 coordinates only (any program reads them so); "
+            "choose gpkg, shp, csv or xlsx for another CRS"
+        )
+        raise QueryError(msg)
     if f == "gpx" and layer.geometry_type != "Point":
         raise QueryError("GPX holds points only (waypoints); export this layer as KML")
     if encoding is not None and (f != "shp" or encoding.lower() not in SHP_ENCODINGS):
@@ -67,7 +77,7 @@ def write(
     lang: str = "zh",
 ) -> bytes:
     """The feature set as a file of format ``fmt`` (see FORMATS), geometries in ``crs``."""
-    f = check_format(fmt, fs.layer, encoding=encoding)
+    f = check_format(fmt, fs.layer, encoding=encoding, crs=crs)
     if f == "csv":
         return to_csv(fs, crs=crs, lon_first=True, exact=True)
     if f == "xlsx":

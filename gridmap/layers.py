@@ -138,6 +138,11 @@ class Layer:
         """Properties by name."""
         return {p.name: p for p in self.properties}
 
+    @cached_property
+    def _textual(self) -> tuple[Prop, ...]:
+        """Properties whose values come back as text or lists (checked after validation)."""
+        return tuple(p for p in self.properties if p.type not in ("int", "float", "bool"))
+
     @property
     def names(self) -> tuple[str, ...]:
         """Property names, in declaration order."""
@@ -216,7 +221,7 @@ class Layer:
         except ValidationError as exc:
             raise InvalidFeatureError(_explain(self.id, exc)) from None
         out = obj.model_dump(mode="json")
-        for p in self.properties:
+        for p in self._textual:
             v = out.get(p.name)
             if p.type == "datetime" and isinstance(v, str):
                 out[p.name] = _local_time(v)

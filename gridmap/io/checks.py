@@ -162,6 +162,8 @@ def _off_buildings(
     tree = shapely.STRtree(b)
     near = 2e-5  # about 2 m: a point picked at a door
     now = _in_buildings(tree, np.array([c.geometries[i] for i in own], dtype=object), near)
+    if now * 2 > len(own):
+        return  # most lie in buildings: nothing to explain
     src = np.array([c.source_geometries[i] for i in own], dtype=object)
     for name in ("gcj02", "bd09"):
         then = _in_buildings(tree, rowsmod.to_wgs84(src, name), near)

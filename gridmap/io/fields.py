@@ -250,6 +250,11 @@ def _date(v: Any, *, with_time: bool) -> str:
 
 def convert(p: Prop, v: Any) -> Any:
     """``v`` as property ``p`` holds it (ValueError saying why not); None for an empty cell."""
+    kind = type(v)
+    if kind is str and v and p.format is None and p.type == "str" and v[0] not in "' \t":
+        return v  # the common cases first: text as text, numbers as numbers
+    if (kind is int and p.type == "int") or (kind is float and p.type == "float"):
+        return v
     if v is None or (isinstance(v, str) and not v.strip()):
         return None
     if isinstance(v, str) and len(v) > 1 and v[0] == "'" and v[1] in "=+-@\t\r":

@@ -126,6 +126,8 @@ def _show(report: Report) -> None:
     for line in report.warnings:
         err.print(f"[yellow]warning:[/] {escape(line)}")
     for p in report.problems:
+        if p.kind == "file" and report.problem_count == 1:
+            continue  # said once, by the error line
         where = f"row {p.row}: " if p.row is not None else ""
         err.print(f"[red]{p.kind}[/] {escape(where + p.message)}")
     if report.problem_count > len(report.problems):

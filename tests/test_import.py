@@ -530,3 +530,36 @@ def test_a_bulk_import_leaves_the_spatial_index_and_triggers_as_row_by_row_write
         edit_path, "INSERT INTO toilets (geom, name) SELECT geom, '外来公厕' FROM toilets LIMIT 1"
     )
     assert count(edit_path, "rtree_toilets_geom") == old + n + 1
+
+
+def test_the_import_and_export_commands(edit_path: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from gridmap.cli import app
+
+    db = str(edit_path)
+    cli = CliRunner()
+    out = tmp_path / "网格.zip"
+    r = cli.invoke(
+        app, ["export", "-l", "grids", "-f", "shp", "--encoding", "gbk", "-o", str(out), "-d", db]
+    )
+    assert r.exit_code == 0 and "exported 40 features" in r.output, r.output
+    z = zipfile.ZipFile(out)
+    assert z.read("grids.cpg").decode().strip() == "GBK"
+    z.extractall(tmp_path / "shp")
+    assert len(pyogrio.read_dataframe(tmp_path / "shp" / "grids.shp")) == 40  # GDAL reads it
+    r = cli.invoke(
+        app, ["import", str(out), "-l", "grids", "--mode", "upsert", "--dry-run", "-d", db]
+    )
+    assert r.exit_code == 0 and "40 unchanged" in " ".join(r.output.split()), r.output
+    path = tmp_path / "t.csv"
+    path.write_bytes("名称,经度,纬度\n命令行公厕,113.2921,34.8101\n".encode("gbk"))
+    r = cli.invoke(app, ["import", str(path), "-l", "toilets", "-d", db])
+    assert r.exit_code == 1 and "--crs" in r.output
+    r = cli.invoke(app, ["import", str(path), "-l", "toilets", "--crs", "wgs84", "-d", db])
+    assert r.exit_code == 0 and "wrote 1 new" in " ".join(r.output.split()), r.output
+    assert raw_sql(edit_path, "SELECT COUNT(*) FROM toilets WHERE name = '命令行公厕'") == [(1,)]
+    r = cli.invoke(app, ["export", "-l", "toilets", "-f", "geojson", "--crs", "gcj02", "-d", db])
+    assert r.exit_code == 1 and "WGS84" in r.output
+    r = cli.invoke(app, ["export", "-l", "toilets", "-f", "csv", "-o", str(tmp_path), "-d", db])
+    assert r.exit_code == 1 and "is a folder" in " ".join(r.output.split())

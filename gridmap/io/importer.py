@@ -102,7 +102,7 @@ def run(
         if not report.ok:
             raise ImportRefusedError(report)
         if options.dry_run:
-            _audit_dry_run(store, principal, report, source, request_id)
+            _audit(store, principal, report, "dry-run", "nothing written", source, request_id)
             return report
         say("writing")
         _commit(store, layer, plan, report, principal, source, request_id)
@@ -110,11 +110,11 @@ def run(
         if not isinstance(exc, ImportRefusedError):
             report.add(None, str(exc), "file")
             exc = ImportRefusedError(report)
-        _audit_refusal(store, principal, report, source, request_id)
+        _audit(store, principal, report, "refused", _refused(report), source, request_id)
         raise exc from None
     except (VersionConflictError, IntegrityError) as exc:  # found while writing: nothing kept
         report.add(None, f"{exc}; nothing was imported: check the file again and retry", "conflict")
-        _audit_refusal(store, principal, report, source, request_id)
+        _audit(store, principal, report, "refused", _refused(report), source, request_id)
         raise
     return report
 
@@ -363,47 +363,33 @@ def _commit(
             },
             created_by=principal.username or None,
         )
-        audit(
-            store,
-            principal,
-            "import",
-            object=f"{layer.id}: {report.file}"[:200],
-            source=source,
-            request_id=request_id,
-            detail=(
-                f"{report.rows} rows, sha256 {report.digest[:16]}; "
-                + ", ".join(f"{k} {v}" for k, v in counts.items())
-            ),
-        )
+        done = ", ".join(f"{k} {v}" for k, v in counts.items())
+        _audit(store, principal, report, "ok", done, source, request_id)
     report.committed = True
 
 
-def _audit_dry_run(
-    store: FeatureStore, principal: Principal, report: Report, source: str | None, rid: str | None
+def _audit(
+    store: FeatureStore,
+    principal: Principal,
+    report: Report,
+    result: str,
+    what: str,
+    source: str | None,
+    rid: str | None,
 ) -> None:
+    """The import's audit entry: the file, its rows and digest, and ``what`` came of it."""
     audit(
         store,
         principal,
         "import",
-        result="dry-run",
+        result=result,
         object=f"{report.layer}: {report.file}"[:200],
         source=source,
         request_id=rid,
-        detail=f"{report.rows} rows, sha256 {report.digest[:16]}; nothing written",
+        detail=f"{report.rows} rows, sha256 {report.digest[:16]}; {what}"[:1000],
     )
 
 
-def _audit_refusal(
-    store: FeatureStore, principal: Principal, report: Report, source: str | None, rid: str | None
-) -> None:
-    audit(
-        store,
-        principal,
-        "import",
-        result="refused",
-        object=f"{report.layer}: {report.file}"[:200],
-        source=source,
-        request_id=rid,
-        detail=f"{report.problem_count} problems; first: "
-        + (report.problems[0].message[:300] if report.problems else ""),
-    )
+def _refused(report: Report) -> str:
+    first = report.problems[0].message[:300] if report.problems else ""
+    return f"{report.problem_count} problems; first: {first}"

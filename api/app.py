@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from api import auth, errors
+from api import auth, errors, observe
 from api.middleware import BodyLimit, HeadAsGet, ReadAudit, SecurityHeaders
 from api.routes import (
     analysis,
@@ -30,6 +30,7 @@ from gridmap.accounts import Accounts, token_secret
 from gridmap.geojson import FeatureCache
 from gridmap.maps import ASSET_PREFIX, asset_dirs
 from gridmap.maps.cache import Figures, PageCache
+from gridmap.observe import configure_logging
 from gridmap.ratelimit import SOLVING, RateLimiter
 from gridmap.settings import Settings, get_settings
 from gridmap.store import open_store
@@ -38,6 +39,7 @@ from gridmap.store import open_store
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the gridmap API for ``settings`` (read from the environment when omitted)."""
     settings = settings or get_settings()
+    configure_logging(settings.log_format, settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "If-Match", "Content-Crs"],
             expose_headers=["ETag", "Location", "Content-Crs", "X-Request-ID"],
         )
+    app.add_middleware(observe.Observe)  # outermost: its time and status are what the client saw
     app.include_router(features.router)  # first: the busiest routes are matched soonest
     app.include_router(auth.router)
     app.include_router(edit.router)
@@ -105,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(renovation.router)
     app.include_router(balance.router)
     app.include_router(transfer.router)
+    app.include_router(observe.router)
     for name, directory in asset_dirs().items():
         app.mount(f"{ASSET_PREFIX}/{name}", StaticFiles(directory=directory), name=f"static-{name}")
     return app

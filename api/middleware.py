@@ -80,9 +80,9 @@ class SecurityHeaders:
         # a request's id names it in the log, it guards nothing: Python's generator (which
         # the child of a fork reseeds) rather than the OS's, whose system call lets go of
         # the interpreter lock, and the event loop then waits for it behind the threads
-        request_id = f"{random.getrandbits(128):032x}"
         state: dict[str, Any] = scope.setdefault("state", {})
-        state["request_id"] = request_id
+        request_id = state.get("request_id") or f"{random.getrandbits(128):032x}"
+        state["request_id"] = request_id  # api.observe.Observe gave it, in the app
         held: Message | None = None
         body: list[bytes] = []
 

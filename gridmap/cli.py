@@ -290,6 +290,8 @@ def serve(
         proxy_headers=bool(proxies),
         forwarded_allow_ips=proxies or None,
         timeout_keep_alive=75,  # as nginx: a browser's idle connections are not reopened
+        access_log=False,  # the app logs each request itself: JSON, with its id and timings
+        log_config=None,  # the app's handler (GRIDMAP_LOG_FORMAT) writes uvicorn's errors too
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +71,16 @@ class Settings(BaseSettings):
         description="Threads that run the API's blocking work in each process. Few is faster: "
         "the work holds Python's interpreter lock, and every thread more makes the event loop "
         "wait longer for it after each short release (a socket write, an SQLite read).",
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json", description="The service log on stderr: JSON lines (with request ids) or text."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="The least severe log records written (INFO: one line per request)."
+    )
+    metrics_from: list[str] = Field(
+        default_factory=lambda: ["127.0.0.1/32", "::1/128"],
+        description="Addresses (or networks) that may read /metrics; to others it is a 404.",
     )
     reveals_per_hour: int = Field(
         20, ge=1, description="Reveals of personal fields per user per hour."

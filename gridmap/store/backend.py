@@ -307,6 +307,10 @@ class Settings(Protocol):
         """Store a setting."""
         ...
 
+    def schema_current(self) -> bool:
+        """True if the store records this release's schema."""
+        ...
+
 
 class Backend(Rows, Loading, Stamps, Accounts, AuditLog, Documents, Limits, Settings, Protocol):
     """Everything a backend implements; :func:`gridmap.store.open_store` picks one by URL."""

@@ -138,6 +138,16 @@ class FeatureStore:
         """The stamps if known without a round trip to a server (None: call stamps())."""
         return self.backend.stamps_at_hand(tables)
 
+    def readiness(self) -> str | None:
+        """None if the store answers and holds this release's schema, else why not."""
+        try:
+            current = self.backend.schema_current()
+        except Exception as exc:  # any failure to answer means: not ready
+            return f"the database does not answer: {type(exc).__name__}"
+        if not current:
+            return "the database schema is not this release's; run `gridmap upgrade`"
+        return None
+
     @property
     def remote(self) -> bool:
         """True if the data lives on a server (keep reads off an event loop)."""

@@ -29,6 +29,7 @@ from shapely.geometry.base import BaseGeometry
 from gridmap import geometry as geo
 from gridmap.errors import IntegrityError, InvalidFeatureError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
+from gridmap.observe import timed_backend
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
 from gridmap.store.gpkg_group import GroupCommit
@@ -64,6 +65,7 @@ def _to_sql(p: Prop, v: Any) -> Any:
     return v
 
 
+@timed_backend  # each call's time counts as the request's database time
 class GeoPackageBackend(RecordTables):
     """Rows in one GeoPackage file that GDAL and QGIS open as is.
 
@@ -376,6 +378,10 @@ class GeoPackageBackend(RecordTables):
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (schema_digest(),),
             )
+
+    def schema_current(self) -> bool:
+        """True if the store records this release's schema (a fresh read, not a cache)."""
+        return self.meta("schema_digest") == schema_digest()
 
     # ---------------------------------------------------------------- records, stamps
 

@@ -44,6 +44,7 @@ from gridmap.errors import (
     StoreError,
 )
 from gridmap.layers import LAYERS, Layer, Prop
+from gridmap.observe import timed_backend
 from gridmap.store import pg_types, pg_watchdog
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
 from gridmap.store.base import ID_LIMIT, BBox, FeatureSet, Progress
@@ -166,6 +167,7 @@ class NotAllowed(StoreError):
     """The database refused gridmap's role a statement (a privilege it lacks)."""
 
 
+@timed_backend  # each call's time counts as the request's database time
 class PostGISBackend(RecordTables):
     """Rows in a PostgreSQL database with PostGIS, through a thread-safe connection pool.
 
@@ -423,6 +425,10 @@ class PostGISBackend(RecordTables):
                 "as this role"
             )
             raise StoreError(msg) from None
+
+    def schema_current(self) -> bool:
+        """True if the store records this release's schema (a fresh read, not a cache)."""
+        return self.meta("schema_digest") == schema_digest()
 
     # ---------------------------------------------------------------- records, stamps
 

@@ -16,6 +16,7 @@ from api.body import read_json
 from api.deps import CollectionDep, PrincipalDep, ScopeDep, SettingsDep, StoreDep, crs_param
 from api.errors import PreconditionRequiredError
 from api.routes.features import etag, feature_response, parse_fid
+from gridmap import idempotency
 from gridmap.crs import from_input
 from gridmap.errors import AuthenticationError, InvalidFeatureError, VersionConflictError
 from gridmap.geometry import from_geojson
@@ -34,6 +35,14 @@ IfMatch = Annotated[
 ContentCrs = Annotated[
     str | None,
     Header(alias="Content-Crs", description="CRS of the geometry in the body (default CRS84)."),
+]
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="A key of the client's choice (a UUID): a resend with it creates nothing.",
+    ),
 ]
 
 _FEATURE_MEMBERS = {"type", "id", "geometry", "properties", "bbox", "links"}
@@ -107,17 +116,46 @@ async def create(
     settings: SettingsDep,
     principal: PrincipalDep,
     content_crs: ContentCrs = None,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """Add one feature (GeoJSON Feature body); 201 with its Location and ETag."""
+    """Add one feature (GeoJSON Feature body); 201 with its Location and ETag.
+
+    With an ``Idempotency-Key`` header, sending the same request again (a lost answer)
+    creates nothing more: it answers the feature the first one created, as it is now, with
+    ``Idempotent-Replayed: true``. The feature, its audit entry and the key are stored in
+    one transaction."""
     _login(principal)
     crs = crs_param(content_crs, "Content-Crs")
+    key = None if idempotency_key is None else idempotency.check_key(idempotency_key)
     body = await read_json(request, max_bytes=settings.max_body_bytes)
     geom, props = _parse_feature(body, crs)
-    ids = await run_in_threadpool(store.insert, layer.id, [geom], [props], scope=scope)
-    feat = await run_in_threadpool(store.get, layer.id, ids[0], scope=scope)
-    await run_in_threadpool(_audit, request, principal, "create", layer, feat)
+
+    def insert() -> int:
+        fid = store.insert(layer.id, [geom], [props], scope=scope)[0]
+        _audit(request, principal, "create", layer, store.get(layer.id, fid, scope=scope))
+        return fid
+
+    if key is None:
+        fid = await run_in_threadpool(_in, store.transaction, insert)
+        replayed = False
+    else:
+        digest = idempotency.fingerprint(layer.id, body, {"crs": crs})
+        made = await run_in_threadpool(
+            idempotency.create_once, store, principal.username, key, digest, layer.id, insert
+        )
+        fid, replayed = made.fid, made.replayed
+    feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
     location = f"{str(request.base_url).rstrip('/')}/collections/{layer.id}/items/{feat.id}"
-    return feature_response(request, layer, feat, status=201, headers={"Location": location})
+    headers = {"Location": location}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return feature_response(request, layer, feat, status=201, headers=headers)
+
+
+def _in(transaction: Any, work: Any) -> Any:
+    """``work()`` inside ``transaction()``: all of it is stored, or none."""
+    with transaction():
+        return work()
 
 
 @router.put("/collections/{collection_id}/items/{feature_id}", summary="Replace a feature")

@@ -296,6 +296,24 @@ class Limits(Protocol):
         ...
 
 
+class Idempotency(Protocol):
+    """The idempotency keys of creating requests (:mod:`gridmap.idempotency`)."""
+
+    def idempotent_find(self, username: str, key: str) -> tuple[str, str, int] | None:
+        """The (fingerprint, layer, feature id) a user's key created, if any."""
+        ...
+
+    def idempotent_keep(
+        self, username: str, key: str, fingerprint: str, layer: str, fid: int, now: float
+    ) -> None:
+        """Remember what a key created."""
+        ...
+
+    def idempotent_forget(self, before: float) -> None:
+        """Drop keys kept before ``before``."""
+        ...
+
+
 class Settings(Protocol):
     """Key-value settings of the service (service area, sample flags, secrets)."""
 
@@ -312,7 +330,9 @@ class Settings(Protocol):
         ...
 
 
-class Backend(Rows, Loading, Stamps, Accounts, AuditLog, Documents, Limits, Settings, Protocol):
+class Backend(
+    Rows, Loading, Stamps, Accounts, AuditLog, Documents, Limits, Idempotency, Settings, Protocol
+):
     """Everything a backend implements; :func:`gridmap.store.open_store` picks one by URL."""
 
     url: str

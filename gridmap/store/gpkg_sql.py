@@ -98,6 +98,10 @@ BEGIN UPDATE gridmap_changes SET stamp = stamp + 1 WHERE layer = 'gridmap_docume
 CREATE TRIGGER IF NOT EXISTS gridmap_documents_no_delete BEFORE DELETE ON gridmap_documents
 BEGIN SELECT RAISE(ABORT, 'campaigns and plans are kept; close a campaign instead'); END;
 CREATE TABLE IF NOT EXISTS gridmap_limits (key TEXT PRIMARY KEY, due REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS gridmap_idempotency (
+  username TEXT NOT NULL, key TEXT NOT NULL, fingerprint TEXT NOT NULL, layer TEXT NOT NULL,
+  fid INTEGER NOT NULL, at REAL NOT NULL, PRIMARY KEY (username, key));
+CREATE INDEX IF NOT EXISTS gridmap_idempotency_at ON gridmap_idempotency (at);
 """
 # Every change to a layer, by gridmap or by any other SQLite client (QGIS, GDAL), bumps the
 # layer's stamp, so in-process caches know when to rebuild.

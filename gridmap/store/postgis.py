@@ -986,7 +986,10 @@ def _service_rights() -> dict[str, tuple[str, ...]]:
     """What a service role may do to each of gridmap's tables: the audit log only read and
     appended to, stamps and settings never deleted."""
     rights = {t: _READ_WRITE for t in [layer.id for layer in LAYERS]}
-    rights |= {t: _READ_WRITE for t in ("gridmap_users", "gridmap_documents", "gridmap_limits")}
+    rights |= {
+        t: _READ_WRITE
+        for t in ("gridmap_users", "gridmap_documents", "gridmap_limits", "gridmap_idempotency")
+    }
     rights |= {t: ("SELECT", "INSERT", "UPDATE") for t in ("gridmap_meta", "gridmap_changes")}
     rights["gridmap_audit"] = ("SELECT", "INSERT")
     return rights

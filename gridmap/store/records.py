@@ -213,6 +213,29 @@ class RecordTables:
         """Drop the limit rows whose turn was due before ``before`` (they limit nothing)."""
         self._run("DELETE FROM gridmap_limits WHERE due < ?", (before,))
 
+    def idempotent_find(self, username: str, key: str) -> tuple[str, str, int] | None:
+        """The (fingerprint, layer, feature id) a user's idempotency key created, if any."""
+        rows = self._run(
+            "SELECT fingerprint, layer, fid FROM gridmap_idempotency "
+            "WHERE username = ? AND key = ?",
+            (username, key),
+        )
+        return (str(rows[0][0]), str(rows[0][1]), int(rows[0][2])) if rows else None
+
+    def idempotent_keep(
+        self, username: str, key: str, fingerprint: str, layer: str, fid: int, now: float
+    ) -> None:
+        """Remember what a key created (in the caller's transaction, with the creation)."""
+        self._run(
+            "INSERT INTO gridmap_idempotency (username, key, fingerprint, layer, fid, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (username, key, fingerprint, layer, int(fid), now),
+        )
+
+    def idempotent_forget(self, before: float) -> None:
+        """Drop keys kept since before ``before`` (a retry comes within hours, not days)."""
+        self._run("DELETE FROM gridmap_idempotency WHERE at < ?", (before,))
+
     def meta(self, key: str) -> str | None:
         """A stored setting."""
         rows = self._run("SELECT value FROM gridmap_meta WHERE key = ?", (key,))

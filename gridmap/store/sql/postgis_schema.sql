@@ -119,6 +119,10 @@ CREATE INDEX IF NOT EXISTS gridmap_documents_kind ON gridmap_documents (kind, pa
 -- Rate limits shared by every API process: per key, when its next turn is due (see
 -- gridmap.store.records.RecordTables.take_turn); rows whose time has passed mean nothing.
 CREATE TABLE IF NOT EXISTS gridmap_limits (key text PRIMARY KEY, due double precision NOT NULL);
+CREATE TABLE IF NOT EXISTS gridmap_idempotency (
+  username text NOT NULL, key text NOT NULL, fingerprint text NOT NULL, layer text NOT NULL,
+  fid bigint NOT NULL, at double precision NOT NULL, PRIMARY KEY (username, key));
+CREATE INDEX IF NOT EXISTS gridmap_idempotency_at ON gridmap_idempotency (at);
 
 INSERT INTO gridmap_changes VALUES ('gridmap_users', 0), ('gridmap_documents', 0)
   ON CONFLICT DO NOTHING;

@@ -433,4 +433,4 @@ if __name__ == "__main__":  # pragma: no cover
     app()
 
 
-from gridmap import cli_batch, cli_db, cli_field, cli_io  # noqa: E402, F401  (`campaign`, `import`…)
+from gridmap import cli_batch, cli_db, cli_field, cli_io, cli_ops  # noqa: E402, F401  (`campaign`, `import`…)

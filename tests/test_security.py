@@ -242,6 +242,9 @@ EXPECTED: dict[tuple[str, str, str], list[int]] = {
     #                                        pub  adm  com  wkr  pln  aud
     ("GET", "/", ""):                       [200, 200, 200, 200, 200, 200],
     ("GET", "/conformance", ""):            [200, 200, 200, 200, 200, 200],
+    ("GET", "/health", ""):                 [200, 200, 200, 200, 200, 200],
+    ("GET", "/ready", ""):                  [200, 200, 200, 200, 200, 200],
+    ("GET", "/metrics", ""):                [404, 404, 404, 404, 404, 404],
     ("GET", "/collections", ""):            [200, 200, 200, 200, 200, 200],
     ("GET", C, HH):                         [404, 200, 200, 200, 404, 404],
     ("GET", C, TL):                         [200, 200, 200, 200, 200, 404],
@@ -314,6 +317,9 @@ AUDITED: dict[tuple[str, str, str], list[str]] = {
     #                                        pub  adm  com  wkr  pln  aud
     ("GET", "/", ""):                       [N,   N,   N,   N,   N,   N],
     ("GET", "/conformance", ""):            [N,   N,   N,   N,   N,   N],
+    ("GET", "/health", ""):                 [N,   N,   N,   N,   N,   N],
+    ("GET", "/ready", ""):                  [N,   N,   N,   N,   N,   N],
+    ("GET", "/metrics", ""):                [N,   N,   N,   N,   N,   N],
     ("GET", "/collections", ""):            [N,   N,   N,   N,   N,   N],
     ("GET", C, HH):                         [DS,  N,   N,   N,   DS,  DS],
     ("GET", C, TL):                         [N,   N,   N,   N,   N,   DS],

@@ -20,6 +20,7 @@ from gridmap.errors import (
     PermissionDeniedError,
     QueryError,
     RateLimitedError,
+    StorageFullError,
     StoreError,
     UnknownLayerError,
     VersionConflictError,
@@ -35,6 +36,7 @@ STATUS: dict[type[GridmapError], int] = {
     VersionConflictError: 412,
     IntegrityError: 409,
     StoreError: 503,
+    StorageFullError: 507,
     AuthenticationError: 401,
     PermissionDeniedError: 403,
     RateLimitedError: 429,
@@ -54,6 +56,7 @@ _TITLES = {
     422: "Unprocessable Content",
     500: "Internal Server Error",
     503: "Service Unavailable",
+    507: "Insufficient Storage",
 }
 
 

@@ -49,7 +49,11 @@ class IntegrityError(GridmapError):
 
 
 class StoreError(GridmapError):
-    """The store cannot be opened or is not a gridmap store."""
+    """The store cannot be opened, is not a gridmap store, or cannot answer now."""
+
+
+class StorageFullError(StoreError):
+    """The disk holding the store is full: the change was not written (→ 507)."""
 
 
 class PermissionDeniedError(GridmapError):

@@ -27,7 +27,7 @@ import shapely
 from shapely.geometry.base import BaseGeometry
 
 from gridmap import geometry as geo
-from gridmap.errors import IntegrityError, InvalidFeatureError, StoreError
+from gridmap.errors import IntegrityError, InvalidFeatureError, StorageFullError, StoreError
 from gridmap.layers import LAYERS, Layer, Prop
 from gridmap.observe import timed_backend
 from gridmap.store.backend import EVERY_ROW, Measure, Order, Selection
@@ -234,7 +234,7 @@ class GeoPackageBackend(RecordTables):
                 self._writer.release()
             if isinstance(exc, sqlite3.OperationalError) and _denied(exc):
                 raise ReadOnlyError(self.path) from None
-            raise
+            raise _unwritten(exc, self.path) from None
         self._local.depth = depth + 1
         try:
             yield conn
@@ -245,9 +245,14 @@ class GeoPackageBackend(RecordTables):
                     conn.execute(commit)  # a rolled-back savepoint stays open until released
             if isinstance(exc, sqlite3.OperationalError) and _denied(exc):
                 raise ReadOnlyError(self.path) from None  # e.g. a file made immutable
-            raise
+            raise _unwritten(exc, self.path) from None
         else:
-            conn.execute(commit)
+            try:
+                conn.execute(commit)
+            except sqlite3.Error as exc:
+                if conn.in_transaction and depth == 0:
+                    conn.execute("ROLLBACK")
+                raise _unwritten(exc, self.path) from None
         finally:
             self._local.depth = depth
             if depth == 0:
@@ -1152,6 +1157,27 @@ def _writable(path: Path) -> bool:
     shared-memory files beside it)."""
     folder = Path(os.path.realpath(path)).parent
     return os.access(path, os.R_OK | os.W_OK) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def _unwritten(exc: BaseException, path: Path) -> BaseException:
+    """What to raise for a write SQLite could not do: a full disk, a failing one, or a
+    writer of another process holding the lock too long say so (the transaction was rolled
+    back, nothing of it is stored); anything else as it came."""
+    if not isinstance(exc, sqlite3.OperationalError):
+        return exc
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    if name == "SQLITE_FULL":
+        msg = (
+            f"the disk holding {path.name} is full: nothing of this change was written; "
+            "free space there, then try again"
+        )
+        return StorageFullError(msg)
+    if name.startswith("SQLITE_IOERR"):
+        msg = f"the database could not be written ({exc}): nothing of this change was written"
+        return StoreError(msg)
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return StoreError("the database is busy with another writer; try again shortly")
+    return exc
 
 
 def _denied(exc: sqlite3.Error) -> bool:

@@ -64,6 +64,7 @@ def sample_copy(folder: Path) -> Path:
     from gridmap.accounts import seed_sample_users
     from gridmap.sample import build_demo
 
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "drill.gpkg"
     store = build_demo(path)
     seed_sample_users(store)

@@ -368,7 +368,8 @@ def run_serve_drill(tmp: Path, interval: float, kills: int, writers: int, postgi
           f"({'PostGIS' if postgis else 'GeoPackage'}); back up in "
           f"{max(restarts):.1f} s at most")  # fmt: skip
     print(f"requests {load.attempts:,}, resent after a kill {load.failures:,}; acknowledged "
-          f"creations {len(load.created):,} ({load.replayed} answered as a resend), stored {facts['stored']:,}, duplicates "
+          f"creations {len(load.created):,} ({load.replayed} answered as a resend), "
+          f"stored {facts['stored']:,}, duplicates "
           f"{facts['duplicates']}, acknowledged but missing {len(facts['missing'])}, "
           f"stored without an answer {len(facts['unacknowledged_stored'])}; edits "
           f"acknowledged {len(load.edited)} toilets, wrong last value "

@@ -242,6 +242,10 @@ def report(r: Result, label: str) -> bool:
         print(f"server CPU mean {sum(cpu) / len(cpu):.0f} % of a core (max {max(cpu):.0f} %); "
               f"memory after warm-up {first:.0f} MB → end {last:.0f} MB "
               f"({'flat' if flat else 'GROWING'})")  # fmt: skip
+        marks = [
+            r.samples[min(len(r.samples) - 1, k * (len(r.samples) - 1) // 5)] for k in range(6)
+        ]
+        print("memory over the run: " + ", ".join(f"{t:.0f} s {m:.0f} MB" for t, _, m in marks))
     return all(met.values()) and r.errors == 0 and r.server_5xx == 0 and flat
 
 

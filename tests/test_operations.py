@@ -30,6 +30,7 @@ from gridmap.settings import Settings
 from tests.conftest import BACKEND, copy_database, raw_sql, refused_by_database, tokens_for
 
 FIRST_RELEASE = Path(__file__).parent / "data" / "first-release.gpkg"
+FIRST_RELEASE_PG = Path(__file__).parent / "data" / "first-release-postgis.dump"
 GRIDMAP = [str(Path(sys.executable).parent / "gridmap")]  # the installed command
 
 
@@ -311,6 +312,57 @@ def test_upgrade_a_store_of_the_first_release(tmp_path: Path) -> None:
         assert patched.status_code == 200, patched.text
     assert raw_sql(db, "SELECT members FROM households WHERE fid = ?", hh["id"]) == [(3,)]
     refused_by_database(db, "DELETE FROM gridmap_audit", "append-only")
+
+
+@pytest.mark.postgis
+def test_upgrade_a_postgis_store_of_the_first_release(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    import psycopg
+
+    from gridmap.backup import pg_figures
+    from gridmap.layers import LAYERS
+    from tests.conftest import require_postgis
+
+    require_postgis()
+    url = request.getfixturevalue("pg_cluster").new_database("gm_first")
+    subprocess.run(["pg_restore", "--no-owner", "--exit-on-error", f"--dbname={url}",
+                    str(FIRST_RELEASE_PG)], check=True, capture_output=True)  # fmt: skip
+    layers = {lay.id for lay in LAYERS}
+
+    def features() -> dict[str, Any]:
+        with psycopg.connect(url) as conn:
+            return {t: v for t, v in pg_figures(conn).items() if t in layers}
+
+    before = features()
+    assert before["households"]["rows"] == 326
+    check = subprocess.run([*GRIDMAP, "upgrade", "--check", "--database", url],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 1
+    saved = tmp_path / "before-upgrade.dump"
+    done = subprocess.run([*GRIDMAP, "upgrade", "--database", url, "--backup-to", str(saved)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    said = " ".join(done.stdout.split())
+    assert done.returncode == 0, said + done.stderr
+    assert "schema upgraded first release" in said and "integrity checks passed" in said
+    assert saved.exists() and verify(saved).tables["households"]["rows"] == 326
+    assert features() == before  # no feature changed (digests by PostgreSQL)
+    again = subprocess.run([*GRIDMAP, "upgrade", "--check", "--database", url],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert again.returncode == 0
+    with TestClient(
+        create_app(Settings(database=url)), headers=tokens_for(url)["subdistrict_admin"]
+    ) as c:
+        assert c.get("/ready").status_code == 200
+        r = c.post(
+            "/collections/toilets/items",
+            json=toilet("升级后"),
+            headers={"Idempotency-Key": "after-upgrade"},
+        )
+        assert r.status_code == 201, r.text
+    assert named(url, "升级后") == 1
+    raw_sql(url, "INSERT INTO gridmap_audit (at, action, result) VALUES ('now', 'x', 'ok')")
+    refused_by_database(url, "UPDATE gridmap_audit SET result = 'changed'", "append-only")
 
 
 # ---------------------------------------------------------------- a full disk

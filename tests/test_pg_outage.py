@@ -247,3 +247,17 @@ def test_the_watchdog_counts_silence_not_duration(request, monkeypatch) -> None:
     finally:
         store.close()
         cluster.drop_database(url)
+
+
+def test_readiness_follows_the_database(served) -> None:  # type: ignore[no-untyped-def]
+    """/ready's answer: the store says why it is not ready while the database refuses
+    connections, and is ready again once it takes them."""
+    store, cluster, url = served
+    assert store.readiness() is None
+    _refuse_connections(cluster, url, True)
+    try:
+        why = store.readiness()
+        assert why is not None and "does not answer" in why
+    finally:
+        _refuse_connections(cluster, url, False)
+    assert eventually(lambda: store.readiness() is None, 20)

@@ -81,5 +81,9 @@ def test_readme_examples_run_as_written(
     assert sum(r["done"] for r in campaign["coverage"]["grids"]) == 1
     dry = next(json.loads(outputs[k]) for k, c in enumerate(commands) if "/import" in c)
     assert dry["unchanged"] > 0 and dry["inserted"] == dry["updated"] == 0 and not dry["committed"]
+    said = {c.split(BASE)[1].split()[0].strip("'\""): outputs[k] for k, c in enumerate(commands)}
+    assert json.loads(said["/health"]) == {"status": "ok"}
+    assert json.loads(said["/ready"]) == {"status": "ready"}
+    assert int(said["/metrics"]) > 3  # series of the requests the examples made
     route = next(json.loads(outputs[k]) for k, c in enumerate(commands) if "/routes/optimize" in c)
     assert route["mode"] == "walk" and route["routes"][0]["stops"]

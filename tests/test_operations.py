@@ -146,6 +146,21 @@ def test_a_resent_creation_creates_nothing_more(
     assert bad.status_code == 400 and named(edit_path, "坏键") == 0
 
 
+def test_a_resent_campaign_starts_one_campaign(edit_client: TestClient) -> None:
+    body = {"name": "幂等走访", "starts": "2026-12-01", "ends": "2026-12-31"}
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = edit_client.post("/campaigns", json=body, headers=key)
+    again = edit_client.post("/campaigns", json=body, headers=key)
+    assert first.status_code == again.status_code == 201, first.text
+    assert (
+        again.json()["id"] == first.json()["id"] and again.headers["Idempotent-Replayed"] == "true"
+    )
+    listed = edit_client.get("/campaigns").json()["campaigns"]
+    assert [c["name"] for c in listed].count("幂等走访") == 1
+    other = edit_client.post("/campaigns", json={**body, "name": "别的"}, headers=key)
+    assert other.status_code == 422
+
+
 @pytest.mark.slow
 def test_racing_resends_create_one_feature(edit_path: Path | str) -> None:
     headers = {**tokens_for(edit_path)["subdistrict_admin"], "Idempotency-Key": "race-1"}

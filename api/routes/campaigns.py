@@ -13,9 +13,10 @@ from starlette.responses import Response
 
 from api.auth import record, require
 from api.deps import PrincipalDep, ScopeDep, StoreDep, solving
+from api.routes.edit import IdempotencyKey
 from api.routes.routing import clock_seconds
 from gridmap import campaigns as camp
-from gridmap import plan_output, plans, queries, visits
+from gridmap import idempotency, plan_output, plans, queries, visits
 from gridmap.errors import FeatureNotFoundError, InvalidFeatureError, OutOfScopeError
 from gridmap.layers import LOCAL_TZ
 from gridmap.ratelimit import SOLVING
@@ -63,13 +64,21 @@ class CampaignIn(BaseModel):
 
 @router.post("/campaigns", status_code=201, summary="Start a visit campaign")
 async def create_campaign(
-    request: Request, body: CampaignIn, principal: PrincipalDep, scope: ScopeDep, store: StoreDep
+    request: Request,
+    body: CampaignIn,
+    principal: PrincipalDep,
+    scope: ScopeDep,
+    store: StoreDep,
+    idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    """A campaign: name, days, target households (CQL2 over households) and rules."""
+    """A campaign: name, days, target households (CQL2 over households) and rules. With an
+    ``Idempotency-Key``, a resend answers the campaign the first request started."""
     require(principal, *MANAGERS)
+    key = None if idempotency_key is None else idempotency.check_key(idempotency_key)
     rules = camp.Rules(body.rules.service_min, body.rules.setup_min, tuple(body.rules.first_tags))
-    c = await run_in_threadpool(
-        lambda: camp.create(
+
+    def start() -> int:
+        c = camp.create(
             store,
             name=body.name,
             starts=body.starts,
@@ -80,10 +89,22 @@ async def create_campaign(
             scope=scope,
             by=principal.username,
         )
-    )
-    await run_in_threadpool(record, request, principal, "create", object=f"campaigns/{c.id}")
+        record(request, principal, "create", object=f"campaigns/{c.id}")
+        return c.id
+
+    def once() -> tuple[int, bool]:
+        if key is None:
+            with store.transaction():
+                return start(), False
+        digest = idempotency.fingerprint("campaigns", body.model_dump(mode="json"))
+        made = idempotency.create_once(store, principal.username, key, digest, "campaigns", start)
+        return made.fid, made.replayed
+
+    cid, replayed = await run_in_threadpool(once)
+    c = await run_in_threadpool(_visible, store, cid, scope)
     location = f"{str(request.base_url).rstrip('/')}/campaigns/{c.id}"
-    return _json(c.to_json(), 201, {"Location": location})
+    headers = {"Location": location} | ({"Idempotent-Replayed": "true"} if replayed else {})
+    return _json(c.to_json(), 201, headers)
 
 
 @router.get("/campaigns", summary="The campaigns you take part in")

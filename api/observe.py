@@ -51,6 +51,8 @@ IN_FLIGHT = Gauge(
     "gridmap_http_requests_in_flight", "Requests being answered", multiprocess_mode="livesum"
 )
 _GIVEN_ID = re.compile(r"[A-Za-z0-9._-]{8,64}")
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods kept as labels; any other (PROPFIND, a made-up one) is counted as ``other``."""
 
 
 def route_of(scope: Scope) -> str:
@@ -103,6 +105,7 @@ class Observe:
     @staticmethod
     def _record(scope: Scope, status: int, seconds: float, tally: Tally) -> None:
         method, route = scope["method"], route_of(scope)
+        method = method if method in METHODS else "other"  # a fixed number of series
         REQUESTS.labels(method, route, str(status)).inc()
         LATENCY.labels(method, route).observe(seconds)
         DB_TIME.labels(method, route).observe(tally.db_seconds)
@@ -143,7 +146,11 @@ async def ready(request: Request) -> Response:
     return Response(b'{"status":"ready"}', media_type="application/json")
 
 
-@router.get("/metrics", summary="Prometheus figures (loopback or GRIDMAP_METRICS_FROM only)")
+@router.get(
+    "/metrics",
+    summary="Prometheus figures (loopback or GRIDMAP_METRICS_FROM only)",
+    include_in_schema=False,  # not listed: to whoever may not read it, it does not exist
+)
 async def metrics(request: Request) -> Response:
     """Request counts, latencies and database time per route, in Prometheus' text format.
     Answered only to the addresses ``GRIDMAP_METRICS_FROM`` names (loopback by default);

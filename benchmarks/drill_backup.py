@@ -45,7 +45,7 @@ def city(folder: Path, subdistricts: int, postgis: bool) -> tuple[str, object | 
         target = str(folder / "city.gpkg")
     store = build_city(target, subdistricts)
     Accounts(store, secret=token_secret(store)).add_user(
-        "drill-admin", "Drill#backup-2026-" + uuid.uuid4().hex[:8], Role.SUBDISTRICT_ADMIN
+        "drill_admin", "Drill#backup-2026-" + uuid.uuid4().hex[:8], Role.SUBDISTRICT_ADMIN
     )
     store.close()
     return target, cluster

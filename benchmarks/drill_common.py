@@ -51,8 +51,8 @@ def admin_headers(database: str | Path) -> dict[str, str]:
         admin = next((u for u in store.users() if u["role"] == Role.SUBDISTRICT_ADMIN.value), None)
         if admin is None:
             password = secrets.token_urlsafe(24) + "#A9"
-            accounts.add_user("drill-admin", password, Role.SUBDISTRICT_ADMIN)
-        name = admin["username"] if admin else "drill-admin"
+            accounts.add_user("drill_admin", password, Role.SUBDISTRICT_ADMIN)
+        name = admin["username"] if admin else "drill_admin"
         token = accounts.issue(name, Role.SUBDISTRICT_ADMIN).access_token
     finally:
         store.close()

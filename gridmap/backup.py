@@ -7,10 +7,12 @@ restore that checks the copy before it replaces anything.
 * PostGIS: ``pg_dump -Fc`` of a snapshot exported by a transaction that computes the same
   per-table figures in PostgreSQL (``md5`` of each row's text, in content order).
 
-A restore verifies the file (SHA-256, ``PRAGMA integrity_check``, every table's figures),
-then replaces the target in one step: a GeoPackage by renaming over it (the old file is
-kept beside it), a PostgreSQL database by ``pg_restore --single-transaction`` into an
-empty database. The figures are computed again on the restored store and must match.
+A restore verifies the file (SHA-256, ``PRAGMA integrity_check`` or ``pg_restore --list``,
+every table's figures), then replaces the target in one step: a GeoPackage by renaming over
+it (the old file is kept beside it), a PostgreSQL database by ``pg_restore
+--single-transaction`` into an empty database. The figures are computed again on the
+restored store and must match. Backups, manifests and restored files are the owner's alone
+(mode 600): they hold password hashes, the token key and unmasked personal data.
 """
 
 from __future__ import annotations
@@ -18,15 +20,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import functools
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -35,10 +39,38 @@ from gridmap.store import is_server_url
 
 Step = Callable[[str, int, int], None]
 """Progress: (what, done, total)."""
+PRIVATE = 0o600
+KINDS = ("gpkg", "postgis")
 
 
 class BackupError(GridmapError):
     """A backup or restore that cannot be done as asked (nothing was changed)."""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def said_plainly(fn: F) -> F:
+    """Errors of SQLite, PostgreSQL and the file system become one-line BackupErrors (the
+    command prints them; no traceback), with any password taken out of the text."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import psycopg
+
+        try:
+            return fn(*args, **kwargs)
+        except GridmapError:
+            raise
+        except psycopg.Error as exc:
+            raise BackupError(f"the database server: {_redacted(str(exc).strip())}") from None
+        except sqlite3.Error as exc:
+            raise BackupError(f"SQLite: {exc}") from None
+        except OSError as exc:
+            where = f" ({exc.filename})" if exc.filename else ""
+            raise BackupError(f"{exc.strerror or exc}{where}") from None
+
+    return wrapper  # type: ignore[return-value]
 
 
 @dataclass
@@ -53,19 +85,25 @@ class Manifest:
     method: str = ""
 
     def write(self, path: Path) -> None:
-        """Write beside the backup as ``<backup>.manifest.json``."""
-        manifest_path(path).write_bytes(orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
+        """Write beside the backup as ``<backup>.manifest.json`` (a new file, mode 600)."""
+        _write_new(manifest_path(path), orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2))
 
     @classmethod
     def read(cls, path: Path) -> Manifest:
-        """The manifest of a backup file; BackupError if missing or unreadable."""
+        """The manifest of a backup file; BackupError if missing or not one."""
         mp = manifest_path(path)
         try:
-            return cls(**orjson.loads(mp.read_bytes()))
+            m = cls(**orjson.loads(mp.read_bytes()))
         except FileNotFoundError:
             raise BackupError(f"{mp} is missing; a backup is checked against it") from None
-        except (orjson.JSONDecodeError, TypeError) as exc:
+        except (orjson.JSONDecodeError, TypeError, OSError) as exc:
             raise BackupError(f"{mp} is not a gridmap backup manifest ({exc})") from None
+        tables_ok = isinstance(m.tables, dict) and all(
+            isinstance(v, dict) and set(v) == {"rows", "digest"} for v in m.tables.values()
+        )
+        if m.kind not in KINDS or not isinstance(m.sha256, str) or not tables_ok:
+            raise BackupError(f"{mp} is not a gridmap backup manifest")
+        return m
 
 
 def manifest_path(backup: Path) -> Path:
@@ -80,6 +118,24 @@ def file_sha256(path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     return h.hexdigest()
+
+
+def read_only_uri(path: Path) -> str:
+    """SQLite's URI for reading ``path`` (quoted: a ``#``, ``?`` or ``%`` in it is a name)."""
+    return f"{path.resolve().as_uri()}?mode=ro"
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _new_private_file(path: Path) -> None:
+    """Create ``path`` empty and private; FileExistsError if it exists (another run)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE))
 
 
 def _now() -> str:
@@ -101,16 +157,21 @@ def _noop(_what: str, _done: int, _total: int) -> None:
 # ---------------------------------------------------------------- backing up
 
 
+@said_plainly
 def backup(database: str, dest: Path, *, step: Step = _noop) -> Manifest:
     """Back ``database`` up into the new file ``dest`` (the service may keep running);
     write and return its manifest."""
     dest = Path(dest)
-    if dest.exists() or manifest_path(dest).exists():
+    if dest.exists() or dest.is_symlink() or manifest_path(dest).exists():
         raise BackupError(f"{dest} already exists; give a new file name")
     if not dest.parent.is_dir():
         raise BackupError(f"{dest.parent} is no folder; create it first")
     partial = dest.with_name(dest.name + ".partial")
-    partial.unlink(missing_ok=True)
+    try:
+        _new_private_file(partial)
+    except FileExistsError:
+        msg = f"{partial} exists: another backup to {dest.name} is running, or one was cut off"
+        raise BackupError(msg + " (remove it if none runs)") from None
     try:
         if is_server_url(database):
             manifest = _pg_backup(database, partial, step)
@@ -129,16 +190,22 @@ def _gpkg_backup(source: Path, out: Path, step: Step) -> Manifest:
     if not source.is_file():
         raise BackupError(f"no GeoPackage at {source}")
     step("snapshot", 0, 1)
-    conn = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
+    conn = sqlite3.connect(read_only_uri(source), uri=True, timeout=30)
     try:
         conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("VACUUM INTO ?", (str(out),))
-    except sqlite3.Error as exc:
+        try:
+            known = _has(conn, "gridmap_meta")
+        except sqlite3.DatabaseError:
+            raise BackupError(f"{source} is no GeoPackage (not an SQLite database)") from None
+        if not known:
+            raise BackupError(f"{source} holds no gridmap store")
+        conn.execute("VACUUM INTO ?", (str(out),))  # into the empty private file
+    except sqlite3.DatabaseError as exc:
         raise BackupError(f"could not copy {source}: {exc}") from None
     finally:
         conn.close()
     step("snapshot", 1, 1)
-    copy = sqlite3.connect(f"file:{out}?mode=ro", uri=True)
+    copy = sqlite3.connect(read_only_uri(out), uri=True)
     try:
         _integrity(copy, out)
         tables = sqlite_figures(copy, step)
@@ -154,6 +221,8 @@ def _pg_backup(url: str, out: Path, step: Step) -> Manifest:
     pg_dump = _tool("pg_dump")
     with psycopg.connect(url, autocommit=False) as conn:
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        if conn.execute("SELECT to_regclass('gridmap_meta')").fetchone()[0] is None:  # type: ignore[index]
+            raise BackupError("that database holds no gridmap store")
         snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]  # type: ignore[index]
         step("dump", 0, 1)
         dump = subprocess.Popen(
@@ -209,10 +278,9 @@ def sqlite_figures(conn: sqlite3.Connection, step: Step = _noop) -> dict[str, di
     return out
 
 
-def pg_figures(conn: Any, step: Step = _noop) -> dict[str, dict[str, Any]]:
-    """Row count and content digest of every table of the store's schema (PostGIS's own
-    ``spatial_ref_sys`` left out), computed by PostgreSQL."""
-    names = [
+def pg_tables(conn: Any) -> list[str]:
+    """The tables of the connection's schema (PostGIS's own ``spatial_ref_sys`` left out)."""
+    return [
         str(r[0])
         for r in conn.execute(
             "SELECT table_name FROM information_schema.tables WHERE table_schema = "
@@ -220,6 +288,12 @@ def pg_figures(conn: Any, step: Step = _noop) -> dict[str, dict[str, Any]]:
             "ORDER BY table_name"
         )
     ]
+
+
+def pg_figures(conn: Any, step: Step = _noop) -> dict[str, dict[str, Any]]:
+    """Row count and content digest of every table of the store's schema, computed by
+    PostgreSQL."""
+    names = pg_tables(conn)
     out = {}
     for i, name in enumerate(names):
         step("checksums", i, len(names))
@@ -234,15 +308,23 @@ def pg_figures(conn: Any, step: Step = _noop) -> dict[str, dict[str, Any]]:
 
 
 def _integrity(conn: sqlite3.Connection, path: Path) -> None:
-    found = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+    try:
+        found = [str(r[0]) for r in conn.execute("PRAGMA integrity_check")]
+    except sqlite3.DatabaseError as exc:
+        raise BackupError(f"{path} is no SQLite database ({exc})") from None
     if found != ["ok"]:
         raise BackupError(f"{path} fails SQLite's integrity check: {'; '.join(found[:3])}")
+
+
+def _has(conn: sqlite3.Connection, table: str) -> bool:
+    found = conn.execute("SELECT 1 FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+    return found is not None
 
 
 def _meta(conn: sqlite3.Connection, key: str) -> str | None:
     try:
         row = conn.execute("SELECT value FROM gridmap_meta WHERE key = ?", (key,)).fetchone()
-    except sqlite3.Error:
+    except sqlite3.OperationalError:
         return None
     return str(row[0]) if row else None
 
@@ -255,15 +337,19 @@ def _tool(name: str) -> str:
     return found
 
 
-def _redacted(text: str, url: str) -> str:
+def _redacted(text: str, url: str | None = None) -> str:
     from gridmap.store.postgis import redact
 
-    return text.replace(url, redact(url)).strip()[-500:]
+    if url:
+        text = text.replace(url, redact(url))
+    text = re.sub(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return " ".join(text.split())[-500:]
 
 
 # ---------------------------------------------------------------- checking, restoring
 
 
+@said_plainly
 def verify(path: Path, *, step: Step = _noop) -> Manifest:
     """Check a backup file against its manifest; BackupError saying what differs."""
     path = Path(path)
@@ -275,13 +361,28 @@ def verify(path: Path, *, step: Step = _noop) -> Manifest:
         raise BackupError(f"{path} is not the file its manifest describes (SHA-256 differs)")
     step("sha256", 1, 1)
     if manifest.kind == "gpkg":
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(read_only_uri(path), uri=True)
         try:
             _integrity(conn, path)
             _same(sqlite_figures(conn, step), manifest.tables, str(path))
         finally:
             conn.close()
+    else:
+        _pg_listed(path, manifest)
     return manifest
+
+
+def _pg_listed(path: Path, manifest: Manifest) -> None:
+    """pg_restore reads the archive's table of contents: every table is in it."""
+    done = subprocess.run(
+        [_tool("pg_restore"), "--list", str(path)], capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise BackupError(f"{path} is no PostgreSQL archive: {_redacted(done.stderr)}")
+    listed = {m.group(1) for m in re.finditer(r"TABLE DATA \S+ (\S+)", done.stdout)}
+    lacking = sorted(set(manifest.tables) - listed)
+    if lacking:
+        raise BackupError(f"{path} lacks the data of: {', '.join(lacking[:5])}")
 
 
 def _same(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
@@ -290,11 +391,12 @@ def _same(found: dict[str, Any], expected: dict[str, Any], where: str) -> None:
         raise BackupError(f"{where} differs from the backup's manifest in: {', '.join(differ)}")
 
 
+@said_plainly
 def restore(backup_file: Path, database: str, *, step: Step = _noop) -> Manifest:
     """Replace ``database`` by the backup (verified first, checked again after); returns
     the manifest. A GeoPackage must not be open by a running service; the file it replaces
-    is kept as ``<name>.before-restore-<time>``. A PostgreSQL database must hold no gridmap
-    store (create an empty one, restore, then point the service at it)."""
+    is kept as ``<name>.before-restore-<time>``. A PostgreSQL database must be empty
+    (create one, restore, then point the service at it)."""
     manifest = verify(Path(backup_file), step=step)
     if is_server_url(database):
         if manifest.kind != "postgis":
@@ -322,34 +424,70 @@ def in_use(path: Path) -> bool:
     return False
 
 
-def _gpkg_restore(src: Path, target: Path, manifest: Manifest, step: Step) -> None:
-    if target.exists() and in_use(target):
-        msg = f"{target} is open by a running service; stop it first (systemctl stop gridmap)"
-        raise BackupError(msg)
+@contextlib.contextmanager
+def _only_restore(target: Path) -> Iterator[None]:
+    """Hold ``<target>.restore-lock``: a second restore of the same file is refused."""
+    lock = target.with_name(target.name + ".restore-lock")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, PRIVATE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise BackupError(f"another restore of {target} is running") from None
+        yield
+    finally:
+        os.close(fd)
+        lock.unlink(missing_ok=True)
+
+
+def _gpkg_restore(src: Path, given: Path, manifest: Manifest, step: Step) -> None:
+    target = given.resolve()  # a symlink's file is the one a service has open
+    if target.is_dir():
+        raise BackupError(f"{given} is a folder; name the database file")
     if not target.parent.is_dir():
         raise BackupError(f"{target.parent} is no folder; create it first")
-    incoming = target.with_name(target.name + ".restoring")
-    step("copy", 0, 1)
-    shutil.copyfile(src, incoming)
-    _fsync(incoming)
-    step("copy", 1, 1)
-    if target.exists():
-        _checkpoint(target)  # the old file whole, without its WAL, before it is set aside
-        stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-        target.rename(target.with_name(f"{target.name}.before-restore-{stamp}"))
-    for side in ("-wal", "-shm", "-journal"):
-        target.with_name(target.name + side).unlink(missing_ok=True)
-    incoming.rename(target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    conn = sqlite3.connect(f"file:{target}?mode=ro", uri=True)
-    try:
-        _same(sqlite_figures(conn, step), manifest.tables, str(target))
-    finally:
-        conn.close()
+    with _only_restore(target):
+        if target.exists() and in_use(target):
+            msg = f"{given} is open by a running service; stop it first (systemctl stop gridmap)"
+            raise BackupError(msg)
+        incoming = target.with_name(target.name + ".restoring")
+        incoming.unlink(missing_ok=True)  # a cut-off restore's (we hold the lock)
+        try:
+            step("copy", 0, 1)
+            _new_private_file(incoming)
+            with src.open("rb") as a, incoming.open("r+b") as b:
+                shutil.copyfileobj(a, b, 1 << 20)
+            _fsync(incoming)
+            step("copy", 1, 1)
+            conn = sqlite3.connect(read_only_uri(incoming), uri=True)
+            try:
+                _same(sqlite_figures(conn, step), manifest.tables, str(incoming))
+            finally:
+                conn.close()
+            if target.exists():
+                _checkpoint(target)  # the old file whole, without its WAL, before it goes aside
+                target.rename(_aside(target))
+            for side in ("-wal", "-shm", "-journal"):
+                target.with_name(target.name + side).unlink(missing_ok=True)
+            incoming.rename(target)
+        except BaseException:
+            incoming.unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _aside(target: Path) -> Path:
+    """A new name for the file a restore replaces (never one that exists)."""
+    stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
+    for n in range(1000):
+        aside = target.with_name(f"{target.name}.before-restore-{stamp}" + (f"-{n}" if n else ""))
+        if not aside.exists():
+            return aside
+    raise BackupError(f"too many earlier restores beside {target}; remove some")
 
 
 def _checkpoint(path: Path) -> None:
@@ -365,11 +503,12 @@ def _pg_restore(src: Path, url: str, manifest: Manifest, step: Step) -> None:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        held = conn.execute("SELECT to_regclass('gridmap_meta')").fetchone()[0]  # type: ignore[index]
-    if held is not None:
+        held = pg_tables(conn)
+    if held:
         msg = (
-            "that database holds a gridmap store already; restore into an empty database "
-            "(createdb), check it, then point GRIDMAP_DATABASE at it"
+            f"that database is not empty (it holds {', '.join(held[:3])}"
+            f"{' …' if len(held) > 3 else ''}); restore into a new one (createdb), check it, "
+            "then point GRIDMAP_DATABASE at it"
         )
         raise BackupError(msg)
     step("restore", 0, 1)

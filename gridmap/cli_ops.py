@@ -90,7 +90,14 @@ def upgrade_cmd(
         typer.Option(help="Where the backup taken first goes (GeoPackage default: beside it)."),
     ] = None,
     check: Annotated[
-        bool, typer.Option("--check", help="Only say whether an upgrade is needed (exit 1 if so).")
+        bool,
+        typer.Option(
+            "--check", help="Only say whether an upgrade is due: exit 1 if so, 2 on an error."
+        ),
+    ] = False,
+    no_backup: Annotated[
+        bool,
+        typer.Option("--no-backup", help="A server database: upgrade without a backup first."),
     ] = False,
 ) -> None:
     """Bring a store written by an earlier release to this release's schema, in place,
@@ -100,6 +107,9 @@ def upgrade_cmd(
     try:
         before, after = recorded_digest(database), current_digest(database)
     except GridmapError as exc:
+        if check:  # 1 says "an upgrade is due": an error is another answer
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            raise typer.Exit(code=2) from None
         _fail(exc)
     if check:
         if before == after:
@@ -109,7 +119,7 @@ def upgrade_cmd(
         raise typer.Exit(code=1)
     with progress_bar() as bar:
         try:
-            report = upgrade(database, backup_to=backup_to, step=_stepper(bar))
+            report = upgrade(database, backup_to=backup_to, step=_stepper(bar), backed_up=no_backup)
         except GridmapError as exc:
             _fail(exc)
     if report.backup:

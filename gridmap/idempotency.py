@@ -28,11 +28,19 @@ _KEY = re.compile(r"[\x21-\x7e]{1,255}")
 
 @dataclass(frozen=True)
 class Created:
-    """The feature a request created, and whether this answer repeats an earlier one."""
+    """The feature a request created, and whether this answer repeats an earlier one (the
+    caller then reads it again; if it is gone, see :func:`gone`)."""
 
     layer: str
     fid: int
     replayed: bool
+
+
+def gone(what: str) -> IntegrityError:
+    """The error for a resend whose creation is no longer there for the caller (deleted,
+    or moved out of their reach): 409, and a new key is the way on."""
+    msg = f"the {what} this Idempotency-Key created is no longer there for you; use a new key"
+    return IntegrityError(msg)
 
 
 def check_key(key: str) -> str:
@@ -79,8 +87,11 @@ def _once(
     now = time.time()
     with store.transaction():
         found = store.backend.idempotent_find(username, key)
+        if found is not None and found[3] < now - KEEP_S:  # outlived: the key is free again
+            store.backend.idempotent_drop(username, key)
+            found = None
         if found is not None:
-            kept, layer, fid = found
+            kept, layer, fid, _ = found
             if kept != digest or layer != layer_id:
                 msg = "this Idempotency-Key was used for another request; use a new key"
                 raise InvalidFeatureError(msg)

@@ -97,11 +97,25 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]} | {0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def plain(text: str) -> str:
+    """``text`` on one line: control characters (a newline in a requested path) written
+    as escapes, so no one can forge a log line of their own."""
+    return text.translate(_CONTROL)
+
+
 class _TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        stamp = self.formatTime(record)
+        line = f"{stamp} {record.levelname} {record.name}: {plain(record.getMessage())}"
         rid = getattr(record, "request_id", None) or current_request_id()
-        return f"{line} [{rid}]" if rid else line
+        if rid:
+            line += f" [{plain(str(rid))}]"
+        if record.exc_info:  # our own traceback: its lines stay lines
+            line += "\n" + self.formatException(record.exc_info)
+        return line
 
 
 class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
@@ -131,7 +145,7 @@ def configure_logging(fmt: str = "json", level: str = "INFO") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(_TextFormatter())
     for name in LOGGERS:
         logger = logging.getLogger(name)
         for h in [h for h in logger.handlers if h.get_name() == _OURS]:

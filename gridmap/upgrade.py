@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gridmap.backup import BackupError, Step, _noop, backup
+from gridmap.backup import BackupError, Step, _noop, backup, read_only_uri, said_plainly
 from gridmap.identifiers import _SYNTHETIC_LANDLINE, _SYNTHETIC_MOBILE, id_check_digit
 from gridmap.store import SYNTHETIC, Store, is_server_url, open_store
 
@@ -31,9 +31,10 @@ class UpgradeReport:
         return self.before != self.after or bool(self.steps)
 
 
+@said_plainly
 def recorded_digest(database: str) -> str | None:
     """The schema digest a store records, read without changing anything (None: none
-    recorded, as in a store of the first release)."""
+    recorded, as in a store of the first release); BackupError if it holds no store."""
     if is_server_url(database):
         import psycopg
 
@@ -47,11 +48,15 @@ def recorded_digest(database: str) -> str | None:
     path = Path(database)
     if not path.is_file():
         raise BackupError(f"no GeoPackage at {path}")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    conn = sqlite3.connect(read_only_uri(path), uri=True)
     try:
+        try:
+            held = conn.execute("SELECT name FROM sqlite_master WHERE name = 'gridmap_meta'")
+            if held.fetchone() is None:
+                raise BackupError(f"{path} holds no gridmap store")
+        except sqlite3.DatabaseError:
+            raise BackupError(f"{path} is no GeoPackage (not an SQLite database)") from None
         row = conn.execute("SELECT value FROM gridmap_meta WHERE key = 'schema_digest'").fetchone()
-    except sqlite3.Error:
-        row = None
     finally:
         conn.close()
     return str(row[0]) if row else None
@@ -68,14 +73,23 @@ def current_digest(database: str) -> str:
     return gpkg_digest()
 
 
-def upgrade(database: str, *, backup_to: Path | None = None, step: Step = _noop) -> UpgradeReport:
+@said_plainly
+def upgrade(
+    database: str, *, backup_to: Path | None = None, step: Step = _noop, backed_up: bool = False
+) -> UpgradeReport:
     """Upgrade ``database`` in place. A GeoPackage is backed up first (to ``backup_to``, by
-    default ``<name>.pre-upgrade-<time>.gpkg`` beside it); a server database is backed up
-    only if ``backup_to`` is given (``pg_dump``)."""
+    default ``<name>.pre-upgrade-<time>.gpkg`` beside it); a server database needs
+    ``backup_to`` (``pg_dump``), or ``backed_up`` when its owner has a backup of their own."""
     before = recorded_digest(database)
     after = current_digest(database)
     saved = None
     needs = before != after
+    if needs and is_server_url(database) and backup_to is None and not backed_up:
+        msg = (
+            "an upgrade of a server database needs a backup first: give --backup-to FILE "
+            "(pg_dump), or --no-backup if you have one"
+        )
+        raise BackupError(msg)
     if needs and backup_to is None and not is_server_url(database):
         stamp = dt.datetime.now().strftime("%Y%m%dT%H%M%S")
         p = Path(database)

@@ -75,6 +75,20 @@ def test_each_request_logs_one_json_line_with_its_id(
     assert by_id[missing.headers["X-Request-ID"]]["status"] == 404
 
 
+def test_text_log_lines_cannot_be_forged(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from gridmap.observe import configure_logging
+
+    configure_logging("text")
+    try:
+        logging.getLogger("gridmap.access").info("GET /x\n2026-12-05 INFO forged 200\r")
+        err = capsys.readouterr().err
+    finally:
+        configure_logging("json")
+    assert err.count("\n") == 1 and "\\x0a2026-12-05 INFO forged" in err
+
+
 @pytest.mark.slow
 def test_metrics_count_per_route_on_a_real_server(edit_path: Path | str) -> None:
     headers = tokens_for(edit_path)["subdistrict_admin"]
@@ -82,6 +96,8 @@ def test_metrics_count_per_route_on_a_real_server(edit_path: Path | str) -> None
         for _ in range(5):
             assert httpx.get(f"{url}/collections/grids/items", headers=headers).status_code == 200
         assert httpx.get(f"{url}/no/such/page").status_code == 404
+        for verb in ("PROPFIND", "MKCOL", "BREW"):  # made-up methods add no series
+            httpx.request(verb, f"{url}/collections")
         text = httpx.get(f"{url}/metrics").text
         # as Prometheus reads it (the client library's own parser)
         families = {f.name: f for f in text_string_to_metric_families(text)}
@@ -93,6 +109,8 @@ def test_metrics_count_per_route_on_a_real_server(edit_path: Path | str) -> None
     }
     assert count[("/collections/{collection_id}/items", "200")] == 5
     assert count[("(unmatched)", "404")] == 1
+    methods = {s.labels["method"] for s in samples if s.name == "gridmap_http_requests_total"}
+    assert methods == {"GET", "other"}
     db = {
         s.labels["route"]: s.value
         for s in families["gridmap_db_seconds"].samples
@@ -144,6 +162,28 @@ def test_a_resent_creation_creates_nothing_more(
         "/collections/toilets/items", json=toilet("坏键"), headers={"Idempotency-Key": "a b"}
     )
     assert bad.status_code == 400 and named(edit_path, "坏键") == 0
+
+
+def test_a_key_whose_feature_went_or_whose_time_ran_out(
+    edit_client: TestClient, edit_path: Path | str
+) -> None:
+    key = {"Idempotency-Key": "gone-1"}
+    made = edit_client.post("/collections/toilets/items", json=toilet("将删除"), headers=key)
+    fid = made.json()["id"]
+    tag = edit_client.get(f"/collections/toilets/items/{fid}").headers["ETag"]
+    assert (
+        edit_client.delete(
+            f"/collections/toilets/items/{fid}", headers={"If-Match": tag}
+        ).status_code
+        == 204
+    )
+    again = edit_client.post("/collections/toilets/items", json=toilet("将删除"), headers=key)
+    assert again.status_code == 409 and "new key" in again.json()["detail"]
+    # a day later the key is free again
+    raw_sql(edit_path, "UPDATE gridmap_idempotency SET at = at - 90000 WHERE key = 'gone-1'")
+    later = edit_client.post("/collections/toilets/items", json=toilet("将删除"), headers=key)
+    assert later.status_code == 201 and "Idempotent-Replayed" not in later.headers
+    assert later.json()["id"] != fid
 
 
 def test_a_resent_campaign_starts_one_campaign(edit_client: TestClient) -> None:
@@ -241,6 +281,14 @@ def test_backup_and_restore_give_the_same_data(
     assert "integrity checks passed" in done.stdout
     assert figures(target) == before
     assert named(target, "备份前") == 1
+    if BACKEND == "postgis":  # a database that is not empty is refused, and left as it was
+        other = request.getfixturevalue("pg_cluster").new_database("gm_occupied")
+        raw_sql(other, "CREATE TABLE invoices (id int)")
+        with pytest.raises(BackupError, match="not empty"):
+            restore(out, other)
+        assert raw_sql(other, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [
+            (1,)
+        ]
     # the audit log is append-only in the copy too
     raw_sql(target, "INSERT INTO gridmap_audit (at, action, result) VALUES ('now', 'x', 'ok')")
     refused_by_database(target, "UPDATE gridmap_audit SET result = 'changed'", "append-only")
@@ -252,6 +300,8 @@ def test_a_damaged_backup_is_refused_and_nothing_replaced(tmp_path: Path, sample
     out = tmp_path / "b.gpkg"
     backup(str(src), out)
     verify(out)
+    for made in (out, out.with_name(out.name + ".manifest.json")):  # the owner's alone
+        assert made.stat().st_mode & 0o777 == 0o600
     target = copy_database(sample_gpkg[0], tmp_path / "target.gpkg")
     before = hashlib.sha256(target.read_bytes()).hexdigest()
     data = bytearray(out.read_bytes())
@@ -264,6 +314,61 @@ def test_a_damaged_backup_is_refused_and_nothing_replaced(tmp_path: Path, sample
         backup(str(src), out)
 
 
+@pytest.mark.gpkg_only
+def test_odd_paths_and_a_second_restore(tmp_path: Path, sample_gpkg: Any) -> None:
+    from gridmap.backup import _only_restore
+
+    odd = tmp_path / "site#2 %41?"
+    odd.mkdir()
+    src = copy_database(sample_gpkg[0], odd / "db.gpkg")
+    out = odd / "b.gpkg"
+    m = backup(str(src), out)  # the file named, not "site" nor "%41" read as "A"
+    assert m.tables["households"]["rows"] == raw_sql(src, "SELECT count(*) FROM households")[0][0]
+    target = odd / "restored.gpkg"
+    restore(out, str(target))
+    assert sha3sum(target) == sha3sum(src)
+    assert target.stat().st_mode & 0o777 == 0o600
+    with _only_restore(target.resolve()), pytest.raises(BackupError, match="another restore"):
+        restore(out, str(target))
+    link = tmp_path / "link.gpkg"
+    link.symlink_to(target)
+    restore(out, str(link))  # through the link, onto its file; the link stays a link
+    assert link.is_symlink() and sha3sum(target) == sha3sum(src)
+
+
+def test_errors_are_one_line_and_leave_nothing(tmp_path: Path, sample_gpkg: Any) -> None:
+    garbage = tmp_path / "garbage.bin"
+    garbage.write_bytes(b"not a database" * 100)
+    sha = hashlib.sha256(garbage.read_bytes()).hexdigest()
+    manifest = {"kind": "gpkg", "created_at": "x", "schema_digest": None, "sha256": sha,
+                "tables": {}, "method": ""}  # fmt: skip
+    (tmp_path / "garbage.bin.manifest.json").write_bytes(orjson.dumps(manifest))
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    src = copy_database(sample_gpkg[0], tmp_path / "src.gpkg")
+    out = tmp_path / "b.gpkg"
+    backup(str(src), out)
+    cases = [
+        (["restore", str(garbage), "--check-only"], "no SQLite database"),
+        (["restore", str(out), "--database", str(folder)], "is a folder"),
+        (["backup", str(tmp_path / "x.gpkg"), "--database", str(garbage)], "not an SQLite"),
+        (["backup", str(tmp_path / "z.gpkg"), "--database", str(folder / "no.gpkg")], "no GeoPack"),
+        (["upgrade", "--database", str(garbage)], "not an SQLite database"),
+        (["backup", str(tmp_path / "y.dump"), "--database", "postgresql://u:secret@127.0.0.1:1/x"],
+         "database server"),
+    ]  # fmt: skip
+    for args, says in cases:
+        done = subprocess.run([*GRIDMAP, *args], capture_output=True, text=True, check=False)
+        said = " ".join((done.stdout + done.stderr).split())
+        assert done.returncode == 1, (args, said)
+        assert says in said and "Traceback" not in said and "secret" not in said, (args, said)
+    check = subprocess.run([*GRIDMAP, "upgrade", "--check", "--database", str(garbage)],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 2  # an error, not "an upgrade is due"
+    assert not list(tmp_path.glob("*.partial")) and not list(tmp_path.glob("*.restoring"))
+    assert not (tmp_path / "x.gpkg").exists() and not list(tmp_path.glob("garbage.pre-upgrade*"))
+
+
 @pytest.mark.slow
 @pytest.mark.gpkg_only
 def test_restore_refuses_a_file_a_service_has_open(tmp_path: Path, sample_gpkg: Any) -> None:
@@ -274,6 +379,10 @@ def test_restore_refuses_a_file_a_service_has_open(tmp_path: Path, sample_gpkg: 
         assert httpx.get(f"{url}/ready").status_code == 200
         with pytest.raises(BackupError, match="stop it first"):
             restore(out, str(target))
+        link = tmp_path / "link.gpkg"
+        link.symlink_to(target)
+        with pytest.raises(BackupError, match="stop it first"):
+            restore(out, str(link))
         assert httpx.get(f"{url}/ready").status_code == 200
     assert not list(tmp_path.glob("live.gpkg.before-restore-*"))
 
@@ -433,7 +542,9 @@ def test_a_full_disk_refuses_the_write_and_keeps_the_database(
             assert refused, "the disk never filled"
             assert "is full" in refused[0].json()["detail"]
             assert c.get("/collections/toilets/items", params={"limit": 1}).status_code == 200
+            assert "free space" in c.get("/ready").json()["detail"]  # 503: not ready
             filler.unlink()
+            assert c.get("/ready").status_code == 200
             assert (
                 c.post("/collections/toilets/items", json=toilet("腾出空间后")).status_code == 201
             )

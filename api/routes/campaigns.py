@@ -101,7 +101,12 @@ async def create_campaign(
         return made.fid, made.replayed
 
     cid, replayed = await run_in_threadpool(once)
-    c = await run_in_threadpool(_visible, store, cid, scope)
+    try:
+        c = await run_in_threadpool(_visible, store, cid, scope)
+    except FeatureNotFoundError:
+        if not replayed:
+            raise
+        raise idempotency.gone("campaign") from None
     location = f"{str(request.base_url).rstrip('/')}/campaigns/{c.id}"
     headers = {"Location": location} | ({"Idempotent-Replayed": "true"} if replayed else {})
     return _json(c.to_json(), 201, headers)

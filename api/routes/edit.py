@@ -18,7 +18,12 @@ from api.errors import PreconditionRequiredError
 from api.routes.features import etag, feature_response, parse_fid
 from gridmap import idempotency
 from gridmap.crs import from_input
-from gridmap.errors import AuthenticationError, InvalidFeatureError, VersionConflictError
+from gridmap.errors import (
+    AuthenticationError,
+    FeatureNotFoundError,
+    InvalidFeatureError,
+    VersionConflictError,
+)
 from gridmap.geometry import from_geojson
 from gridmap.identifiers import check_text
 from gridmap.layers import Layer
@@ -144,7 +149,12 @@ async def create(
             idempotency.create_once, store, principal.username, key, digest, layer.id, insert
         )
         fid, replayed = made.fid, made.replayed
-    feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+    try:
+        feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+    except FeatureNotFoundError:
+        if not replayed:
+            raise
+        raise idempotency.gone("feature") from None
     location = f"{str(request.base_url).rstrip('/')}/collections/{layer.id}/items/{feat.id}"
     headers = {"Location": location}
     if replayed:

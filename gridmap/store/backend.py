@@ -299,8 +299,12 @@ class Limits(Protocol):
 class Idempotency(Protocol):
     """The idempotency keys of creating requests (:mod:`gridmap.idempotency`)."""
 
-    def idempotent_find(self, username: str, key: str) -> tuple[str, str, int] | None:
-        """The (fingerprint, layer, feature id) a user's key created, if any."""
+    def idempotent_find(self, username: str, key: str) -> tuple[str, str, int, float] | None:
+        """The (fingerprint, layer, feature id, time kept) of a user's key, if any."""
+        ...
+
+    def idempotent_drop(self, username: str, key: str) -> None:
+        """Forget one key."""
         ...
 
     def idempotent_keep(

@@ -9,9 +9,11 @@ check version → write, all inside one backend transaction. The backend only mo
 from __future__ import annotations
 
 import math
+import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +42,8 @@ from gridmap.store.base import BBox, Feature, FeatureSet, Progress, Query, Scope
 from gridmap.store.views import mask, mask_feature, require, unmask_unchanged
 
 SYNTHETIC = "synthetic_identifiers"
+MIN_FREE_BYTES = 4 * 2**20
+"""Below this much free space beside a GeoPackage the service is not ready (507s ahead)."""
 """Setting: "true" in a store of invented people (the sample), whose identifiers take the
 forms that can belong to nobody (see gridmap.identifiers)."""
 UNFINISHED = "unfinished_build"
@@ -146,6 +150,10 @@ class FeatureStore:
             return f"the database does not answer: {type(exc).__name__}"
         if not current:
             return "the database schema is not this release's; run `gridmap upgrade`"
+        if self.path is not None:  # a full disk refuses log-ins and audited reads too
+            free = shutil.disk_usage(Path(self.path).resolve().parent).free
+            if free < MIN_FREE_BYTES:
+                return f"the disk holding the database has {free // 1024} KB free; free space"
         return None
 
     @property

@@ -213,14 +213,21 @@ class RecordTables:
         """Drop the limit rows whose turn was due before ``before`` (they limit nothing)."""
         self._run("DELETE FROM gridmap_limits WHERE due < ?", (before,))
 
-    def idempotent_find(self, username: str, key: str) -> tuple[str, str, int] | None:
-        """The (fingerprint, layer, feature id) a user's idempotency key created, if any."""
+    def idempotent_find(self, username: str, key: str) -> tuple[str, str, int, float] | None:
+        """The (fingerprint, layer, feature id, time kept) of a user's idempotency key."""
         rows = self._run(
-            "SELECT fingerprint, layer, fid FROM gridmap_idempotency "
+            "SELECT fingerprint, layer, fid, at FROM gridmap_idempotency "
             "WHERE username = ? AND key = ?",
             (username, key),
         )
-        return (str(rows[0][0]), str(rows[0][1]), int(rows[0][2])) if rows else None
+        if not rows:
+            return None
+        fp, layer, fid, at = rows[0]
+        return str(fp), str(layer), int(fid), float(at)
+
+    def idempotent_drop(self, username: str, key: str) -> None:
+        """Forget one key (it outlived its time)."""
+        self._run("DELETE FROM gridmap_idempotency WHERE username = ? AND key = ?", (username, key))
 
     def idempotent_keep(
         self, username: str, key: str, fingerprint: str, layer: str, fid: int, now: float

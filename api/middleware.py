@@ -63,6 +63,18 @@ from the page. Every other HTML page either brings its own policy (the maps, has
 scripts they wrote) or may run no inline script at all."""
 
 
+def request_id_of(scope: Scope) -> str:
+    """The request's id, made by whichever middleware asks first and kept in its state.
+
+    It names the request in the log, it guards nothing: Python's generator (which the
+    child of a fork reseeds) rather than the OS's, whose system call lets go of the
+    interpreter lock, and the event loop then waits for it behind the threads."""
+    state: dict[str, Any] = scope.setdefault("state", {})
+    if "request_id" not in state:
+        state["request_id"] = f"{random.getrandbits(128):032x}"
+    return str(state["request_id"])
+
+
 class SecurityHeaders:
     """Adds ``X-Request-ID`` and security headers; a CSP on every HTML page.
 
@@ -77,12 +89,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # a request's id names it in the log, it guards nothing: Python's generator (which
-        # the child of a fork reseeds) rather than the OS's, whose system call lets go of
-        # the interpreter lock, and the event loop then waits for it behind the threads
-        state: dict[str, Any] = scope.setdefault("state", {})
-        request_id = state.get("request_id") or f"{random.getrandbits(128):032x}"
-        state["request_id"] = request_id  # api.observe.Observe gave it, in the app
+        request_id = request_id_of(scope)
         held: Message | None = None
         body: list[bytes] = []
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import random
 import re
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.errors import problem
+from api.middleware import request_id_of
 from gridmap.observe import CURRENT, Tally
 
 log = logging.getLogger("gridmap.access")
@@ -80,10 +80,7 @@ class Observe:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        # Python's generator, not the OS's (see api.middleware.SecurityHeaders)
-        rid = f"{random.getrandbits(128):032x}"
-        scope.setdefault("state", {})["request_id"] = rid
-        tally = Tally(rid)
+        tally = Tally(request_id_of(scope))
         token = CURRENT.set(tally)
         status = 500
         start = time.perf_counter()

@@ -135,9 +135,12 @@ async def create(
     body = await read_json(request, max_bytes=settings.max_body_bytes)
     geom, props = _parse_feature(body, crs)
 
+    created: list[Any] = []  # the feature as stored, answered unless this is a resend
+
     def insert() -> int:
         fid = store.insert(layer.id, [geom], [props], scope=scope)[0]
-        _audit(request, principal, "create", layer, store.get(layer.id, fid, scope=scope))
+        created.append(store.get(layer.id, fid, scope=scope))
+        _audit(request, principal, "create", layer, created[-1])
         return fid
 
     if key is None:
@@ -149,12 +152,13 @@ async def create(
             idempotency.create_once, store, principal.username, key, digest, layer.id, insert
         )
         fid, replayed = made.fid, made.replayed
-    try:
-        feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
-    except FeatureNotFoundError:
-        if not replayed:
-            raise
-        raise idempotency.gone("feature") from None
+    if created and not replayed:
+        feat = created[-1]
+    else:  # a resend: the feature as it is now, if it still is
+        try:
+            feat = await run_in_threadpool(store.get, layer.id, fid, scope=scope)
+        except FeatureNotFoundError:
+            raise idempotency.gone("feature") from None
     location = f"{str(request.base_url).rstrip('/')}/collections/{layer.id}/items/{feat.id}"
     headers = {"Location": location}
     if replayed:
